@@ -1,0 +1,159 @@
+"""Configuration: frozen dataclasses with documented defaults, and named presets.
+
+A preset is a pair (``ModelConfig``, ``TrainConfig``). Modules never read this file: the model
+builder turns a ``ModelConfig`` into explicit keyword arguments, the trainer does the same with
+``TrainConfig``. Configs round-trip through plain dicts (``to_dict`` / ``from_dict``) so that they
+can be stored in checkpoints (``weights_only=True``) and in ``config.json``.
+
+``num_classes`` always counts foreground classes only; the model adds the background class 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fasterrcnn.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The Caffe convention of the paper's VGG16: BGR channel order, 0-255 values, mean subtraction.
+CAFFE_BGR_MEAN = (102.9801, 115.9465, 122.7717)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and inference hyper-parameters. Defaults are the paper's (VGG16, Ren et al.)."""
+
+    backbone: str = "vgg16"
+    num_classes: int = 20  # foreground classes; the predictor has num_classes + 1 outputs
+    trainable_backbone_layers: int | None = None  # None: the backbone's documented default
+
+    # Transform (modeling/transform.py)
+    min_size: int = 600
+    max_size: int = 1000
+    pixel_format: str = "caffe_bgr255"  # "rgb01" (mean/std on RGB in [0, 1]) or "caffe_bgr255"
+    image_mean: tuple[float, ...] = CAFFE_BGR_MEAN
+    image_std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    size_divisible: int = 16
+
+    # Anchors (modeling/anchors.py): one tuple of sizes and of ratios per feature map
+    anchor_sizes: tuple[tuple[float, ...], ...] = ((128.0, 256.0, 512.0),)
+    aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),)
+
+    # Region Proposal Network (modeling/rpn.py)
+    rpn_pre_nms_top_n_train: int = 12000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 6000
+    rpn_post_nms_top_n_test: int = 300
+    rpn_nms_thresh: float = 0.7
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_score_thresh: float = 0.0
+    rpn_min_size: float = 16.0  # proposals smaller than this (transformed-image pixels) are dropped
+    rpn_ignore_cross_boundary: bool = True  # the paper ignores anchors crossing the border in training
+    rpn_smooth_l1_beta: float = 1.0 / 9.0  # sigma = 3 in the paper's code
+
+    # RoI heads (modeling/roi_heads.py)
+    box_pooler: str = "roi_pool"  # "roi_pool" | "roi_align" | "multiscale_roi_align"
+    box_pool_size: int = 7
+    box_sampling_ratio: int = 2  # RoIAlign only
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_bg_iou_low: float = 0.1  # background proposals have IoU in [box_bg_iou_low, box_bg_iou_thresh)
+    box_batch_size_per_image: int = 128
+    box_positive_fraction: float = 0.25
+    box_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.3
+    box_detections_per_img: int = 100
+    box_min_size: float = 1e-2
+    box_smooth_l1_beta: float = 1.0
+    representation_size: int = 4096  # width of the fully connected box head (VGG fc6/fc7, two-MLP)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and schedule. Defaults are the paper's (SGD, lr 0.001, momentum 0.9, wd 0.0005)."""
+
+    batch_size: int = 1  # images per process per iteration
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3.0  # lr multiplier at iteration 0, rising linearly to 1
+    lr_steps: tuple[int, ...] = (50000,)  # iterations at which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    max_iters: int = 70000
+    grad_clip_norm: float | None = None
+    hflip_prob: float = 0.5
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRESETS: dict[str, Preset] = {
+    "vgg16": Preset("vgg16", ModelConfig(), TrainConfig()),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Return the named preset, or raise ConfigError listing the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}") from None
+
+
+def to_dict(config) -> dict[str, Any]:
+    """A dataclass config as a dict of plain values (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(value):
+    # JSON has no tuples: lists (nested too) become tuples so that configs stay hashable.
+    if isinstance(value, list):
+        return tuple(_coerce(v) for v in value)
+    return value
+
+
+def from_dict(cls, data: dict[str, Any]):
+    """Build ``cls`` (ModelConfig or TrainConfig) from a dict; unknown keys raise ConfigError."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**{k: _coerce(v) for k, v in data.items()})
+
+
+def replace(config, **overrides):
+    """``dataclasses.replace`` with a clear ConfigError for unknown fields."""
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"unknown {type(config).__name__} field(s): {', '.join(unknown)}")
+    return dataclasses.replace(config, **overrides)
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON config file as data (never executed); errors name the file."""
+    from fasterrcnn.errors import DataError
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DataError(path, f"cannot read config file ({e.strerror or e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not valid JSON (line {e.lineno}: {e.msg})") from None
