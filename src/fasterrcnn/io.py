@@ -1,0 +1,55 @@
+"""Atomic file writes: a reader sees either the old file or the complete new one, never a torn one.
+
+Every writer goes to a temporary file in the destination's directory (same file system, so the
+final ``os.replace`` is atomic), is flushed and ``os.fsync``-ed, then renamed over ``path``.
+If anything fails, the temporary file is removed and ``path`` is left as it was.
+
+    atomic_write_text("metrics.json", json.dumps(m))
+    atomic_save("model.pt", lambda f: torch.save(state, f))
+    atomic_save("curves.png", lambda f: figure.savefig(f, format="png"))
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text"]
+
+
+def atomic_save(path: str | os.PathLike, writer: Callable[[BinaryIO], object]) -> None:
+    """Call ``writer(f)`` with a binary file object open for writing, then move it to ``path``.
+
+    The parent directory must exist. The new file gets the usual permissions (0o666 minus the
+    umask). Exceptions from ``writer`` propagate unchanged after the temporary file
+    (``.<name>.<random>.tmp`` next to ``path``) has been removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # Mode 0o666 filtered by the umask, like open(path, "wb") (tempfile.mkstemp would give 0o600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    atomic_save(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (encoded with ``encoding``, no newline translation)."""
+    atomic_write_bytes(path, text.encode(encoding))

@@ -1,0 +1,78 @@
+"""fasterrcnn.io: atomic writes replace the file whole or leave it untouched, and leave no temp files."""
+
+import os
+
+import pytest
+
+from fasterrcnn.io import atomic_save, atomic_write_bytes, atomic_write_text
+
+
+def test_atomic_write_bytes_creates_and_replaces(tmp_path):
+    path = tmp_path / "a.bin"
+    atomic_write_bytes(path, b"first")
+    assert path.read_bytes() == b"first"
+    atomic_write_bytes(str(path), b"\x00second\xff")
+    assert path.read_bytes() == b"\x00second\xff"
+    assert os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_atomic_write_text_is_utf8_without_newline_translation(tmp_path):
+    path = tmp_path / "a.txt"
+    atomic_write_text(path, "héllo\nwörld\n")
+    assert path.read_bytes() == "héllo\nwörld\n".encode("utf-8")
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_atomic_save_passes_a_binary_file_and_fsyncs(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    path = tmp_path / "b.bin"
+
+    def writer(f):
+        assert "b" in f.mode
+        f.write(b"abc")
+        f.write(b"def")
+
+    atomic_save(path, writer)
+    assert path.read_bytes() == b"abcdef"
+    assert len(synced) == 1
+    assert os.listdir(tmp_path) == ["b.bin"]
+
+
+def test_failing_writer_keeps_old_file_and_removes_temp(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_bytes(b"old contents")
+
+    def writer(f):
+        f.write(b"partial new conte")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        atomic_save(path, writer)
+    assert path.read_bytes() == b"old contents"
+    assert os.listdir(tmp_path) == ["c.json"]
+
+
+def test_failing_writer_on_new_file_creates_nothing(tmp_path):
+    def writer(f):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save(tmp_path / "d.bin", writer)
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_directory_raises_and_creates_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        atomic_write_bytes(tmp_path / "missing" / "e.bin", b"x")
+    assert os.listdir(tmp_path) == []
+
+
+def test_new_file_has_umask_permissions_not_private_temp_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "f.bin", b"x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
