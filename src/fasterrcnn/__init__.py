@@ -5,7 +5,7 @@ Boxes are float ``(x1, y1, x2, y2)`` in absolute pixels everywhere; label 0 is b
 
 __version__ = "0.1.0"
 
-__all__ = ["FasterRCNN", "__version__"]
+__all__ = ["Detection", "Detector", "FasterRCNN", "__version__"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
         return FasterRCNN
+    if name in ("Detector", "Detection"):
+        from fasterrcnn import detector
+
+        return getattr(detector, name)
     raise AttributeError(f"module 'fasterrcnn' has no attribute {name!r}")
