@@ -1,0 +1,56 @@
+"""Datasets (VOC, COCO, synthetic shapes), augmentation and batching.
+
+Samples are ``(image: Tensor[3, H, W] float32 RGB in [0, 1], target: dict)`` with ``boxes`` float32
+[K, 4] continuous ``(x1, y1, x2, y2)`` pixels, ``labels`` int64 [K] in 1..C, ``image_id`` and
+``orig_size`` (h, w); VOC adds ``difficult`` [K], COCO ``iscrowd`` [K] and ``crowd_boxes``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fasterrcnn.data.coco import COCODataset
+from fasterrcnn.data.images import image_size, load_image
+from fasterrcnn.data.loader import GroupedBatchSampler, build_loader, collate
+from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
+from fasterrcnn.data.transforms import Compose, RandomHorizontalFlip
+from fasterrcnn.data.voc import VOC_CLASSES, VOCDataset
+from fasterrcnn.errors import DataError
+
+
+def build_dataset(path, *, split: str = "trainval", images_dir=None, classes=None, transforms=None):
+    """A ``VOCDataset`` for a folder with ``Annotations/``, a ``COCODataset`` for a ``.json`` file.
+
+    ``split`` applies to VOC, ``images_dir`` to COCO. ``classes`` fixes a VOC class list; for COCO
+    (whose classes are its categories) it is checked against the file's category names.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "dataset not found")
+    if path.is_dir() and (path / "Annotations").is_dir():
+        return VOCDataset(path, split=split, classes=classes, transforms=transforms)
+    if path.is_file() and path.suffix.lower() == ".json":
+        dataset = COCODataset(path, images_dir=images_dir, transforms=transforms)
+        if classes is not None and tuple(classes) != dataset.classes:
+            raise DataError(
+                path, f"categories {', '.join(dataset.classes)} differ from the expected classes {', '.join(classes)}"
+            )
+        return dataset
+    raise DataError(path, "is neither a VOC root (Annotations/, JPEGImages/, ImageSets/Main/) nor a COCO instances JSON")
+
+
+__all__ = [
+    "COCODataset",
+    "Compose",
+    "GroupedBatchSampler",
+    "RandomHorizontalFlip",
+    "SYNTHETIC_CLASSES",
+    "VOCDataset",
+    "VOC_CLASSES",
+    "build_dataset",
+    "build_loader",
+    "collate",
+    "image_size",
+    "load_image",
+    "write_synthetic_voc",
+]

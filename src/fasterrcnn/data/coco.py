@@ -1,0 +1,242 @@
+"""COCO instances datasets (``instances_*.json``) through pycocotools.
+
+Shape shorthand: K trainable objects, Kc crowd regions in one image.
+
+Labels. Category ids are mapped to labels 1..C in increasing category-id order
+(``cat_id_to_label``; ``label_to_cat_id`` maps back for writing COCO results); ``classes`` are the
+category names in that order.
+
+Boxes. COCO ``[x, y, w, h]`` is converted here to continuous ``(x1, y1, x2, y2)``, clipped to the
+image's ``width``/``height``; annotations with ``w <= 0`` or ``h <= 0`` (or empty after clipping)
+are dropped, counted, logged once, and also removed from ``.coco`` so that training and
+evaluation see the same ground truth.
+
+Crowd regions (``iscrowd=1``) are never trained on: ``boxes``/``labels`` hold the non-crowd
+objects only (so ``iscrowd`` is all False, kept for a uniform target layout) and the crowd
+regions are in ``crowd_boxes`` [Kc, 4] / ``crowd_labels`` [Kc]. COCO evaluation (``.coco``) keeps
+them, where pycocotools ignores detections on them.
+
+Images are looked up, in this order, in: ``images_dir`` (only there, when given); the JSON's
+folder; its ``images/`` subfolder; and, for the standard layout
+``annotations/instances_val2017.json`` + ``val2017/``, the folder named after the JSON next to
+``annotations/``. The first place holding the first image is used for all; every image must be
+there (checked at construction).
+
+Bad input raises ``DataError`` naming the JSON: it does not parse, is not a COCO instances file
+(``images`` / ``categories`` lists, annotations with ``image_id``, ``category_id``, ``bbox``),
+has duplicate image, category or annotation ids, or an annotation names an unknown category.
+Annotations without ``id`` / ``iscrowd`` / ``area`` (common in hand-made files) get their
+position + 1, 0 and the box area, which pycocotools' evaluation needs. Annotations of
+image ids absent from ``images`` are skipped with one counted warning (they cannot be used).
+Images without trainable objects are kept (negatives) unless ``drop_empty``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fasterrcnn.data.images import load_annotated_image
+from fasterrcnn.errors import DataError
+
+logger = logging.getLogger("fasterrcnn")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(path, "COCO annotation file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read file ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
+        raise DataError(path, "is not a COCO instances file (needs 'images' and 'categories' lists)")
+    if not isinstance(data.setdefault("annotations", []), list):
+        raise DataError(path, "is not a COCO instances file ('annotations' is not a list)")
+    return data
+
+
+class COCODataset(torch.utils.data.Dataset):
+    """A COCO instances file as ``(image, target)`` samples.
+
+    image: ``Tensor[3, H, W]`` float32 RGB in [0, 1].
+    target: ``boxes`` float32 [K, 4] continuous xyxy, ``labels`` int64 [K] in 1..C,
+    ``iscrowd`` bool [K] (all False), ``crowd_boxes`` float32 [Kc, 4], ``crowd_labels`` int64 [Kc],
+    ``image_id`` (int), ``orig_size`` (h, w).
+    """
+
+    def __init__(self, ann_file, images_dir=None, transforms=None, drop_empty: bool = False):
+        from pycocotools.coco import COCO  # imports matplotlib: keep it off the package import path
+
+        self.ann_file = Path(ann_file)
+        self.transforms = transforms
+        data = _read_json(self.ann_file)
+        path = self.ann_file
+
+        images = {}
+        for image in data["images"]:
+            if not isinstance(image, dict) or not {"id", "file_name", "width", "height"} <= image.keys():
+                raise DataError(path, "an entry of 'images' lacks id, file_name, width or height")
+            if not isinstance(image["id"], int) or isinstance(image["id"], bool):
+                raise DataError(path, f"image id {image['id']!r} is not an integer")
+            if image["id"] in images:
+                raise DataError(path, f"duplicate image id {image['id']}")
+            if not all(isinstance(image[k], (int, float)) and image[k] > 0 for k in ("width", "height")):
+                raise DataError(path, f"image {image['id']} has width/height {image['width']!r}/{image['height']!r}")
+            images[image["id"]] = image
+        categories = {}
+        for category in data["categories"]:
+            if not isinstance(category, dict) or not {"id", "name"} <= category.keys():
+                raise DataError(path, "an entry of 'categories' lacks id or name")
+            if not isinstance(category["id"], int) or isinstance(category["id"], bool):
+                raise DataError(path, f"category id {category['id']!r} is not an integer")
+            if category["id"] in categories:
+                raise DataError(path, f"duplicate category id {category['id']}")
+            categories[category["id"]] = category
+        cat_ids = sorted(categories)
+        self.cat_id_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
+        self.label_to_cat_id = {label: cat_id for cat_id, label in self.cat_id_to_label.items()}
+        self.classes = tuple(str(categories[cat_id]["name"]) for cat_id in cat_ids)
+
+        kept, orphans, dropped = [], 0, 0
+        per_image = {image_id: [] for image_id in images}
+        ann_ids = set()
+        for number, ann in enumerate(data["annotations"]):
+            if not isinstance(ann, dict) or not {"image_id", "category_id", "bbox"} <= ann.keys():
+                raise DataError(path, "an annotation lacks image_id, category_id or bbox (not an instances file?)")
+            # pycocotools' evaluation needs these; custom files often omit them
+            ann = {"id": number + 1, "iscrowd": 0, **ann}
+            if ann["id"] in ann_ids:
+                raise DataError(path, f"duplicate annotation id {ann['id']}")
+            ann_ids.add(ann["id"])
+            if ann["category_id"] not in categories:
+                raise DataError(path, f"annotation {ann.get('id')} has unknown category id {ann['category_id']}")
+            if ann["image_id"] not in images:
+                orphans += 1
+                continue
+            box = self._convert_box(ann, images[ann["image_id"]])
+            if box is None:
+                dropped += 1
+                continue
+            kept.append({"area": (box[2] - box[0]) * (box[3] - box[1]), **ann})
+            per_image[ann["image_id"]].append((box, self.cat_id_to_label[ann["category_id"]], bool(ann.get("iscrowd", 0))))
+        if orphans:
+            logger.warning("COCO %s: %d annotations of image ids not in 'images' skipped", path, orphans)
+        if dropped:
+            logger.warning("COCO %s: %d annotations with empty boxes dropped", path, dropped)
+        data["annotations"] = kept
+
+        self.coco = COCO()
+        self.coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
+
+        self._targets = {}
+        for image_id, objects in per_image.items():
+            train = [(b, label) for b, label, crowd in objects if not crowd]
+            crowd = [(b, label) for b, label, crowd in objects if crowd]
+            self._targets[image_id] = (
+                np.array([b for b, _ in train], dtype=np.float32).reshape(-1, 4),
+                np.array([label for _, label in train], dtype=np.int64),
+                np.array([b for b, _ in crowd], dtype=np.float32).reshape(-1, 4),
+                np.array([label for _, label in crowd], dtype=np.int64),
+            )
+        self.ids = sorted(images)
+        if drop_empty:
+            self.ids = [image_id for image_id in self.ids if len(self._targets[image_id][1])]
+        self._images = images
+        self.images_dir = self._find_images_dir(images_dir)
+
+    def _convert_box(self, ann: dict, image: dict) -> list[float] | None:
+        """``[x, y, w, h]`` -> clipped continuous xyxy, or None when empty."""
+        bbox = ann["bbox"]
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise DataError(self.ann_file, f"annotation {ann.get('id')} has bbox {bbox!r}, expected 4 numbers") from None
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+            return None
+        width, height = float(image["width"]), float(image["height"])
+        x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        if x2 <= x1 or y2 <= y1:
+            return None
+        return [x1, y1, x2, y2]
+
+    def _find_images_dir(self, images_dir) -> Path:
+        if images_dir is not None:
+            candidates = [Path(images_dir)]
+        else:
+            folder = self.ann_file.parent
+            candidates = [folder, folder / "images"]
+            stem = self.ann_file.stem
+            if stem.startswith("instances_"):  # annotations/instances_val2017.json -> val2017/
+                candidates.append(folder.parent / stem[len("instances_") :])
+        if not self.ids:
+            return candidates[0]
+        first = self._images[self.ids[0]]["file_name"]
+        found = next((c for c in candidates if (c / first).is_file()), None)
+        if found is None:
+            places = ", ".join(str(c) for c in candidates)
+            raise DataError(self.ann_file, f"image {first!r} not found in {places} (pass images_dir)")
+        missing = [i for i in self.ids if not (found / self._images[i]["file_name"]).is_file()]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise DataError(found / self._images[missing[0]]["file_name"], f"image file not found{more}")
+        return found
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """``(height, width)`` of image ``i`` from the JSON."""
+        image = self._images[self.ids[i]]
+        return int(image["height"]), int(image["width"])
+
+    def __getitem__(self, i: int):
+        image_id = self.ids[i]
+        info = self._images[image_id]
+        path = self.images_dir / info["file_name"]
+        size = self.image_size(i)
+        image = load_annotated_image(path, size, self.ann_file)
+        boxes, labels, crowd_boxes, crowd_labels = self._targets[image_id]
+        target = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "iscrowd": torch.zeros(len(labels), dtype=torch.bool),
+            "crowd_boxes": torch.tensor(crowd_boxes, dtype=torch.float32).reshape(-1, 4),
+            "crowd_labels": torch.tensor(crowd_labels, dtype=torch.int64),
+            "image_id": image_id,
+            "orig_size": size,
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def ground_truth(self) -> list[dict]:
+        """VOC-style ground truth: crowd regions included as ``difficult`` (ignored by VOC AP)."""
+        result = []
+        for image_id in self.ids:
+            boxes, labels, crowd_boxes, crowd_labels = self._targets[image_id]
+            result.append(
+                {
+                    "image_id": image_id,
+                    "boxes": torch.tensor(np.concatenate([boxes, crowd_boxes]), dtype=torch.float32).reshape(-1, 4),
+                    "labels": torch.tensor(np.concatenate([labels, crowd_labels]), dtype=torch.int64),
+                    "difficult": torch.tensor([False] * len(labels) + [True] * len(crowd_labels), dtype=torch.bool),
+                }
+            )
+        return result
+
+
+__all__ = ["COCODataset"]

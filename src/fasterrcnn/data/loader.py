@@ -1,0 +1,261 @@
+"""Batching: collate, aspect-ratio grouped batches, and reproducible epochs.
+
+Reproducibility contract of ``build_loader``: the batches of an epoch and the random
+augmentation of every sample depend only on ``(seed, epoch)`` -- not on the number of workers,
+on earlier epochs, or on torch's global RNG (which the loader leaves untouched).
+
+- The sample order comes from a sampler with ``set_epoch`` (``EpochSampler`` by default, or e.g.
+  ``DistributedSampler``), grouped into batches by ``GroupedBatchSampler``.
+- ``SeededBatchSampler`` tags every index with a seed ``mix(seed, epoch, index)``; the dataset
+  wrapper runs the sample's transforms with torch's global RNG seeded from it (inside
+  ``torch.random.fork_rng``), so ``RandomHorizontalFlip()`` is reproducible per sample.
+- A ``DataError`` of a sample (unreadable image ...) reaches the caller as that ``DataError``, also
+  from worker processes.
+- Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch. To resume in the middle of an
+  epoch, ``loader.batch_sampler.set_epoch(epoch, start_batch=n)`` skips the first ``n`` batches
+  without loading them; the remaining batches are exactly those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Sampler, Subset
+
+from fasterrcnn.errors import DataError
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A well-spread 63-bit seed from integers (splitmix64 finaliser applied to each value)."""
+    h = 0x9E3779B97F4A7C15
+    for value in values:
+        h = ((h ^ (value & _MASK64)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h ^= h >> 31
+        h = (h * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 29
+    return h >> 1
+
+
+class _SampleError:
+    """A ``DataError`` raised in a worker process, carried to the main process as a batch.
+
+    DataLoader re-raises worker exceptions as ``RuntimeError`` with a traceback in the message;
+    the loader of ``build_loader`` raises the ``DataError`` itself, one line, as the CLI expects.
+    """
+
+    def __init__(self, error: DataError):
+        self.path = error.path
+        self.problem = error.problem
+
+
+def collate(batch):
+    """``[(image, target), ...] -> (list of images, list of targets)`` (images keep their sizes)."""
+    failure = next((item for item in batch if isinstance(item, _SampleError)), None)
+    if failure is not None:
+        return failure
+    images = [image for image, _ in batch]
+    targets = [target for _, target in batch]
+    return images, targets
+
+
+class EpochSampler(Sampler[int]):
+    """Every index of ``range(size)`` once per epoch: in order, or shuffled by ``(seed, epoch)``."""
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int = 0):
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.size))
+        generator = torch.Generator()
+        generator.manual_seed(mix_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def aspect_ratio_group_ids(dataset) -> list[int]:
+    """Group of every image: 0 portrait (width < height), 1 landscape or square.
+
+    Uses ``dataset.image_size(i) -> (h, w)`` (no decoding); a ``torch.utils.data.Subset`` is
+    followed to its dataset.
+    """
+    if isinstance(dataset, Subset):
+        base = aspect_ratio_group_ids(dataset.dataset)
+        return [base[i] for i in dataset.indices]
+    if not hasattr(dataset, "image_size"):
+        raise ValueError(f"{type(dataset).__name__} has no image_size(i); use group_by_aspect_ratio=False")
+    group_ids = []
+    for i in range(len(dataset)):
+        height, width = dataset.image_size(i)
+        group_ids.append(0 if width < height else 1)
+    return group_ids
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches of ``batch_size`` indices from ``sampler`` that share a group id.
+
+    Indices are taken in the sampler's order; a batch is emitted as soon as its group has
+    ``batch_size`` indices. When the sampler is exhausted, the incomplete batch of each group is
+    emitted (in order of the groups' first appearance) unless ``drop_last``. Every index of the
+    sampler therefore appears exactly once per epoch (``drop_last=False``), never repeated.
+
+    ``sampler`` may be any sampler whose order is a function of its epoch (``EpochSampler``,
+    ``DistributedSampler``); ``set_epoch`` is forwarded to it. ``group_ids[i]`` is the group of
+    dataset index ``i`` (see ``aspect_ratio_group_ids``).
+    """
+
+    def __init__(self, sampler, group_ids, batch_size: int, drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.sampler = sampler
+        self.group_ids = list(group_ids)
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        buffers: dict[int, list[int]] = {}
+        for index in self.sampler:
+            buffer = buffers.setdefault(self.group_ids[index], [])
+            buffer.append(index)
+            if len(buffer) == self.batch_size:
+                yield list(buffer)
+                buffer.clear()
+        if not self.drop_last:
+            for buffer in buffers.values():
+                if buffer:
+                    yield list(buffer)
+
+    def __len__(self) -> int:
+        counts: dict[int, int] = {}
+        for index in self.sampler:
+            group = self.group_ids[index]
+            counts[group] = counts.get(group, 0) + 1
+        full = sum(n // self.batch_size for n in counts.values())
+        partial = 0 if self.drop_last else sum(1 for n in counts.values() if n % self.batch_size)
+        return full + partial
+
+
+class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(index, sample_seed)`` with ``sample_seed = mix_seed(seed, epoch, index)``.
+
+    ``set_epoch(epoch, start_batch=0)`` selects the epoch (forwarded to the wrapped batch sampler)
+    and skips its first ``start_batch`` batches, for resuming mid-epoch.
+    """
+
+    def __init__(self, batch_sampler, seed: int):
+        self.batch_sampler = batch_sampler
+        self.seed = seed
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for number, batch in enumerate(self.batch_sampler):
+            if number >= self.start_batch:
+                yield [(index, mix_seed(self.seed, self.epoch, index)) for index in batch]
+
+    def __len__(self) -> int:
+        return max(len(self.batch_sampler) - self.start_batch, 0)
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """``dataset[(index, sample_seed)]``: ``dataset[index]`` with torch's RNG seeded for the sample.
+
+    The global RNG state of the calling process is restored afterwards. Other attributes
+    (``classes``, ``ground_truth`` ...) are those of the wrapped ``dataset``.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, sample_seed = key
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed)
+                return self.dataset[index]
+        except DataError as error:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            return _SampleError(error)
+
+    def __getattr__(self, name):
+        if name == "dataset":  # not set yet (unpickling): avoid recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class _Loader(DataLoader):
+    """A DataLoader that raises a worker's ``DataError`` unchanged (see ``_SampleError``)."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, _SampleError):
+                raise DataError(batch.path, batch.problem)
+            yield batch
+
+
+def build_loader(
+    dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    group_by_aspect_ratio: bool = True,
+    sampler=None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader of ``(list of images, list of targets)`` batches, reproducible per ``(seed, epoch)``.
+
+    ``sampler`` (e.g. ``DistributedSampler``) replaces the default ``EpochSampler(len(dataset),
+    shuffle=shuffle, seed=seed)``; ``shuffle`` is then the sampler's business. Call
+    ``loader.batch_sampler.set_epoch(epoch[, start_batch])`` before every epoch.
+    ``loader.dataset`` forwards attributes (``classes`` ...) to ``dataset``.
+    """
+    if sampler is None:
+        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
+    group_ids = aspect_ratio_group_ids(dataset) if group_by_aspect_ratio else [0] * len(dataset)
+    batches = SeededBatchSampler(GroupedBatchSampler(sampler, group_ids, batch_size, drop_last=drop_last), seed)
+    return _Loader(
+        SeededDataset(dataset),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=collate,
+        # The loader draws its workers' base seed from this generator, not from the global RNG.
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=num_workers > 0,
+    )
+
+
+__all__ = [
+    "EpochSampler",
+    "GroupedBatchSampler",
+    "SeededBatchSampler",
+    "SeededDataset",
+    "aspect_ratio_group_ids",
+    "build_loader",
+    "collate",
+    "mix_seed",
+]

@@ -1,0 +1,240 @@
+"""PASCAL VOC datasets: ``ImageSets/Main/<split>.txt``, ``Annotations/<id>.xml``, ``JPEGImages/``.
+
+Shape shorthand: K objects in one image.
+
+Coordinates. VOC XML stores 1-based, inclusive pixel indices (``xmin=1, xmax=10`` is the first ten
+pixel columns). They are converted here, once, to the project's continuous ``(x1, y1, x2, y2)``:
+``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax`` (width = x2 - x1 = 10 pixels).
+Boxes reaching outside the image are clipped to it; boxes that are empty after clipping
+(x2 <= x1 or y2 <= y1) are dropped. Both are counted and logged once per dataset on the
+``"fasterrcnn"`` logger.
+
+Class list (labels are 1..C in this order, 0 is background):
+1. the ``classes`` argument when given (an object of another class is an error);
+2. else ``VOC_CLASSES`` (the 20 classes of VOC2007/2012, standard order) when every object name of
+   the split is one of them;
+3. else the sorted set of object names found in the split's XML files. A test split may lack a
+   class, so evaluate with ``classes=`` the training classes (the checkpoint's ``class_names``).
+
+All XML files of the split are parsed at construction, so malformed files are reported before
+training starts and ``image_size(i)`` costs nothing. ``keep_difficult=False`` removes difficult
+objects from the training samples only; ``ground_truth()`` always has them, flagged, because VOC
+evaluation ignores detections matched to difficult objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fasterrcnn.data.images import image_size as read_image_size
+from fasterrcnn.data.images import load_annotated_image
+from fasterrcnn.errors import ConfigError, DataError
+
+logger = logging.getLogger("fasterrcnn")
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One parsed annotation file: K objects, boxes already converted and clipped."""
+
+    image_id: str
+    image_path: Path
+    size: tuple[int, int]  # (height, width)
+    names: tuple[str, ...]  # [K]
+    boxes: np.ndarray  # [K, 4] float32 continuous xyxy
+    difficult: np.ndarray  # [K] bool
+
+
+def _text(element, tag: str) -> str | None:
+    child = element.find(tag)
+    if child is None or child.text is None:
+        return None
+    return child.text.strip()
+
+
+def _flag(element, tag: str, xml_path: Path) -> bool:
+    value = _text(element, tag)
+    if value in (None, ""):
+        return False
+    try:
+        return int(float(value)) != 0
+    except ValueError:
+        raise DataError(xml_path, f"<{tag}> is {value!r}, expected 0 or 1") from None
+
+
+class VOCDataset(torch.utils.data.Dataset):
+    """A PASCAL VOC split as ``(image, target)`` samples.
+
+    image: ``Tensor[3, H, W]`` float32 RGB in [0, 1].
+    target: ``boxes`` float32 [K, 4] continuous xyxy, ``labels`` int64 [K] in 1..C,
+    ``difficult`` bool [K], ``image_id`` (file stem, str), ``orig_size`` (h, w).
+    ``transforms(image, target) -> (image, target)`` is applied last.
+    """
+
+    def __init__(self, root, split: str = "trainval", classes=None, transforms=None, keep_difficult: bool = True):
+        self.root = Path(root)
+        self.split = split
+        self.transforms = transforms
+        self.keep_difficult = keep_difficult
+        if not self.root.is_dir():
+            raise DataError(self.root, "VOC root folder not found")
+        split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_file.is_file():
+            raise DataError(split_file, f"split file of split {split!r} not found")
+        try:
+            lines = split_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(split_file, f"cannot read split file ({exc})") from None
+        # VOC's per-class split files have "<id> <flag>"; the image id is the first field.
+        self.ids = [line.split()[0] for line in lines if line.strip()]
+
+        self.num_clipped = 0
+        self.num_dropped = 0
+        self._records = [self._parse(image_id) for image_id in self.ids]
+        if self.num_clipped or self.num_dropped:
+            logger.warning(
+                "VOC %s (%s): %d boxes clipped to the image, %d empty boxes dropped",
+                self.root, split, self.num_clipped, self.num_dropped,
+            )  # fmt: skip
+
+        names = {name for record in self._records for name in record.names}
+        if classes is not None:
+            self.classes = tuple(classes)
+            known = set(self.classes)
+            if len(known) != len(self.classes) or not all(isinstance(c, str) and c for c in self.classes):
+                raise ConfigError(f"classes must be distinct non-empty names, got {list(self.classes)}")
+            for record in self._records:
+                unknown = [name for name in record.names if name not in known]
+                if unknown:
+                    xml_path = self.root / "Annotations" / f"{record.image_id}.xml"
+                    raise DataError(xml_path, f"object of unknown class {unknown[0]!r} (classes: {', '.join(self.classes)})")
+        elif names <= set(VOC_CLASSES):
+            self.classes = VOC_CLASSES
+        else:
+            self.classes = tuple(sorted(names))
+        index = {name: label for label, name in enumerate(self.classes, start=1)}
+        self._labels = [np.array([index[n] for n in r.names], dtype=np.int64) for r in self._records]
+
+    def _parse(self, image_id: str) -> _Record:
+        xml_path = self.root / "Annotations" / f"{image_id}.xml"
+        try:
+            tree = ET.parse(xml_path)
+        except FileNotFoundError:
+            raise DataError(xml_path, "annotation file not found") from None
+        except ET.ParseError as exc:
+            raise DataError(xml_path, f"XML does not parse ({exc})") from None
+        except OSError as exc:
+            raise DataError(xml_path, f"cannot read annotation file ({exc})") from None
+        annotation = tree.getroot()
+
+        image_path = self._find_image(image_id, _text(annotation, "filename"))
+        size = annotation.find("size")
+        height = width = 0
+        if size is not None:
+            try:
+                height = int(float(_text(size, "height") or 0))
+                width = int(float(_text(size, "width") or 0))
+            except ValueError:
+                raise DataError(xml_path, "<size> has non-numeric <width>/<height>") from None
+        if height <= 0 or width <= 0:  # absent or zero in some VOC-style exports: read the header
+            height, width = read_image_size(image_path)
+
+        names, boxes, difficult = [], [], []
+        for obj in annotation.iter("object"):
+            name = _text(obj, "name")
+            if not name:
+                raise DataError(xml_path, "<object> without <name>")
+            bndbox = obj.find("bndbox")
+            if bndbox is None:
+                raise DataError(xml_path, f"<object> {name!r} has no <bndbox>")
+            coords = []
+            for tag in ("xmin", "ymin", "xmax", "ymax"):
+                value = _text(bndbox, tag)
+                try:
+                    coords.append(float(value))
+                except (TypeError, ValueError):
+                    raise DataError(xml_path, f"<object> {name!r}: <{tag}> is {value!r}, expected a number") from None
+            xmin, ymin, xmax, ymax = coords
+            box = [xmin - 1.0, ymin - 1.0, xmax, ymax]  # 1-based inclusive -> continuous
+            clipped = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
+                       min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]  # fmt: skip
+            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                self.num_dropped += 1
+                continue
+            if clipped != box:
+                self.num_clipped += 1
+            names.append(name)
+            boxes.append(clipped)
+            difficult.append(_flag(obj, "difficult", xml_path))
+        return _Record(
+            image_id=image_id,
+            image_path=image_path,
+            size=(height, width),
+            names=tuple(names),
+            boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
+            difficult=np.array(difficult, dtype=bool),
+        )
+
+    def _find_image(self, image_id: str, filename: str | None) -> Path:
+        folder = self.root / "JPEGImages"
+        candidates = [folder / filename] if filename else []
+        candidates += [folder / f"{image_id}{suffix}" for suffix in _IMAGE_SUFFIXES]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise DataError(folder / (filename or f"{image_id}.jpg"), "image file not found")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """``(height, width)`` of image ``i`` from its annotation (no decoding)."""
+        return self._records[i].size
+
+    def __getitem__(self, i: int):
+        record = self._records[i]
+        xml_path = self.root / "Annotations" / f"{record.image_id}.xml"
+        image = load_annotated_image(record.image_path, record.size, xml_path)
+        keep = slice(None) if self.keep_difficult else ~record.difficult
+        target = {
+            "boxes": torch.tensor(record.boxes[keep], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(self._labels[i][keep], dtype=torch.int64),
+            "difficult": torch.tensor(record.difficult[keep], dtype=torch.bool),
+            "image_id": record.image_id,
+            "orig_size": record.size,
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def ground_truth(self) -> list[dict]:
+        """Per image ``{"image_id", "boxes" [K,4] continuous xyxy, "labels" [K], "difficult" [K]}``.
+
+        Difficult objects are always included (flagged), whatever ``keep_difficult`` is.
+        """
+        return [
+            {
+                "image_id": record.image_id,
+                "boxes": torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(labels, dtype=torch.int64),
+                "difficult": torch.tensor(record.difficult, dtype=torch.bool),
+            }
+            for record, labels in zip(self._records, self._labels)
+        ]
+
+
+__all__ = ["VOC_CLASSES", "VOCDataset"]

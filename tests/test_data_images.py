@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fasterrcnn.data.images import image_size, load_annotated_image, load_image
+from fasterrcnn.errors import DataError
+
+
+def save(tmp_path, name, image, **kwargs):
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return path
+
+
+def test_rgb_values_shape_and_dtype(tmp_path):
+    pixels = np.array([[[0, 128, 255], [10, 20, 30], [255, 0, 1]], [[1, 2, 3], [4, 5, 6], [7, 8, 9]]], dtype=np.uint8)
+    path = save(tmp_path, "rgb.png", Image.fromarray(pixels))
+    image = load_image(path)
+    assert image.dtype == torch.float32
+    assert image.shape == (3, 2, 3)
+    assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1).float() / 255)
+    assert image_size(path) == (2, 3)
+
+
+def test_grayscale_l_and_1_repeated_in_three_channels(tmp_path):
+    gray = np.array([[0, 128], [255, 64]], dtype=np.uint8)
+    image = load_image(save(tmp_path, "l.png", Image.fromarray(gray)))
+    expected = torch.from_numpy(gray).float() / 255
+    assert image.shape == (3, 2, 2)
+    for channel in range(3):
+        assert torch.equal(image[channel], expected)
+    bilevel = Image.fromarray(np.array([[0, 255]], dtype=np.uint8)).convert("1")
+    image = load_image(save(tmp_path, "one.png", bilevel))
+    assert torch.equal(image, torch.tensor([[[0.0, 1.0]]] * 3))
+
+
+def test_rgba_and_la_drop_alpha(tmp_path):
+    rgba = np.array([[[200, 100, 50, 0], [10, 20, 30, 255]]], dtype=np.uint8)
+    image = load_image(save(tmp_path, "rgba.png", Image.fromarray(rgba, mode="RGBA")))
+    assert torch.equal(image, torch.tensor([[[200, 10]], [[100, 20]], [[50, 30]]]) / 255.0)
+    la = Image.fromarray(np.array([[[77, 0], [99, 255]]], dtype=np.uint8), mode="LA")
+    image = load_image(save(tmp_path, "la.png", la))
+    assert torch.equal(image, torch.tensor([[[77, 99]]] * 3) / 255.0)
+
+
+def test_palette_with_and_without_transparency(tmp_path):
+    palette_image = Image.new("P", (2, 1))
+    palette_image.putpalette([255, 0, 0, 0, 0, 255] + [0, 0, 0] * 254)
+    palette_image.putpixel((0, 0), 0)
+    palette_image.putpixel((1, 0), 1)
+    expected = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]], [[0.0, 1.0]]])
+    assert torch.equal(load_image(save(tmp_path, "p.png", palette_image)), expected)
+    assert torch.equal(load_image(save(tmp_path, "pt.png", palette_image, transparency=1)), expected)
+    assert torch.equal(load_image(save(tmp_path, "p.gif", palette_image)), expected)
+
+
+def test_16_bit_grayscale_scaled_to_unit_range(tmp_path):
+    values = np.array([[0, 65535, 32768, 257]], dtype=np.uint16)
+    path = save(tmp_path, "gray16.png", Image.fromarray(values))
+    image = load_image(path)
+    expected = torch.tensor([[0.0, 1.0, 32768 / 65535, 257 / 65535]])
+    assert image.shape == (3, 1, 4)
+    for channel in range(3):
+        assert torch.allclose(image[channel], expected, atol=1e-7, rtol=0)
+
+
+def test_32_bit_integer_and_float_images(tmp_path):
+    big = Image.fromarray(np.array([[0, 2**31 - 1, -5, 2**30]], dtype=np.int32), mode="I")
+    image = load_image(save(tmp_path, "i32.tif", big))
+    assert torch.allclose(image[0, 0], torch.tensor([0.0, 1.0, 0.0, 2**30 / (2**31 - 1)]), atol=1e-7, rtol=0)
+    floats = Image.fromarray(np.array([[0.25, 2.0, -1.0]], dtype=np.float32), mode="F")
+    image = load_image(save(tmp_path, "f.tif", floats))
+    assert torch.equal(image[1, 0], torch.tensor([0.25, 1.0, 0.0]))
+
+
+def test_cmyk_converted_to_rgb(tmp_path):
+    cmyk = Image.new("CMYK", (2, 1))
+    cmyk.putpixel((0, 0), (0, 0, 0, 0))  # white
+    cmyk.putpixel((1, 0), (255, 0, 0, 0))  # cyan
+    image = load_image(save(tmp_path, "cmyk.tif", cmyk))
+    assert torch.equal(image, torch.tensor([[[1.0, 0.0]], [[1.0, 1.0]], [[1.0, 1.0]]]))
+
+
+def test_exif_orientation_6_rotates_image_and_size(tmp_path):
+    pixels = np.zeros((2, 3, 3), dtype=np.uint8)  # stored: height 2, width 3
+    pixels[0, 0] = (255, 0, 0)  # stored top-left is red
+    stored = Image.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
+    path = save(tmp_path, "rotated.png", stored, exif=exif)
+    assert image_size(path) == (3, 2)
+    image = load_image(path)
+    assert image.shape == (3, 3, 2)
+    assert torch.equal(image[:, 0, 1], torch.tensor([1.0, 0.0, 0.0]))  # top-left went to top-right
+    assert image.sum().item() == 1.0
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("empty.jpg", b"", "cannot read image"),
+        ("text.jpg", b"this is not an image\n", "cannot read image"),
+        ("missing.jpg", None, "image file not found"),
+    ],
+)
+def test_unreadable_files_raise_one_line_data_error(tmp_path, name, content, problem):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    for read in (load_image, image_size):
+        with pytest.raises(DataError) as info:
+            read(path)
+        assert str(info.value).startswith(f"{path}: {problem}")
+        assert "\n" not in str(info.value)
+        assert info.value.path == str(path)
+
+
+def test_truncated_jpeg_raises_data_error(tmp_path):
+    rng = np.random.default_rng(0)
+    full = save(tmp_path, "full.jpg", Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)), quality=95)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    assert image_size(truncated) == (64, 64)  # the header is intact
+    with pytest.raises(DataError) as info:
+        load_image(truncated)
+    assert str(info.value).startswith(f"{truncated}: cannot read image")
+    assert "\n" not in str(info.value)
+
+
+def test_directory_is_not_an_image(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_image(tmp_path)
+    assert str(info.value).startswith(str(tmp_path))
+
+
+def test_load_annotated_image_follows_the_annotation_orientation(tmp_path):
+    pixels = np.zeros((2, 3, 3), dtype=np.uint8)
+    pixels[0, 0] = (255, 0, 0)
+    stored = Image.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    path = save(tmp_path, "rotated.png", stored, exif=exif)
+    oriented = load_annotated_image(path, (3, 2), "a.xml")
+    assert oriented.shape == (3, 3, 2)
+    assert torch.equal(oriented[:, 0, 1], torch.tensor([1.0, 0.0, 0.0]))
+    raw = load_annotated_image(path, (2, 3), "a.xml")  # annotated on the stored pixel grid
+    assert raw.shape == (3, 2, 3)
+    assert torch.equal(raw[:, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.equal(load_image(path, apply_exif=False), raw)
+    with pytest.raises(DataError) as info:
+        load_annotated_image(path, (4, 2), "dir/a.xml")
+    assert str(info.value) == f"{path}: is 3x2 (h x w, after EXIF orientation) but a.xml says 4x2"
+    plain = save(tmp_path, "plain.png", stored)
+    with pytest.raises(DataError):  # swapped size without an EXIF rotation is an error
+        load_annotated_image(plain, (3, 2), "a.xml")
