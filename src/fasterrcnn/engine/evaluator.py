@@ -1,0 +1,208 @@
+"""Run a detector over a dataset and score its detections (VOC AP or COCO AP).
+
+Used by the trainer's periodic evaluation and by ``fasterrcnn eval``. Detections become a results
+list (COCO results format, ``evaluation/results.py``): VOC image ids are file stems and category ids
+the 1-based labels; COCO image and category ids are the JSON's.
+
+Metrics:
+- ``"voc"``: VOC AP at IoU 0.5, area under the precision envelope (VOC2010+); ``"voc07"``: the
+  VOC2007 11-point AP. Difficult objects (VOC) and crowd regions (COCO) are ignored.
+- ``"coco"``: COCO AP@[.5:.95] through pycocotools. On VOC data a COCO ground truth is built
+  in memory from the annotations (difficult objects become ``iscrowd`` regions, which COCOeval ignores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from fasterrcnn.errors import ConfigError
+
+__all__ = [
+    "METRICS",
+    "default_metric",
+    "evaluate_model",
+    "evaluate_results",
+    "format_per_class_table",
+    "headline",
+    "run_inference",
+]
+
+METRICS = ("voc", "voc07", "coco")
+
+
+def default_metric(dataset) -> str:
+    """``"coco"`` for a COCO dataset (it has a pycocotools ``.coco``), else ``"voc"``."""
+    return "coco" if hasattr(dataset, "coco") else "voc"
+
+
+def headline(metrics: Mapping[str, Any]) -> tuple[str, float]:
+    """The single number a run is judged by: ``("mAP", value)`` for VOC metrics, ``("AP", value)`` for COCO."""
+    key = "mAP" if "mAP" in metrics else "AP"
+    return key, float(metrics[key])
+
+
+@torch.inference_mode()
+def run_inference(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    class_names: Sequence[str],
+    label_to_category_id: Mapping[int, int] | None = None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[dict]:
+    """Detections of ``model`` on every image of ``dataset`` (no augmentation), as a results list.
+
+    The model is put in eval mode for the run and its previous mode is restored afterwards.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from fasterrcnn.data.loader import collate
+    from fasterrcnn.evaluation import detections_to_results
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    try:
+        for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+            detections = model([image.to(device) for image in images])
+            for target, detection in zip(targets, detections):
+                results.extend(
+                    detections_to_results(target["image_id"], detection, class_names, label_to_category_id)
+                )
+    finally:
+        model.train(was_training)
+    return results
+
+
+def evaluate_results(results: Sequence[Mapping[str, Any]], dataset, *, metric: str) -> dict[str, Any]:
+    """Score a results list against ``dataset``'s annotations (``dataset.ground_truth()``, ``.classes``).
+
+    Returns the evaluator's dict: ``evaluate_voc``'s (``mAP``, ``metric``, ``per_class``, ``pr_curves``, ...)
+    or ``evaluate_coco``'s (``AP``, ``AP50``, ``AP75``, ..., ``per_class``, ``pr_curves``) plus
+    ``metric: "coco"``. Raises ValueError when the results do not fit the dataset (unknown image or
+    category ids): callers turn it into a DataError naming the results' source.
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    cat_id_to_label = getattr(dataset, "cat_id_to_label", None)
+    if metric == "coco":
+        from fasterrcnn.evaluation import evaluate_coco
+
+        if hasattr(dataset, "coco"):
+            metrics = evaluate_coco(dataset.coco, list(results))
+        else:
+            coco_gt, coco_image_ids = _coco_ground_truth(dataset.ground_truth(), dataset.classes)
+            unknown = sorted({r["image_id"] for r in results} - coco_image_ids.keys(), key=repr)
+            if unknown:
+                raise ValueError(f"{len(unknown)} result image id(s) are not in the data set, e.g. {unknown[:5]!r}")
+            metrics = evaluate_coco(coco_gt, [dict(r, image_id=coco_image_ids[r["image_id"]]) for r in results])
+        return {**metrics, "metric": "coco"}
+
+    from fasterrcnn.evaluation import evaluate_voc
+
+    if cat_id_to_label is not None:  # COCO data: category ids -> labels 1..C
+        unknown = sorted({r["category_id"] for r in results} - cat_id_to_label.keys())
+        if unknown:
+            raise ValueError(f"category id(s) {unknown[:5]} are not categories of the data set")
+        results = [dict(r, category_id=cat_id_to_label[r["category_id"]]) for r in results]
+    ground_truth = dataset.ground_truth()
+    known = {entry["image_id"] for entry in ground_truth}
+    unknown = sorted({r["image_id"] for r in results} - known, key=repr)
+    if unknown:
+        raise ValueError(f"{len(unknown)} result image id(s) are not in the data set, e.g. {unknown[:5]!r}")
+    return evaluate_voc(list(results), ground_truth, dataset.classes, use_07_metric=metric == "voc07")
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    metric: str,
+    class_names: Sequence[str],
+    label_to_category_id: Mapping[int, int] | None = None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[list[dict], dict[str, Any]]:
+    """``run_inference`` then ``evaluate_results``: returns ``(results, metrics)``."""
+    results = run_inference(
+        model,
+        dataset,
+        class_names=class_names,
+        label_to_category_id=label_to_category_id,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+    )
+    return results, evaluate_results(results, dataset, metric=metric)
+
+
+def format_per_class_table(metrics: Mapping[str, Any]) -> str:
+    """A plain-text table: one row per class with its AP, then the headline number(s)."""
+    per_class = metrics.get("per_class", {})
+    without_gt = list(metrics.get("classes_without_gt", []))
+    names = list(per_class) + [n for n in without_gt if n not in per_class]
+    width = max([len("class")] + [len(n) for n in names])
+    column = "AP@[.5:.95]" if metrics.get("metric") == "coco" else "AP@0.5"
+    lines = [f"{'class':<{width}}  {column}", f"{'-' * width}  {'-' * len(column)}"]
+    for name in names:
+        ap = per_class.get(name)
+        lines.append(f"{name:<{width}}  " + (f"{ap:.4f}" if ap is not None and name not in without_gt else "no ground truth"))
+    lines.append(f"{'-' * width}  {'-' * len(column)}")
+    if metrics.get("metric") == "coco":
+        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            if key in metrics:
+                lines.append(f"{key:<{width}}  {metrics[key]:.4f}")
+    else:
+        lines.append(f"{'mAP':<{width}}  {metrics['mAP']:.4f}  ({metrics.get('metric', 'voc')})")
+    return "\n".join(lines)
+
+
+def _coco_ground_truth(ground_truth: Sequence[Mapping[str, Any]], class_names: Sequence[str]):
+    """A pycocotools COCO built from VOC-style ground truth, and {image id: int COCO image id}.
+
+    Category ids are the labels 1..C; difficult boxes are ``iscrowd`` (ignored by COCOeval).
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    image_ids = {entry["image_id"]: index for index, entry in enumerate(ground_truth, start=1)}
+    images, annotations = [], []
+    for entry in ground_truth:
+        coco_id = image_ids[entry["image_id"]]
+        images.append({"id": coco_id, "file_name": str(entry["image_id"])})
+        difficult = entry.get("difficult")
+        for k, (box, label) in enumerate(zip(entry["boxes"].tolist(), entry["labels"].tolist())):
+            x1, y1, x2, y2 = box
+            crowd = bool(difficult[k]) if difficult is not None else False
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": coco_id,
+                    "category_id": int(label),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": int(crowd),
+                }
+            )
+    coco = COCO()
+    coco.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": label, "name": name} for label, name in enumerate(class_names, start=1)],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, image_ids

@@ -1,0 +1,207 @@
+"""Training logs: ``metrics.jsonl``, TensorBoard events and a progress bar (or plain lines).
+
+``DIR/metrics.jsonl`` holds one JSON object per line, flushed as it is written:
+
+    {"type": "train", "iteration": 20, "epoch": 0, "lr": 0.001, "loss": 1.23,
+     "loss_objectness": 0.3, "loss_rpn_box_reg": 0.1, "loss_classifier": 0.6, "loss_box_reg": 0.2,
+     "time": 0.41}
+    {"type": "skip", "iteration": 21, "epoch": 0, "losses": {"loss_classifier": null, ...},
+     "consecutive": 1}                        # a step skipped because a loss was not finite
+    {"type": "eval", "iteration": 100, "mAP": 0.71, "metric": "voc", "per_class": {...}}
+
+``iteration`` counts optimizer steps taken (1 after the first step). Train records are written every
+``log_every`` iterations (and at the last one); their losses and ``time`` (seconds per iteration)
+are means over the iterations since the previous record. TensorBoard scalars go to ``DIR/tb/``
+under ``train/<name>`` and ``eval/<name>``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from fasterrcnn.io import atomic_write_text
+
+__all__ = ["MetricsLogger", "read_metrics"]
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (a torn last line, from a killed run, is dropped)."""
+    records = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return records
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _json_safe(value: Any) -> Any:
+    # NaN / inf are not JSON: they become null (e.g. the AP of a class without ground truth).
+    if isinstance(value, float):
+        return _finite_or_none(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+class MetricsLogger:
+    """Writes metrics.jsonl and TensorBoard events and shows progress.
+
+    Args:
+        output_dir: the run's folder (created if needed).
+        max_iters: total iterations, for the progress bar and the ETA.
+        start_iteration: iterations already done (resume); records after it are dropped from an
+            existing metrics.jsonl, and TensorBoard events after it are purged.
+        log_every: iterations between train records.
+        quiet: print one plain line per train record instead of a progress bar.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        max_iters: int,
+        start_iteration: int = 0,
+        log_every: int = 20,
+        quiet: bool = False,
+    ) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.max_iters = max_iters
+        self.log_every = max(1, log_every)
+        self.quiet = quiet
+        self.path = self.output_dir / "metrics.jsonl"
+        kept = [r for r in read_metrics(self.path) if r.get("iteration", 0) <= start_iteration] if start_iteration else []
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.records: list[dict[str, Any]] = kept
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._writer = SummaryWriter(
+            log_dir=str(self.output_dir / "tb"), purge_step=start_iteration + 1 if start_iteration else None
+        )
+        self._window: list[tuple[dict[str, float], float]] = []
+        self._run_seconds, self._run_iters = 0.0, 0  # for the ETA: mean over this process's iterations
+        self._bar = None
+        if not quiet:
+            self._bar = tqdm(
+                total=max_iters, initial=start_iteration, unit="it", dynamic_ncols=True, file=sys.stderr
+            )
+
+    # -- train ---------------------------------------------------------------------------------------
+    def log_step(self, iteration: int, epoch: int, lr: float, losses: dict[str, float], seconds: float) -> None:
+        """One optimizer step done (``iteration`` >= 1); ``losses`` includes the total ``loss``."""
+        self._window.append((losses, seconds))
+        self._run_seconds += seconds
+        self._run_iters += 1
+        if self._bar is not None:
+            self._bar.update(iteration - self._bar.n)
+            parts = [f"loss {losses['loss']:.3f}"]
+            parts += [f"{_short(k)} {v:.3f}" for k, v in losses.items() if k != "loss"]
+            self._bar.set_postfix_str(" ".join(parts) + f" lr {lr:.2e}", refresh=False)
+        if iteration % self.log_every and iteration != self.max_iters:
+            return
+        n = len(self._window)
+        names = list(self._window[-1][0])
+        means = {k: sum(w[0].get(k, 0.0) for w in self._window) / n for k in names}
+        time_per_iter = sum(w[1] for w in self._window) / n
+        self._window = []
+        record = {"type": "train", "iteration": iteration, "epoch": epoch, "lr": lr, **means, "time": time_per_iter}
+        self._write(record)
+        for k, v in means.items():
+            self._writer.add_scalar(f"train/{k}", v, iteration)
+        self._writer.add_scalar("train/lr", lr, iteration)
+        self._writer.add_scalar("train/time", time_per_iter, iteration)
+        if self.quiet:
+            eta = _format_eta(self._run_seconds / self._run_iters * (self.max_iters - iteration))
+            losses_text = " ".join(f"{k} {v:.4f}" for k, v in means.items())
+            self.info(
+                f"iter {iteration}/{self.max_iters} epoch {epoch} {losses_text} lr {lr:.3e} "
+                f"{time_per_iter:.3f} s/it eta {eta}"
+            )
+
+    def log_skip(self, iteration: int, epoch: int, losses: dict[str, float], consecutive: int) -> None:
+        """A step skipped because a loss was not finite (``iteration`` is the step's number, 1-based)."""
+        record = {
+            "type": "skip",
+            "iteration": iteration,
+            "epoch": epoch,
+            "losses": dict(losses),
+            "consecutive": consecutive,
+        }
+        self._write(record)
+        shown = ", ".join(f"{k}={v}" for k, v in losses.items())
+        self.info(f"iteration {iteration}: non-finite loss ({shown}); step skipped ({consecutive} in a row)")
+
+    # -- eval ----------------------------------------------------------------------------------------
+    def log_eval(self, iteration: int, metrics: dict[str, Any]) -> None:
+        """Evaluation results at ``iteration``: scalars, ``metric`` and ``per_class`` are recorded."""
+        record = {"type": "eval", "iteration": iteration}
+        for k, v in metrics.items():
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                record[k] = v
+            elif k == "per_class":
+                record[k] = {name: float(ap) for name, ap in v.items()}
+        self._write(record)
+        for k, v in record.items():
+            if k not in ("type", "iteration") and isinstance(v, (int, float)):
+                self._writer.add_scalar(f"eval/{k}", v, iteration)
+        for name, ap in record.get("per_class", {}).items():
+            if ap is not None and math.isfinite(ap):
+                self._writer.add_scalar(f"eval_per_class/{name}", ap, iteration)
+        headline = ", ".join(
+            f"{k} {record[k]:.4f}" for k in ("mAP", "AP", "AP50", "AP75") if isinstance(record.get(k), float)
+        )
+        self.info(f"evaluation at iteration {iteration}: {headline}")
+
+    # -- misc ----------------------------------------------------------------------------------------
+    def info(self, message: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._writer.close()
+        self._file.close()
+
+    def _write(self, record: dict[str, Any]) -> None:
+        record = _json_safe(record)
+        self.records.append(record)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _short(name: str) -> str:
+    # "loss_objectness" -> "objectness" for the narrow progress bar
+    return name[len("loss_") :] if name.startswith("loss_") else name

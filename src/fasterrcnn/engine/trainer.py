@@ -1,0 +1,344 @@
+"""The training loop: SGD with momentum, warm-up + step LR, checkpoints, exact resume, logging, evaluation.
+
+One iteration = one batch: forward (the model returns its loss dict), total loss = sum of the
+losses, backward, optional gradient-norm clipping, ``optimizer.step()``, ``scheduler.step()``.
+A batch whose total loss is not finite is skipped (no optimizer step, the iteration still counts,
+so the schedule and the data order are those of a run without the bad batch's update);
+``max_nonfinite_steps`` such batches in a row stop training with ``NonFiniteLossError``, leaving
+the last checkpoint as it was.
+
+Optimizer: ``torch.optim.SGD(lr, momentum, weight_decay)`` over every parameter that requires a
+gradient, weight decay included on biases and norm parameters (the paper's Caffe solver does the
+same for all layers it trains; frozen BatchNorm layers have no trainable parameters anyway).
+
+Output folder::
+
+    DIR/checkpoints/last.pt           every checkpoint_every iterations and at the end
+    DIR/checkpoints/iter_XXXXXXX.pt   the same checkpoints, kept
+    DIR/checkpoints/best.pt           the checkpoint with the best validation mAP (COCO: AP)
+    DIR/metrics.jsonl, DIR/tb/        see engine/logging.py
+    DIR/loss.png                      loss curves, redrawn at every evaluation and at the end
+
+Exact resume: the data order and the augmentation of every sample are functions of
+``(seed, epoch, index)`` (``data.loader.build_loader``); the batches of the current epoch that were
+already consumed are skipped without being loaded; the model's sampling generator (``model.generator``
+when it has one) and torch's / Python's / NumPy's global RNG states are saved in every checkpoint
+and restored. On the CPU with ``num_workers=0`` a resumed run therefore ends with weights identical
+to an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fasterrcnn.config import TrainConfig
+from fasterrcnn.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from fasterrcnn.engine.schedule import WarmupStepLR
+from fasterrcnn.errors import ConfigError, DataError, FasterRCNNError
+
+__all__ = ["NonFiniteLossError", "Trainer", "TrainState", "build_optimizer", "build_scheduler"]
+
+
+class NonFiniteLossError(FasterRCNNError):
+    """Training stopped: too many consecutive iterations had a NaN or infinite loss."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands. ``iteration``: batches processed; ``epoch_iteration``: of them, in ``epoch``."""
+
+    iteration: int = 0
+    epoch: int = 0
+    epoch_iteration: int = 0
+    best_metric: float | None = None
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum and weight decay over the parameters that require a gradient."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> WarmupStepLR:
+    return WarmupStepLR(
+        optimizer,
+        warmup_iters=config.warmup_iters,
+        warmup_factor=config.warmup_factor,
+        lr_steps=config.lr_steps,
+        gamma=config.lr_gamma,
+    )
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Raise ConfigError for values that cannot train."""
+    problems = []
+    if config.batch_size < 1:
+        problems.append(f"batch_size must be >= 1, got {config.batch_size}")
+    if not config.lr > 0:
+        problems.append(f"lr must be > 0, got {config.lr}")
+    if config.epochs is None and config.max_iters < 1:
+        problems.append(f"max_iters must be >= 1, got {config.max_iters}")
+    if config.epochs is not None and config.epochs < 1:
+        problems.append(f"epochs must be >= 1, got {config.epochs}")
+    if config.warmup_iters < 0:
+        problems.append(f"warmup_iters must be >= 0, got {config.warmup_iters}")
+    if config.grad_clip_norm is not None and not config.grad_clip_norm > 0:
+        problems.append(f"grad_clip_norm must be > 0 (or null), got {config.grad_clip_norm}")
+    if not 0.0 <= config.hflip_prob <= 1.0:
+        problems.append(f"hflip_prob must be in [0, 1], got {config.hflip_prob}")
+    for name in ("log_every", "checkpoint_every", "max_nonfinite_steps"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.eval_every < 0:
+        problems.append(f"eval_every must be >= 0, got {config.eval_every}")
+    if problems:
+        raise ConfigError("invalid training configuration: " + "; ".join(problems))
+
+
+def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
+    return [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+
+
+class Trainer:
+    """Trains ``model`` on ``dataset`` and writes checkpoints, metrics and plots under ``output_dir``.
+
+    Args:
+        model: a detector returning a dict of scalar losses in train mode
+            (``model(images, targets)``) and detections in eval mode.
+        dataset: training samples ``(image, target)`` with ``image_size(i)``; its transforms
+            (e.g. ``RandomHorizontalFlip``) are applied with the loader's per-sample seeds.
+        config: the ``TrainConfig``.
+        output_dir: the run's folder.
+        run_config: stored in checkpoints as ``config``: ``{"preset", "model", "train"}`` dicts.
+        class_names: the C foreground class names (label ``l`` is ``class_names[l - 1]``).
+        label_to_category_id: COCO data: label -> the JSON's category id (stored in checkpoints).
+        evaluate: optional ``evaluate(model) -> metrics`` for periodic validation (the metrics
+            dict has ``mAP`` or ``AP``, see ``engine.evaluator``).
+        device, num_workers, quiet: where to train, data-loading processes, plain log lines.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dataset,
+        *,
+        config: TrainConfig,
+        output_dir: str | Path,
+        run_config: Mapping[str, Any],
+        class_names: list[str] | tuple[str, ...],
+        label_to_category_id: Mapping[int, int] | None = None,
+        evaluate: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
+        device: str | torch.device = "cpu",
+        num_workers: int = 0,
+        quiet: bool = False,
+    ) -> None:
+        from fasterrcnn.data.loader import build_loader
+
+        check_train_config(config)
+        if len(dataset) == 0:
+            raise ConfigError("the training set has no images")
+        self.config = config
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.output_dir = Path(output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.run_config = dict(run_config)
+        self.class_names = list(class_names)
+        self.label_to_category_id = dict(label_to_category_id) if label_to_category_id is not None else None
+        self.evaluate = evaluate
+        self.quiet = quiet
+        self.loader = build_loader(
+            dataset, batch_size=config.batch_size, shuffle=True, num_workers=num_workers, seed=config.seed
+        )
+        self.loader.batch_sampler.set_epoch(0)
+        self.batches_per_epoch = len(self.loader.batch_sampler)
+        self.max_iters = config.max_iters if config.epochs is None else config.epochs * self.batches_per_epoch
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.state = TrainState()
+        self.last_metrics: dict[str, Any] | None = None
+        if hasattr(self.model, "generator") and self.model.generator is None:
+            self.model.generator = torch.Generator()  # the model samples anchors / RoIs with it
+        generator = getattr(self.model, "generator", None)
+        self.model_generator = generator if isinstance(generator, torch.Generator) else None
+        self._seed_rngs()
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _seed_rngs(self) -> None:
+        import random
+
+        import numpy as np
+
+        from fasterrcnn.data.loader import mix_seed
+
+        seed = self.config.seed
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        if self.model_generator is not None:
+            self.model_generator.manual_seed(mix_seed(seed, 0x5A3))
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model (eval / predict) and to resume exactly."""
+        rng = get_rng_state()
+        if self.model_generator is not None:
+            rng["model_generator"] = self.model_generator.get_state()
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": self.state.iteration,
+            "epoch": self.state.epoch,
+            "epoch_iteration": self.state.epoch_iteration,
+            "best_metric": self.state.best_metric,
+            "rng": rng,
+            "config": self.run_config,
+            "class_names": self.class_names,
+        }
+        if self.label_to_category_id is not None:
+            state["label_to_category_id"] = self.label_to_category_id
+        return state
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from the checkpoint at ``path`` (written by ``save``)."""
+        state = load_checkpoint(path, map_location=self.device)
+        missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "epoch", "rng") if k not in state]
+        if missing:
+            raise DataError(path, f"not a training checkpoint (missing {', '.join(missing)})")
+        if list(state.get("class_names", self.class_names)) != self.class_names:
+            raise DataError(
+                path,
+                f"was trained on classes {', '.join(state['class_names'])}, "
+                f"the training data has {', '.join(self.class_names)}",
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(path, f"does not fit this model / configuration ({first_line})") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = TrainState(
+            iteration=int(state["iteration"]),
+            epoch=int(state["epoch"]),
+            epoch_iteration=int(state.get("epoch_iteration", 0)),
+            best_metric=state.get("best_metric"),
+        )
+        rng = state["rng"]
+        set_rng_state(rng)
+        if self.model_generator is not None and "model_generator" in rng:
+            self.model_generator.set_state(rng["model_generator"])
+
+    def save(self, *names: str) -> None:
+        """Write the current state to ``checkpoints/<name>`` for each name (serialised once)."""
+        state = self.checkpoint_state()
+        for name in names:
+            save_checkpoint(self.checkpoint_dir / name, state)
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Train until ``max_iters``; returns ``{"iteration", "epoch", "metrics" (last eval or None), "best_metric"}``."""
+        from fasterrcnn.engine.logging import MetricsLogger
+
+        config = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        logger = MetricsLogger(
+            self.output_dir,
+            max_iters=self.max_iters,
+            start_iteration=self.state.iteration,
+            log_every=config.log_every,
+            quiet=self.quiet,
+        )
+        try:
+            if self.state.iteration >= self.max_iters:
+                logger.info(f"already trained for {self.state.iteration} iterations (max {self.max_iters})")
+            self._loop(logger)
+            if self.evaluate is not None and (
+                not config.eval_every or self.state.iteration % config.eval_every or self.last_metrics is None
+            ):
+                self._evaluate(logger)
+            self.save("last.pt")  # again: the final evaluation may have changed best_metric
+            self._plot_losses(logger)
+        finally:
+            logger.close()
+        return {
+            "iteration": self.state.iteration,
+            "epoch": self.state.epoch,
+            "metrics": self.last_metrics,
+            "best_metric": self.state.best_metric,
+        }
+
+    def _loop(self, logger) -> None:
+        config, state = self.config, self.state
+        self.model.train()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        nonfinite = 0
+        while state.iteration < self.max_iters:
+            self.loader.batch_sampler.set_epoch(state.epoch, start_batch=state.epoch_iteration)
+            start = time.perf_counter()
+            for images, targets in self.loader:
+                images = [image.to(self.device, non_blocking=True) for image in images]
+                targets = _to_device(targets, self.device)
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss_dict = self.model(images, targets)
+                loss = sum(loss_dict.values())
+                values = {name: float(v.detach()) for name, v in loss_dict.items()}
+                self.optimizer.zero_grad(set_to_none=True)
+                finite = math.isfinite(float(loss.detach()))
+                if finite:
+                    loss.backward()
+                    if config.grad_clip_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm)
+                    self.optimizer.step()
+                self.scheduler.step()
+                state.iteration += 1
+                state.epoch_iteration += 1
+                seconds = time.perf_counter() - start
+                if finite:
+                    nonfinite = 0
+                    logger.log_step(state.iteration, state.epoch, lr, {"loss": sum(values.values()), **values}, seconds)
+                else:
+                    nonfinite += 1
+                    logger.log_skip(state.iteration, state.epoch, {"loss": float(loss.detach()), **values}, nonfinite)
+                    if nonfinite >= config.max_nonfinite_steps:
+                        raise NonFiniteLossError(
+                            f"training stopped at iteration {state.iteration}: the loss was not finite for "
+                            f"{nonfinite} consecutive iterations (try a lower --lr or --grad-clip); the last "
+                            f"checkpoint in {self.checkpoint_dir} is intact"
+                        )
+                if config.eval_every and self.evaluate is not None and state.iteration % config.eval_every == 0:
+                    self._evaluate(logger)
+                    self._plot_losses(logger)
+                if state.iteration % config.checkpoint_every == 0:
+                    self.save(f"iter_{state.iteration:07d}.pt", "last.pt")
+                if state.iteration >= self.max_iters:
+                    return
+                start = time.perf_counter()
+            state.epoch += 1
+            state.epoch_iteration = 0
+
+    def _evaluate(self, logger) -> None:
+        from fasterrcnn.engine.evaluator import headline
+
+        metrics = self.evaluate(self.model)
+        self.model.train()
+        self.last_metrics = metrics
+        logger.log_eval(self.state.iteration, metrics)
+        _, value = headline(metrics)
+        if math.isfinite(value) and (self.state.best_metric is None or value > self.state.best_metric):
+            self.state.best_metric = value
+            self.save("best.pt")
+
+    def _plot_losses(self, logger) -> None:
+        from fasterrcnn.evaluation.plots import plot_losses
+
+        plot_losses([r for r in logger.records if r.get("type") == "train"], self.output_dir / "loss.png")

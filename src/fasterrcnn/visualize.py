@@ -1,0 +1,88 @@
+"""Draw detections on an image with Pillow: a box, class name and score per detection.
+
+Boxes are ``(x1, y1, x2, y2)`` continuous pixels of the image drawn on; labels are 1..C with
+``class_names[label - 1]`` their names. Every class has its own colour (hues spread by the golden
+ratio, so neighbouring labels differ clearly).
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["class_color", "draw_detections", "to_pil_image"]
+
+_GOLDEN_RATIO = 0.618033988749895
+
+
+def class_color(label: int) -> tuple[int, int, int]:
+    """A saturated RGB colour for ``label`` (deterministic, distinct for neighbouring labels)."""
+    hue = (0.08 + label * _GOLDEN_RATIO) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.9, 0.95)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def to_pil_image(image: torch.Tensor | Image.Image) -> Image.Image:
+    """``Tensor[3, H, W]`` float RGB in [0, 1] (or a PIL image) -> an RGB ``PIL.Image``."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image Tensor[3, H, W], got shape {tuple(image.shape)}")
+    array = (image.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+    return Image.fromarray(array.numpy(), mode="RGB")
+
+
+def draw_detections(
+    image: torch.Tensor | Image.Image,
+    boxes: torch.Tensor | Sequence[Sequence[float]],
+    labels: torch.Tensor | Sequence[int],
+    scores: torch.Tensor | Sequence[float] | None,
+    class_names: Sequence[str],
+    *,
+    score_threshold: float = 0.0,
+) -> Image.Image:
+    """A copy of ``image`` with each detection drawn: box outline, and ``"name 0.93"`` on a filled tag.
+
+    Args:
+        image: ``Tensor[3, H, W]`` float RGB in [0, 1], or a PIL image.
+        boxes: [D, 4] ``(x1, y1, x2, y2)`` pixels; labels: [D] in 1..C; scores: [D] or None
+            (ground truth: names only).
+        class_names: the C foreground class names.
+        score_threshold: detections scoring below it are not drawn.
+
+    Returns:
+        A new RGB ``PIL.Image``; lower-scoring detections are drawn first, so the best are on top.
+    """
+    canvas = to_pil_image(image).copy()
+    draw = ImageDraw.Draw(canvas)
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).tolist()
+    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1).tolist()
+    scores = [None] * len(labels) if scores is None else torch.as_tensor(scores, dtype=torch.float32).reshape(-1).tolist()
+    if not len(boxes) == len(labels) == len(scores):
+        raise ValueError(f"boxes, labels and scores differ in length: {len(boxes)}, {len(labels)}, {len(scores)}")
+    width, height = canvas.size
+    line = max(1, round(min(width, height) / 250))
+    font = ImageFont.load_default(size=max(10, round(min(width, height) / 40)))
+    order = sorted(range(len(labels)), key=lambda i: -1.0 if scores[i] is None else scores[i])
+    for i in order:
+        score = scores[i]
+        if score is not None and score < score_threshold:
+            continue
+        label = labels[i]
+        if not 1 <= label <= len(class_names):
+            raise ValueError(f"label {label} outside 1..{len(class_names)}")
+        color = class_color(label)
+        x1, y1, x2, y2 = boxes[i]
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=line)
+        text = class_names[label - 1] if score is None else f"{class_names[label - 1]} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        text_w, text_h = right - left + 4, bottom - top + 4
+        tag_y = y1 - text_h if y1 - text_h >= 0 else y1  # above the box, or inside it at the top edge
+        tag_x = min(max(x1, 0), max(width - text_w, 0))
+        draw.rectangle([tag_x, tag_y, tag_x + text_w, tag_y + text_h], fill=color)
+        brightness = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+        draw.text((tag_x + 2 - left, tag_y + 2 - top), text, fill=(0, 0, 0) if brightness > 140 else (255, 255, 255), font=font)
+    return canvas

@@ -1,0 +1,213 @@
+"""End-to-end command-line tests on tiny generated VOC and COCO sets (tiny preset, a few iterations, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from fasterrcnn.cli import build_parser, main
+from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
+from fasterrcnn.data.voc import VOCDataset
+from fasterrcnn.engine.checkpoint import load_checkpoint
+from fasterrcnn.engine.logging import read_metrics
+
+SMALL = ["--set", "model.min_size=64", "--set", "model.max_size=96", "--batch-size", "2", "--quiet"]
+COCO_CATEGORY_IDS = [10, 20, 30, 40, 50]
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return write_synthetic_voc(tmp_path_factory.mktemp("data") / "voc", num_train=6, num_test=3, image_size=(64, 64), seed=1)
+
+
+@pytest.fixture(scope="module")
+def coco_json(voc_root):
+    """A COCO instances file of the VOC 'train' images, with non-contiguous category ids."""
+    dataset = VOCDataset(voc_root, split="train", classes=SYNTHETIC_CLASSES)
+    images, annotations = [], []
+    for index, entry in enumerate(dataset.ground_truth()):
+        h, w = dataset.image_size(index)
+        images.append({"id": 100 + index, "file_name": f"{entry['image_id']}.jpg", "width": w, "height": h})
+        for box, label in zip(entry["boxes"].tolist(), entry["labels"].tolist()):
+            x1, y1, x2, y2 = box
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": 100 + index,
+                    "category_id": COCO_CATEGORY_IDS[label - 1],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": c, "name": n} for c, n in zip(COCO_CATEGORY_IDS, SYNTHETIC_CLASSES)]
+    path = voc_root.parent / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def voc_run(voc_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    args = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--output", str(out)]
+    args += ["--max-iters", "4", "--checkpoint-every", "2", "--eval-every", "2", "--log-every", "1", *SMALL]
+    assert main(args) == 0
+    return out
+
+
+def test_train_writes_the_run_folder(voc_run, voc_root):
+    assert sorted(os.listdir(voc_run / "checkpoints")) == ["best.pt", "iter_0000002.pt", "iter_0000004.pt", "last.pt"]
+    for name in ("config.json", "metrics.jsonl", "loss.png"):
+        assert (voc_run / name).stat().st_size > 0, name
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(voc_run / "tb"))
+    config = json.loads((voc_run / "config.json").read_text())
+    assert config["preset"] == "tiny" and config["model"]["min_size"] == 64 and config["model"]["num_classes"] == 5
+    assert config["train"]["max_iters"] == 4 and config["train"]["batch_size"] == 2
+    assert config["class_names"] == list(SYNTHETIC_CLASSES)
+    assert config["data"]["val_split"] == "test" and config["data"]["metric"] == "voc"
+    records = read_metrics(voc_run / "metrics.jsonl")
+    train = [r for r in records if r["type"] == "train"]
+    assert [r["iteration"] for r in train] == [1, 2, 3, 4]
+    expected = {"type", "iteration", "epoch", "lr", "time", "loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    assert set(train[0]) == expected
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["iteration"] for r in evals] == [2, 4] and all("mAP" in r for r in evals)
+    state = load_checkpoint(voc_run / "checkpoints" / "last.pt")
+    assert state["iteration"] == 4 and state["class_names"] == list(SYNTHETIC_CLASSES)
+    assert state["config"]["preset"] == "tiny" and state["config"]["model"]["min_size"] == 64
+    assert "label_to_category_id" not in state
+
+
+def test_eval_weights_then_detections(voc_run, voc_root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--weights", str(voc_run / "checkpoints" / "last.pt"), "--data", str(voc_root), "--output", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metric"] == "voc" and 0.0 <= metrics["mAP"] <= 1.0
+    assert set(metrics["per_class"]) | set(metrics["classes_without_gt"]) == set(SYNTHETIC_CLASSES)
+    assert (out / "pr_curves.png").stat().st_size > 0
+    assert "mAP" in printed and all(name in printed for name in metrics["per_class"])
+    detections = json.loads((out / "detections.json").read_text())
+    assert {d["image_id"] for d in detections} <= set(VOCDataset(voc_root, split="test").ids)
+
+    again = tmp_path / "again"
+    args = ["eval", "--detections", str(out / "detections.json"), "--data", str(voc_root), "--output", str(again)]
+    assert main(args + ["--classes", ",".join(SYNTHETIC_CLASSES), "--metric", "voc"]) == 0
+    assert json.loads((again / "metrics.json").read_text())["mAP"] == metrics["mAP"]
+    assert main(args + ["--metric", "coco"]) == 0
+    coco_metrics = json.loads((again / "metrics.json").read_text())
+    assert coco_metrics["metric"] == "coco" and {"AP", "AP50", "AP75"} <= set(coco_metrics)
+
+
+def test_predict_writes_pictures_and_detections(voc_run, voc_root, tmp_path):
+    out = tmp_path / "pred"
+    images = voc_root / "JPEGImages"
+    single = sorted(images.iterdir())[0]
+    args = ["predict", "--weights", str(voc_run / "checkpoints" / "best.pt"), str(images), "--output", str(out)]
+    assert main(args + ["--score-threshold", "0.0", "--quiet"]) == 0
+    stems = {p.stem for p in images.iterdir()}
+    assert {p.stem for p in out.glob("*.jpg")} == stems
+    detections = json.loads((out / "detections.json").read_text())
+    assert isinstance(detections, list) and {d["image_id"] for d in detections} <= stems
+    assert all(d["category_name"] == SYNTHETIC_CLASSES[d["category_id"] - 1] for d in detections)
+    assert main(["predict", "--weights", str(voc_run / "checkpoints" / "last.pt"), str(single), "--output", str(tmp_path / "one"), "--quiet"]) == 0
+    assert [p.name for p in (tmp_path / "one").glob("*.jpg")] == [f"{single.stem}.jpg"]
+
+
+def test_coco_train_eval_predict(coco_json, voc_root, tmp_path):
+    run = tmp_path / "run"
+    images = str(voc_root / "JPEGImages")
+    args = ["train", "--data", str(coco_json), "--images", images, "--val-data", str(coco_json), "--val-images", images]
+    assert main(args + ["--preset", "tiny", "--output", str(run), "--max-iters", "2", *SMALL]) == 0
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["label_to_category_id"] == dict(enumerate(COCO_CATEGORY_IDS, start=1))
+    evals = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "eval"]
+    assert len(evals) == 1 and evals[0]["metric"] == "coco" and "AP" in evals[0]
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--weights", str(run / "checkpoints" / "last.pt"), "--data", str(coco_json), "--images", images, "--output", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metric"] == "coco" and {"AP", "AP50", "AP75", "per_class"} <= set(metrics)
+    assert (out / "pr_curves.png").stat().st_size > 0
+    assert main(["eval", "--detections", str(out / "detections.json"), "--data", str(coco_json), "--images", images, "--output", str(tmp_path / "e2"), "--metric", "voc"]) == 0
+    assert "mAP" in json.loads((tmp_path / "e2" / "metrics.json").read_text())
+
+    pred = tmp_path / "pred"
+    assert main(["predict", "--weights", str(run / "checkpoints" / "last.pt"), images, "--output", str(pred), "--score-threshold", "0", "--quiet"]) == 0
+    detections = json.loads((pred / "detections.json").read_text())
+    assert {d["category_id"] for d in detections} <= set(COCO_CATEGORY_IDS)
+
+
+def test_resume_gives_identical_weights(voc_root, tmp_path):
+    common = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--no-val", "--seed", "7", *SMALL]
+    # lr_steps inside the run, warm-up crossing the resume point
+    # 3 batches per epoch: the resume point (2) is inside epoch 0, warm-up and the lr step come after it
+    common += ["--set", "train.warmup_iters=3", "--set", "train.lr_steps=[3]", "--log-every", "1"]
+    assert main(common + ["--output", str(tmp_path / "full"), "--max-iters", "4"]) == 0
+    assert main(common + ["--output", str(tmp_path / "half"), "--max-iters", "2"]) == 0
+    torch.manual_seed(999)  # the resumed run must not depend on the process's RNG
+    assert main(common + ["--output", str(tmp_path / "half"), "--max-iters", "4", "--resume"]) == 0
+    full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "half" / "checkpoints" / "last.pt")
+    assert full["iteration"] == resumed["iteration"] == 4 and resumed["epoch"] == 1
+    assert full["model"].keys() == resumed["model"].keys()
+    for name, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    train = [r for r in read_metrics(tmp_path / "half" / "metrics.jsonl") if r["type"] == "train"]
+    assert [r["iteration"] for r in train] == [1, 2, 3, 4]
+    assert [r["lr"] for r in train] == [r["lr"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl")]
+
+
+def test_config_precedence(voc_root, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"preset": "tiny", "model": {"rpn_nms_thresh": 0.5, "min_size": 64}, "train": {"lr": 0.5, "momentum": 0.8}}))
+    out = tmp_path / "run"
+    args = ["train", "--data", str(voc_root), "--split", "train", "--config", str(config), "--output", str(out), "--no-val"]
+    args += ["--set", "model.rpn_nms_thresh=0.6", "--set", "train.lr=0.25", "--set", "train.lr_steps=[1,2]", "--lr", "0.01"]
+    args += ["--max-iters", "1", "--batch-size", "2", "--quiet", "--set", "model.max_size=96"]
+    assert main(args) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["preset"] == "tiny"
+    assert saved["model"]["rpn_nms_thresh"] == 0.6 and saved["model"]["min_size"] == 64  # --set > file > preset
+    assert saved["train"]["lr"] == 0.01 and saved["train"]["momentum"] == 0.8  # flag > --set > file
+    assert saved["train"]["lr_steps"] == [1, 2]
+
+
+def test_help_mentions_every_option(capsys):
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert set(subparsers.choices) == {"train", "eval", "predict", "demo"}
+    for name, subparser in subparsers.choices.items():
+        assert main([name, "--help"]) == 0
+        text = capsys.readouterr().out
+        options = [s for action in subparser._actions for s in action.option_strings]
+        assert options, name
+        for option in options:
+            assert option in text, f"{name} --help does not mention {option}"
+        for action in subparser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help text"
+    for option in ("--data", "--val-data", "--preset", "--output", "--epochs", "--max-iters", "--batch-size", "--lr", "--resume", "--config", "--set", "--num-workers", "--seed", "--eval-every", "--split", "--val-split", "--images", "--classes", "--backbone-weights", "--quiet", "--grad-clip", "--checkpoint-every"):
+        assert option in [s for a in subparsers.choices["train"]._actions for s in a.option_strings], option
+
+
+def test_demo_pipeline_with_a_tiny_schedule(tmp_path, monkeypatch, capsys):
+    import fasterrcnn.cli as cli
+
+    monkeypatch.setattr(cli, "DEMO_NUM_TRAIN", 4)
+    monkeypatch.setattr(cli, "DEMO_NUM_TEST", 2)
+    monkeypatch.setattr(cli, "DEMO_IMAGE_SIZE", (48, 48))
+    monkeypatch.setattr(cli, "DEMO_MODEL", {"min_size": 48, "max_size": 64})
+    monkeypatch.setattr(cli, "DEMO_TRAIN", {"max_iters": 2, "lr_steps": [1], "batch_size": 2})
+    monkeypatch.setattr(cli, "DEMO_NUM_PICTURES", 2)
+    assert main(["demo", "--output", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert f"test mAP@0.5 = {metrics['mAP']:.4f}" in out and str(tmp_path / "predictions") in out
+    assert metrics["metric"] == "voc" and metrics["num_images"] == 2
+    assert len(list((tmp_path / "predictions").glob("*.jpg"))) == 2
+    assert (tmp_path / "train" / "checkpoints" / "last.pt").is_file() and (tmp_path / "train" / "loss.png").is_file()
+    assert (tmp_path / "data" / "ImageSets" / "Main" / "test.txt").is_file()

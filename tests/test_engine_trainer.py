@@ -1,0 +1,186 @@
+"""Trainer, schedule, checkpoint and logging tests with a small fake detector (fast, CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from fasterrcnn.config import TrainConfig, replace
+from fasterrcnn.data.synthetic import write_synthetic_voc
+from fasterrcnn.data.transforms import RandomHorizontalFlip
+from fasterrcnn.data.voc import VOCDataset
+from fasterrcnn.engine.checkpoint import load_checkpoint
+from fasterrcnn.engine.evaluator import evaluate_model
+from fasterrcnn.engine.logging import read_metrics
+from fasterrcnn.engine.trainer import NonFiniteLossError, Trainer
+from fasterrcnn.errors import ConfigError
+
+
+class FakeDetector(nn.Module):
+    """Losses that depend on the image pixels, the (possibly flipped) boxes and a sampling generator."""
+
+    def __init__(self, num_classes: int = 5, nan_after: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4 + 4, num_classes + 1)
+        self.generator = torch.Generator()
+        self.nan_after = nan_after
+        self.calls = 0
+
+    def forward(self, images, targets=None):
+        feats = torch.stack([self.conv(image[None]).mean(dim=(0, 2, 3)) for image in images])  # [N, 4]
+        if not self.training:
+            return [
+                {
+                    "boxes": t_boxes,
+                    "labels": torch.ones(len(t_boxes), dtype=torch.int64),
+                    "scores": torch.full((len(t_boxes),), 0.9),
+                }
+                for t_boxes in [torch.tensor([[2.0, 2.0, 30.0, 30.0]]) for _ in images]
+            ]
+        self.calls += 1
+        boxes = torch.stack([t["boxes"][0] / 64.0 for t in targets])  # [N, 4]
+        noise = torch.rand(len(images), 4, generator=self.generator)
+        logits = self.head(torch.cat([feats, boxes + noise], dim=1))
+        labels = torch.stack([t["labels"][0] for t in targets])
+        loss_classifier = nn.functional.cross_entropy(logits, labels)
+        loss_box_reg = (feats - boxes).pow(2).mean()
+        if self.nan_after is not None and self.calls > self.nan_after:
+            loss_box_reg = loss_box_reg * float("nan")
+        return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return write_synthetic_voc(tmp_path_factory.mktemp("voc"), num_train=6, num_test=3, image_size=(64, 64), seed=0)
+
+
+def make_trainer(voc_root, output_dir, *, config: TrainConfig, model=None, evaluate=None):
+    dataset = VOCDataset(voc_root, split="train", transforms=RandomHorizontalFlip(config.hflip_prob))
+    torch.manual_seed(0)
+    model = model or FakeDetector(len(dataset.classes))
+    return Trainer(
+        model,
+        dataset,
+        config=config,
+        output_dir=output_dir,
+        run_config={"preset": "fake", "model": {}, "train": {}},
+        class_names=dataset.classes,
+        evaluate=evaluate,
+        quiet=True,
+    )
+
+
+CONFIG = TrainConfig(
+    batch_size=2, lr=0.05, warmup_iters=2, lr_steps=(5,), max_iters=8, log_every=2, checkpoint_every=4, seed=3
+)
+
+
+# -- trainer -------------------------------------------------------------------------------------------
+def test_training_writes_outputs_and_logs(voc_root, tmp_path):
+    trainer = make_trainer(voc_root, tmp_path, config=CONFIG)
+    assert trainer.batches_per_epoch == 3 and trainer.max_iters == 8
+    summary = trainer.train()
+    assert summary["iteration"] == 8 and summary["epoch"] == 2  # 3 batches per epoch: 8 = 3 + 3 + 2
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["iter_0000004.pt", "iter_0000008.pt", "last.pt"]
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["iteration"] for r in records] == [2, 4, 6, 8]
+    assert all(r["type"] == "train" for r in records)
+    first = records[0]
+    assert set(first) == {"type", "iteration", "epoch", "lr", "loss", "loss_classifier", "loss_box_reg", "time"}
+    assert first["lr"] == pytest.approx(0.05 * (1 / 3 + (2 / 3) * 0.5))  # lr of iteration index 1 (2nd step)
+    assert records[-1]["lr"] == pytest.approx(0.005)  # after the step at 5
+    assert first["loss"] == pytest.approx(first["loss_classifier"] + first["loss_box_reg"])
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["iteration"] == 8 and state["epoch"] == 2 and state["epoch_iteration"] == 2
+    assert state["scheduler"] == {"iteration": 8}
+    assert state["class_names"] == list(VOCDataset(voc_root, split="train").classes)
+    assert state["config"]["preset"] == "fake"
+    assert set(state["rng"]) == {"torch", "python", "numpy", "model_generator"}
+
+
+def test_epochs_set_the_number_of_iterations(voc_root, tmp_path):
+    trainer = make_trainer(voc_root, tmp_path, config=replace(CONFIG, epochs=2, max_iters=1))
+    assert trainer.max_iters == 6
+
+
+def test_resume_gives_identical_weights(voc_root, tmp_path):
+    full = make_trainer(voc_root, tmp_path / "full", config=CONFIG)
+    full.train()
+
+    half = make_trainer(voc_root, tmp_path / "half", config=replace(CONFIG, max_iters=4))
+    half.train()
+    # a fresh process state: different global RNG, different model init
+    torch.manual_seed(1234)
+    resumed = make_trainer(voc_root, tmp_path / "half", config=CONFIG, model=FakeDetector(5))
+    resumed.resume(tmp_path / "half" / "checkpoints" / "last.pt")
+    assert resumed.state.iteration == 4 and resumed.state.epoch == 1 and resumed.state.epoch_iteration == 1
+    resumed.train()
+
+    full_params = dict(full.model.named_parameters())
+    for name, param in resumed.model.named_parameters():
+        assert torch.equal(param, full_params[name]), name
+    for key, value in full.optimizer.state_dict()["state"].items():
+        assert torch.equal(resumed.optimizer.state_dict()["state"][key]["momentum_buffer"], value["momentum_buffer"])
+    # the resumed run's metrics.jsonl continues the first half's records without duplicates
+    records = read_metrics(tmp_path / "half" / "metrics.jsonl")
+    assert [r["iteration"] for r in records if r["type"] == "train"] == [2, 4, 6, 8]
+
+
+def test_nonfinite_losses_skip_steps_then_stop(voc_root, tmp_path):
+    config = replace(CONFIG, max_iters=20, checkpoint_every=2, max_nonfinite_steps=3)
+    trainer = make_trainer(voc_root, tmp_path, config=config, model=FakeDetector(5, nan_after=3))
+    with pytest.raises(NonFiniteLossError, match="3 consecutive iterations"):
+        trainer.train()
+    # iterations 4, 5, 6 were non-finite: weights did not change after iteration 3
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["iteration"] == 4  # written after the skipped iteration 4, weights of iteration 3
+    for name, param in trainer.model.named_parameters():
+        assert torch.equal(param, state["model"][name]), name
+        assert torch.isfinite(param).all()
+    skips = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "skip"]
+    assert [(r["iteration"], r["consecutive"]) for r in skips] == [(4, 1), (5, 2), (6, 3)]
+    assert skips[0]["losses"]["loss_box_reg"] is None and math.isfinite(skips[0]["losses"]["loss_classifier"])
+
+
+def test_periodic_evaluation_keeps_best_checkpoint(voc_root, tmp_path):
+    val = VOCDataset(voc_root, split="test", classes=VOCDataset(voc_root, split="train").classes)
+    scores = iter([0.5, 0.25, 0.75])
+
+    def evaluate(model):
+        results, metrics = evaluate_model(model, val, metric="voc", class_names=val.classes)
+        assert model.training  # evaluate_model restores the mode
+        assert {r["image_id"] for r in results} == set(val.ids)
+        return {**metrics, "mAP": next(scores)}
+
+    config = replace(CONFIG, max_iters=6, eval_every=2, checkpoint_every=100)
+    trainer = make_trainer(voc_root, tmp_path, config=config, evaluate=evaluate)
+    summary = trainer.train()
+    assert summary["best_metric"] == 0.75 and summary["metrics"]["mAP"] == 0.75
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["iteration"] == 6 and best["best_metric"] == 0.75
+    evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
+    assert [(r["iteration"], r["mAP"]) for r in evals] == [(2, 0.5), (4, 0.25), (6, 0.75)]
+    assert set(evals[0]["per_class"]) <= set(val.classes)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["best.pt", "last.pt"]
+
+
+def test_invalid_config_is_a_config_error(voc_root, tmp_path):
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        make_trainer(voc_root, tmp_path, config=replace(CONFIG, batch_size=0))
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        make_trainer(voc_root, tmp_path, config=replace(CONFIG, lr=-1.0))
+
+
+def test_metrics_jsonl_is_one_json_object_per_line(voc_root, tmp_path):
+    make_trainer(voc_root, tmp_path, config=replace(CONFIG, max_iters=3, log_every=1)).train()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]
