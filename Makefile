@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # resolving the project's torch range to the newest CUDA build (gigabytes of packages).
 TORCH_PIN := torch==2.13.0
 
-.PHONY: test demo venv clean
+.PHONY: test demo venv browser clean
 
 venv: $(VENV)/.installed
 
@@ -16,8 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-test: venv
+test: venv browser
 	$(PY) -m pytest -q
+
+# The end-to-end page test drives Debian's chromium through Playwright (never `playwright
+# install`: no browser downloads here). Without root or apt, that one test is skipped with a reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium could not be installed: the browser test will be skipped"
 
 demo: venv
 	$(VENV)/bin/fasterrcnn demo --output demo_output

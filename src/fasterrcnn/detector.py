@@ -1,0 +1,243 @@
+"""A trained detector in one line: ``Detector.from_checkpoint("best.pt").detect("photo.jpg")``.
+
+    detector = Detector.from_checkpoint("runs/x/checkpoints/best.pt")   # cuda when available
+    for d in detector.detect("photo.jpg", score_threshold=0.8):
+        print(d.class_name, d.score, d.box)                            # box: (x1, y1, x2, y2) pixels
+    detector.draw("photo.jpg", detections).save("photo_boxes.jpg")
+
+``detect`` takes an image as
+
+- a path (``str`` / ``pathlib.Path``): decoded by ``fasterrcnn.data.load_image`` (EXIF orientation
+  applied, grayscale / 16-bit / alpha normalised; ``DataError`` for a bad file);
+- a ``PIL.Image``: converted with ``convert("RGB")`` (used as given: no EXIF rotation);
+- a NumPy array ``[H, W, 3]`` uint8, RGB;
+- a float ``Tensor[3, H, W]``, RGB in [0, 1] (any device);
+
+or a list of those (one batched forward pass; returns one list of detections per image).
+Every form becomes the same float32 tensor (uint8 / 255), so the same pixels give the same
+detections whatever the form.
+
+Boxes are float ``(x1, y1, x2, y2)`` in pixels of the image as given (continuous coordinates);
+labels are 1..C with ``class_names[label - 1]`` their names. The model's own
+``box_score_thresh`` (a ModelConfig field, 0.05 by default) already drops lower scores, so a
+``score_threshold`` below it returns nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fasterrcnn.errors import ConfigError, DataError
+
+__all__ = ["Detection", "Detector", "resolve_device"]
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: ``box`` ``(x1, y1, x2, y2)`` in original-image pixels, ``label`` in
+    1..C, ``class_name`` its name, ``score`` in [0, 1]."""
+
+    box: tuple[float, float, float, float]
+    label: int
+    class_name: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"box": [x1, y1, x2, y2], "label", "class_name", "score"}`` (JSON-ready)."""
+        return {"box": list(self.box), "label": self.label, "class_name": self.class_name, "score": self.score}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` or ``"auto"``: CUDA when available, else CPU; otherwise the named device.
+
+    Raises ConfigError for a name that is not a device, or CUDA on a machine without it.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not a device (cpu, cuda, cuda:N, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device}: CUDA is not available on this machine")
+    return device
+
+
+def to_image_tensor(image: ImageInput) -> torch.Tensor:
+    """Any accepted image form -> float32 ``Tensor[3, H, W]`` RGB in [0, 1] (see the module docstring)."""
+    from fasterrcnn.data.images import load_image
+
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a NumPy array [H, W, 3] of uint8 (RGB), got {image.dtype} array of shape {image.shape}")
+        # A copy: arrays may be read-only or have negative strides (e.g. array[:, ::-1]).
+        return torch.from_numpy(np.array(image, copy=True, order="C")).permute(2, 0, 1).float() / 255.0
+    if isinstance(image, torch.Tensor):
+        if not image.is_floating_point() or image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(
+                f"expected a float Tensor[3, H, W] (RGB in [0, 1]), got {image.dtype} Tensor{list(image.shape)}"
+                + ("; pass a batch as a list of images" if image.ndim == 4 else "")
+            )
+        if image.numel() and (image.min() < 0 or image.max() > 1):
+            raise ValueError(f"expected image values in [0, 1], got [{float(image.min()):g}, {float(image.max()):g}] (divide uint8 values by 255)")
+        return image
+    raise TypeError(f"expected an image path, PIL image, NumPy array or Tensor, got {type(image).__name__}")
+
+
+class Detector:
+    """A FasterRCNN in eval mode with its class names: ``detect`` images, ``draw`` detections.
+
+    Args:
+        model: a ``FasterRCNN`` (moved to ``device`` and put in eval mode).
+        class_names: the C foreground class names, ``class_names[label - 1]`` for label 1..C.
+        device: ``None`` / ``"auto"`` (CUDA when available), or e.g. ``"cpu"``, ``"cuda:1"``.
+        label_to_category_id: optional {label: dataset category id} (COCO checkpoints), kept for callers.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        class_names: Sequence[str],
+        *,
+        device: str | torch.device | None = None,
+        label_to_category_id: dict[int, int] | None = None,
+    ):
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes is not None and num_classes != len(class_names):
+            raise ValueError(f"the model has {num_classes} classes but {len(class_names)} class names were given")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.class_names = tuple(str(name) for name in class_names)
+        self.label_to_category_id = label_to_category_id
+
+    # -- construction --------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> "Detector":
+        """The detector of a checkpoint written by ``fasterrcnn train`` (``model``, ``config``, ``class_names``).
+
+        Raises DataError naming the file when it is missing, unsafe, not a checkpoint, or its
+        weights do not fit its configuration.
+        """
+        from fasterrcnn.config import ModelConfig, from_dict
+        from fasterrcnn.engine.checkpoint import check_model_checkpoint, load_checkpoint
+        from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+
+        state = load_checkpoint(path, map_location="cpu")
+        check_model_checkpoint(state, path)
+        try:
+            model_config = from_dict(ModelConfig, state["config"]["model"])
+        except (ConfigError, TypeError) as e:
+            raise DataError(path, f"checkpoint holds an invalid model configuration ({e})") from None
+        class_names = list(state["class_names"])
+        if len(class_names) != model_config.num_classes:
+            raise DataError(path, f"checkpoint has {len(class_names)} class names for {model_config.num_classes} classes")
+        model = FasterRCNN.from_config(model_config)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            first_line = str(e).strip().splitlines()[0]
+            raise DataError(path, f"weights do not fit the checkpoint's model configuration ({first_line})") from None
+        return cls(model, class_names, device=device, label_to_category_id=state.get("label_to_category_id"))
+
+    @classmethod
+    def from_torchvision(
+        cls,
+        preset: str,
+        weights_path: str | Path,
+        classes: Sequence[str] | str = "coco",
+        device: str | torch.device | None = None,
+    ) -> "Detector":
+        """A torchvision detection weights file (e.g. ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth``) in ``preset``'s model.
+
+        The number of classes is read from the file (``roi_heads.box_predictor.cls_score``).
+        ``classes``: the foreground class names in label order, or ``"coco"`` for the COCO
+        names in torchvision's 91-id layout (needs ``fasterrcnn.data.coco_names``).
+        """
+        from fasterrcnn.modeling.backbones.weights import read_state_dict
+        from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+
+        state = read_state_dict(weights_path)
+        cls_score = state.get("roi_heads.box_predictor.cls_score.weight")
+        if cls_score is None or cls_score.ndim != 2:
+            raise DataError(weights_path, "not a detection weights file (no roi_heads.box_predictor.cls_score.weight)")
+        num_classes = cls_score.shape[0] - 1
+        if isinstance(classes, str):
+            classes = _named_classes(classes, num_classes)
+        if len(classes) != num_classes:
+            raise ConfigError(f"{weights_path}: the file has {num_classes} foreground classes but {len(classes)} class names were given")
+        model = FasterRCNN.from_preset(preset, num_classes=num_classes)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            first_line = str(e).strip().splitlines()[0]
+            raise DataError(weights_path, f"weights do not fit preset {preset!r} ({first_line})") from None
+        return cls(model, classes, device=device)
+
+    # -- inference -----------------------------------------------------------------------------------------
+    def detect(
+        self, image: ImageInput | Sequence[ImageInput], score_threshold: float = 0.5
+    ) -> list[Detection] | list[list[Detection]]:
+        """Detections scoring >= ``score_threshold`` by decreasing score; a list of lists for a list of images."""
+        if not (isinstance(score_threshold, (int, float)) and 0.0 <= score_threshold <= 1.0):
+            raise ValueError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
+        batch = isinstance(image, (list, tuple))
+        images = list(image) if batch else [image]
+        if not images:
+            return []
+        dtype = next(self.model.parameters()).dtype
+        tensors = [to_image_tensor(img).to(self.device, dtype) for img in images]
+        with torch.inference_mode():
+            outputs = self.model(tensors)
+        results = [self._detections(out, score_threshold) for out in outputs]
+        return results if batch else results[0]
+
+    def _detections(self, output: dict[str, torch.Tensor], score_threshold: float) -> list[Detection]:
+        keep = output["scores"] >= score_threshold
+        boxes = output["boxes"][keep].cpu().tolist()
+        labels = output["labels"][keep].cpu().tolist()
+        scores = output["scores"][keep].cpu().tolist()
+        return [
+            Detection(tuple(box), label, self.class_names[label - 1], score)
+            for box, label, score in zip(boxes, labels, scores)
+        ]
+
+    def draw(self, image: ImageInput, detections: Sequence[Detection]) -> Image.Image:
+        """A new RGB PIL image: ``image`` with each detection's box, class name and score (visualize.draw_detections)."""
+        from fasterrcnn.visualize import draw_detections
+
+        tensor = to_image_tensor(image).detach().cpu()
+        return draw_detections(
+            tensor,
+            [d.box for d in detections],
+            [d.label for d in detections],
+            [d.score for d in detections],
+            self.class_names,
+        )
+
+    def __repr__(self) -> str:
+        preset = getattr(getattr(self.model, "config", None), "backbone", type(self.model).__name__)
+        return f"Detector({preset}, {len(self.class_names)} classes, device={self.device})"
+
+
+def _named_classes(name: str, num_classes: int) -> list[str]:
+    """The class names of a named label layout (``"coco"``: torchvision's 91-id COCO layout)."""
+    if name != "coco":
+        raise ConfigError(f"unknown class list {name!r}; pass 'coco' or a list of class names")
+    try:
+        from fasterrcnn.data.coco_names import coco_class_names
+    except ImportError:
+        raise ConfigError("the COCO class names are not available in this version; pass classes=[...] explicitly") from None
+    return list(coco_class_names(num_classes))

@@ -1,0 +1,248 @@
+"""``fasterrcnn serve``: a small web app around a ``Detector`` (FastAPI + uvicorn).
+
+    fasterrcnn serve --weights runs/x/checkpoints/best.pt [--host 127.0.0.1] [--port 8000]
+
+Routes:
+    GET  /         the page (static/index.html, self-contained: pick or drop an image, set the
+                   score threshold, see the boxes on a canvas and a table of detections)
+    POST /detect   multipart/form-data with the file in field ``image`` and an optional
+                   ``score_threshold`` (form field or query parameter, default 0.5) ->
+                   {"detections": [{"box": [x1, y1, x2, y2], "label", "class_name", "score"}],
+                    "width", "height", "score_threshold"}  (boxes in pixels of the uploaded image,
+                   EXIF orientation applied; by decreasing score)
+    GET  /health   {"status": "ok", "classes": [...], "device": "cpu", "max_upload_bytes": N}
+
+Every error answers JSON ``{"error": "..."}`` with a 4xx status: 400 (no ``image`` field, empty
+file, malformed form, bad threshold), 413 (upload over ``max_upload_bytes`` or image over
+``max_image_pixels``), 415 (not multipart/form-data), 422 (not a readable image), 404 / 405.
+Decoding and the model run in the thread pool, so the event loop keeps answering /health; a lock
+lets one forward pass run at a time.
+
+FastAPI, uvicorn and python-multipart are imported only when an app is built, so the command
+line stays quick and works without them for the other commands.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the route functions' annotations
+# (``request: Request``), which are imported inside ``create_app``.
+import argparse
+import io
+import math
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fasterrcnn.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from fasterrcnn.detector import Detector
+
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "add_serve_parser", "create_app", "run", "run_serve"]
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # 20 MiB
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused before they are decoded
+DEFAULT_SCORE_THRESHOLD = 0.5
+_MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small fields around the file
+_MISSING_DEPENDENCIES = "fasterrcnn serve needs fastapi, uvicorn and python-multipart (pip install fastapi uvicorn python-multipart)"
+
+
+def index_html() -> str:
+    """The page served at ``/`` (package data ``fasterrcnn/static/index.html``)."""
+    return resources.files("fasterrcnn").joinpath("static", "index.html").read_text(encoding="utf-8")
+
+
+class _RequestError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _parse_threshold(text: str | None) -> float:
+    if text is None or text == "":
+        return DEFAULT_SCORE_THRESHOLD
+    try:
+        value = float(text)
+    except ValueError:
+        raise _RequestError(400, f"score_threshold must be a number in [0, 1], got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise _RequestError(400, f"score_threshold must be a number in [0, 1], got {text!r}")
+    return value
+
+
+def _decode_upload(data: bytes, filename: str, max_image_pixels: int):
+    """Upload bytes -> float ``Tensor[3, H, W]``, as ``load_image`` decodes files (EXIF applied)."""
+    from fasterrcnn.data.images import image_size, load_image
+
+    buffer = io.BytesIO(data)
+    try:
+        height, width = image_size(buffer)
+        if height * width > max_image_pixels:
+            raise _RequestError(413, f"{filename}: the image is {width}x{height}, more than {max_image_pixels} pixels")
+        buffer.seek(0)
+        return load_image(buffer)
+    except DataError as e:
+        problem = e.problem.replace(str(buffer), "upload")  # Pillow names the buffer object
+        raise _RequestError(422, f"{filename}: not a readable image ({problem})") from None
+
+
+def create_app(
+    detector: "Detector",
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    *,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+):
+    """The FastAPI app serving ``detector`` (routes in the module docstring)."""
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.concurrency import run_in_threadpool
+        from fastapi.responses import HTMLResponse, JSONResponse
+        from starlette.datastructures import UploadFile
+        from starlette.exceptions import HTTPException
+    except ImportError:
+        raise ConfigError(_MISSING_DEPENDENCIES) from None
+
+    if max_upload_bytes < 1:
+        raise ConfigError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
+    page = index_html()
+    model_lock = threading.Lock()
+    app = FastAPI(title="fasterrcnn", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):  # 404, 405 ... as {"error": ...}
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(_RequestError)
+    async def request_error(request, exc: _RequestError):
+        return error(exc.status, exc.message)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "classes": list(detector.class_names),
+            "device": str(detector.device),
+            "max_upload_bytes": max_upload_bytes,
+        }
+
+    def detect_locked(image, score_threshold: float):
+        with model_lock:  # one forward pass at a time
+            return detector.detect(image, score_threshold=score_threshold)
+
+    @app.post("/detect")
+    async def detect(request: Request) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise _RequestError(415, "send the image as multipart/form-data, in the file field 'image'")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_upload_bytes + _MULTIPART_OVERHEAD:
+            raise _RequestError(413, f"upload of {int(length)} bytes is over the limit of {max_upload_bytes} bytes")
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except HTTPException as e:  # malformed multipart body, too many parts
+            raise _RequestError(400, f"malformed form: {e.detail}") from None
+        try:
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise _RequestError(400, "no file in the form field 'image'")
+            field = form.get("score_threshold")
+            score_threshold = _parse_threshold(field if isinstance(field, str) else request.query_params.get("score_threshold"))
+            filename = upload.filename or "upload"
+            data = await upload.read(max_upload_bytes + 1)
+        finally:
+            await form.close()
+        if len(data) > max_upload_bytes:
+            raise _RequestError(413, f"{filename}: the file is over the limit of {max_upload_bytes} bytes")
+        if not data:
+            raise _RequestError(400, f"{filename}: the file is empty")
+        image = await run_in_threadpool(_decode_upload, data, filename, max_image_pixels)
+        detections = await run_in_threadpool(detect_locked, image, score_threshold)
+        return JSONResponse(
+            {
+                "detections": [d.to_dict() for d in detections],
+                "width": int(image.shape[2]),
+                "height": int(image.shape[1]),
+                "score_threshold": score_threshold,
+            }
+        )
+
+    return app
+
+
+def run(
+    weights: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    device: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+) -> None:
+    """Load the checkpoint ``weights`` and serve it on http://host:port until interrupted."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise ConfigError(_MISSING_DEPENDENCIES) from None
+    from fasterrcnn.detector import Detector
+
+    detector = Detector.from_checkpoint(weights, device=device)
+    app = create_app(detector, max_upload_bytes=max_upload_bytes)
+    print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {detector.device}) on http://{host}:{port}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+# -- command line (wired into fasterrcnn/cli.py) ------------------------------------------------------------
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to ``subparsers`` (the result of ``add_subparsers``)."""
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a checkpoint as a web page and a JSON API",
+        description="Serve a checkpoint: GET / is a page to drop an image on and see its detections; "
+        "POST /detect (multipart field 'image', optional score_threshold) answers JSON; GET /health. "
+        "Needs fastapi, uvicorn and python-multipart.",
+    )
+    p.add_argument("--weights", required=True, metavar="CKPT", help="a checkpoint written by 'fasterrcnn train'")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=_port, default=8000, help="port to listen on (default: 8000)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to run: 'cpu', 'cuda', 'cuda:1', ... or 'auto' (CUDA when available, else CPU) (default: auto)",
+    )
+    p.add_argument(
+        "--max-upload-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        metavar="N",
+        help=f"largest accepted upload (default: {DEFAULT_MAX_UPLOAD_BYTES}, 20 MiB)",
+    )
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``fasterrcnn serve``: serve until interrupted (Ctrl-C), then return 0."""
+    run(args.weights, args.host, args.port, device=args.device, max_upload_bytes=args.max_upload_bytes)
+    return 0

@@ -1,0 +1,199 @@
+"""fasterrcnn.Detector: one-line inference on paths, PIL images, NumPy arrays, tensors and lists.
+
+The model is the untrained ``tiny`` preset with a predictable box predictor (see
+``predictable_model``): every RPN proposal becomes a class-1 detection (score ~0.83) and a
+class-2 one (score ~0.11), so detections are non-empty and deterministic. Nothing here depends on
+what a trained model would detect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from fasterrcnn.config import get_preset, to_dict
+from fasterrcnn.detector import Detection, Detector
+from fasterrcnn.engine.checkpoint import save_checkpoint
+from fasterrcnn.errors import ConfigError, DataError
+from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+
+CLASS_NAMES = ["circle", "square", "triangle"]
+IMAGE_SIZE = (96, 128)  # (height, width)
+
+
+def predictable_model() -> FasterRCNN:
+    """The tiny model (seed 0) whose classifier ignores the features but a little: logits ~ (0, 3, 1, -1)
+    for (background, circle, square, triangle), no box regression (boxes are the RPN proposals)."""
+    torch.manual_seed(0)
+    model = FasterRCNN.from_preset("tiny", num_classes=len(CLASS_NAMES))
+    predictor = model.roi_heads.box_predictor
+    with torch.no_grad():
+        predictor.cls_score.weight.mul_(0.5)
+        predictor.cls_score.bias.copy_(torch.tensor([0.0, 3.0, 1.0, -1.0]))
+        predictor.bbox_pred.weight.zero_()
+        predictor.bbox_pred.bias.zero_()
+    return model.eval()
+
+
+def write_predictable_checkpoint(path: Path) -> Path:
+    """A checkpoint of ``predictable_model`` as ``fasterrcnn train`` writes it (model, config, class_names)."""
+    model = predictable_model()
+    preset = get_preset("tiny")
+    config = {"preset": "tiny", "model": to_dict(model.config), "train": to_dict(preset.train)}
+    save_checkpoint(path, {"model": model.state_dict(), "config": config, "class_names": CLASS_NAMES})
+    return path
+
+
+def write_test_image(path: Path) -> Path:
+    """A lossless PNG of IMAGE_SIZE with two filled shapes."""
+    height, width = IMAGE_SIZE
+    image = Image.new("RGB", (width, height), (40, 60, 80))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([20, 10, 70, 60], fill=(250, 200, 0))
+    draw.ellipse([80, 40, 120, 90], fill=(0, 200, 250))
+    image.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector(predictable_model(), CLASS_NAMES, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory) -> Path:
+    return write_test_image(tmp_path_factory.mktemp("images") / "shapes.png")
+
+
+@pytest.fixture(scope="module")
+def reference(detector, image_path) -> list[Detection]:
+    """Every detection of the test image (score_threshold 0)."""
+    return detector.detect(image_path, score_threshold=0.0)
+
+
+def assert_close(actual: list[Detection], expected: list[Detection]) -> None:
+    """Same detections up to float rounding (batched passes may differ from single ones in the last bits)."""
+    assert len(actual) == len(expected)
+    key = lambda d: (d.label, d.box)  # noqa: E731
+    for a, e in zip(sorted(actual, key=key), sorted(expected, key=key)):
+        assert (a.label, a.class_name) == (e.label, e.class_name)
+        assert a.box == pytest.approx(e.box, abs=1e-3)
+        assert a.score == pytest.approx(e.score, abs=1e-5)
+
+
+def test_every_image_form_gives_the_same_detections(detector, image_path, reference):
+    pil = Image.open(image_path)
+    array = np.asarray(pil.convert("RGB"))
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+    assert detector.detect(str(image_path), score_threshold=0.0) == reference
+    assert detector.detect(pil, score_threshold=0.0) == reference
+    assert detector.detect(array, score_threshold=0.0) == reference
+    assert detector.detect(tensor, score_threshold=0.0) == reference
+    assert detector.detect(tensor.double(), score_threshold=0.0) == reference  # cast to the model's float32
+    mirrored = np.asarray(pil.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    assert detector.detect(mirrored[:, ::-1], score_threshold=0.0) == reference  # a view with negative strides
+
+    assert len(reference) > 0
+    height, width = IMAGE_SIZE
+    scores = [d.score for d in reference]
+    assert scores == sorted(scores, reverse=True)
+    assert {d.label for d in reference} == {1, 2}  # the predictor's biases: circle ~0.83, square ~0.11
+    for d in reference:
+        assert isinstance(d, Detection)
+        assert isinstance(d.label, int) and isinstance(d.score, float) and isinstance(d.class_name, str)
+        assert d.class_name == CLASS_NAMES[d.label - 1]
+        assert len(d.box) == 4 and all(isinstance(v, float) for v in d.box)
+        x1, y1, x2, y2 = d.box
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+        assert 0.05 <= d.score <= 1  # the model's own box_score_thresh
+
+
+def test_score_threshold_keeps_the_detections_scoring_at_least_it(detector, image_path, reference):
+    high = detector.detect(image_path, score_threshold=0.5)
+    assert high == [d for d in reference if d.score >= 0.5]
+    assert 0 < len(high) < len(reference)
+    assert all(d.label == 1 for d in high)
+    with pytest.raises(ValueError, match=r"score_threshold must be a number in \[0, 1\]"):
+        detector.detect(image_path, score_threshold=1.5)
+
+
+def test_a_list_of_images_gives_one_list_per_image(detector, image_path, reference):
+    flipped = Image.open(image_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    batch = detector.detect([image_path, flipped], score_threshold=0.0)
+    assert isinstance(batch, list) and len(batch) == 2
+    assert_close(batch[0], reference)
+    assert_close(batch[1], detector.detect(flipped, score_threshold=0.0))
+    assert detector.detect((image_path,), score_threshold=0.0) == [reference]
+    assert detector.detect([], score_threshold=0.5) == []
+
+
+def test_draw_returns_a_new_picture_of_the_image_size(detector, image_path, reference):
+    detections = [d for d in reference if d.score >= 0.5]
+    picture = detector.draw(image_path, detections)
+    assert isinstance(picture, Image.Image)
+    assert picture.mode == "RGB"
+    assert picture.size == (IMAGE_SIZE[1], IMAGE_SIZE[0])  # PIL sizes are (width, height)
+    original = np.asarray(Image.open(image_path).convert("RGB"))
+    assert (np.asarray(picture) != original).any()  # boxes were drawn
+    assert np.array_equal(np.asarray(detector.draw(image_path, [])), original)
+
+
+def test_detection_is_a_frozen_record_with_a_json_form():
+    d = Detection((1.0, 2.0, 30.5, 40.0), 2, "square", 0.75)
+    with pytest.raises(AttributeError):
+        d.score = 1.0
+    assert d.to_dict() == {"box": [1.0, 2.0, 30.5, 40.0], "label": 2, "class_name": "square", "score": 0.75}
+
+
+def test_from_checkpoint_rebuilds_the_model_and_its_class_names(image_path, reference, tmp_path):
+    path = write_predictable_checkpoint(tmp_path / "model.pt")
+    loaded = Detector.from_checkpoint(path, device="cpu")
+    assert loaded.class_names == tuple(CLASS_NAMES)
+    assert loaded.device == torch.device("cpu")
+    assert not loaded.model.training
+    assert loaded.detect(image_path, score_threshold=0.0) == reference
+    expected_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert Detector(predictable_model(), CLASS_NAMES).device == expected_device
+
+
+def test_from_checkpoint_names_the_file_in_its_errors(tmp_path):
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(DataError, match="missing.pt: no such checkpoint file"):
+        Detector.from_checkpoint(missing)
+    incomplete = tmp_path / "incomplete.pt"
+    save_checkpoint(incomplete, {"model": {}, "config": {"model": {}}})
+    with pytest.raises(DataError, match=r"incomplete.pt: not a fasterrcnn checkpoint \(missing class_names\)"):
+        Detector.from_checkpoint(incomplete)
+    with pytest.raises(ConfigError, match="'tpu' is not a device"):
+        Detector(predictable_model(), CLASS_NAMES, device="tpu")
+    with pytest.raises(ValueError, match="the model has 3 classes but 2 class names"):
+        Detector(predictable_model(), CLASS_NAMES[:2], device="cpu")
+
+
+def test_from_torchvision_loads_a_state_dict_file_with_explicit_classes(image_path, reference, tmp_path):
+    path = tmp_path / "fasterrcnn_tiny.pth"
+    torch.save(predictable_model().state_dict(), path)
+    loaded = Detector.from_torchvision("tiny", path, classes=CLASS_NAMES, device="cpu")
+    assert loaded.class_names == tuple(CLASS_NAMES)
+    assert loaded.detect(image_path, score_threshold=0.0) == reference
+    with pytest.raises(ConfigError, match="the file has 3 foreground classes but 2 class names"):
+        Detector.from_torchvision("tiny", path, classes=CLASS_NAMES[:2], device="cpu")
+
+
+def test_bad_images_raise_clear_errors(detector, tmp_path):
+    with pytest.raises(DataError, match="nope.jpg: image file not found"):
+        detector.detect(tmp_path / "nope.jpg")
+    with pytest.raises(ValueError, match=r"expected a float Tensor\[3, H, W\].*torch.uint8"):
+        detector.detect(torch.zeros(3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="pass a batch as a list of images"):
+        detector.detect(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"expected image values in \[0, 1\], got \[0, 255\]"):
+        detector.detect(torch.full((3, 8, 8), 255.0).index_fill_(1, torch.tensor([0]), 0.0))
+    with pytest.raises(ValueError, match=r"expected a NumPy array \[H, W, 3\] of uint8.*float64 array of shape \(8, 8, 3\)"):
+        detector.detect(np.zeros((8, 8, 3)))
+    with pytest.raises(TypeError, match="expected an image path, PIL image, NumPy array or Tensor, got int"):
+        detector.detect(3)

@@ -1,0 +1,178 @@
+"""fasterrcnn.serve: the web app's routes, answers and errors, through FastAPI's TestClient."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+from test_detector import CLASS_NAMES, IMAGE_SIZE, write_predictable_checkpoint, write_test_image
+
+from fasterrcnn.detector import Detection, Detector
+from fasterrcnn.serve import DEFAULT_MAX_UPLOAD_BYTES, add_serve_parser, create_app, index_html
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # recent Starlette asks for httpx2 instead of httpx
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory) -> Detector:
+    return Detector.from_checkpoint(write_predictable_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def png(tmp_path_factory) -> bytes:
+    return write_test_image(tmp_path_factory.mktemp("images") / "shapes.png").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def client(detector):
+    with TestClient(create_app(detector, max_upload_bytes=200_000)) as client:
+        yield client
+
+
+def post_image(client, content: bytes, name="shapes.png", mime="image/png", **kwargs):
+    return client.post("/detect", files={"image": (name, content, mime)}, **kwargs)
+
+
+def assert_error(response, status: int, pattern: str) -> None:
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["error"]
+    assert re.search(pattern, body["error"]), body["error"]
+
+
+def test_health_reports_the_model(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "classes": CLASS_NAMES, "device": "cpu", "max_upload_bytes": 200_000}
+
+
+def test_the_page_is_self_contained(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    html = response.text
+    assert html == index_html()
+    assert re.search(r"https?://", html) is None  # nothing from the internet
+    assert re.search(r"<(script|link|img|iframe)[^>]*\b(src|href)=", html) is None  # no assets at all
+    for element in ('id="file"', 'type="file"', 'id="threshold"', 'type="range"', 'id="canvas"', 'id="detections"'):
+        assert element in html
+
+
+def test_detect_answers_the_detections_of_the_detector(client, detector, png):
+    response = post_image(client, png, data={"score_threshold": "0.5"})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"detections", "width", "height", "score_threshold"}
+    assert (body["height"], body["width"]) == IMAGE_SIZE
+    assert body["score_threshold"] == 0.5
+    expected = detector.detect(Image.open(io.BytesIO(png)), score_threshold=0.5)
+    assert len(expected) > 0
+    assert body["detections"] == [d.to_dict() for d in expected]
+    for d in body["detections"]:
+        assert set(d) == {"box", "label", "class_name", "score"}
+        assert len(d["box"]) == 4 and all(isinstance(v, float) for v in d["box"])
+        assert isinstance(d["label"], int) and d["class_name"] == CLASS_NAMES[d["label"] - 1]
+        assert 0.5 <= d["score"] <= 1
+
+
+def test_the_threshold_comes_from_the_form_or_the_query(client, png):
+    default = post_image(client, png).json()
+    low = post_image(client, png, params={"score_threshold": "0.05"}).json()
+    form_wins = post_image(client, png, data={"score_threshold": "0.5"}, params={"score_threshold": "0.05"}).json()
+    assert default["score_threshold"] == 0.5 and low["score_threshold"] == 0.05
+    assert default["detections"] == [d for d in low["detections"] if d["score"] >= 0.5]
+    assert len(low["detections"]) > len(default["detections"]) > 0
+    assert form_wins == default
+    for bad in ("abc", "1.5", "-0.1", "nan"):
+        assert_error(post_image(client, png, data={"score_threshold": bad}), 400, r"score_threshold must be a number in \[0, 1\]")
+
+
+def test_bad_uploads_answer_4xx_json_and_the_server_keeps_serving(client, png):
+    assert_error(post_image(client, b"hello, I am not an image\n", "notes.txt", "text/plain"), 422, r"^notes.txt: not a readable image \(cannot read image \(cannot identify image file upload\)\)$")
+    assert_error(post_image(client, png[: len(png) // 2], "cut.png"), 422, r"^cut.png: not a readable image")
+    assert_error(post_image(client, b"", "empty.png"), 400, r"^empty.png: the file is empty$")
+    assert_error(post_image(client, b"\x89PNG" + bytes(200_000), "big.png"), 413, r"^big.png: the file is over the limit of 200000 bytes$")
+    assert_error(post_image(client, bytes(400_000), "huge.png"), 413, r"^upload of \d+ bytes is over the limit of 200000 bytes$")
+    assert_error(client.post("/detect", data={"score_threshold": "0.5"}), 415, r"multipart/form-data")
+    assert_error(client.post("/detect", files={"picture": ("a.png", png, "image/png")}), 400, r"^no file in the form field 'image'$")
+    assert_error(client.post("/detect", content=b"x", headers={"content-type": "multipart/form-data"}), 400, r"^malformed form: Missing boundary")
+    two_files = [("image", ("a.png", png, "image/png")), ("image", ("b.png", png, "image/png"))]
+    assert_error(client.post("/detect", files=two_files), 400, r"^malformed form: Too many files")
+    assert_error(client.post("/detect", json={"image": "data"}), 415, r"multipart/form-data")
+    assert_error(client.get("/nope"), 404, r"Not Found")
+    assert_error(client.get("/detect"), 405, r"Method Not Allowed")
+    assert client.get("/health").json()["status"] == "ok"
+    assert post_image(client, png).status_code == 200
+
+
+def test_images_with_too_many_pixels_are_refused_before_decoding(detector, png):
+    with TestClient(create_app(detector, max_image_pixels=100 * 100)) as client:
+        assert_error(post_image(client, png), 413, r"^shapes.png: the image is 128x96, more than 10000 pixels$")
+        assert client.get("/health").json()["max_upload_bytes"] == DEFAULT_MAX_UPLOAD_BYTES
+
+
+class BlockingDetector:
+    """A stand-in Detector whose detect waits for ``release`` and records how many calls overlap."""
+
+    class_names = ("thing",)
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.active = 0
+        self.most_active = 0
+        self.calls = 0
+        self.count_lock = threading.Lock()
+
+    def detect(self, image, score_threshold=0.5):
+        with self.count_lock:
+            self.active += 1
+            self.calls += 1
+            self.most_active = max(self.most_active, self.active)
+        self.started.set()
+        self.release.wait(timeout=10)
+        time.sleep(0.02)
+        with self.count_lock:
+            self.active -= 1
+        return [Detection((1.0, 2.0, 3.0, 4.0), 1, "thing", 0.9)]
+
+
+def test_forward_passes_run_one_at_a_time_off_the_event_loop(png):
+    fake = BlockingDetector()
+    with TestClient(create_app(fake)) as client:
+        answers = []
+        posts = [threading.Thread(target=lambda: answers.append(post_image(client, png))) for _ in range(3)]
+        for thread in posts:
+            thread.start()
+        assert fake.started.wait(timeout=10)
+        health = client.get("/health")  # answered while a forward pass is blocked
+        assert health.status_code == 200 and health.json()["classes"] == ["thing"]
+        fake.release.set()
+        for thread in posts:
+            thread.join(timeout=10)
+    assert fake.calls == 3 and fake.most_active == 1
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert answers[0].json()["detections"] == [{"box": [1.0, 2.0, 3.0, 4.0], "label": 1, "class_name": "thing", "score": 0.9}]
+
+
+def test_serve_subcommand_parses_its_options():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="fasterrcnn")
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--weights", "best.pt"])
+    assert (args.weights, args.host, args.port, args.device, args.max_upload_bytes) == ("best.pt", "127.0.0.1", 8000, "auto", DEFAULT_MAX_UPLOAD_BYTES)
+    args = parser.parse_args(["serve", "--weights", "w.pt", "--host", "0.0.0.0", "--port", "9001", "--max-upload-bytes", "1000"])
+    assert (args.host, args.port, args.max_upload_bytes) == ("0.0.0.0", 9001, 1000)
+    assert args.func.__name__ == "run_serve"
