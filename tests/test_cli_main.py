@@ -211,3 +211,42 @@ def test_demo_pipeline_with_a_tiny_schedule(tmp_path, monkeypatch, capsys):
     assert len(list((tmp_path / "predictions").glob("*.jpg"))) == 2
     assert (tmp_path / "train" / "checkpoints" / "last.pt").is_file() and (tmp_path / "train" / "loss.png").is_file()
     assert (tmp_path / "data" / "ImageSets" / "Main" / "test.txt").is_file()
+
+
+def test_predict_with_a_torchvision_detection_file(tmp_path):
+    # A torchvision-format COCO detector file (seeded weights, 91 outputs) used as it is.
+    import torchvision_reference as reference
+    from PIL import Image
+
+    from fasterrcnn import Detector
+    from fasterrcnn.data.coco_names import COCO_91_CLASSES
+
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    weights = tmp_path / f"{name}.pth"
+    torch.save(reference.seeded_state_dict(name), weights)
+    image = tmp_path / "photo.png"
+    pixels = (reference.rand_image(reference.parity_case(name)["seed"]) * 255).round().byte()
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(image)
+
+    args = ["predict", str(image), "--preset", "mobilenet_v3_large_320_fpn", "--weights", str(weights)]
+    args += ["--classes", "coco", "--output", str(tmp_path / "out"), "--score-threshold", "0.05", "--quiet"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert (tmp_path / "out" / "photo.jpg").stat().st_size > 0
+
+    expected = Detector.from_torchvision("mobilenet_v3_large_320_fpn", weights, device="cpu").detect(image, score_threshold=0.05)
+    assert len(results) == len(expected) > 0
+    for result, detection in zip(results, expected):
+        assert result["image_id"] == "photo"
+        assert result["category_id"] == detection.label  # the 91-id layout: label == COCO category id
+        assert result["category_name"] == COCO_91_CLASSES[detection.label - 1] == detection.class_name
+        x1, y1, x2, y2 = detection.box
+        assert result["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=1e-3)
+        assert result["score"] == pytest.approx(detection.score, abs=1e-6)
+
+
+def test_predict_classes_without_preset_is_a_usage_error(voc_run, voc_root, tmp_path, capsys):
+    image = next((voc_root / "JPEGImages").iterdir())
+    args = ["predict", str(image), "--weights", str(voc_run / "checkpoints" / "last.pt"), "--classes", "coco"]
+    assert main(args + ["--output", str(tmp_path / "out")]) == 2
+    assert "--classes goes with --preset" in capsys.readouterr().err

@@ -211,10 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="detect objects in images",
         description="Run a checkpoint on images. Writes DIR/<image stem>.jpg with boxes, class names and scores "
-        "drawn, and DIR/detections.json (COCO results list, image_id = file stem).",
+        "drawn, and DIR/detections.json (COCO results list, image_id = file stem). With --preset, --weights is a "
+        "torchvision detection weights file instead (e.g. fasterrcnn_resnet50_fpn_coco-258fb6c6.pth with --preset "
+        "resnet50_fpn --classes coco).",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders whose images are all used")
-    p.add_argument("--weights", required=True, metavar="CKPT", help="a checkpoint written by 'fasterrcnn train'")
+    p.add_argument(
+        "--weights", required=True, metavar="FILE",
+        help="a checkpoint written by 'fasterrcnn train', or with --preset a torchvision detection state dict (.pth)",
+    )
+    p.add_argument(
+        "--preset", metavar="NAME",
+        help="read --weights as a torchvision detection file for this preset's model (resnet50_fpn, "
+        "mobilenet_v3_large_fpn, mobilenet_v3_large_320_fpn); the class count is read from the file",
+    )
+    p.add_argument(
+        "--classes", metavar="coco|A,B,C",
+        help="with --preset: 'coco' (the built-in names of torchvision's 91-id COCO layout, label = COCO "
+        "category id; the default) or the class names in label order",
+    )
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the pictures and detections.json (created)")
     p.add_argument("--score-threshold", type=float, default=0.5, metavar="X", help="keep detections scoring >= X (default: 0.5)")
     _add_common(p)
@@ -616,7 +631,13 @@ def cmd_predict(args) -> int:
     from fasterrcnn.visualize import draw_detections
 
     files = _image_files(args.inputs)
-    detector = Detector.from_checkpoint(args.weights, device=args.device)
+    if args.preset is not None:
+        classes = "coco" if args.classes in (None, "coco") else _class_list(args.classes)
+        detector = Detector.from_torchvision(args.preset, args.weights, classes=classes, device=args.device)
+    elif args.classes is not None:
+        raise ConfigError("--classes goes with --preset: a checkpoint written by 'fasterrcnn train' holds its class names")
+    else:
+        detector = Detector.from_checkpoint(args.weights, device=args.device)
     model, class_names, device = detector.model, list(detector.class_names), detector.device
     label_to_category_id = detector.label_to_category_id
     output = Path(args.output)
