@@ -250,3 +250,17 @@ def test_predict_classes_without_preset_is_a_usage_error(voc_run, voc_root, tmp_
     args = ["predict", str(image), "--weights", str(voc_run / "checkpoints" / "last.pt"), "--classes", "coco"]
     assert main(args + ["--output", str(tmp_path / "out")]) == 2
     assert "--classes goes with --preset" in capsys.readouterr().err
+
+
+def test_coco_drop_empty_leaves_out_images_without_objects(coco_json, voc_root, tmp_path, capsys):
+    data = json.loads(coco_json.read_text())
+    first = data["images"][0]
+    data["images"].append({**first, "id": 999})  # the same picture, listed without annotations
+    path = tmp_path / "with_empty.json"
+    path.write_text(json.dumps(data))
+    common = ["train", "--data", str(path), "--images", str(voc_root / "JPEGImages"), "--preset", "tiny", "--no-val"]
+    common += ["--max-iters", "1", *SMALL]
+    assert main(common + ["--output", str(tmp_path / "kept")]) == 0
+    assert f"on {len(data['images'])} images" in capsys.readouterr().out
+    assert main(common + ["--output", str(tmp_path / "dropped"), "--drop-empty"]) == 0
+    assert f"on {len(data['images']) - 1} images" in capsys.readouterr().out

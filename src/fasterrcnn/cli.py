@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: voc for VOC data, coco for COCO data)",
     )
     p.add_argument("--classes", metavar="A,B,C", help="VOC: the class names, in label order (default: the 20 VOC classes, or the sorted names found)")
+    p.add_argument(
+        "--drop-empty", action="store_true",
+        help="COCO: leave out training images without trainable (non-crowd) objects (default: kept, as negatives)",
+    )
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, metavar="N", help="train for N passes over the data")
     length.add_argument("--max-iters", type=_positive_int, metavar="N", help="train for N iterations (batches)")
@@ -469,7 +473,9 @@ def cmd_train(args) -> int:
     device = resolve_device(args.device)
 
     flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
-    dataset = build_dataset(args.data, split=args.split, images_dir=args.images, classes=class_names, transforms=flip)
+    dataset = build_dataset(
+        args.data, split=args.split, images_dir=args.images, classes=class_names, transforms=flip, drop_empty=args.drop_empty
+    )
     val_dataset = _validation_set(args, dataset)
     model_config = replace(model_config, num_classes=len(dataset.classes))
     metric = args.metric or default_metric(val_dataset if val_dataset is not None else dataset)

@@ -18,11 +18,12 @@ from fasterrcnn.data.voc import VOC_CLASSES, VOCDataset
 from fasterrcnn.errors import DataError
 
 
-def build_dataset(path, *, split: str = "trainval", images_dir=None, classes=None, transforms=None):
+def build_dataset(path, *, split: str = "trainval", images_dir=None, classes=None, transforms=None, drop_empty: bool = False):
     """A ``VOCDataset`` for a folder with ``Annotations/``, a ``COCODataset`` for a ``.json`` file.
 
-    ``split`` applies to VOC, ``images_dir`` to COCO. ``classes`` fixes a VOC class list; for COCO
-    (whose classes are its categories) it is checked against the file's category names.
+    ``split`` applies to VOC, ``images_dir`` and ``drop_empty`` (leave out images without
+    trainable objects) to COCO. ``classes`` fixes a VOC class list; for COCO (whose classes are its
+    categories) it is checked against the file's category names.
     """
     path = Path(path)
     if not path.exists():
@@ -30,7 +31,7 @@ def build_dataset(path, *, split: str = "trainval", images_dir=None, classes=Non
     if path.is_dir() and (path / "Annotations").is_dir():
         return VOCDataset(path, split=split, classes=classes, transforms=transforms)
     if path.is_file() and path.suffix.lower() == ".json":
-        dataset = COCODataset(path, images_dir=images_dir, transforms=transforms)
+        dataset = COCODataset(path, images_dir=images_dir, transforms=transforms, drop_empty=drop_empty)
         if classes is not None and tuple(classes) != dataset.classes:
             raise DataError(
                 path, f"categories {', '.join(dataset.classes)} differ from the expected classes {', '.join(classes)}"
