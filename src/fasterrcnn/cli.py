@@ -1,10 +1,11 @@
-"""The ``fasterrcnn`` command: train, eval, predict and demo.
+"""The ``fasterrcnn`` command: train, eval, predict, demo and serve.
 
     fasterrcnn train --data VOC_ROOT|COCO.json --preset tiny --output runs/x [--max-iters N] ...
     fasterrcnn eval --weights runs/x/checkpoints/best.pt --data VOC_ROOT --output runs/x/eval
     fasterrcnn eval --detections results.json --data VOC_ROOT --output eval/
     fasterrcnn predict --weights CKPT image.jpg images/ --output predictions/
     fasterrcnn demo --output demo_output
+    fasterrcnn serve --weights CKPT [--host 127.0.0.1] [--port 8000]
 
 Errors the user must fix (missing or malformed files, bad options) end in one line
 ``fasterrcnn: error: <message>`` on stderr and exit code 2, never a traceback. torch and the rest
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fasterrcnn",
         description="Faster R-CNN object detection (Ren et al., NIPS 2015) in plain PyTorch: "
-        "train, evaluate, predict, or run the CPU demo.",
+        "train, evaluate, predict, serve a web page, or run the CPU demo.",
         epilog="Run 'fasterrcnn <command> --help' for the options of a command.",
     )
     from fasterrcnn import __version__
@@ -232,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="demo_output", metavar="DIR", help="folder for everything the demo writes (default: demo_output)")
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of progress bars")
     p.set_defaults(func=cmd_demo)
+
+    # serve (its options and command live in serve.py; the web framework is imported only when it runs)
+    from fasterrcnn.serve import add_serve_parser
+
+    add_serve_parser(commands)
     return parser
 
 
