@@ -438,6 +438,7 @@ def cmd_train(args) -> int:
     from fasterrcnn.engine.checkpoint import load_checkpoint
     from fasterrcnn.engine.evaluator import default_metric, evaluate_model, headline
     from fasterrcnn.engine.trainer import Trainer
+    from fasterrcnn.engine.validation import validation_losses
     from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
     output = Path(args.output)
@@ -474,7 +475,7 @@ def cmd_train(args) -> int:
     if val_dataset is not None:
 
         def evaluate(model):
-            return evaluate_model(
+            metrics = evaluate_model(
                 model,
                 val_dataset,
                 metric=metric,
@@ -484,6 +485,9 @@ def cmd_train(args) -> int:
                 device=device,
                 progress=not args.quiet,
             )[1]
+            # val_loss, val_loss_objectness, ...: logged and drawn beside the training losses
+            losses = validation_losses(model, val_dataset, num_workers=args.num_workers, device=device, seed=train_config.seed, progress=not args.quiet)
+            return {**metrics, **losses}
 
     trainer = Trainer(
         model,
