@@ -69,6 +69,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> WarmupStepLR:
+    """Linear warm-up over ``warmup_iters`` from ``warmup_factor``, then ``lr_gamma`` at each of ``lr_steps``."""
     return WarmupStepLR(
         optimizer,
         warmup_iters=config.warmup_iters,
