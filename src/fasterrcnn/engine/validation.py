@@ -10,8 +10,8 @@ validation losses are comparable to the training losses.
 
 Nothing of the model or of the training run changes: no gradient is computed, every module's
 mode is restored afterwards, the sampling uses a generator of its own (seeded with ``seed``, so
-every evaluation of a run samples the same anchors and RoIs of a given image and prediction), and
-torch's global RNG is restored (``torch.random.fork_rng``). Exact resume is unaffected.
+every evaluation of a run draws the same random numbers), and torch's global RNG is restored
+(``torch.random.fork_rng``). Exact resume is unaffected.
 
 The results are named after the training losses with a ``val_`` prefix: ``val_loss`` (their
 sum) and ``val_loss_objectness``, ``val_loss_rpn_box_reg``, ``val_loss_classifier``,
@@ -70,6 +70,7 @@ def validation_losses(
     from tqdm import tqdm
 
     from fasterrcnn.data.loader import build_loader
+    from fasterrcnn.engine.trainer import _to_device
 
     if len(dataset) == 0:
         return {}
@@ -86,8 +87,7 @@ def validation_losses(
         try:
             for images, targets in tqdm(loader, desc="validation losses", unit="batch", disable=not progress, leave=False):
                 images = [image.to(device) for image in images]
-                targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-                for name, value in model(images, targets).items():
+                for name, value in model(images, _to_device(targets, device)).items():
                     sums[name] = sums.get(name, 0.0) + float(value) * len(images)
                 count += len(images)
         finally:
