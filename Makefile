@@ -5,15 +5,20 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch lies on disk on these machines; pinning it first keeps pip from
 # resolving the project's torch range to the newest CUDA build (gigabytes of packages).
 TORCH_PIN := torch==2.13.0
+# Where pip looks the pin up: empty = pip's configured index (here, the wheel on disk). The
+# containers pick PyTorch's CPU or CUDA wheels with it: `make venv TORCH_INDEX=<wheel index URL>`.
+TORCH_INDEX :=
+# The package's extras: the tests also build the documentation (tests/test_docs.py).
+EXTRAS := test,docs
 
-.PHONY: test demo venv browser clean
+.PHONY: test demo venv browser docs clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) )$(TORCH_PIN)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 test: venv browser
@@ -25,8 +30,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the browser test will be skipped"
 
+# The documentation site in site/ (mkdocs.yml); strict: a warning fails the build, as in the tests.
+docs: venv
+	$(PY) -m mkdocs build --strict
+
 demo: venv
 	$(VENV)/bin/fasterrcnn demo --output demo_output
 
 clean:
-	rm -rf $(VENV) demo_output build dist src/*.egg-info
+	rm -rf $(VENV) demo_output site build dist src/*.egg-info

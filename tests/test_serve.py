@@ -176,3 +176,28 @@ def test_serve_subcommand_parses_its_options():
     args = parser.parse_args(["serve", "--weights", "w.pt", "--host", "0.0.0.0", "--port", "9001", "--max-upload-bytes", "1000"])
     assert (args.host, args.port, args.max_upload_bytes) == ("0.0.0.0", 9001, 1000)
     assert args.func.__name__ == "run_serve"
+
+
+def test_fasterrcnn_serve_is_a_subcommand_of_the_cli(tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    from fasterrcnn.cli import build_parser, main
+
+    assert main(["serve", "--help"]) == 0
+    assert "usage: fasterrcnn serve [-h] --weights CKPT" in capsys.readouterr().out
+    assert main(["--help"]) == 0
+    assert re.search(r"^\s+serve\s+serve a checkpoint as a web page and a JSON API$", capsys.readouterr().out, re.M)
+    assert main(["serve"]) == 2
+    assert "fasterrcnn serve: error: the following arguments are required: --weights" in capsys.readouterr().err
+    assert main(["serve", "--weights", str(tmp_path / "missing.pt")]) == 2  # one line, no traceback
+    assert capsys.readouterr().err == f"fasterrcnn: error: {tmp_path / 'missing.pt'}: no such checkpoint file\n"
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    checkpoint = write_predictable_checkpoint(tmp_path / "model.pt")
+    assert main(["serve", "--weights", str(checkpoint), "--port", "9123", "--device", "cpu"]) == 0
+    assert (served["host"], served["port"]) == ("127.0.0.1", 9123)
+    assert "serving model.pt (3 classes, cpu) on http://127.0.0.1:9123" in capsys.readouterr().out
+    with TestClient(served["app"]) as client:
+        assert client.get("/health").json()["classes"] == CLASS_NAMES
+    assert build_parser().parse_args(["serve", "--weights", "w.pt"]).func.__name__ == "run_serve"

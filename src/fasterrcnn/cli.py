@@ -1,10 +1,11 @@
-"""The ``fasterrcnn`` command: train, eval, predict and demo.
+"""The ``fasterrcnn`` command: train, eval, predict, demo and serve.
 
     fasterrcnn train --data VOC_ROOT|COCO.json --preset tiny --output runs/x [--max-iters N] ...
     fasterrcnn eval --weights runs/x/checkpoints/best.pt --data VOC_ROOT --output runs/x/eval
     fasterrcnn eval --detections results.json --data VOC_ROOT --output eval/
     fasterrcnn predict --weights CKPT image.jpg images/ --output predictions/
     fasterrcnn demo --output demo_output
+    fasterrcnn serve --weights CKPT [--host 127.0.0.1] [--port 8000]
 
 Errors the user must fix (missing or malformed files, bad options) end in one line
 ``fasterrcnn: error: <message>`` on stderr and exit code 2, never a traceback. torch and the rest
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fasterrcnn",
         description="Faster R-CNN object detection (Ren et al., NIPS 2015) in plain PyTorch: "
-        "train, evaluate, predict, or run the CPU demo.",
+        "train, evaluate, predict, serve a web page, or run the CPU demo.",
         epilog="Run 'fasterrcnn <command> --help' for the options of a command.",
     )
     from fasterrcnn import __version__
@@ -251,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="demo_output", metavar="DIR", help="folder for everything the demo writes (default: demo_output)")
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of progress bars")
     p.set_defaults(func=cmd_demo)
+
+    # serve (its options and command live in serve.py; the web framework is imported only when it runs)
+    from fasterrcnn.serve import add_serve_parser
+
+    add_serve_parser(commands)
     return parser
 
 
@@ -451,6 +457,7 @@ def cmd_train(args) -> int:
     from fasterrcnn.engine.checkpoint import load_checkpoint
     from fasterrcnn.engine.evaluator import default_metric, evaluate_model, headline
     from fasterrcnn.engine.trainer import Trainer
+    from fasterrcnn.engine.validation import validation_losses
     from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
     output = Path(args.output)
@@ -489,7 +496,7 @@ def cmd_train(args) -> int:
     if val_dataset is not None:
 
         def evaluate(model):
-            return evaluate_model(
+            metrics = evaluate_model(
                 model,
                 val_dataset,
                 metric=metric,
@@ -499,6 +506,9 @@ def cmd_train(args) -> int:
                 device=device,
                 progress=not args.quiet,
             )[1]
+            # val_loss, val_loss_objectness, ...: logged and drawn beside the training losses
+            losses = validation_losses(model, val_dataset, num_workers=args.num_workers, device=device, seed=train_config.seed, progress=not args.quiet)
+            return {**metrics, **losses}
 
     trainer = Trainer(
         model,

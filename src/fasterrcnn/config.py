@@ -103,6 +103,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Preset:
+    """A named pair of configurations: ``model`` (architecture and inference) and ``train`` (optimisation and schedule)."""
+
     name: str
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

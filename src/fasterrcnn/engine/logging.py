@@ -7,12 +7,14 @@
      "time": 0.41}
     {"type": "skip", "iteration": 21, "epoch": 0, "losses": {"loss_classifier": null, ...},
      "consecutive": 1}                        # a step skipped because a loss was not finite
-    {"type": "eval", "iteration": 100, "mAP": 0.71, "metric": "voc", "per_class": {...}}
+    {"type": "eval", "iteration": 100, "mAP": 0.71, "metric": "voc", "per_class": {...},
+     "val_loss": 1.4, "val_loss_objectness": 0.3, ...}   # validation losses: engine/validation.py
 
 ``iteration`` counts optimizer steps taken (1 after the first step). Train records are written every
 ``log_every`` iterations (and at the last one); their losses and ``time`` (seconds per iteration)
 are means over the iterations since the previous record. TensorBoard scalars go to ``DIR/tb/``
-under ``train/<name>`` and ``eval/<name>``.
+under ``train/<name>`` and ``eval/<name>``, and the validation losses ``val_<loss name>`` of an
+eval record under ``val/<loss name>`` (beside ``train/<loss name>``).
 """
 
 from __future__ import annotations
@@ -165,12 +167,14 @@ class MetricsLogger:
         self._write(record)
         for k, v in record.items():
             if k not in ("type", "iteration") and isinstance(v, (int, float)):
-                self._writer.add_scalar(f"eval/{k}", v, iteration)
+                # validation losses beside train/<loss>: val_loss_classifier -> val/loss_classifier
+                tag = f"val/{k[len('val_'):]}" if k.startswith("val_loss") else f"eval/{k}"
+                self._writer.add_scalar(tag, v, iteration)
         for name, ap in record.get("per_class", {}).items():
             if ap is not None and math.isfinite(ap):
                 self._writer.add_scalar(f"eval_per_class/{name}", ap, iteration)
         headline = ", ".join(
-            f"{k} {record[k]:.4f}" for k in ("mAP", "AP", "AP50", "AP75") if isinstance(record.get(k), float)
+            f"{k} {record[k]:.4f}" for k in ("mAP", "AP", "AP50", "AP75", "val_loss") if isinstance(record.get(k), float)
         )
         self.info(f"evaluation at iteration {iteration}: {headline}")
 

@@ -69,6 +69,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> WarmupStepLR:
+    """Linear warm-up over ``warmup_iters`` from ``warmup_factor``, then ``lr_gamma`` at each of ``lr_steps``."""
     return WarmupStepLR(
         optimizer,
         warmup_iters=config.warmup_iters,
@@ -122,7 +123,8 @@ class Trainer:
         class_names: the C foreground class names (label ``l`` is ``class_names[l - 1]``).
         label_to_category_id: COCO data: label -> the JSON's category id (stored in checkpoints).
         evaluate: optional ``evaluate(model) -> metrics`` for periodic validation (the metrics
-            dict has ``mAP`` or ``AP``, see ``engine.evaluator``).
+            dict has ``mAP`` or ``AP``, see ``engine.evaluator``; its ``val_loss*`` entries, e.g.
+            from ``engine.validation.validation_losses``, are drawn in loss.png).
         device, num_workers, quiet: where to train, data-loading processes, plain log lines.
     """
 
@@ -341,4 +343,5 @@ class Trainer:
     def _plot_losses(self, logger) -> None:
         from fasterrcnn.evaluation.plots import plot_losses
 
-        plot_losses([r for r in logger.records if r.get("type") == "train"], self.output_dir / "loss.png")
+        # train records' losses, and the validation losses (val_loss*) of the eval records, dashed
+        plot_losses([r for r in logger.records if r.get("type") in ("train", "eval")], self.output_dir / "loss.png")
