@@ -62,6 +62,10 @@ class FasterRCNN(nn.Module):
     image's anchor and RoI samples depend only on that image and its generator, not on the other
     images of the batch (the trainer passes these, so that data-parallel processes sample each image
     as one process with the whole batch would).
+
+    Mixed precision: under ``torch.autocast`` the convolutions and linear layers run in the reduced
+    precision, while anchors, box coding, proposal selection, NMS, RoI coordinates, the losses and
+    the detections stay float32.
     """
 
     def __init__(self, transform: GeneralizedRCNNTransform, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: RoIHeads, *, num_classes: int, config: ModelConfig | None = None):
