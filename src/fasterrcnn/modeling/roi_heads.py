@@ -14,6 +14,8 @@ matrix, one sampling call, one decode and one batched NMS for all images and cla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -115,7 +117,7 @@ class RoIHeads(nn.Module):
         self.detections_per_img = detections_per_img
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
-        self.generator: torch.Generator | None = None
+        self.generator: torch.Generator | Sequence[torch.Generator] | None = None  # one, or one per image
 
     def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], Tensor, Tensor]:
         """Sample RoIs for the losses -> (RoIs per image [Ri, 4], class labels [R] (0..C), fg regression targets [#fg, 4])."""

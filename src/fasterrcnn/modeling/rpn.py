@@ -17,6 +17,8 @@ images and levels, one IoU matrix and one sampling call for the anchor targets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -130,7 +132,7 @@ class RegionProposalNetwork(nn.Module):
         self.min_size = min_size
         self.ignore_cross_boundary = ignore_cross_boundary
         self.smooth_l1_beta = smooth_l1_beta
-        self.generator: torch.Generator | None = None
+        self.generator: torch.Generator | Sequence[torch.Generator] | None = None  # one, or one per image
 
     def pre_nms_top_n(self) -> int:
         return self._pre_nms_top_n["training" if self.training else "testing"]
