@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,14 +69,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=2`` on the loopback interface; fails the test with the output on error."""
+def torchrun(*args: str, timeout: float = 120) -> str:
+    """``torchrun --nproc_per_node=2 ARGS`` on the loopback interface -> its stdout; fails the test on error.
+
+    torchrun and its workers run in their own session, killed together if they outlive ``timeout``.
+    """
     command = [str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d"]
     command += [f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "--local-addr=127.0.0.1", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command)} did not end in {timeout} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    assert process.returncode == 0, f"{' '.join(command)} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    return stdout
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +94,8 @@ def runs(voc_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     one, two = root / "one", root / "two"
     assert main([*TRAIN, "--data", str(voc_root), "--output", str(one), "--batch-size", "4", "--lr", "0.02"]) == 0
-    done = torchrun("-m", "fasterrcnn", *TRAIN, "--data", str(voc_root), "--output", str(two), "--batch-size", "2", "--lr", "0.01", "--sync-bn")
-    return one, two, done.stdout
+    stdout = torchrun("-m", "fasterrcnn", *TRAIN, "--data", str(voc_root), "--output", str(two), "--batch-size", "2", "--lr", "0.01", "--sync-bn")
+    return one, two, stdout
 
 
 # -- 2 processes -----------------------------------------------------------------------------------------
