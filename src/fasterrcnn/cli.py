@@ -6,6 +6,7 @@
     fasterrcnn predict --weights CKPT image.jpg images/ --output predictions/
     fasterrcnn demo --output demo_output
     fasterrcnn serve --weights CKPT [--host 127.0.0.1] [--port 8000]
+    torchrun --nproc_per_node=4 -m fasterrcnn train ...   (data parallel: one process per GPU)
 
 Errors the user must fix (missing or malformed files, bad options) end in one line
 ``fasterrcnn: error: <message>`` on stderr and exit code 2, never a traceback. torch and the rest
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a detector",
         description="Train a Faster R-CNN. Writes DIR/config.json, DIR/checkpoints/{last,best,iter_XXXXXXX}.pt, "
         "DIR/metrics.jsonl, TensorBoard events in DIR/tb/ and DIR/loss.png. Configuration precedence: "
-        "preset < --config FILE < --set key=value < explicit flags.",
+        "preset < --config FILE < --set key=value < explicit flags. Several GPUs or machines: start it with "
+        "'torchrun --nproc_per_node=N -m fasterrcnn train ...' (--batch-size is per process; see the README).",
     )
     _add_data(p, split_default="trainval")
     p.add_argument("--preset", help="model + training preset, e.g. tiny, vgg16, resnet50_fpn (required unless --resume or the --config file names one)")
@@ -184,6 +186,28 @@ def build_parser() -> argparse.ArgumentParser:
         "(VALUE is parsed as JSON, else taken as a string); repeatable",
     )
     p.add_argument("--backbone-weights", metavar="FILE", help="backbone weights to start from (e.g. ImageNet, torchvision layout)")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: autocast in --amp-dtype (NMS, box coding and losses stay float32) (train.amp)",
+    )
+    p.add_argument(
+        "--amp-dtype",
+        choices=("bf16", "fp16"),
+        help="bf16 (CUDA or CPU) or fp16 (CUDA, with a gradient scaler) (default: bf16; train.amp_dtype)",
+    )
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="several processes: BatchNorm statistics over the global batch (SyncBatchNorm), for backbones "
+        "with trainable BatchNorm such as tiny (train.sync_bn)",
+    )
+    p.add_argument(
+        "--no-scale-lr",
+        action="store_true",
+        help="several processes (torchrun): use --lr as given; by default the learning rate is multiplied by "
+        "the number of processes, as the global batch is --batch-size x processes (train.scale_lr)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -424,6 +448,10 @@ def resolve_config(args, base: dict[str, Any] | None = None):
         "log_every": args.log_every,
     }
     train.update({k: v for k, v in flags.items() if v is not None})
+    switches = {"amp": ("amp", True), "sync_bn": ("sync_bn", True), "no_scale_lr": ("scale_lr", False)}
+    train.update({field: value for name, (field, value) in switches.items() if getattr(args, name, False)})
+    if getattr(args, "amp_dtype", None) is not None:
+        train.update(amp_dtype=args.amp_dtype)
     if args.max_iters is not None:
         train.update(max_iters=args.max_iters, epochs=None)
     if args.epochs is not None:
@@ -449,11 +477,21 @@ def _validation_set(args, train_dataset):
 
 
 def cmd_train(args) -> int:
+    """Train in this process, or in every process of a torchrun job (data parallel)."""
+    from fasterrcnn.engine import distributed
+
+    try:
+        return _train(args)
+    finally:
+        distributed.cleanup()
+
+
+def _train(args) -> int:
     import torch
 
     from fasterrcnn.config import replace, to_dict
     from fasterrcnn.data import RandomHorizontalFlip, build_dataset
-    from fasterrcnn.detector import resolve_device
+    from fasterrcnn.engine import distributed
     from fasterrcnn.engine.checkpoint import load_checkpoint
     from fasterrcnn.engine.evaluator import default_metric, evaluate_model, headline
     from fasterrcnn.engine.trainer import Trainer
@@ -477,7 +515,8 @@ def cmd_train(args) -> int:
     elif last.exists() and not getattr(args, "overwrite", False):
         raise ConfigError(f"{output} already holds a training run ({last}); pass --resume to continue it or choose another --output")
     preset_name, model_config, train_config = resolve_config(args, base)
-    device = resolve_device(args.device)
+    device = distributed.init_distributed(args.device)  # torchrun: this process's device, process group joined
+    main_process, world_size = distributed.is_main_process(), distributed.get_world_size()
 
     flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
     dataset = build_dataset(
@@ -525,6 +564,9 @@ def cmd_train(args) -> int:
     )
     if args.resume:
         trainer.resume(last)
+    if not main_process:  # rank 0 writes and prints for the job
+        trainer.train()
+        return 0
     output.mkdir(parents=True, exist_ok=True)
     _write_json(
         output / "config.json",
@@ -540,6 +582,7 @@ def cmd_train(args) -> int:
                 "metric": metric if val_dataset is not None else None,
             },
             "max_iters": trainer.max_iters,
+            "processes": world_size,
         },
     )
     print(
@@ -548,6 +591,14 @@ def cmd_train(args) -> int:
         + ("" if val_dataset is not None else "; no validation set"),
         flush=True,
     )
+    if world_size > 1:
+        base_lr = f"{train_config.lr:g}"
+        rule = f"= {base_lr} x {world_size} (linear scaling; --no-scale-lr keeps {base_lr})" if train_config.scale_lr else "(not scaled: --no-scale-lr)"
+        print(
+            f"data parallel: {world_size} processes x {train_config.batch_size} images = global batch "
+            f"{world_size * train_config.batch_size}; lr {trainer.lr:g} {rule}",
+            flush=True,
+        )
     summary = trainer.train()
     if summary["metrics"] is not None:
         name, value = headline(summary["metrics"])

@@ -99,6 +99,11 @@ class TrainConfig:
     checkpoint_every: int = 1000  # iterations between checkpoints/last.pt + iter_XXXXXXX.pt (and at the end)
     eval_every: int = 0  # iterations between validation runs (0: only at the end); best.pt by mAP / AP
     max_nonfinite_steps: int = 5  # stop after this many consecutive steps with a NaN / inf loss
+    # Several processes (torchrun, engine/distributed.py): global batch = batch_size x processes.
+    scale_lr: bool = True  # linear scaling: the optimizer's lr is lr x processes (False: lr as given)
+    sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch (SyncBatchNorm)
+    amp: bool = False  # mixed precision: autocast in amp_dtype (NMS, box coding and losses stay float32)
+    amp_dtype: str = "bf16"  # "bf16" (CUDA or CPU) or "fp16" (CUDA only, with a GradScaler)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ on earlier epochs, or on torch's global RNG (which the loader leaves untouched).
   ``torch.random.fork_rng``), so ``RandomHorizontalFlip()`` is reproducible per sample.
 - A ``DataError`` of a sample (unreadable image ...) reaches the caller as that ``DataError``, also
   from worker processes.
+- Data parallel (``num_replicas`` > 1): every process builds the same global batches of
+  ``batch_size * num_replicas`` indices and takes its slice (``ShardedBatchSampler``), so the
+  processes see disjoint shards of exactly the batches one process would see with the global batch
+  size, aspect-ratio grouping included.
 - Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch. To resume in the middle of an
   epoch, ``loader.batch_sampler.set_epoch(epoch, start_batch=n)`` skips the first ``n`` batches
   without loading them; the remaining batches are exactly those of an uninterrupted run.
@@ -148,6 +152,38 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return full + partial
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Rank ``rank``'s share of every global batch of ``batch_sampler`` (data-parallel training).
+
+    A full global batch of ``num_replicas * b`` indices gives rank ``r`` its indices
+    ``r * b .. (r + 1) * b - 1``. An incomplete one (end of an epoch, ``m`` indices) is repeated
+    cyclically up to ``num_replicas * ceil(m / num_replicas)`` indices and split the same way, so that
+    every rank gets a non-empty batch of the same size from the same group (like
+    ``DistributedSampler``'s padding: a few images of such a batch count twice). Every rank has
+    ``len(batch_sampler)`` batches per epoch; with ``num_replicas=1`` the batches are unchanged.
+    """
+
+    def __init__(self, batch_sampler, num_replicas: int, rank: int):
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in 0..num_replicas-1 and num_replicas >= 1, got rank {rank} of {num_replicas}")
+        self.batch_sampler = batch_sampler
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for batch in self.batch_sampler:
+            size = -(-len(batch) // self.num_replicas)  # ceil
+            padded = [batch[i % len(batch)] for i in range(size * self.num_replicas)]
+            yield padded[self.rank * size : (self.rank + 1) * size]
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
 class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of ``(index, sample_seed)`` with ``sample_seed = mix_seed(seed, epoch, index)``.
 
@@ -226,6 +262,8 @@ def build_loader(
     group_by_aspect_ratio: bool = True,
     sampler=None,
     drop_last: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> DataLoader:
     """A DataLoader of ``(list of images, list of targets)`` batches, reproducible per ``(seed, epoch)``.
 
@@ -233,11 +271,16 @@ def build_loader(
     shuffle=shuffle, seed=seed)``; ``shuffle`` is then the sampler's business. Call
     ``loader.batch_sampler.set_epoch(epoch[, start_batch])`` before every epoch.
     ``loader.dataset`` forwards attributes (``classes`` ...) to ``dataset``.
+    ``num_replicas`` > 1 (data-parallel training): the batches are this ``rank``'s shards of global
+    batches of ``batch_size * num_replicas`` (``ShardedBatchSampler``); ``batch_size`` is per process.
     """
     if sampler is None:
         sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
     group_ids = aspect_ratio_group_ids(dataset) if group_by_aspect_ratio else [0] * len(dataset)
-    batches = SeededBatchSampler(GroupedBatchSampler(sampler, group_ids, batch_size, drop_last=drop_last), seed)
+    batches = GroupedBatchSampler(sampler, group_ids, batch_size * num_replicas, drop_last=drop_last)
+    if num_replicas > 1:
+        batches = ShardedBatchSampler(batches, num_replicas, rank)
+    batches = SeededBatchSampler(batches, seed)
     return _Loader(
         SeededDataset(dataset),
         batch_sampler=batches,
@@ -254,6 +297,7 @@ __all__ = [
     "GroupedBatchSampler",
     "SeededBatchSampler",
     "SeededDataset",
+    "ShardedBatchSampler",
     "aspect_ratio_group_ids",
     "build_loader",
     "collate",

@@ -9,6 +9,11 @@ Metrics:
   VOC2007 11-point AP. Difficult objects (VOC) and crowd regions (COCO) are ignored.
 - ``"coco"``: COCO AP@[.5:.95] through pycocotools. On VOC data a COCO ground truth is built
   in memory from the annotations (difficult objects become ``iscrowd`` regions, which COCOeval ignores).
+
+Data parallel (a process group initialised by ``engine.distributed.init_distributed``): the batches
+of ``batch_size`` images are dealt round-robin to the processes, each runs the model on its own,
+the detections are gathered on rank 0 in the dataset's order, and rank 0 scores them; every process
+gets the metrics. The batches, hence the detections and the metrics, are those of one process.
 """
 
 from __future__ import annotations
@@ -55,31 +60,46 @@ def run_inference(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    shard: bool = True,
 ) -> list[dict]:
     """Detections of ``model`` on every image of ``dataset`` (no augmentation), as a results list.
 
     The model is put in eval mode for the run and its previous mode is restored afterwards.
+    In a data-parallel run (``shard``, a process group initialised) every process runs its share of
+    the batches; rank 0 returns the whole list, in the order of one process, the others ``[]``.
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
     from fasterrcnn.data.loader import collate
+    from fasterrcnn.engine import distributed
     from fasterrcnn.evaluation import detections_to_results
 
+    world_size = distributed.get_world_size() if shard else 1
+    indices = list(range(len(dataset)))
+    if world_size > 1:  # batch k goes to rank k % world_size
+        batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+        indices = [i for batch in batches[distributed.get_rank() :: world_size] for i in batch]
+        dataset = Subset(dataset, indices)
+        progress = progress and distributed.is_main_process()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     was_training = model.training
     model.eval()
-    results: list[dict] = []
+    per_image: list[list[dict]] = []  # results of every image, in loader order
     try:
         for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
             detections = model([image.to(device) for image in images])
             for target, detection in zip(targets, detections):
-                results.extend(
-                    detections_to_results(target["image_id"], detection, class_names, label_to_category_id)
-                )
+                per_image.append(detections_to_results(target["image_id"], detection, class_names, label_to_category_id))
     finally:
         model.train(was_training)
-    return results
+    if world_size > 1:
+        gathered = distributed.gather_object((indices, per_image))
+        if gathered is None:
+            return []
+        by_index = {index: results for shard_indices, shard_results in gathered for index, results in zip(shard_indices, shard_results)}
+        per_image = [by_index[index] for index in sorted(by_index)]
+    return [result for results in per_image for result in results]
 
 
 def evaluate_results(results: Sequence[Mapping[str, Any]], dataset, *, metric: str) -> dict[str, Any]:
@@ -132,8 +152,15 @@ def evaluate_model(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    shard: bool = True,
 ) -> tuple[list[dict], dict[str, Any]]:
-    """``run_inference`` then ``evaluate_results``: returns ``(results, metrics)``."""
+    """``run_inference`` then ``evaluate_results``: returns ``(results, metrics)``.
+
+    Data parallel (``shard``, a process group initialised): rank 0 scores the gathered results and
+    every process returns its metrics; the results are the whole list on rank 0, ``[]`` elsewhere.
+    """
+    from fasterrcnn.engine import distributed
+
     results = run_inference(
         model,
         dataset,
@@ -143,8 +170,20 @@ def evaluate_model(
         num_workers=num_workers,
         device=device,
         progress=progress,
+        shard=shard,
     )
-    return results, evaluate_results(results, dataset, metric=metric)
+    if not (shard and distributed.is_distributed()):
+        return results, evaluate_results(results, dataset, metric=metric)
+    outcome: dict[str, Any] | Exception | None = None
+    if distributed.is_main_process():
+        try:
+            outcome = evaluate_results(results, dataset, metric=metric)
+        except Exception as e:  # raised on every process, not only on rank 0 (the others would wait forever)
+            outcome = e
+    outcome = distributed.broadcast_object(outcome)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return results, outcome
 
 
 def format_per_class_table(metrics: Mapping[str, Any]) -> str:

@@ -25,10 +25,33 @@ already consumed are skipped without being loaded; the model's sampling generato
 when it has one) and torch's / Python's / NumPy's global RNG states are saved in every checkpoint
 and restored. On the CPU with ``num_workers=0`` a resumed run therefore ends with weights identical
 to an uninterrupted run with the same seed.
+
+Sampling: a model whose ``forward`` takes a ``generator`` argument (``FasterRCNN``) gets one
+generator per image, seeded from ``(seed, iteration, position of the image in the global batch)``:
+an image's anchors and RoIs are sampled the same way whichever process handles it.
+
+Data parallel (started by ``torchrun``, see ``engine/distributed.py``): every process trains the
+model wrapped in ``DistributedDataParallel`` on its shard of each global batch of
+``batch_size x processes`` images (``data.loader.ShardedBatchSampler``); gradients are averaged over
+the processes. The optimizer's learning rate is ``lr x processes`` (the linear scaling rule) unless
+``scale_lr`` is False. Only rank 0 writes checkpoints (the unwrapped model's state dict, loadable by
+one process), metrics.jsonl, TensorBoard events and plots; the logged losses are means over the
+processes; a non-finite loss on any process skips the step on all of them. ``evaluate`` is called on
+every process (``engine.evaluator.evaluate_model`` shards the images and scores on rank 0).
+The gradient of the global batch equals that of one process with the whole batch when the losses'
+normalisers are the same on every process: every image contributes the same number of sampled
+anchors (``rpn_batch_size_per_image``) and RoIs (``box_batch_size_per_image``, true unless an image
+has fewer candidate proposals), the processes' padded batches have the same size, and BatchNorm
+statistics are synchronised (``sync_bn``) or frozen.
+
+Mixed precision (``amp``): the forward runs under ``torch.autocast`` in bfloat16 (CUDA or CPU) or
+float16 (CUDA, with a ``GradScaler`` whose state is checkpointed); the model keeps anchors, box
+coding, NMS and the losses in float32.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -60,12 +83,12 @@ class TrainState:
     best_metric: float | None = None
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum and weight decay over the parameters that require a gradient."""
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, lr: float | None = None) -> torch.optim.SGD:
+    """SGD with momentum and weight decay over the parameters that require a gradient (``lr``: default ``config.lr``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters")
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr if lr is None else lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> WarmupStepLR:
@@ -77,6 +100,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Wa
         lr_steps=config.lr_steps,
         gamma=config.lr_gamma,
     )
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``config.amp`` on ``device`` (None without amp); ConfigError where it cannot run."""
+    if not config.amp:
+        return None
+    dtype = AMP_DTYPES[config.amp_dtype]
+    if device.type == "cpu" and dtype != torch.bfloat16:
+        raise ConfigError(f"mixed precision on the CPU runs in bf16 only (got amp_dtype {config.amp_dtype!r}); use --amp-dtype bf16")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"{device} does not support bf16; use --amp-dtype fp16")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"mixed precision is supported on cpu and cuda devices, not {device.type}")
+    return dtype
 
 
 def check_train_config(config: TrainConfig) -> None:
@@ -101,8 +141,24 @@ def check_train_config(config: TrainConfig) -> None:
             problems.append(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.eval_every < 0:
         problems.append(f"eval_every must be >= 0, got {config.eval_every}")
+    if config.amp_dtype not in AMP_DTYPES:
+        problems.append(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {config.amp_dtype!r}")
     if problems:
         raise ConfigError("invalid training configuration: " + "; ".join(problems))
+
+
+class _NullLogger:
+    """The logger of the processes other than rank 0: they write nothing."""
+
+    records: list = []
+
+    def log_step(self, *args, **kwargs) -> None:
+        pass
+
+    log_skip = log_eval = info = log_step
+
+    def close(self) -> None:
+        pass
 
 
 def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
@@ -126,6 +182,7 @@ class Trainer:
             dict has ``mAP`` or ``AP``, see ``engine.evaluator``; its ``val_loss*`` entries, e.g.
             from ``engine.validation.validation_losses``, are drawn in loss.png).
         device, num_workers, quiet: where to train, data-loading processes, plain log lines.
+            In a data-parallel run, ``device`` is this process's (``engine.distributed.init_distributed``).
     """
 
     def __init__(
@@ -144,13 +201,21 @@ class Trainer:
         quiet: bool = False,
     ) -> None:
         from fasterrcnn.data.loader import build_loader
+        from fasterrcnn.engine import distributed
 
         check_train_config(config)
         if len(dataset) == 0:
             raise ConfigError("the training set has no images")
         self.config = config
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.amp_dtype = autocast_dtype(config, self.device)
+        self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
+        self.is_main = self.rank == 0
+        model = model.to(self.device)
+        if config.sync_bn and self.world_size > 1:
+            model = distributed.convert_sync_batchnorm(model, self.device)
+        self.model = model  # the model itself: checkpoints, evaluation
+        self.train_model = distributed.wrap_model(model, self.device)  # DistributedDataParallel(model) or model
         self.output_dir = Path(output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.run_config = dict(run_config)
@@ -159,19 +224,28 @@ class Trainer:
         self.evaluate = evaluate
         self.quiet = quiet
         self.loader = build_loader(
-            dataset, batch_size=config.batch_size, shuffle=True, num_workers=num_workers, seed=config.seed
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=True,
+            num_workers=num_workers,
+            seed=config.seed,
+            num_replicas=self.world_size,
+            rank=self.rank,
         )
         self.loader.batch_sampler.set_epoch(0)
         self.batches_per_epoch = len(self.loader.batch_sampler)
         self.max_iters = config.max_iters if config.epochs is None else config.epochs * self.batches_per_epoch
-        self.optimizer = build_optimizer(self.model, config)
+        self.lr = config.lr * self.world_size if config.scale_lr else config.lr  # linear scaling rule
+        self.optimizer = build_optimizer(self.model, config, lr=self.lr)
         self.scheduler = build_scheduler(self.optimizer, config)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.state = TrainState()
         self.last_metrics: dict[str, Any] | None = None
         if hasattr(self.model, "generator") and self.model.generator is None:
             self.model.generator = torch.Generator()  # the model samples anchors / RoIs with it
         generator = getattr(self.model, "generator", None)
         self.model_generator = generator if isinstance(generator, torch.Generator) else None
+        self.per_image_generators = "generator" in inspect.signature(self.model.forward).parameters
         self._seed_rngs()
 
     # -- state ---------------------------------------------------------------------------------------
@@ -206,6 +280,8 @@ class Trainer:
             "config": self.run_config,
             "class_names": self.class_names,
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         if self.label_to_category_id is not None:
             state["label_to_category_id"] = self.label_to_category_id
         return state
@@ -229,6 +305,8 @@ class Trainer:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(path, f"does not fit this model / configuration ({first_line})") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(
             iteration=int(state["iteration"]),
             epoch=int(state["epoch"]),
@@ -241,7 +319,9 @@ class Trainer:
             self.model_generator.set_state(rng["model_generator"])
 
     def save(self, *names: str) -> None:
-        """Write the current state to ``checkpoints/<name>`` for each name (serialised once)."""
+        """Write the current state to ``checkpoints/<name>`` for each name (serialised once; rank 0 only)."""
+        if not self.is_main:
+            return
         state = self.checkpoint_state()
         for name in names:
             save_checkpoint(self.checkpoint_dir / name, state)
@@ -249,17 +329,20 @@ class Trainer:
     # -- loop ----------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Train until ``max_iters``; returns ``{"iteration", "epoch", "metrics" (last eval or None), "best_metric"}``."""
+        from fasterrcnn.engine import distributed
         from fasterrcnn.engine.logging import MetricsLogger
 
         config = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        logger = MetricsLogger(
-            self.output_dir,
-            max_iters=self.max_iters,
-            start_iteration=self.state.iteration,
-            log_every=config.log_every,
-            quiet=self.quiet,
-        )
+        logger = _NullLogger()
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            logger = MetricsLogger(
+                self.output_dir,
+                max_iters=self.max_iters,
+                start_iteration=self.state.iteration,
+                log_every=config.log_every,
+                quiet=self.quiet,
+            )
         try:
             if self.state.iteration >= self.max_iters:
                 logger.info(f"already trained for {self.state.iteration} iterations (max {self.max_iters})")
@@ -272,6 +355,7 @@ class Trainer:
             self._plot_losses(logger)
         finally:
             logger.close()
+        distributed.barrier()  # every process returns once rank 0 has written the last checkpoint
         return {
             "iteration": self.state.iteration,
             "epoch": self.state.epoch,
@@ -291,16 +375,15 @@ class Trainer:
                 images = [image.to(self.device, non_blocking=True) for image in images]
                 targets = _to_device(targets, self.device)
                 lr = self.optimizer.param_groups[0]["lr"]
-                loss_dict = self.model(images, targets)
+                kwargs = {"generator": self._sampling_generators(len(images))} if self.per_image_generators else {}
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    loss_dict = self.train_model(images, targets, **kwargs)
                 loss = sum(loss_dict.values())
-                values = {name: float(v.detach()) for name, v in loss_dict.items()}
+                values = self._mean_over_processes(loss_dict)
                 self.optimizer.zero_grad(set_to_none=True)
-                finite = math.isfinite(float(loss.detach()))
+                finite = math.isfinite(sum(values.values()))  # the same decision on every process
                 if finite:
-                    loss.backward()
-                    if config.grad_clip_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(params, config.grad_clip_norm)
-                    self.optimizer.step()
+                    self._backward_and_step(loss, params)
                 self.scheduler.step()
                 state.iteration += 1
                 state.epoch_iteration += 1
@@ -310,7 +393,7 @@ class Trainer:
                     logger.log_step(state.iteration, state.epoch, lr, {"loss": sum(values.values()), **values}, seconds)
                 else:
                     nonfinite += 1
-                    logger.log_skip(state.iteration, state.epoch, {"loss": float(loss.detach()), **values}, nonfinite)
+                    logger.log_skip(state.iteration, state.epoch, {"loss": sum(values.values()), **values}, nonfinite)
                     if nonfinite >= config.max_nonfinite_steps:
                         raise NonFiniteLossError(
                             f"training stopped at iteration {state.iteration}: the loss was not finite for "
@@ -328,9 +411,44 @@ class Trainer:
             state.epoch += 1
             state.epoch_iteration = 0
 
+    def _sampling_generators(self, count: int) -> list[torch.Generator]:
+        """One CPU generator per image of this process's batch, seeded by (seed, iteration, global position)."""
+        from fasterrcnn.data.loader import mix_seed
+
+        first = self.rank * count  # every process has a batch of ``count`` images
+        step, seed = self.state.iteration, self.config.seed
+        return [torch.Generator().manual_seed(mix_seed(seed, 0x5A3, step, first + j)) for j in range(count)]
+
+    def _mean_over_processes(self, loss_dict: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """The losses as floats, averaged over the processes of a data-parallel run."""
+        if self.world_size == 1:
+            return {name: float(v.detach()) for name, v in loss_dict.items()}
+        from fasterrcnn.engine import distributed
+
+        stacked = torch.stack([v.detach().float() for v in loss_dict.values()])
+        means = distributed.all_reduce_sum(stacked) / self.world_size
+        return dict(zip(loss_dict, means.tolist()))
+
+    def _backward_and_step(self, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> None:
+        clip = self.config.grad_clip_norm
+        if self.scaler is None:
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        if clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        self.scaler.step(self.optimizer)  # skipped when the fp16 gradients overflowed
+        self.scaler.update()
+
     def _evaluate(self, logger) -> None:
+        from fasterrcnn.engine import distributed
         from fasterrcnn.engine.evaluator import headline
 
+        distributed.broadcast_buffers(self.model)  # every process evaluates rank 0's weights
         metrics = self.evaluate(self.model)
         self.model.train()
         self.last_metrics = metrics
@@ -343,5 +461,7 @@ class Trainer:
     def _plot_losses(self, logger) -> None:
         from fasterrcnn.evaluation.plots import plot_losses
 
+        if not self.is_main:
+            return
         # train records' losses, and the validation losses (val_loss*) of the eval records, dashed
         plot_losses([r for r in logger.records if r.get("type") in ("train", "eval")], self.output_dir / "loss.png")

@@ -12,6 +12,7 @@ checkpoint files load with ``load_state_dict`` for the torchvision-architecture 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +57,15 @@ class FasterRCNN(nn.Module):
     "labels": int64 Tensor[K] in 1..C} (other keys ignored). Training mode returns the losses
     {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}; eval mode a list
     of {"boxes" [D, 4] original pixels, "labels" [D] int64 1..C, "scores" [D]} by decreasing score.
-    Inputs are never modified. ``generator`` (attribute or argument) drives all sampling.
+    Inputs are never modified. ``generator`` (attribute or argument) drives all sampling: one
+    ``torch.Generator`` for the batch, or a sequence of one CPU generator per image, with which an
+    image's anchor and RoI samples depend only on that image and its generator, not on the other
+    images of the batch (the trainer passes these, so that data-parallel processes sample each image
+    as one process with the whole batch would).
+
+    Mixed precision: under ``torch.autocast`` the convolutions and linear layers run in the reduced
+    precision, while anchors, box coding, proposal selection, NMS, RoI coordinates, the losses and
+    the detections stay float32.
     """
 
     def __init__(self, transform: GeneralizedRCNNTransform, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: RoIHeads, *, num_classes: int, config: ModelConfig | None = None):
@@ -122,9 +131,11 @@ class FasterRCNN(nn.Module):
             overrides["num_classes"] = num_classes
         return cls.from_config(replace(cfg, **overrides), backbone_weights=backbone_weights)
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, generator: torch.Generator | None = None):
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, generator: torch.Generator | Sequence[torch.Generator] | None = None):
         self.check_inputs(images, targets)
         generator = generator if generator is not None else self.generator
+        if isinstance(generator, Sequence) and len(generator) != len(images):
+            raise ValueError(f"{len(images)} images but {len(generator)} generators (one per image)")
         self.rpn.generator = self.roi_heads.generator = generator
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, targets = self.transform(images, targets if self.training else None)

@@ -13,6 +13,8 @@ Two kinds of labels live here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -63,22 +65,31 @@ class Matcher:
         return matches
 
 
-def sample_labels(labels: Tensor, batch_size_per_image: int, positive_fraction: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def sample_labels(labels: Tensor, batch_size_per_image: int, positive_fraction: float, generator: torch.Generator | Sequence[torch.Generator] | None = None) -> tuple[Tensor, Tensor]:
     """Sample at most ``batch_size_per_image`` labels per image, at most ``positive_fraction`` positive.
 
     labels: Tensor[M] or Tensor[N, M] with IGNORE / NEGATIVE / POSITIVE. Returns (pos_mask, neg_mask),
     bool tensors of the same shape. As torchvision's sampler: ``num_pos = min(int(batch * fraction),
     #positives)``, ``num_neg = min(batch - num_pos, #negatives)``, each drawn uniformly without
     replacement (a random key per element, the smallest keys win). IGNORE is never sampled.
-    Deterministic for a seeded ``generator``.
+    Deterministic for a seeded ``generator``: one generator for the batch (the keys of all rows drawn
+    in one call), or a sequence of N generators, one per row, so that an image's sample does not
+    depend on the other images of the batch (CPU generators draw the same first M keys whatever the
+    padded width, so a row's sample does not depend on the padding either).
     """
     pos = labels == POSITIVE
     neg = labels == NEGATIVE
     max_pos = int(batch_size_per_image * positive_fraction)
     num_pos = pos.sum(dim=-1, keepdim=True).clamp(max=max_pos)  # [.., 1]
     num_neg = torch.minimum(neg.sum(dim=-1, keepdim=True), batch_size_per_image - num_pos)  # [.., 1]
-    gen_device = generator.device if generator is not None else labels.device
-    keys = torch.rand(labels.shape, generator=generator, device=gen_device).to(labels.device)  # [.., M]
+    if isinstance(generator, Sequence):
+        if labels.dim() != 2 or len(generator) != labels.shape[0]:
+            raise ValueError(f"{len(generator)} generators for labels of shape {list(labels.shape)} (one per row of [N, M])")
+        rows = [torch.rand(labels.shape[1], generator=g, device=g.device).to(labels.device) for g in generator]
+        keys = torch.stack(rows) if rows else torch.zeros(labels.shape, device=labels.device)  # [N, M]
+    else:
+        gen_device = generator.device if generator is not None else labels.device
+        keys = torch.rand(labels.shape, generator=generator, device=gen_device).to(labels.device)  # [.., M]
     return _take_smallest(keys, pos, num_pos, max_pos), _take_smallest(keys, neg, num_neg, batch_size_per_image)
 
 

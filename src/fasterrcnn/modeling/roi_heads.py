@@ -14,13 +14,15 @@ matrix, one sampling call, one decode and one batched NMS for all images and cla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fasterrcnn import ops
 from fasterrcnn.modeling.matching import IGNORE, NEGATIVE, POSITIVE, Matcher, sample_labels
-from fasterrcnn.modeling.rpn import padded_gt, smooth_l1_sum, split_top_n
+from fasterrcnn.modeling.rpn import full_precision, padded_gt, smooth_l1_sum, split_top_n
 
 
 class FastRCNNPredictor(nn.Module):
@@ -115,7 +117,7 @@ class RoIHeads(nn.Module):
         self.detections_per_img = detections_per_img
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
-        self.generator: torch.Generator | None = None
+        self.generator: torch.Generator | Sequence[torch.Generator] | None = None  # one, or one per image
 
     def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], Tensor, Tensor]:
         """Sample RoIs for the losses -> (RoIs per image [Ri, 4], class labels [R] (0..C), fg regression targets [#fg, 4])."""
@@ -167,6 +169,8 @@ class RoIHeads(nn.Module):
             proposals, labels, fg_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_sizes))  # [R, D]
         class_logits, box_regression = self.box_predictor(box_features)  # [R, C+1], [R, 4(C+1)]
+        box_dtype = full_precision(class_logits.dtype)  # losses, decoding and NMS in float32 under autocast
+        class_logits, box_regression = class_logits.to(box_dtype), box_regression.to(box_dtype)
         if self.training:
             loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, fg_targets, self.smooth_l1_beta)
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}

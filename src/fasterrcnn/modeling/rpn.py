@@ -17,6 +17,8 @@ images and levels, one IoU matrix and one sampling call for the anchor targets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,6 +79,11 @@ def padded_gt(gt_boxes: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     return cat, padded, rows
 
 
+def full_precision(dtype: torch.dtype) -> torch.dtype:
+    """float32 for the reduced precisions of autocast (float16, bfloat16), else ``dtype`` (float32 / float64)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def smooth_l1_sum(input: Tensor, target: Tensor, beta: float) -> Tensor:
     """Sum of the smooth-L1 losses (0 for empty inputs)."""
     return F.smooth_l1_loss(input, target, beta=beta, reduction="sum")
@@ -125,7 +132,7 @@ class RegionProposalNetwork(nn.Module):
         self.min_size = min_size
         self.ignore_cross_boundary = ignore_cross_boundary
         self.smooth_l1_beta = smooth_l1_beta
-        self.generator: torch.Generator | None = None
+        self.generator: torch.Generator | Sequence[torch.Generator] | None = None  # one, or one per image
 
     def pre_nms_top_n(self) -> int:
         return self._pre_nms_top_n["training" if self.training else "testing"]
@@ -142,10 +149,12 @@ class RegionProposalNetwork(nn.Module):
         feats = list(features.values())
         logits, deltas = self.head(feats)
         grid_sizes = [tuple(f.shape[-2:]) for f in feats]
-        anchors_per_level = self.anchor_generator(tuple(images.tensors.shape[-2:]), grid_sizes, dtype=feats[0].dtype, device=feats[0].device)
+        box_dtype = full_precision(feats[0].dtype)  # float32 boxes under autocast
+        anchors_per_level = self.anchor_generator(tuple(images.tensors.shape[-2:]), grid_sizes, dtype=box_dtype, device=feats[0].device)
         num_per_level = [len(a) for a in anchors_per_level]
         anchors = torch.cat(anchors_per_level, dim=0)  # [T, 4]
         objectness, pred_deltas = flatten_head_outputs(logits, deltas)  # [N, T], [N, T, 4]
+        objectness, pred_deltas = objectness.to(box_dtype), pred_deltas.to(box_dtype)  # selection, decoding, losses in float32
 
         proposals = self.filter_proposals(objectness.detach(), pred_deltas.detach(), anchors, num_per_level, images.image_sizes)
         losses = {}
