@@ -288,6 +288,7 @@ def test_every_option_named_in_the_pages_exists(path):
     prose = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
     options = all_options()
     others = {"--gpus", "--build-arg", "--profile", "--rm", "--strict", "--index-url", "--help"}
+    others |= {"--nproc_per_node", "--nnodes", "--node_rank", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id"}  # torchrun's
     for span in re.findall(r"`(--[a-z][\w-]*)[^`]*`", prose):
         assert span in options or span in others, f"{path.name}: `{span}` is not an option of fasterrcnn"
 

@@ -122,10 +122,12 @@ def is_distributed() -> bool:
 
 
 def get_rank() -> int:
+    """This process's rank in the process group (0 in a single process)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def get_world_size() -> int:
+    """The number of processes training together (1 in a single process)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
