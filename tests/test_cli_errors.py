@@ -54,7 +54,7 @@ def test_missing_data_path(tmp_path, capsys):
 def test_broken_xml(voc_root, tmp_path, capsys):
     xml = voc_root / "Annotations" / f"{first_id(voc_root)}.xml"
     xml.write_text(xml.read_text()[:-40])
-    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "out")), xml, "XML")
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "out", "--on-bad-image", "error")), xml, "XML")
 
 
 def test_unknown_class(voc_root, tmp_path, capsys):
@@ -66,7 +66,8 @@ def test_truncated_image(voc_root, tmp_path, capsys):
     for image in (voc_root / "JPEGImages").iterdir():  # all of them: the first batch fails, whatever the order
         image.write_bytes(image.read_bytes()[:300])
     out = tmp_path / "out"
-    assert_one_line_error(capsys, main(train_args(voc_root, out)), voc_root / "JPEGImages", ".jpg: cannot read image")
+    code = main(train_args(voc_root, out, "--on-bad-image", "error"))
+    assert_one_line_error(capsys, code, voc_root / "JPEGImages", ".jpg: cannot read image")
     assert not (out / "checkpoints" / "last.pt").exists()
 
 

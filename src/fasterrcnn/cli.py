@@ -113,6 +113,14 @@ def _add_data(p: argparse.ArgumentParser, *, split_default: str) -> None:
         metavar="DIR",
         help="COCO only: the folder of the JSON's images (default: found next to the JSON)",
     )
+    p.add_argument(
+        "--on-bad-image",
+        choices=("skip", "error"),
+        default="skip",
+        help="an image whose file or annotation is unusable (missing, empty, truncated, not an image, wrong size, "
+        "malformed XML/JSON entry, duplicate id): 'skip' it with a warning naming the file and a count at the "
+        "end, or stop with an 'error' naming it (default: skip)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,10 +424,13 @@ def _validation_set(args, train_dataset):
     if args.no_val:
         return None
     if args.val_data:
-        return build_dataset(args.val_data, split=args.val_split, images_dir=args.val_images, classes=train_dataset.classes)
+        return build_dataset(
+            args.val_data, split=args.val_split, images_dir=args.val_images, classes=train_dataset.classes,
+            on_bad_image=args.on_bad_image,
+        )  # fmt: skip
     data = Path(args.data)
     if data.is_dir() and args.val_split != args.split and (data / "ImageSets" / "Main" / f"{args.val_split}.txt").is_file():
-        return build_dataset(data, split=args.val_split, classes=train_dataset.classes)
+        return build_dataset(data, split=args.val_split, classes=train_dataset.classes, on_bad_image=args.on_bad_image)
     return None
 
 
@@ -454,7 +465,9 @@ def cmd_train(args) -> int:
     device = resolve_device(args.device)
 
     flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
-    dataset = build_dataset(args.data, split=args.split, images_dir=args.images, classes=class_names, transforms=flip)
+    dataset = build_dataset(
+        args.data, split=args.split, images_dir=args.images, classes=class_names, transforms=flip, on_bad_image=args.on_bad_image
+    )
     val_dataset = _validation_set(args, dataset)
     model_config = replace(model_config, num_classes=len(dataset.classes))
     metric = args.metric or default_metric(val_dataset if val_dataset is not None else dataset)
@@ -522,7 +535,15 @@ def cmd_train(args) -> int:
         name, value = headline(summary["metrics"])
         print(f"validation {name} ({metric}) at iteration {summary['iteration']}: {value:.4f}; best {summary['best_metric']:.4f}")
     print(f"checkpoints in {output / 'checkpoints'}, metrics in {output / 'metrics.jsonl'}, loss curves in {output / 'loss.png'}")
+    _print_skipped(len(getattr(dataset, "skipped", ())) + len(trainer.loader.skipped), "trained on")
     return 0
+
+
+def _print_skipped(count: int, what: str) -> None:
+    """The count of images left out under ``--on-bad-image skip`` (each was named in a warning)."""
+    if count:
+        print(f"{count} bad image{'s' if count != 1 else ''} skipped, not {what} (named in the warnings above; "
+              "--on-bad-image error stops at the first)")  # fmt: skip
 
 
 # -- eval -------------------------------------------------------------------------------------------------
@@ -539,7 +560,7 @@ def cmd_eval(args) -> int:
         model, class_names, device = detector.model, list(detector.class_names), detector.device
         if args.classes is not None and _class_list(args.classes) != class_names:
             raise ConfigError(f"--classes differs from the checkpoint's classes ({', '.join(class_names)})")
-        dataset = build_dataset(args.data, split=args.split, images_dir=args.images, classes=class_names)
+        dataset = build_dataset(args.data, split=args.split, images_dir=args.images, classes=class_names, on_bad_image=args.on_bad_image)
         metric = args.metric or default_metric(dataset)
         results, metrics = evaluate_model(
             model,
@@ -557,7 +578,9 @@ def cmd_eval(args) -> int:
         source = {"weights": str(args.weights)}
     else:
         results = load_results(args.detections)
-        dataset = build_dataset(args.data, split=args.split, images_dir=args.images, classes=_class_list(args.classes))
+        dataset = build_dataset(
+            args.data, split=args.split, images_dir=args.images, classes=_class_list(args.classes), on_bad_image=args.on_bad_image
+        )
         metric = args.metric or default_metric(dataset)
         try:
             metrics = evaluate_results(results, dataset, metric=metric)
@@ -581,6 +604,7 @@ def cmd_eval(args) -> int:
     )
     print(format_per_class_table(metrics))
     print(f"{name} ({metric}): {value:.4f}; wrote {output / 'metrics.json'} and {output / 'pr_curves.png'}")
+    _print_skipped(len(getattr(dataset, "skipped", ())), "evaluated")
     return 0
 
 
