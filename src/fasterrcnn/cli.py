@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -244,7 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 ok, 2 user error, 130 / 143 interrupted by SIGINT / SIGTERM).
+
+    ``train`` stopped by SIGINT or SIGTERM first writes ``checkpoints/last.pt`` at the current
+    iteration and prints where it is and the command that resumes (``engine/interrupt.py``).
+    """
+    from fasterrcnn.engine.interrupt import TrainingInterrupted
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -257,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(e).split())  # one line
         print(f"fasterrcnn: error: {message}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        hint = ""
+        if args.command == "train":
+            words = list(sys.argv[1:] if argv is None else argv)
+            hint = "; resume with: " + shlex.join(["fasterrcnn", *words, *([] if args.resume else ["--resume"])])
+        print(f"fasterrcnn: {e}{hint}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("fasterrcnn: interrupted", file=sys.stderr)
         return 130
