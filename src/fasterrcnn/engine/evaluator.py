@@ -63,10 +63,13 @@ def run_inference(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from fasterrcnn.data.loader import collate
+    from fasterrcnn.data.loader import collate, ignore_interrupts
     from fasterrcnn.evaluation import detections_to_results
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+        worker_init_fn=ignore_interrupts if num_workers > 0 else None,  # Ctrl-C is the trainer's to handle
+    )  # fmt: skip
     was_training = model.training
     model.eval()
     results: list[dict] = []
