@@ -21,9 +21,11 @@ present, not empty, readable header, the annotated size, not truncated), at cons
 files are reported before training starts and ``image_size(i)`` costs nothing. An image whose
 annotation or file is bad, or whose id the split file lists twice, raises ``DataError`` or is
 skipped with a warning, as ``on_bad_image`` says (``data/bad_images.py``); ``ids`` are the
-images kept and ``skipped`` lists ``(file, problem)`` of the others. ``keep_difficult=False`` removes difficult
-objects from the training samples only; ``ground_truth()`` always has them, flagged, because VOC
-evaluation ignores detections matched to difficult objects.
+images kept and ``skipped`` lists ``(file, problem)`` of the others.
+
+``keep_difficult=False`` removes difficult objects from the training samples only;
+``ground_truth()`` always has them, flagged, because VOC evaluation ignores detections matched to
+difficult objects.
 """
 
 from __future__ import annotations
