@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from fasterrcnn.cli import main
 from fasterrcnn.data.synthetic import write_synthetic_voc
+from fasterrcnn.errors import DataError
 
 SMALL = ["--set", "model.min_size=48", "--set", "model.max_size=64", "--batch-size", "2", "--quiet", "--no-val"]
 
@@ -54,7 +56,7 @@ def test_missing_data_path(tmp_path, capsys):
 def test_broken_xml(voc_root, tmp_path, capsys):
     xml = voc_root / "Annotations" / f"{first_id(voc_root)}.xml"
     xml.write_text(xml.read_text()[:-40])
-    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "out")), xml, "XML")
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "out", "--on-bad-image", "error")), xml, "XML")
 
 
 def test_unknown_class(voc_root, tmp_path, capsys):
@@ -66,7 +68,8 @@ def test_truncated_image(voc_root, tmp_path, capsys):
     for image in (voc_root / "JPEGImages").iterdir():  # all of them: the first batch fails, whatever the order
         image.write_bytes(image.read_bytes()[:300])
     out = tmp_path / "out"
-    assert_one_line_error(capsys, main(train_args(voc_root, out)), voc_root / "JPEGImages", ".jpg: cannot read image")
+    code = main(train_args(voc_root, out, "--on-bad-image", "error"))
+    assert_one_line_error(capsys, code, voc_root / "JPEGImages", ".jpg: cannot read image")
     assert not (out / "checkpoints" / "last.pt").exists()
 
 
@@ -100,22 +103,63 @@ def test_predict_unreadable_and_missing_images(untrained_weights, tmp_path, caps
     assert_one_line_error(capsys, code, missing_weights, "no such checkpoint")
 
 
+class Payload:
+    """Unpickling this runs ``touch MARKER`` (a pickle ``__reduce__`` payload, as in a malicious checkpoint)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
 def test_unsafe_or_broken_checkpoint(voc_root, tmp_path, capsys):
-    class Payload:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
+    marker = tmp_path / "payload_ran"
+    live = tmp_path / "live.pt"
+    torch.save({"x": Payload(tmp_path / "live_payload_ran")}, live)
+    torch.load(live, weights_only=False)  # the payload is live: full unpickling runs it
+    assert (tmp_path / "live_payload_ran").exists()
 
     evil = tmp_path / "evil.pt"
-    torch.save({"model": {}, "x": Payload()}, evil)
+    torch.save({"model": {}, "x": Payload(marker)}, evil)
     code = main(["eval", "--weights", str(evil), "--data", str(voc_root), "--output", str(tmp_path / "e")])
     assert_one_line_error(capsys, code, evil, "refused to load")
     image = voc_root / "JPEGImages" / f"{first_id(voc_root)}.jpg"
     code = main(["predict", "--weights", str(evil), str(image), "--output", str(tmp_path / "p")])
     assert_one_line_error(capsys, code, evil, "refused to load")
+    code = main(train_args(voc_root, tmp_path / "bb", "--backbone-weights", str(evil)))
+    assert_one_line_error(capsys, code, evil, "refused by safe loading")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(evil, run / "checkpoints" / "last.pt")
+    code = main(train_args(voc_root, run, "--resume"))
+    assert_one_line_error(capsys, code, run / "checkpoints" / "last.pt", "refused to load")
+    from fasterrcnn.detector import Detector
+
+    with pytest.raises(DataError, match="refused to load"):
+        Detector.from_checkpoint(evil)
+    assert not marker.exists()  # never unpickled with code execution
+
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(1)}, plain)
     code = main(["eval", "--weights", str(plain), "--data", str(voc_root), "--output", str(tmp_path / "e")])
     assert_one_line_error(capsys, code, plain, "not a fasterrcnn checkpoint")
+
+
+def test_config_files_are_data_never_code(voc_root, tmp_path, capsys):
+    marker = tmp_path / "config_ran"
+    command = f"__import__('os').system('touch {marker}')"
+    config = tmp_path / "config.py"
+    config.write_text(command + "\n")
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--config", str(config))), config, "not valid JSON")
+    yaml = tmp_path / "config.yaml"  # YAML's python tags are not data either
+    yaml.write_text(f'preset: !!python/object/apply:os.system ["touch {marker}"]\n')
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--config", str(yaml))), yaml, "not valid JSON")
+    config = tmp_path / "config.json"  # strings stay strings, however they look
+    config.write_text(json.dumps({"preset": "tiny", "train": {"lr": command}}))
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--config", str(config))), "lr", "does not fit")
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--set", f"train.seed={command}")), "seed")
+    assert not marker.exists()
 
 
 def test_bad_detections_file(voc_root, tmp_path, capsys):

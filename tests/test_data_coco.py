@@ -146,14 +146,16 @@ def test_one_missing_image_is_named(tmp_path):
     assert str(info.value) == f"{tmp_path / 'nine.png'}: image file not found"
 
 
-def test_image_size_disagreeing_with_json_is_reported_on_load(tmp_path):
+def test_image_size_disagreeing_with_json_is_reported_at_construction(tmp_path):
     path = write_coco(tmp_path, coco_json())
     Image.new("RGB", (21, 50)).save(tmp_path / "two.png")
-    dataset = COCODataset(path)
     with pytest.raises(DataError) as info:
-        dataset[0]
+        COCODataset(path)
     assert "two.png" in str(info.value)
     assert "50x20" in str(info.value)
+    dataset = COCODataset(path, on_bad_image="skip")
+    assert dataset.ids == [5, 9] and sorted(dataset.coco.getImgIds()) == [5, 9]
+    assert sorted(dataset.coco.getAnnIds()) == [1, 2, 3]  # two's annotation went with it
 
 
 def test_annotations_of_unknown_images_are_skipped_with_a_count(tmp_path, caplog):

@@ -154,3 +154,38 @@ def test_load_annotated_image_follows_the_annotation_orientation(tmp_path):
     plain = save(tmp_path, "plain.png", stored)
     with pytest.raises(DataError):  # swapped size without an EXIF rotation is an error
         load_annotated_image(plain, (3, 2), "a.xml")
+
+
+# -- decoding huge images reduced ------------------------------------------------------------------------
+def test_reduction_factor_keeps_the_image_at_least_the_model_input():
+    from fasterrcnn.data.images import reduction_factor
+
+    assert reduction_factor((6000, 8000), 256, 384) == 16  # 375 x 500 >= the resize to 256 x 341
+    assert reduction_factor((6000, 8000), 800, 1333) == 4  # 1500 x 2000 >= 800 x 1067
+    assert reduction_factor((600, 1000), 800, 1333) == 1  # upscaled by the model: never reduced
+    assert reduction_factor((600, 1000), 600, 1000) == 1
+    assert reduction_factor((1200, 2000), 600, 1000) == 2  # exactly twice: halved
+    assert reduction_factor((1199, 1999), 600, 1000) == 1
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "photo.png"])
+def test_reduced_decoding_sizes_values_and_orientation(tmp_path, name):
+    from fasterrcnn.data.images import load_image
+
+    rng = np.random.default_rng(0)
+    pixels = np.kron(rng.integers(0, 256, (10, 13, 3), dtype=np.uint8), np.ones((8, 8, 1), dtype=np.uint8))  # 80 x 104, 8x8 blocks
+    stored = Image.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    path = save(tmp_path, name, stored, exif=exif, **({"quality": 95, "subsampling": 0} if name.endswith(".jpg") else {}))
+    full = load_image(path)
+    assert full.shape == (3, 104, 80)  # EXIF orientation 6 applied
+    for factor in (2, 4, 8, 16):
+        reduced = load_image(path, reduce=factor)
+        assert reduced.shape == (3, -(-104 // factor), -(-80 // factor))
+        if factor <= 8:  # whole 8x8 blocks: the reduced pixel is the block's colour
+            expected = torch.nn.functional.avg_pool2d(full[None], factor)[0]
+            assert (reduced - expected).abs().max() < (0.09 if name.endswith(".jpg") else 1 / 255 + 1e-6)
+    assert torch.equal(load_image(path, reduce=1), full)
+    with pytest.raises(ValueError, match="power of two"):
+        load_image(path, reduce=3)

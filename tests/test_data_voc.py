@@ -181,15 +181,16 @@ def test_malformed_xml_raises_data_error_naming_it(tmp_path, xml, problem):
     assert "\n" not in str(info.value)
 
 
-def test_xml_size_that_disagrees_with_the_image_is_reported_on_load(tmp_path):
-    root = write_voc(tmp_path, {"a": ((10, 12), [])})
+def test_xml_size_that_disagrees_with_the_image_is_reported_at_construction(tmp_path):
+    root = write_voc(tmp_path, {"a": ((10, 12), []), "b": ((10, 12), [])})
     Image.fromarray(np.zeros((12, 10, 3), dtype=np.uint8)).save(root / "JPEGImages" / "a.jpg")
-    dataset = VOCDataset(root)
     with pytest.raises(DataError) as info:
-        dataset[0]
+        VOCDataset(root)
     assert "a.xml" in str(info.value)
     assert "10x12" in str(info.value)
     assert "12x10" in str(info.value)
+    dataset = VOCDataset(root, on_bad_image="skip")
+    assert dataset.ids == ["b"] and [path for path, _ in dataset.skipped] == [str(root / "JPEGImages" / "a.jpg")]
 
 
 def test_transforms_receive_image_and_target(tmp_path):

@@ -197,3 +197,44 @@ def test_bad_images_raise_clear_errors(detector, tmp_path):
         detector.detect(np.zeros((8, 8, 3)))
     with pytest.raises(TypeError, match="expected an image path, PIL image, NumPy array or Tensor, got int"):
         detector.detect(3)
+
+
+def test_a_huge_photo_is_decoded_reduced_and_answered_in_its_own_pixels(detector, tmp_path):
+    """8000 x 6000: the model gets it at 1/16 (375 x 500, the tiny preset's input is <= 384 px), never a
+    576 MB float tensor; boxes come back in the photo's pixels, from detect() and from predict."""
+    import json
+
+    from fasterrcnn.cli import main
+    from fasterrcnn.data.images import load_image
+
+    big = tmp_path / "big.jpg"
+    photo = Image.new("RGB", (8000, 6000), (40, 60, 80))
+    ImageDraw.Draw(photo).rectangle([1600, 800, 5600, 4800], fill=(250, 200, 0))
+    photo.save(big, quality=90)
+    del photo
+    seen = []
+    hooks = [
+        detector.model.register_forward_pre_hook(lambda module, args: seen.append(("model", tuple(args[0][0].shape)))),
+        detector.model.backbone.register_forward_pre_hook(lambda module, args: seen.append(("backbone", tuple(args[0].shape)))),
+    ]
+    try:
+        detections = detector.detect(big, score_threshold=0.0)
+        small = detector.detect(load_image(big, reduce=16), score_threshold=0.0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen[:2] == [("model", (3, 375, 500)), ("backbone", (1, 3, 256, 344))]  # resized to 256 x 341, padded
+    assert len(detections) == len(small) > 0
+    for d, s in zip(detections, small):
+        assert d.box == pytest.approx(tuple(16 * v for v in s.box), abs=1e-3) and d.score == s.score
+    assert all(0 <= d.box[0] <= d.box[2] <= 8000 and 0 <= d.box[1] <= d.box[3] <= 6000 for d in detections)
+
+    weights = write_predictable_checkpoint(tmp_path / "model.pt")
+    out = tmp_path / "pred"
+    assert main(["predict", str(big), "--weights", str(weights), "--output", str(out), "--score-threshold", "0", "--quiet", "--device", "cpu"]) == 0
+    results = json.loads((out / "detections.json").read_text())
+    assert len(results) == len(detections)
+    expected = sorted((d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]) for d in detections)
+    for got, want in zip(sorted(tuple(r["bbox"]) for r in results), expected):
+        assert got == pytest.approx(want, abs=1e-2)
+    assert Image.open(out / "big.jpg").size == (500, 375)  # the picture is drawn at the decoded size

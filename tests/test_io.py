@@ -76,3 +76,16 @@ def test_new_file_has_umask_permissions_not_private_temp_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_remove_temp_files_deletes_only_abandoned_atomic_writes(tmp_path):
+    from fasterrcnn.io import remove_temp_files
+
+    atomic_write_bytes(tmp_path / "last.pt", b"whole")
+    abandoned = tmp_path / ".last.pt.0123456789ab.tmp"  # what a writer killed half-way leaves
+    abandoned.write_bytes(b"half")
+    for name in (".hidden", ".last.pt.tmp", "notes.0123456789ab.tmp"):
+        (tmp_path / name).write_bytes(b"keep")
+    assert remove_temp_files(tmp_path) == [abandoned]
+    assert sorted(os.listdir(tmp_path)) == [".hidden", ".last.pt.tmp", "last.pt", "notes.0123456789ab.tmp"]
+    assert remove_temp_files(tmp_path / "missing") == []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -114,6 +115,14 @@ def _add_data(p: argparse.ArgumentParser, *, split_default: str) -> None:
         "--images",
         metavar="DIR",
         help="COCO only: the folder of the JSON's images (default: found next to the JSON)",
+    )
+    p.add_argument(
+        "--on-bad-image",
+        choices=("skip", "error"),
+        default="skip",
+        help="an image whose file or annotation is unusable (missing, empty, truncated, not an image, wrong size, "
+        "malformed XML/JSON entry, duplicate id): 'skip' it with a warning naming the file and a count at the "
+        "end, or stop with an 'error' naming it (default: skip)",
     )
 
 
@@ -240,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="detect objects in images",
         description="Run a checkpoint on images. Writes DIR/<image stem>.jpg with boxes, class names and scores "
-        "drawn, and DIR/detections.json (COCO results list, image_id = file stem). With --preset, --weights is a "
+        "drawn, and DIR/detections.json (COCO results list, image_id = file stem, boxes in the image's pixels). "
+        "An image at least twice as large as the model's input is decoded at 1/2, 1/4 ... of its size "
+        "(its picture too), so that a 8000x6000 photo needs little memory. With --preset, --weights is a "
         "torchvision detection weights file instead (e.g. fasterrcnn_resnet50_fpn_coco-258fb6c6.pth with --preset "
         "resnet50_fpn --classes coco).",
     )
@@ -285,7 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 ok, 2 user error, 130 / 143 interrupted by SIGINT / SIGTERM).
+
+    ``train`` stopped by SIGINT or SIGTERM first writes ``checkpoints/last.pt`` at the current
+    iteration and prints where it is and the command that resumes (``engine/interrupt.py``).
+    """
+    from fasterrcnn.engine.interrupt import TrainingInterrupted
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -298,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(e).split())  # one line
         print(f"fasterrcnn: error: {message}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        hint = ""
+        if args.command == "train":
+            words = list(sys.argv[1:] if argv is None else argv)
+            hint = "; resume with: " + shlex.join(["fasterrcnn", *words, *([] if args.resume else ["--resume"])])
+        print(f"fasterrcnn: {e}{hint}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("fasterrcnn: interrupted", file=sys.stderr)
         return 130
@@ -469,10 +493,13 @@ def _validation_set(args, train_dataset):
     if args.no_val:
         return None
     if args.val_data:
-        return build_dataset(args.val_data, split=args.val_split, images_dir=args.val_images, classes=train_dataset.classes)
+        return build_dataset(
+            args.val_data, split=args.val_split, images_dir=args.val_images, classes=train_dataset.classes,
+            on_bad_image=args.on_bad_image,
+        )  # fmt: skip
     data = Path(args.data)
     if data.is_dir() and args.val_split != args.split and (data / "ImageSets" / "Main" / f"{args.val_split}.txt").is_file():
-        return build_dataset(data, split=args.val_split, classes=train_dataset.classes)
+        return build_dataset(data, split=args.val_split, classes=train_dataset.classes, on_bad_image=args.on_bad_image)
     return None
 
 
@@ -520,7 +547,8 @@ def _train(args) -> int:
 
     flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
     dataset = build_dataset(
-        args.data, split=args.split, images_dir=args.images, classes=class_names, transforms=flip, drop_empty=args.drop_empty
+        args.data, split=args.split, images_dir=args.images, classes=class_names, transforms=flip,
+        on_bad_image=args.on_bad_image, drop_empty=args.drop_empty,
     )
     val_dataset = _validation_set(args, dataset)
     model_config = replace(model_config, num_classes=len(dataset.classes))
@@ -604,7 +632,15 @@ def _train(args) -> int:
         name, value = headline(summary["metrics"])
         print(f"validation {name} ({metric}) at iteration {summary['iteration']}: {value:.4f}; best {summary['best_metric']:.4f}")
     print(f"checkpoints in {output / 'checkpoints'}, metrics in {output / 'metrics.jsonl'}, loss curves in {output / 'loss.png'}")
+    _print_skipped(len(getattr(dataset, "skipped", ())) + len(trainer.loader.skipped), "trained on")
     return 0
+
+
+def _print_skipped(count: int, what: str) -> None:
+    """The count of images left out under ``--on-bad-image skip`` (each was named in a warning)."""
+    if count:
+        print(f"{count} bad image{'s' if count != 1 else ''} skipped, not {what} (named in the warnings above; "
+              "--on-bad-image error stops at the first)")  # fmt: skip
 
 
 # -- eval -------------------------------------------------------------------------------------------------
@@ -621,7 +657,7 @@ def cmd_eval(args) -> int:
         model, class_names, device = detector.model, list(detector.class_names), detector.device
         if args.classes is not None and _class_list(args.classes) != class_names:
             raise ConfigError(f"--classes differs from the checkpoint's classes ({', '.join(class_names)})")
-        dataset = build_dataset(args.data, split=args.split, images_dir=args.images, classes=class_names)
+        dataset = build_dataset(args.data, split=args.split, images_dir=args.images, classes=class_names, on_bad_image=args.on_bad_image)
         metric = args.metric or default_metric(dataset)
         results, metrics = evaluate_model(
             model,
@@ -639,7 +675,9 @@ def cmd_eval(args) -> int:
         source = {"weights": str(args.weights)}
     else:
         results = load_results(args.detections)
-        dataset = build_dataset(args.data, split=args.split, images_dir=args.images, classes=_class_list(args.classes))
+        dataset = build_dataset(
+            args.data, split=args.split, images_dir=args.images, classes=_class_list(args.classes), on_bad_image=args.on_bad_image
+        )
         metric = args.metric or default_metric(dataset)
         try:
             metrics = evaluate_results(results, dataset, metric=metric)
@@ -663,6 +701,7 @@ def cmd_eval(args) -> int:
     )
     print(format_per_class_table(metrics))
     print(f"{name} ({metric}): {value:.4f}; wrote {output / 'metrics.json'} and {output / 'pr_curves.png'}")
+    _print_skipped(len(getattr(dataset, "skipped", ())), "evaluated")
     return 0
 
 
@@ -691,7 +730,7 @@ def _image_files(inputs: list[str]) -> list[Path]:
 def cmd_predict(args) -> int:
     import torch
 
-    from fasterrcnn.data import load_image
+    from fasterrcnn.data.images import image_size, load_image, reduction_factor
     from fasterrcnn.detector import Detector
     from fasterrcnn.evaluation import detections_to_results, save_results
     from fasterrcnn.io import atomic_save
@@ -711,12 +750,16 @@ def cmd_predict(args) -> int:
     output.mkdir(parents=True, exist_ok=True)
     results = []
     for path in files:
-        image = load_image(path)
+        # An image much larger than the model's input is decoded at a reduced size (memory); its
+        # picture is drawn at that size, its detections.json boxes are in the original pixels.
+        height, width = image_size(path)
+        image = load_image(path, reduce=reduction_factor((height, width), model.transform.min_size, model.transform.max_size))
         with torch.inference_mode():
             detection = model([image.to(device)])[0]
         keep = detection["scores"] >= args.score_threshold
         detection = {k: v[keep].cpu() for k, v in detection.items()}
-        results.extend(detections_to_results(path.stem, detection, class_names, label_to_category_id))
+        scale = torch.tensor([width / image.shape[2], height / image.shape[1]] * 2)
+        results.extend(detections_to_results(path.stem, {**detection, "boxes": detection["boxes"] * scale}, class_names, label_to_category_id))
         picture = draw_detections(image, detection["boxes"], detection["labels"], detection["scores"], class_names)
         atomic_save(output / f"{path.stem}.jpg", lambda f: picture.save(f, format="JPEG", quality=92))
         if not args.quiet:

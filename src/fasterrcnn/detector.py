@@ -15,7 +15,10 @@
 
 or a list of those (one batched forward pass; returns one list of detections per image).
 Every form becomes the same float32 tensor (uint8 / 255), so the same pixels give the same
-detections whatever the form.
+detections whatever the form -- except that a path to an image at least twice as large as the
+model's input (``data.images.reduction_factor``) is decoded at 1/2, 1/4 ... of its size, before
+any float copy: a 8000x6000 photo then costs memory like a 1000x750 one. Its boxes are still
+in the original image's pixels.
 
 Boxes are float ``(x1, y1, x2, y2)`` in pixels of the image as given (continuous coordinates);
 labels are 1..C with ``class_names[label - 1]`` their names. The model's own
@@ -198,11 +201,28 @@ class Detector:
         if not images:
             return []
         dtype = next(self.model.parameters()).dtype
-        tensors = [to_image_tensor(img).to(self.device, dtype) for img in images]
+        loaded = [self._load(img) for img in images]
+        tensors = [tensor.to(self.device, dtype) for tensor, _ in loaded]
         with torch.inference_mode():
             outputs = self.model(tensors)
+        for output, (tensor, size) in zip(outputs, loaded):
+            if size is not None and tuple(size) != tuple(tensor.shape[1:]):  # decoded reduced: back to the file's pixels
+                scale = [size[1] / tensor.shape[2], size[0] / tensor.shape[1]] * 2
+                output["boxes"] = output["boxes"] * torch.tensor(scale, dtype=output["boxes"].dtype, device=output["boxes"].device)
         results = [self._detections(out, score_threshold) for out in outputs]
         return results if batch else results[0]
+
+    def _load(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """``(tensor, original (h, w))``: a path is decoded reduced when it is large (see the module docstring)."""
+        if not isinstance(image, (str, Path)):
+            return to_image_tensor(image), None
+        from fasterrcnn.data.images import image_size, load_image, reduction_factor
+
+        size = image_size(image)
+        transform = getattr(self.model, "transform", None)
+        if transform is None:
+            return load_image(image), size
+        return load_image(image, reduce=reduction_factor(size, transform.min_size, transform.max_size)), size
 
     def _detections(self, output: dict[str, torch.Tensor], score_threshold: float) -> list[Detection]:
         keep = output["scores"] >= score_threshold

@@ -7,17 +7,23 @@ If anything fails, the temporary file is removed and ``path`` is left as it was.
     atomic_write_text("metrics.json", json.dumps(m))
     atomic_save("model.pt", lambda f: torch.save(state, f))
     atomic_save("curves.png", lambda f: figure.savefig(f, format="png"))
+
+A process killed during a write (SIGKILL, power loss) leaves its temporary file behind and the
+previous file whole; ``remove_temp_files(folder)`` deletes such leftovers when no writer runs.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "remove_temp_files"]
+
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # .<name>.<12 hex digits>.tmp, see atomic_save
 
 
 def atomic_save(path: str | os.PathLike, writer: Callable[[BinaryIO], object]) -> None:
@@ -53,3 +59,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path`` atomically (encoded with ``encoding``, no newline translation)."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of ``atomic_save`` writes that never finished in ``folder``.
+
+    Call it only when nothing writes into ``folder`` (e.g. before resuming a run). Returns the
+    removed paths (none when the folder does not exist).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if _TEMP_NAME.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

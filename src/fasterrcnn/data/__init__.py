@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fasterrcnn.data.bad_images import ON_BAD_IMAGE, check_policy
 from fasterrcnn.data.coco import COCODataset
 from fasterrcnn.data.images import image_size, load_image
 from fasterrcnn.data.loader import GroupedBatchSampler, build_loader, collate
@@ -18,20 +19,25 @@ from fasterrcnn.data.voc import VOC_CLASSES, VOCDataset
 from fasterrcnn.errors import DataError
 
 
-def build_dataset(path, *, split: str = "trainval", images_dir=None, classes=None, transforms=None, drop_empty: bool = False):
+def build_dataset(
+    path, *, split: str = "trainval", images_dir=None, classes=None, transforms=None, on_bad_image: str = "error",
+    drop_empty: bool = False,
+):
     """A ``VOCDataset`` for a folder with ``Annotations/``, a ``COCODataset`` for a ``.json`` file.
 
     ``split`` applies to VOC, ``images_dir`` and ``drop_empty`` (leave out images without
     trainable objects) to COCO. ``classes`` fixes a VOC class list; for COCO (whose classes are its
     categories) it is checked against the file's category names.
+    ``on_bad_image`` ("error" or "skip"): what an unusable image does (``data/bad_images.py``).
     """
+    check_policy(on_bad_image)
     path = Path(path)
     if not path.exists():
         raise DataError(path, "dataset not found")
     if path.is_dir() and (path / "Annotations").is_dir():
-        return VOCDataset(path, split=split, classes=classes, transforms=transforms)
+        return VOCDataset(path, split=split, classes=classes, transforms=transforms, on_bad_image=on_bad_image)
     if path.is_file() and path.suffix.lower() == ".json":
-        dataset = COCODataset(path, images_dir=images_dir, transforms=transforms, drop_empty=drop_empty)
+        dataset = COCODataset(path, images_dir=images_dir, transforms=transforms, on_bad_image=on_bad_image, drop_empty=drop_empty)
         if classes is not None and tuple(classes) != dataset.classes:
             raise DataError(
                 path, f"categories {', '.join(dataset.classes)} differ from the expected classes {', '.join(classes)}"
@@ -44,6 +50,7 @@ __all__ = [
     "COCODataset",
     "Compose",
     "GroupedBatchSampler",
+    "ON_BAD_IMAGE",
     "RandomHorizontalFlip",
     "SYNTHETIC_CLASSES",
     "VOCDataset",

@@ -19,12 +19,17 @@ them, where pycocotools ignores detections on them.
 Images are looked up, in this order, in: ``images_dir`` (only there, when given); the JSON's
 folder; its ``images/`` subfolder; and, for the standard layout
 ``annotations/instances_val2017.json`` + ``val2017/``, the folder named after the JSON next to
-``annotations/``. The first place holding the first image is used for all; every image must be
-there (checked at construction).
+``annotations/``. The first place holding the first image found is used for all; every image is
+checked there at construction (``images.check_image``: present, not empty, readable header, the
+JSON's width/height, not truncated).
 
 Bad input raises ``DataError`` naming the JSON: it does not parse, is not a COCO instances file
 (``images`` / ``categories`` lists, annotations with ``image_id``, ``category_id``, ``bbox``),
-has duplicate image, category or annotation ids, or an annotation names an unknown category.
+has duplicate category or annotation ids, or an annotation names an unknown category. Problems
+of one image (an ``images`` entry without id / file name / size, a duplicate image id -- every
+entry with it --, a ``bbox`` that is not 4 numbers, a bad image file) raise ``DataError`` or skip
+that image with a warning, as ``on_bad_image`` says (``data/bad_images.py``); the image and its
+annotations are then also removed from ``.coco``, and ``skipped`` lists ``(file, problem)``.
 Annotations without ``id`` / ``iscrowd`` / ``area`` (common in hand-made files) get their
 position + 1, 0 and the box area, which pycocotools' evaluation needs. Annotations of
 image ids absent from ``images`` are skipped with one counted warning (they cannot be used).
@@ -43,7 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fasterrcnn.data.images import load_annotated_image
+from fasterrcnn.data.bad_images import BadImages
+from fasterrcnn.data.images import check_image, load_annotated_image
 from fasterrcnn.errors import DataError
 
 logger = logging.getLogger("fasterrcnn")
@@ -75,7 +81,7 @@ class COCODataset(torch.utils.data.Dataset):
     ``image_id`` (int), ``orig_size`` (h, w).
     """
 
-    def __init__(self, ann_file, images_dir=None, transforms=None, drop_empty: bool = False):
+    def __init__(self, ann_file, images_dir=None, transforms=None, drop_empty: bool = False, on_bad_image: str = "error"):
         from pycocotools.coco import COCO  # imports matplotlib: keep it off the package import path
 
         self.ann_file = Path(ann_file)
@@ -83,17 +89,29 @@ class COCODataset(torch.utils.data.Dataset):
         data = _read_json(self.ann_file)
         path = self.ann_file
 
-        images = {}
+        bad = BadImages(on_bad_image)
+        self.on_bad_image = on_bad_image
+        images, skipped_ids, duplicates = {}, set(), {}
         for image in data["images"]:
-            if not isinstance(image, dict) or not {"id", "file_name", "width", "height"} <= image.keys():
-                raise DataError(path, "an entry of 'images' lacks id, file_name, width or height")
-            if not isinstance(image["id"], int) or isinstance(image["id"], bool):
-                raise DataError(path, f"image id {image['id']!r} is not an integer")
-            if image["id"] in images:
-                raise DataError(path, f"duplicate image id {image['id']}")
-            if not all(isinstance(image[k], (int, float)) and image[k] > 0 for k in ("width", "height")):
-                raise DataError(path, f"image {image['id']} has width/height {image['width']!r}/{image['height']!r}")
-            images[image["id"]] = image
+            try:
+                if not isinstance(image, dict) or not {"id", "file_name", "width", "height"} <= image.keys():
+                    raise DataError(path, "an entry of 'images' lacks id, file_name, width or height")
+                if not isinstance(image["id"], int) or isinstance(image["id"], bool):
+                    raise DataError(path, f"image id {image['id']!r} is not an integer")
+                if image["id"] in images or image["id"] in duplicates:
+                    # which annotations belong to which entry is unknown: every entry of the id goes
+                    duplicates[image["id"]] = duplicates.get(image["id"], 1) + 1
+                    raise DataError(path, f"duplicate image id {image['id']}")
+                if not all(isinstance(image[k], (int, float)) and image[k] > 0 for k in ("width", "height")):
+                    skipped_ids.add(image["id"])
+                    raise DataError(path, f"image {image['id']} has width/height {image['width']!r}/{image['height']!r}")
+                images[image["id"]] = image
+            except DataError as error:
+                bad(error)
+        for image_id in duplicates:
+            if images.pop(image_id, None) is not None:  # the first entry of the id, kept until now
+                bad.skipped.append((str(path), f"duplicate image id {image_id}"))
+        skipped_ids |= duplicates.keys()
         categories = {}
         for category in data["categories"]:
             if not isinstance(category, dict) or not {"id", "name"} <= category.keys():
@@ -121,10 +139,17 @@ class COCODataset(torch.utils.data.Dataset):
             ann_ids.add(ann["id"])
             if ann["category_id"] not in categories:
                 raise DataError(path, f"annotation {ann.get('id')} has unknown category id {ann['category_id']}")
+            if ann["image_id"] in skipped_ids:
+                continue
             if ann["image_id"] not in images:
                 orphans += 1
                 continue
-            box = self._convert_box(ann, images[ann["image_id"]])
+            try:
+                box = self._convert_box(ann, images[ann["image_id"]])
+            except DataError as error:  # the image's annotations are incomplete without this one
+                bad(DataError(path, f"{error.problem} (image {ann['image_id']})"))
+                skipped_ids.add(images.pop(ann["image_id"])["id"])
+                continue
             if box is None:
                 dropped += 1
                 continue
@@ -134,7 +159,20 @@ class COCODataset(torch.utils.data.Dataset):
             logger.warning("COCO %s: %d annotations of image ids not in 'images' skipped", path, orphans)
         if dropped:
             logger.warning("COCO %s: %d annotations with empty boxes dropped", path, dropped)
-        data["annotations"] = kept
+
+        self._images = images
+        self.images_dir = self._find_images_dir(images_dir, sorted(images))
+        for image_id in sorted(images):  # the files: present, readable, of the annotated size
+            info = images[image_id]
+            try:
+                check_image(self.images_dir / info["file_name"], (int(info["height"]), int(info["width"])), path)
+            except DataError as error:
+                bad(error)
+                del images[image_id]
+        bad.finish(f"COCO {path}", len(data["images"]), path)
+        self.skipped = bad.skipped
+        data["images"] = [image for image in data["images"] if isinstance(image, dict) and images.get(image.get("id")) is image]
+        data["annotations"] = [ann for ann in kept if ann["image_id"] in images]
 
         self.coco = COCO()
         self.coco.dataset = data
@@ -142,7 +180,8 @@ class COCODataset(torch.utils.data.Dataset):
             self.coco.createIndex()
 
         self._targets = {}
-        for image_id, objects in per_image.items():
+        for image_id in images:
+            objects = per_image[image_id]
             train = [(b, label) for b, label, crowd in objects if not crowd]
             crowd = [(b, label) for b, label, crowd in objects if crowd]
             self._targets[image_id] = (
@@ -154,8 +193,6 @@ class COCODataset(torch.utils.data.Dataset):
         self.ids = sorted(images)
         if drop_empty:
             self.ids = [image_id for image_id in self.ids if len(self._targets[image_id][1])]
-        self._images = images
-        self.images_dir = self._find_images_dir(images_dir)
 
     def _convert_box(self, ann: dict, image: dict) -> list[float] | None:
         """``[x, y, w, h]`` -> clipped continuous xyxy, or None when empty."""
@@ -173,7 +210,8 @@ class COCODataset(torch.utils.data.Dataset):
             return None
         return [x1, y1, x2, y2]
 
-    def _find_images_dir(self, images_dir) -> Path:
+    def _find_images_dir(self, images_dir, image_ids) -> Path:
+        """The first candidate folder holding the file of the first image found (of ``image_ids``)."""
         if images_dir is not None:
             candidates = [Path(images_dir)]
         else:
@@ -182,18 +220,16 @@ class COCODataset(torch.utils.data.Dataset):
             stem = self.ann_file.stem
             if stem.startswith("instances_"):  # annotations/instances_val2017.json -> val2017/
                 candidates.append(folder.parent / stem[len("instances_") :])
-        if not self.ids:
+        if not image_ids:
             return candidates[0]
-        first = self._images[self.ids[0]]["file_name"]
-        found = next((c for c in candidates if (c / first).is_file()), None)
-        if found is None:
-            places = ", ".join(str(c) for c in candidates)
-            raise DataError(self.ann_file, f"image {first!r} not found in {places} (pass images_dir)")
-        missing = [i for i in self.ids if not (found / self._images[i]["file_name"]).is_file()]
-        if missing:
-            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-            raise DataError(found / self._images[missing[0]]["file_name"], f"image file not found{more}")
-        return found
+        for image_id in image_ids:  # usually the first; a missing first image is one bad image
+            name = self._images[image_id]["file_name"]
+            found = next((c for c in candidates if (c / name).is_file()), None)
+            if found is not None:
+                return found
+        places = ", ".join(str(c) for c in candidates)
+        first = self._images[image_ids[0]]["file_name"]
+        raise DataError(self.ann_file, f"image {first!r} not found in {places} (pass images_dir)")
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -10,7 +10,14 @@ on earlier epochs, or on torch's global RNG (which the loader leaves untouched).
   wrapper runs the sample's transforms with torch's global RNG seeded from it (inside
   ``torch.random.fork_rng``), so ``RandomHorizontalFlip()`` is reproducible per sample.
 - A ``DataError`` of a sample (unreadable image ...) reaches the caller as that ``DataError``, also
-  from worker processes.
+  from worker processes -- unless the dataset's ``on_bad_image`` is ``"skip"``: then the sample
+  is replaced by that of the next index (cyclically) whose image loads, with the same sample
+  seed, the file is named in one warning (once, by the main process) and listed in
+  ``loader.skipped``. Which sample replaces which depends on the files only, so this contract
+  holds over bad images too (see ``data/bad_images.py``).
+- Worker processes ignore SIGINT: a Ctrl-C in the terminal reaches the whole process group, and
+  the main process (the trainer) decides when to stop, after which it ends the workers. SIGTERM
+  keeps its default (multiprocessing ends workers with it): send it to the main process only.
 - Data parallel (``num_replicas`` > 1): every process builds the same global batches of
   ``batch_size * num_replicas`` indices and takes its slice (``ShardedBatchSampler``), so the
   processes see disjoint shards of exactly the batches one process would see with the global batch
@@ -22,12 +29,17 @@ on earlier epochs, or on torch's global RNG (which the loader leaves untouched).
 
 from __future__ import annotations
 
+import logging
+import signal
+
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from fasterrcnn.errors import DataError
 
 _MASK64 = (1 << 64) - 1
+
+logger = logging.getLogger("fasterrcnn")
 
 
 def mix_seed(*values: int) -> int:
@@ -53,14 +65,40 @@ class _SampleError:
         self.problem = error.problem
 
 
+class _Replacement:
+    """A sample that replaces the samples of unreadable images; ``skipped``: their ``(file, problem)``."""
+
+    def __init__(self, sample, skipped: list[tuple[str, str]]):
+        self.sample = sample
+        self.skipped = skipped
+
+
+class _NotedBatch:
+    """A batch with replaced samples: ``_Loader`` reports ``skipped`` and yields ``(images, targets)``."""
+
+    def __init__(self, images, targets, skipped: list[tuple[str, str]]):
+        self.images = images
+        self.targets = targets
+        self.skipped = skipped
+
+
 def collate(batch):
     """``[(image, target), ...] -> (list of images, list of targets)`` (images keep their sizes)."""
     failure = next((item for item in batch if isinstance(item, _SampleError)), None)
     if failure is not None:
         return failure
+    skipped = [note for item in batch if isinstance(item, _Replacement) for note in item.skipped]
+    batch = [item.sample if isinstance(item, _Replacement) else item for item in batch]
     images = [image for image, _ in batch]
     targets = [target for _, target in batch]
+    if skipped:
+        return _NotedBatch(images, targets, skipped)
     return images, targets
+
+
+def ignore_interrupts(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of data-loading workers: a Ctrl-C (SIGINT) is the main process's business."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class EpochSampler(Sampler[int]):
@@ -216,25 +254,49 @@ class SeededDataset(torch.utils.data.Dataset):
     """``dataset[(index, sample_seed)]``: ``dataset[index]`` with torch's RNG seeded for the sample.
 
     The global RNG state of the calling process is restored afterwards. Other attributes
-    (``classes``, ``ground_truth`` ...) are those of the wrapped ``dataset``.
+    (``classes``, ``ground_truth`` ...) are those of the wrapped ``dataset``. With
+    ``dataset.on_bad_image == "skip"``, an index whose sample raises ``DataError`` is replaced by
+    the next one (cyclically) that loads, with the same sample seed (see the module docstring).
     """
 
     def __init__(self, dataset):
         self.dataset = dataset
+        self._bad: set[int] = set()  # indices found unreadable in this process
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key):
         index, sample_seed = key
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed)
-                return self.dataset[index]
-        except DataError as error:
-            if torch.utils.data.get_worker_info() is None:
-                raise
-            return _SampleError(error)
+        skip = getattr(self.dataset, "on_bad_image", "error") == "skip"
+        size = len(self.dataset)
+        skipped: list[tuple[str, str]] = []
+        first_error = None
+        for step in range(size if skip else 1):
+            candidate = (index + step) % size
+            if candidate in self._bad:
+                continue
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(sample_seed)
+                    sample = self.dataset[candidate]
+            except DataError as error:
+                if not skip:
+                    if torch.utils.data.get_worker_info() is None:
+                        raise
+                    return _SampleError(error)
+                self._bad.add(candidate)
+                skipped.append((error.path, error.problem))
+                first_error = first_error or error
+                continue
+            return _Replacement(sample, skipped) if skipped else sample
+        error = DataError(
+            first_error.path if first_error else "data set",
+            f"no image of the data set can be read ({first_error.problem if first_error else 'all skipped'})",
+        )
+        if torch.utils.data.get_worker_info() is None:
+            raise error
+        return _SampleError(error)
 
     def __getattr__(self, name):
         if name == "dataset":  # not set yet (unpickling): avoid recursion
@@ -243,12 +305,23 @@ class SeededDataset(torch.utils.data.Dataset):
 
 
 class _Loader(DataLoader):
-    """A DataLoader that raises a worker's ``DataError`` unchanged (see ``_SampleError``)."""
+    """A DataLoader that raises a worker's ``DataError`` unchanged (see ``_SampleError``) and
+    reports replaced samples: one warning per file, ``skipped`` {file: problem}."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skipped: dict[str, str] = {}
 
     def __iter__(self):
         for batch in super().__iter__():
             if isinstance(batch, _SampleError):
                 raise DataError(batch.path, batch.problem)
+            if isinstance(batch, _NotedBatch):
+                for path, problem in batch.skipped:
+                    if path not in self.skipped:
+                        self.skipped[path] = problem
+                        logger.warning("%s: %s; sample replaced by the next readable image", path, problem)
+                batch = (batch.images, batch.targets)
             yield batch
 
 
@@ -289,6 +362,7 @@ def build_loader(
         # The loader draws its workers' base seed from this generator, not from the global RNG.
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_interrupts if num_workers > 0 else None,
     )
 
 
@@ -301,5 +375,6 @@ __all__ = [
     "aspect_ratio_group_ids",
     "build_loader",
     "collate",
+    "ignore_interrupts",
     "mix_seed",
 ]

@@ -6,8 +6,8 @@ Coordinates. VOC XML stores 1-based, inclusive pixel indices (``xmin=1, xmax=10`
 pixel columns). They are converted here, once, to the project's continuous ``(x1, y1, x2, y2)``:
 ``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax`` (width = x2 - x1 = 10 pixels).
 Boxes reaching outside the image are clipped to it; boxes that are empty after clipping
-(x2 <= x1 or y2 <= y1) are dropped. Both are counted and logged once per dataset on the
-``"fasterrcnn"`` logger.
+(x2 <= x1 or y2 <= y1, e.g. a box entirely outside the image) are dropped. Both are counted and
+logged once per dataset on the ``"fasterrcnn"`` logger, naming the first annotation file concerned.
 
 Class list (labels are 1..C in this order, 0 is background):
 1. the ``classes`` argument when given (an object of another class is an error);
@@ -16,10 +16,16 @@ Class list (labels are 1..C in this order, 0 is background):
 3. else the sorted set of object names found in the split's XML files. A test split may lack a
    class, so evaluate with ``classes=`` the training classes (the checkpoint's ``class_names``).
 
-All XML files of the split are parsed at construction, so malformed files are reported before
-training starts and ``image_size(i)`` costs nothing. ``keep_difficult=False`` removes difficult
-objects from the training samples only; ``ground_truth()`` always has them, flagged, because VOC
-evaluation ignores detections matched to difficult objects.
+All XML files of the split are parsed, and every image file is checked (``images.check_image``:
+present, not empty, readable header, the annotated size, not truncated), at construction, so bad
+files are reported before training starts and ``image_size(i)`` costs nothing. An image whose
+annotation or file is bad, or whose id the split file lists twice, raises ``DataError`` or is
+skipped with a warning, as ``on_bad_image`` says (``data/bad_images.py``); ``ids`` are the
+images kept and ``skipped`` lists ``(file, problem)`` of the others.
+
+``keep_difficult=False`` removes difficult objects from the training samples only;
+``ground_truth()`` always has them, flagged, because VOC evaluation ignores detections matched to
+difficult objects.
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fasterrcnn.data.images import image_size as read_image_size
-from fasterrcnn.data.images import load_annotated_image
+from fasterrcnn.data.bad_images import BadImages
+from fasterrcnn.data.images import check_image, load_annotated_image
 from fasterrcnn.errors import ConfigError, DataError
 
 logger = logging.getLogger("fasterrcnn")
@@ -57,6 +63,8 @@ class _Record:
     names: tuple[str, ...]  # [K]
     boxes: np.ndarray  # [K, 4] float32 continuous xyxy
     difficult: np.ndarray  # [K] bool
+    num_clipped: int = 0  # boxes of the file clipped to the image
+    num_dropped: int = 0  # boxes of the file empty after clipping
 
 
 def _text(element, tag: str) -> str | None:
@@ -85,7 +93,10 @@ class VOCDataset(torch.utils.data.Dataset):
     ``transforms(image, target) -> (image, target)`` is applied last.
     """
 
-    def __init__(self, root, split: str = "trainval", classes=None, transforms=None, keep_difficult: bool = True):
+    def __init__(
+        self, root, split: str = "trainval", classes=None, transforms=None, keep_difficult: bool = True,
+        on_bad_image: str = "error",
+    ):  # fmt: skip
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
@@ -100,15 +111,30 @@ class VOCDataset(torch.utils.data.Dataset):
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(split_file, f"cannot read split file ({exc})") from None
         # VOC's per-class split files have "<id> <flag>"; the image id is the first field.
-        self.ids = [line.split()[0] for line in lines if line.strip()]
+        listed = [line.split()[0] for line in lines if line.strip()]
 
-        self.num_clipped = 0
-        self.num_dropped = 0
-        self._records = [self._parse(image_id) for image_id in self.ids]
+        bad = BadImages(on_bad_image)
+        self.on_bad_image = on_bad_image
+        self._records = []
+        seen = set()
+        for image_id in listed:
+            try:
+                if image_id in seen:
+                    raise DataError(split_file, f"image id {image_id!r} is listed more than once")
+                seen.add(image_id)
+                self._records.append(self._parse(image_id))
+            except DataError as error:
+                bad(error)
+        bad.finish(f"VOC {self.root} ({split})", len(listed), split_file)
+        self.skipped = bad.skipped
+        self.ids = [record.image_id for record in self._records]
+        self.num_clipped = sum(record.num_clipped for record in self._records)
+        self.num_dropped = sum(record.num_dropped for record in self._records)
         if self.num_clipped or self.num_dropped:
+            first = next(r for r in self._records if r.num_clipped or r.num_dropped)
             logger.warning(
-                "VOC %s (%s): %d boxes clipped to the image, %d empty boxes dropped",
-                self.root, split, self.num_clipped, self.num_dropped,
+                "VOC %s (%s): %d boxes clipped to the image, %d empty boxes dropped (the first in %s)",
+                self.root, split, self.num_clipped, self.num_dropped, self.root / "Annotations" / f"{first.image_id}.xml",
             )  # fmt: skip
 
         names = {name for record in self._records for name in record.names}
@@ -151,9 +177,12 @@ class VOCDataset(torch.utils.data.Dataset):
             except ValueError:
                 raise DataError(xml_path, "<size> has non-numeric <width>/<height>") from None
         if height <= 0 or width <= 0:  # absent or zero in some VOC-style exports: read the header
-            height, width = read_image_size(image_path)
+            height, width = check_image(image_path)
+        else:
+            check_image(image_path, (height, width), xml_path)
 
         names, boxes, difficult = [], [], []
+        num_clipped = num_dropped = 0
         for obj in annotation.iter("object"):
             name = _text(obj, "name")
             if not name:
@@ -173,10 +202,10 @@ class VOCDataset(torch.utils.data.Dataset):
             clipped = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
                        min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]  # fmt: skip
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                self.num_dropped += 1
+                num_dropped += 1
                 continue
             if clipped != box:
-                self.num_clipped += 1
+                num_clipped += 1
             names.append(name)
             boxes.append(clipped)
             difficult.append(_flag(obj, "difficult", xml_path))
@@ -187,6 +216,8 @@ class VOCDataset(torch.utils.data.Dataset):
             names=tuple(names),
             boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
             difficult=np.array(difficult, dtype=bool),
+            num_clipped=num_clipped,
+            num_dropped=num_dropped,
         )
 
     def _find_image(self, image_id: str, filename: str | None) -> Path:

@@ -71,7 +71,7 @@ def run_inference(
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
-    from fasterrcnn.data.loader import collate
+    from fasterrcnn.data.loader import collate, ignore_interrupts
     from fasterrcnn.engine import distributed
     from fasterrcnn.evaluation import detections_to_results
 
@@ -82,7 +82,10 @@ def run_inference(
         indices = [i for batch in batches[distributed.get_rank() :: world_size] for i in batch]
         dataset = Subset(dataset, indices)
         progress = progress and distributed.is_main_process()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+        worker_init_fn=ignore_interrupts if num_workers > 0 else None,  # Ctrl-C is the trainer's to handle
+    )  # fmt: skip
     was_training = model.training
     model.eval()
     per_image: list[list[dict]] = []  # results of every image, in loader order

@@ -2,10 +2,16 @@
 
 One iteration = one batch: forward (the model returns its loss dict), total loss = sum of the
 losses, backward, optional gradient-norm clipping, ``optimizer.step()``, ``scheduler.step()``.
-A batch whose total loss is not finite is skipped (no optimizer step, the iteration still counts,
-so the schedule and the data order are those of a run without the bad batch's update);
-``max_nonfinite_steps`` such batches in a row stop training with ``NonFiniteLossError``, leaving
-the last checkpoint as it was.
+A batch whose total loss or gradient is not finite is skipped (no optimizer step, the iteration still
+counts, so the schedule and the data order are those of a run without the bad batch's update; the
+running statistics of BatchNorm layers, updated by the forward pass, are put back) and logged as a
+``skip`` record; ``max_nonfinite_steps`` such batches in a row stop training with
+``NonFiniteLossError``, leaving the last checkpoint as it was (its weights are the last good ones).
+
+SIGINT / SIGTERM during the loop: the current iteration is finished, ``checkpoints/last.pt`` is
+written and ``TrainingInterrupted`` is raised (``engine/interrupt.py``); ``resume`` continues exactly.
+A checkpoint write killed half-way (SIGKILL, power loss) leaves the previous file whole
+(``io.atomic_save``); ``resume`` removes the abandoned temporary file.
 
 Optimizer: ``torch.optim.SGD(lr, momentum, weight_decay)`` over every parameter that requires a
 gradient, weight decay included on biases and norm parameters (the paper's Caffe solver does the
@@ -24,7 +30,8 @@ Exact resume: the data order and the augmentation of every sample are functions 
 already consumed are skipped without being loaded; the model's sampling generator (``model.generator``
 when it has one) and torch's / Python's / NumPy's global RNG states are saved in every checkpoint
 and restored. On the CPU with ``num_workers=0`` a resumed run therefore ends with weights identical
-to an uninterrupted run with the same seed.
+to an uninterrupted run with the same seed (and the same number of threads: the order of float sums
+in torch's CPU kernels depends on it).
 
 Sampling: a model whose ``forward`` takes a ``generator`` argument (``FasterRCNN``) gets one
 generator per image, seeded from ``(seed, iteration, position of the image in the global batch)``:
@@ -63,14 +70,21 @@ import torch
 
 from fasterrcnn.config import TrainConfig
 from fasterrcnn.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
 from fasterrcnn.engine.schedule import WarmupStepLR
 from fasterrcnn.errors import ConfigError, DataError, FasterRCNNError
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainState", "build_optimizer", "build_scheduler"]
+__all__ = ["NonFiniteLossError", "Trainer", "TrainState", "TrainingInterrupted", "build_optimizer", "build_scheduler"]
 
 
 class NonFiniteLossError(FasterRCNNError):
-    """Training stopped: too many consecutive iterations had a NaN or infinite loss."""
+    """Training stopped: too many consecutive iterations had a NaN or infinite loss (or gradient)."""
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of the gradients (NaN / inf when one of them is)."""
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
 @dataclass
@@ -246,6 +260,7 @@ class Trainer:
         generator = getattr(self.model, "generator", None)
         self.model_generator = generator if isinstance(generator, torch.Generator) else None
         self.per_image_generators = "generator" in inspect.signature(self.model.forward).parameters
+        self._stop = StopRequest()  # replaced by the active one while train() runs its loop
         self._seed_rngs()
 
     # -- state ---------------------------------------------------------------------------------------
@@ -288,7 +303,10 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Continue from the checkpoint at ``path`` (written by ``save``)."""
+        from fasterrcnn.io import remove_temp_files
+
         state = load_checkpoint(path, map_location=self.device)
+        remove_temp_files(self.checkpoint_dir)  # of a write that was killed half-way
         missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "epoch", "rng") if k not in state]
         if missing:
             raise DataError(path, f"not a training checkpoint (missing {', '.join(missing)})")
@@ -346,7 +364,8 @@ class Trainer:
         try:
             if self.state.iteration >= self.max_iters:
                 logger.info(f"already trained for {self.state.iteration} iterations (max {self.max_iters})")
-            self._loop(logger)
+            with StopRequest() as self._stop:
+                self._loop(logger)
             if self.evaluate is not None and (
                 not config.eval_every or self.state.iteration % config.eval_every or self.last_metrics is None
             ):
@@ -367,6 +386,12 @@ class Trainer:
         config, state = self.config, self.state
         self.model.train()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # BatchNorm layers update their running statistics during the forward pass, before the loss
+        # is known: a skipped batch must leave them as they were (NaN activations would make them
+        # NaN for good, and the eval-mode model with them).
+        statistics = [
+            b for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for b in m.buffers()
+        ]
         nonfinite = 0
         while state.iteration < self.max_iters:
             self.loader.batch_sampler.set_epoch(state.epoch, start_batch=state.epoch_iteration)
@@ -375,6 +400,7 @@ class Trainer:
                 images = [image.to(self.device, non_blocking=True) for image in images]
                 targets = _to_device(targets, self.device)
                 lr = self.optimizer.param_groups[0]["lr"]
+                saved = [b.clone() for b in statistics]
                 kwargs = {"generator": self._sampling_generators(len(images))} if self.per_image_generators else {}
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     loss_dict = self.train_model(images, targets, **kwargs)
@@ -383,7 +409,14 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 finite = math.isfinite(sum(values.values()))  # the same decision on every process
                 if finite:
-                    self._backward_and_step(loss, params)
+                    grad_norm = self._backward_and_step(loss, params)
+                    if grad_norm is not None and not math.isfinite(grad_norm):  # a finite loss can still have a NaN gradient
+                        finite = False
+                        values["grad_norm"] = grad_norm
+                if not finite:
+                    with torch.no_grad():
+                        for buffer, value in zip(statistics, saved):
+                            buffer.copy_(value)
                 self.scheduler.step()
                 state.iteration += 1
                 state.epoch_iteration += 1
@@ -396,7 +429,7 @@ class Trainer:
                     logger.log_skip(state.iteration, state.epoch, {"loss": sum(values.values()), **values}, nonfinite)
                     if nonfinite >= config.max_nonfinite_steps:
                         raise NonFiniteLossError(
-                            f"training stopped at iteration {state.iteration}: the loss was not finite for "
+                            f"training stopped at iteration {state.iteration}: the loss (or its gradient) was not finite for "
                             f"{nonfinite} consecutive iterations (try a lower --lr or --grad-clip); the last "
                             f"checkpoint in {self.checkpoint_dir} is intact"
                         )
@@ -405,6 +438,9 @@ class Trainer:
                     self._plot_losses(logger)
                 if state.iteration % config.checkpoint_every == 0:
                     self.save(f"iter_{state.iteration:07d}.pt", "last.pt")
+                if self._stop_requested():  # SIGINT / SIGTERM: stop here, resumable
+                    self.save("last.pt")
+                    raise TrainingInterrupted(self._stop.signum, state.iteration, self.checkpoint_dir / "last.pt")
                 if state.iteration >= self.max_iters:
                     return
                 start = time.perf_counter()
@@ -429,20 +465,36 @@ class Trainer:
         means = distributed.all_reduce_sum(stacked) / self.world_size
         return dict(zip(loss_dict, means.tolist()))
 
-    def _backward_and_step(self, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> None:
+    def _stop_requested(self) -> bool:
+        """Whether a SIGINT / SIGTERM arrived, on any process of a data-parallel run (so all stop together)."""
+        requested = self._stop.signum is not None
+        if self.world_size == 1:
+            return requested
+        from fasterrcnn.engine import distributed
+
+        return bool(distributed.all_reduce_sum(torch.tensor([float(requested)], device=self.device)) > 0)
+
+    def _backward_and_step(self, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float | None:
+        """Backward pass and optimizer step, unless the gradient is not finite.
+
+        Returns the gradients' global norm (the step was skipped when it is not finite), or None with
+        fp16's GradScaler, which skips overflowed steps itself and lowers its scale. In a
+        data-parallel run the gradients are already averaged, so every process decides alike.
+        """
         clip = self.config.grad_clip_norm
         if self.scaler is None:
             loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            self.optimizer.step()
-            return
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip) if clip is not None else _grad_norm(params))
+            if math.isfinite(grad_norm):
+                self.optimizer.step()
+            return grad_norm
         self.scaler.scale(loss).backward()
         if clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(params, clip)
         self.scaler.step(self.optimizer)  # skipped when the fp16 gradients overflowed
         self.scaler.update()
+        return None
 
     def _evaluate(self, logger) -> None:
         from fasterrcnn.engine import distributed

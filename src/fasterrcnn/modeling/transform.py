@@ -66,12 +66,18 @@ class GeneralizedRCNNTransform(nn.Module):
         self.size_divisible = int(size_divisible)
 
     def normalize(self, image: Tensor) -> Tensor:
-        """[3, H, W] RGB in [0, 1] -> normalized [3, H, W] (a new tensor)."""
-        if self.pixel_format == "caffe_bgr255":
-            image = image.flip(0) * 255.0
+        """[3, H, W] RGB in [0, 1] -> normalized [3, H, W] (a new tensor).
+
+        One new tensor, then in-place steps (the same operations in the same order, so the same
+        values): a full-size image costs one copy, not three.
+        """
         mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
         std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
-        return (image - mean[:, None, None]) / std[:, None, None]
+        if self.pixel_format == "caffe_bgr255":
+            out = image.flip(0).mul_(255.0).sub_(mean[:, None, None])
+        else:
+            out = image - mean[:, None, None]
+        return out.div_(std[:, None, None])
 
     def batch_images(self, images: list[Tensor]) -> Tensor:
         """Zero-pad images [3, H', W'] (top-left aligned) to one [N, 3, Hp, Wp], Hp and Wp multiples of size_divisible."""

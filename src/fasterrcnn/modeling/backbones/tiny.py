@@ -68,13 +68,11 @@ def build_tiny(*, weights_path: str | None = None, trainable_layers: int | None 
     """
     body = TinyBody()
     if weights_path is not None:
-        from fasterrcnn.errors import DataError
+        # weights.py: read with weights_only=True (a pickle that would run code is refused), strict
+        # keys and shapes, one-line DataError naming the file.
+        from fasterrcnn.modeling.backbones.weights import Route, load_routed_weights
 
-        try:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unreadable or not a tensor file
-            raise DataError(weights_path, f"cannot load tiny backbone weights ({e})") from None
-        body.load_state_dict(state)
+        load_routed_weights(weights_path, [Route("", body)], layout="tiny backbone (TinyBody().state_dict())")
     if trainable_layers is not None:
         if not 0 <= trainable_layers <= 4:
             raise ValueError(f"trainable_layers must be in 0..4 for the tiny backbone, got {trainable_layers}")

@@ -129,6 +129,9 @@ def _reason(error: Exception) -> str:
     text = str(error)
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
+    refused = [line for line in text.splitlines() if "GLOBAL" in line]  # the object refused (newer torch)
+    if refused:
+        text = refused[0]
     text = " ".join(text.split()).split(" Check the documentation of torch.load", 1)[0]
     text = text.split(". ", 1)[0].rstrip(".")
     return (text[:200] + "...") if len(text) > 200 else (text or type(error).__name__)

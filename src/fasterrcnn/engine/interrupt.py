@@ -1,0 +1,71 @@
+"""Stopping training cleanly on SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler's time limit).
+
+While ``Trainer.train`` runs its loop, ``StopRequest`` replaces the handlers of both signals (in
+the main thread only; a signal whose handler is ``SIG_IGN`` -- e.g. SIGINT of a background job of
+a script -- stays ignored) and restores the previous handlers afterwards. The first signal only
+sets ``signum``; the trainer finishes the current iteration, writes ``checkpoints/last.pt``
+(atomically, like every checkpoint) and raises ``TrainingInterrupted``. ``fasterrcnn train`` turns
+that into one line saying where the checkpoint is and how to resume, and exit code ``128 + signal
+number``: 130 for SIGINT, 143 for SIGTERM, the shell convention for "ended by this signal", so
+that scripts and schedulers see that the run did not finish. A second signal raises
+``KeyboardInterrupt`` at once (a checkpoint being written is then abandoned and the previous one
+stays whole).
+
+Nothing is printed from the handler itself (a handler can run in the middle of a ``print``).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+__all__ = ["StopRequest", "TrainingInterrupted"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal after ``iteration`` iterations; their state is in ``checkpoint``."""
+
+    def __init__(self, signum: int, iteration: int, checkpoint: str | Path):
+        self.signum = int(signum)
+        self.iteration = int(iteration)
+        self.checkpoint = Path(checkpoint)
+        super().__init__(
+            f"{signal.Signals(self.signum).name} received: stopped after iteration {self.iteration}, "
+            f"checkpoint saved to {self.checkpoint}"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signal number`` (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+class StopRequest:
+    """``with StopRequest() as stop:`` -- ``stop.signum`` is the first SIGINT / SIGTERM received, or None."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                previous = signal.getsignal(signum)
+                if previous is signal.SIG_IGN:
+                    continue
+                self._previous[signum] = previous
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice: stopping now")
+        self.signum = signum
