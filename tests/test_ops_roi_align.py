@@ -3,6 +3,7 @@
 The references below transcribe torchvision's C++ kernels (csrc/ops/cpu/roi_align_kernel.cpp with
 roi_align_common.h, roi_pool_kernel.cpp) as explicit Python loops, in float64, on tiny sizes.
 """
+import importlib
 import math
 
 import pytest
@@ -273,6 +274,72 @@ def test_roi_pool_gradcheck():
     x = (x / 10).requires_grad_()  # distinct values: no ties, gradcheck's steps do not change the arg-max
     rois = torch.tensor([[0, 0.0, 0.0, 5.0, 4.0], [1, 2.0, 1.0, 6.0, 5.0], [1, 3.0, 3.0, 3.0, 3.0]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, (2, 3), 1.0), (x,), eps=1e-3)
+
+
+def _tied_features(generator, shape):
+    """Values in quarters with whole rows of zeros: many ties, -0.0 among them."""
+    x = (torch.randn(*shape, generator=generator, dtype=torch.float64) * 4).round() / 4
+    x[..., ::3, :] = 0.0
+    x[..., 1::4] = -x[..., 1::4]  # -0.0 where the row was zeroed
+    return x
+
+
+def _expected_roi_pool_grad(shape, rois, arg, grad_out):
+    """The kernel's backward from the loop reference's arg-max (flat h*W + w, -1 for empty bins)."""
+    expected = torch.zeros(shape, dtype=torch.float64).view(shape[0], shape[1], -1)
+    for k, b in enumerate(rois[:, 0].long().tolist()):
+        for c in range(shape[1]):
+            for i, a in enumerate(arg[k, c].reshape(-1).tolist()):
+                if a >= 0:
+                    expected[b, c, a] += grad_out[k, c].reshape(-1)[i].double()
+    return expected.view(shape)
+
+
+def test_roi_pool_negative_zero_ties_with_zero():
+    # The kernel's `>` does not tell -0.0 from +0.0: the first of them is the maximum.
+    rois = torch.tensor([[0.0, 0.0, 0.0, 2.0, 1.0]])
+    for dtype in (torch.float32, torch.float64):
+        xx = torch.tensor([[[[-1.0, -0.0, 0.0], [0.0, -0.0, -2.0]]]], dtype=dtype, requires_grad=True)
+        out = roi_pool(xx, rois.to(dtype), (1, 2), 1.0)  # bins x in [0, 2) and [1, 3), both rows
+        out.backward(torch.tensor([[[[1.0, 2.0]]]], dtype=dtype))
+        assert torch.equal(xx.grad, torch.tensor([[[[0.0, 3.0, 0.0], [0.0, 0.0, 0.0]]]], dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_roi_pool_forward_only_equals_autograd_path(dtype):
+    # Without a gradient to compute, roi_pool takes the maxima only: the same values, bit for bit.
+    g = torch.Generator().manual_seed(10)
+    x = _tied_features(g, (2, 5, 9, 12)).to(dtype)
+    rois = random_rois(g, 16, 2, 9, 12, 0.5).to(dtype)
+    expected = roi_pool(x.clone().requires_grad_(), rois, (3, 4), 0.5).detach()
+    assert torch.equal(roi_pool(x, rois, (3, 4), 0.5), expected)
+    with torch.no_grad():
+        assert torch.equal(roi_pool(x.clone().requires_grad_(), rois, (3, 4), 0.5), expected)
+    with torch.inference_mode():
+        out = roi_pool(x, rois, (3, 4), 0.5)
+    assert torch.equal(out, expected) and out.dtype == dtype and out.is_contiguous()
+
+
+@pytest.mark.parametrize("every_height", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_roi_pool_by_blocks_of_channels_matches_loop_reference(monkeypatch, dtype, every_height):
+    # A tiny block budget: 20 channels go in blocks of 8, 8 and 4; tables of every height (two
+    # look-ups per bin) or of powers of two (four).
+    module = importlib.import_module("fasterrcnn.ops.roi_align")  # (the package exports a function of that name)
+    monkeypatch.setattr(module, "_CPU_BLOCK_BYTES", 1)
+    monkeypatch.setattr(module, "_every_height", lambda *args: every_height)
+    g = torch.Generator().manual_seed(11)
+    shape, scale = (2, 20, 7, 9), 0.5
+    x = _tied_features(g, shape)
+    rois = random_rois(g, 10, 2, 7, 9, scale)
+    ref, arg = reference_roi_pool(x, rois, 3, 2, scale)
+    xx = x.to(dtype).requires_grad_()
+    out = roi_pool(xx, rois.to(dtype), (3, 2), scale)
+    assert torch.equal(out.double(), ref)
+    assert torch.equal(roi_pool(xx.detach(), rois.to(dtype), (3, 2), scale).double(), ref)
+    grad_out = torch.randint(-3, 4, out.shape, generator=g).to(dtype)  # small integers: exact sums
+    out.backward(grad_out)
+    assert torch.equal(xx.grad.double(), _expected_roi_pool_grad(shape, rois, arg, grad_out))
 
 
 # ----------------------------------------------------------------------------------------------

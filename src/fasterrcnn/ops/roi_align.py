@@ -11,6 +11,7 @@ Shape shorthand:
     oh x ow  pooled output (P for either axis)
     G  samples per bin along one axis (``sampling_ratio``, or the largest adaptive grid)
     J  feature rows (or columns) one output bin reads along one axis
+    B  output bins, K * oh * ow       c  channels of one block (RoIPool)
 
 RoIs are either ``Tensor[K, 5]`` rows ``(batch_index, x1, y1, x2, y2)`` or a list of per-image
 ``Tensor[Ki, 4]`` boxes ``(x1, y1, x2, y2)``, in image pixels (multiplied by ``spatial_scale``).
@@ -21,14 +22,24 @@ How RoIAlign is computed: bilinear sampling is separable, so every output bin is
 sample positions, clamping and validity rules, with ``1 / grid`` folded in) are computed for all
 RoIs at once.  The sum over the J_y x J_x feature pixels of a bin is one ``embedding_bag`` over
 the channels-last feature table (rows = pixels, columns = channels), whose backward is again an
-``embedding_bag`` (over the transposed, sorted pixel list).  RoIPool finds every bin's arg-max
-with a 2-D sparse table (range-maximum over power-of-two rectangles, 4 look-ups per bin); its
-backward scatters each bin's gradient to that pixel, as the kernel does.
+``embedding_bag`` (over the transposed, sorted pixel list).
+
+How RoIPool is computed: a bin of h rows and w columns is the union of two h x 2^l rectangles,
+l = floor(log2 w), one at its first column and one ending at its last (or of four s x 2^l
+rectangles, s the power of two with s <= h < 2s).  Range-maximum tables hold the maximum of
+every such rectangle at every position, each table built from a previous one by one elementwise
+maximum, so every bin is two (or four) row look-ups and their maximum.  With a gradient to
+compute, a table entry also carries the rectangle's first arg-max in row-major order (for
+float32, packed with the value in one int64 key), and the backward scatters each bin's gradient
+to its arg-max pixel, as the kernel does.  The work goes by blocks of channels, so that a
+block's tables stay in cache.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+import sys
+from functools import partial
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -261,169 +272,298 @@ def _bins(start: Tensor, end: Tensor, pooled: int, size: int, dtype: torch.dtype
     return lo.clamp(0, size), hi.clamp(0, size)
 
 
-class _PackedLevels:
-    """Sparse-table levels for float32 (the fast path): one int64 per entry.
+class _PoolPlan(NamedTuple):
+    """The tables to build and the look-ups of every bin (B = K * oh * ow bins, in output order)."""
 
-    The value's bits, made order-preserving as an int32, go in the high word and 2**32 - 1 -
-    pixel in the low word (little-endian words), so the int64 maximum is the largest value and,
-    among equal values, the smallest pixel index y*W + x: the kernel's first maximum in
-    row-major order.  (-0.0 counts as smaller than +0.0 here, the only difference from the
-    float comparison.)  Levels live in 4 reused buffers and results in one buffer (fresh memory
-    is costly: page faults).
+    heights: list[list[int]]  # heights[l]: the heights h of the tables (l, h) built, increasing from 1
+    rectangles: list[Tensor]  # 2 or 4 x [B] int64: stacked row t * (N*H*W + 1) + map row, t the table
+
+
+def _floor_log2(x: Tensor) -> Tensor:
+    """floor(log2 x) of int64 x >= 1 (exact below 2^24)."""
+    return torch.frexp(x.float()).exponent.long() - 1
+
+
+def _every_height(tallest: list[int], map_rows: int, num_bins: int) -> bool:
+    """Whether tables for every height (up to each level's ``tallest``) cost less than tables
+    for powers of two only, given N*H*W ``map_rows`` and B ``num_bins``.  Counted in reductions
+    of C values: a table costs about N*H*W, and powers of two cost every bin two more look-ups
+    (a gather and a reduction each, about 2)."""
+    extra_tables = sum(h - h.bit_length() for h in tallest)
+    return extra_tables * map_rows <= 4 * num_bins
+
+
+def _pool_plan(rois: Tensor, N: int, H: int, W: int, oh: int, ow: int, spatial_scale: float) -> _PoolPlan:
+    """The kernel's bins (C-rounded box, floor/ceil split clipped to the map) as table look-ups.
+
+    A bin of h >= 1 rows and w >= 1 columns is covered by rectangles of s rows and 2^l columns,
+    l = floor(log2 w): one at its first column and one ending at its last, in its top s rows
+    and, unless s = h, in its bottom s rows too.  Tables are built either for every height
+    (s = h: two look-ups per bin) or for powers of two (s = 2^floor(log2 h): four look-ups but
+    fewer tables), whichever costs less.  An empty bin reads the extra row N*H*W of table (0, 1).
+    """
+    K = rois.shape[0]
+    x1, y1, x2, y2 = _c_round(rois[:, 1:] * spatial_scale).long().unbind(1)
+    hs, he = _bins(y1, y2, oh, H, rois.dtype)  # [K, oh]
+    ws, we = _bins(x1, x2, ow, W, rois.dtype)  # [K, ow]
+    height = (he - hs).view(K, oh, 1)
+    width = (we - ws).view(K, 1, ow)
+    empty = (height <= 0) | (width <= 0)  # [K, oh, ow]
+    level = torch.where(empty, 0, _floor_log2(width.clamp(min=1)))
+    height = torch.where(empty, 1, height)
+    # Host synchronisation: the tallest bin of every level.  Level l's tables stop there, and
+    # every level up to the widest has at least table (l, 1), which the next level starts from.
+    tallest = torch.zeros(W.bit_length(), dtype=torch.long, device=rois.device)
+    tallest = tallest.scatter_reduce(0, level.view(-1), height.view(-1), "amax").tolist()
+    while len(tallest) > 1 and tallest[-1] == 0:
+        tallest.pop()
+    tallest = [max(h, 1) for h in tallest]
+    if _every_height(tallest, N * H * W, K * oh * ow):
+        heights = [list(range(1, h + 1)) for h in tallest]
+        index, tops = height - 1, [hs.view(K, oh, 1)]  # the bin's table in its level; rectangles' top rows
+    else:
+        heights = [[1 << i for i in range(h.bit_length())] for h in tallest]
+        index = _floor_log2(height)
+        tops = [hs.view(K, oh, 1), he.view(K, oh, 1) - (1 << index)]
+    first = torch.tensor([0] + [len(h) for h in heights[:-1]], device=rois.device).cumsum(0)  # table (l, 1)
+    table = (first[level] + index) * (N * H * W + 1)  # [K, oh, ow] first stacked row of the bin's table
+    image = rois[:, 0].long().view(K, 1, 1) * (H * W)
+    columns = [ws.view(K, 1, ow), we.view(K, 1, ow) - (1 << level)]
+    rectangles = [
+        (table + torch.where(empty, N * H * W, image + y * W + x)).view(-1) for y in tops for x in columns
+    ]
+    return _PoolPlan(heights, rectangles)
+
+
+Entries = tuple[Tensor, ...]  # parallel tensors: what the entries of a table (or of look-up answers) hold
+
+# Bytes of one block's stacked tables.  On CPU about a cache's worth: the tables are built and
+# read while they are hot (4 MiB measured fastest; 8 MiB and more are slower); elsewhere blocks
+# only bound the memory, as each block costs a few dozen kernel launches.
+_CPU_BLOCK_BYTES = 1 << 22
+_DEVICE_BLOCK_BYTES = 1 << 28
+_INT32_MIN = -(2**31)
+
+
+class _MaxTables:
+    """Range-maximum tables of one block of c channels, answering a plan's look-ups.
+
+    The tables are stacked channels-last, ``Tensor[T, N*H*W + 1, c]``, table t = (l, h) in build
+    order: row b*H*W + y*W + x of table (l, h) holds the maximum over rows [y, y + h) and columns
+    [x, x + 2^l) of image b (rows whose rectangle leaves the map are neither computed nor read);
+    the last row, read by empty bins, holds 0.  Two (or four) row gathers over the stack, one per
+    rectangle of the plan, then answer all bins, in output order.
+
+    Here an entry is the value in the compute dtype (no arg-max: no gradient needed).
+    Subclasses change what an entry holds and how two entries ``reduce`` to one, to carry the
+    arg-max.  The buffers are allocated once and reused for every block of channels; the table
+    builds are calls on views of them, prepared once.
     """
 
-    def __init__(self, table: Tensor, N: int, H: int, W: int, num_bins: int):
-        C = table.shape[1]
-        bits = table.view(torch.int32)
-        words = torch.empty((N, H, W, C, 2), dtype=torch.int32, device=table.device)
-        words[..., 1] = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).view(N, H, W, C)  # order-preserving int32
-        words[..., 0] = ~torch.arange(H * W, dtype=torch.int32, device=table.device).view(1, H, W, 1)
-        self.state = words.view(torch.int64).squeeze(-1)  # [N, H, W, C]
-        self.buffers = [torch.empty_like(self.state) for _ in range(4)]
-        self.best = torch.empty((num_bins, C), dtype=torch.int64, device=table.device)
-        self.scratch = torch.empty((num_bins, C), dtype=torch.int64, device=table.device)
+    def __init__(self, input: Tensor, plan: _PoolPlan, channels: int):
+        N, _, H, W = input.shape
+        self.shape, self.channels = (N, H, W), channels
+        T, rows, B = sum(map(len, plan.heights)), N * H * W + 1, plan.rectangles[0].shape[0]
+        dtypes = self.entry_dtypes(input.dtype)
+        self.stack = tuple(torch.empty((T, rows, channels), dtype=d, device=input.device) for d in dtypes)
+        self.answer = tuple(torch.empty((B, channels), dtype=d, device=input.device) for d in dtypes)
+        self.other = tuple(torch.empty((B, channels), dtype=d, device=input.device) for d in dtypes)
+        self.rectangles = plan.rectangles
+        self.init_tables()
+        self.builds = self.schedule(plan.heights)
 
-    def combine(self, state: Tensor, d: int, dim: int, slot: int) -> Tensor:
-        n = state.shape[dim] - d
-        out = self.buffers[slot]
-        torch.maximum(state.narrow(dim, 0, n), state.narrow(dim, d, n), out=out.narrow(dim, 0, n))
-        return out
+    @staticmethod
+    def entry_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, ...]:
+        return (_compute_dtype(dtype),)
 
-    def query(self, state: Tensor, rows: list[Tensor], start: int) -> None:
-        flat = state.view(-1, state.shape[-1])
-        best = self.best.narrow(0, start, rows[0].shape[0])
-        other = self.scratch.narrow(0, 0, rows[0].shape[0])
-        torch.index_select(flat, 0, rows[0], out=best)
-        for r in rows[1:]:
-            torch.index_select(flat, 0, r, out=other)
-            torch.maximum(best, other, out=best)
+    @staticmethod
+    def prepare(input: Tensor) -> Tensor:
+        """What ``load`` reads, Tensor[N, C, H, W]: here the input itself."""
+        return input
 
-    def finish(self) -> tuple[Tensor, Tensor]:
-        words = self.best.view(torch.int32).view(self.best.shape[0], -1, 2)
-        high = words[..., 1]
-        return (high ^ ((high >> 31) & 0x7FFFFFFF)).view(torch.float32), ~words[..., 0]
+    def init_tables(self) -> None:
+        """Sets what no block changes: the empty bins' rows."""
+        self.stack[0][:, -1] = 0
+
+    def grid(self, table: Tensor) -> Tensor:
+        """[N, H, W, c] view of a table's map rows."""
+        return table[:-1].view(*self.shape, self.channels)
+
+    def load(self, block: Tensor) -> None:
+        """Fills table (0, 1) from ``block``: channels [c0, c0 + c') of ``prepare(input)``, c' <= c."""
+        self.grid(self.stack[0][0])[..., : block.shape[1]].copy_(block.permute(0, 2, 3, 1))
+
+    def reduce(self, a: Entries, b: Entries, out: Entries) -> None:
+        torch.maximum(a[0], b[0], out=out[0])
+
+    def schedule(self, heights: list[list[int]]) -> list[Callable[[], object]]:
+        """Builds of table (l, 1) from (l - 1, 1) along x, then of (l, h) from the level's
+        previous table (l, h') along y (max over [y, y + h) = max of those at y and y + h - h')."""
+        N, H, W = self.shape
+        builds: list[Callable[[], object]] = []
+
+        def extend(src: int, dst: int, dim: int, shift: int, n: int, width: int) -> None:
+            """Table dst [i] = reduce(src[i], src[i + shift]) for i < n along dim (1: y, 2: x)."""
+
+            def part(t: int, first: int) -> Entries:
+                return tuple(self.grid(s[t]).narrow(2, 0, width).narrow(dim, first, n) for s in self.stack)
+
+            builds.append(partial(self.reduce, part(src, 0), part(src, shift), part(dst, 0)))
+
+        row = 0  # position of table (l, 1)
+        for l, level in enumerate(heights):
+            width = W - (1 << l) + 1  # columns x whose rectangle [x, x + 2^l) lies on the map
+            if l > 0:
+                extend(row, row + len(heights[l - 1]), dim=2, shift=1 << (l - 1), n=width, width=W)
+                row += len(heights[l - 1])
+            for i in range(1, len(level)):
+                extend(row + i - 1, row + i, dim=1, shift=level[i] - level[i - 1], n=H - level[i] + 1, width=width)
+        return builds
+
+    def run(self, block: Tensor, out: Tensor) -> Optional[Tensor]:
+        """Pools ``block`` (see ``load``) into ``out``, those channels of the output
+        (Tensor[K, c', oh, ow], compute dtype); returns their arg-max (see ``emit``)."""
+        self.load(block)
+        for build in self.builds:
+            build()
+        for i, rectangle in enumerate(self.rectangles):
+            for s, t in zip(self.stack, self.other if i else self.answer):
+                torch.index_select(s.view(-1, self.channels), 0, rectangle, out=t)
+            if i:
+                self.reduce(self.answer, self.other, self.answer)
+        return self.emit(out)
+
+    def emit(self, out: Tensor) -> Optional[Tensor]:
+        """Writes the answers' values to ``out``; returns the arg-max map rows Tensor[c', B] int64
+        (N*H*W for an empty bin), or None."""
+        K, width, oh, ow = out.shape
+        out.copy_(self.answer[0][:, :width].view(K, oh, ow, width).permute(0, 3, 1, 2))
+        return None
 
 
-class _PairLevels:
-    """Sparse-table levels for float64: (value, pixel index stored as a float) pairs.
+class _PairTables(_MaxTables):
+    """Entries (value, map row of its first occurrence), for float64.
 
-    Within one level combination the first (left / upper) rectangle holds only earlier pixels in
-    row-major order, so "take the second only if strictly greater" keeps the kernel's first
-    maximum; the 4 overlapping rectangles of a bin are merged with the explicit rule "largest
-    value, then smallest pixel".  Every step is a vectorised arithmetic op (torch.where with a
-    mask is several times slower on CPU).
+    The first maximum of a union of two rectangles is the one of larger value, or of smaller row
+    if the values are equal: the kernel's first maximum in row-major order.  Plain but slow; the
+    float32 path is ``_KeyTables``.
     """
 
-    def __init__(self, table: Tensor, N: int, H: int, W: int, num_bins: int):
-        C = table.shape[1]
-        self.HW = H * W
-        pixel = torch.arange(H * W, dtype=table.dtype, device=table.device).view(1, H, W, 1)
-        self.state = (table.view(N, H, W, C), pixel.expand(N, H, W, C))
-        self.best = (table.new_empty((num_bins, C)), table.new_empty((num_bins, C)))
+    @staticmethod
+    def entry_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, ...]:
+        return (_compute_dtype(dtype), torch.int64)
 
-    def combine(self, state: tuple[Tensor, Tensor], d: int, dim: int, slot: int) -> tuple[Tensor, Tensor]:
-        v, i = state
-        n = v.shape[dim] - d
-        out_v, out_i = torch.empty_like(v), torch.empty_like(v)
-        first_v, second_v = v.narrow(dim, 0, n), v.narrow(dim, d, n)
-        first_i, second_i = i.narrow(dim, 0, n), i.narrow(dim, d, n)
-        take = torch.sign(second_v - first_v).clamp_(min=0)  # 1 where the second is strictly greater
-        torch.maximum(first_v, second_v, out=out_v.narrow(dim, 0, n))
-        torch.addcmul(first_i, take, second_i - first_i, out=out_i.narrow(dim, 0, n))
-        return out_v, out_i
+    def init_tables(self) -> None:
+        super().init_tables()
+        rows = self.stack[1].shape[1]
+        self.stack[1][0] = torch.arange(rows, device=self.stack[1].device).view(-1, 1)
+        self.stack[1][:, -1] = rows - 1
 
-    def query(self, state: tuple[Tensor, Tensor], rows: list[Tensor], start: int) -> None:
-        v, i = (t.reshape(-1, t.shape[-1]) for t in state)
-        cand = [(v.index_select(0, r), i.index_select(0, r)) for r in rows]
-        m = torch.maximum(torch.maximum(cand[0][0], cand[1][0]), torch.maximum(cand[2][0], cand[3][0]))
-        key = None
-        for cv, ci in cand:
-            k = torch.sign(m - cv).mul_(self.HW).add_(ci)  # + H*W unless it holds the maximum
-            key = k if key is None else torch.minimum(key, k)
-        self.best[0].narrow(0, start, m.shape[0]).copy_(m)
-        self.best[1].narrow(0, start, m.shape[0]).copy_(key)
+    def reduce(self, a: Entries, b: Entries, out: Entries) -> None:
+        take = (b[0] > a[0]) | ((b[0] == a[0]) & (b[1] < a[1]))
+        torch.where(take, b[1], a[1], out=out[1])
+        torch.maximum(a[0], b[0], out=out[0])
 
-    def finish(self) -> tuple[Tensor, Tensor]:
-        return self.best
+    def emit(self, out: Tensor) -> Tensor:
+        super().emit(out)
+        return self.answer[1][:, : out.shape[1]].t().contiguous()
 
 
-def _roi_pool_argmax(table: Tensor, N: int, H: int, W: int, rois: Tensor, oh: int, ow: int, spatial_scale: float):
-    """Maximum and arg-max pixel of every bin and channel, and which bins are empty.
+class _KeyTables(_MaxTables):
+    """float32 entries as one int64 key, reduced by ``minimum``: value and arg-max in one op.
 
-    table: Tensor[N*H*W, C] channels-last feature rows. Returns (max Tensor[K, oh, ow, C];
-    argmax Tensor[K, oh, ow, C] int64, the table row b*H*W + y*W + x of the bin's first maximum
-    in row-major order; empty Tensor[K, oh, ow] bool).
-
-    Uses a 2-D sparse table: level (a, c) holds, at (y, x), the max over [y, y + 2^a) x [x, x + 2^c)
-    and its first arg-max; a bin is the union of 4 (overlapping) such rectangles.
+    key = (v << 32) + row: v the value's bits mapped to an int32 that decreases as the value
+    grows (after -0.0 -> +0.0, as the kernel's ``>`` does not tell them apart), row the map row
+    b*H*W + y*W + x.  The smallest key holds the largest value and, among equal values, the
+    smallest row: the kernel's first maximum in row-major order.
     """
-    K, C = rois.shape[0], table.shape[1]
-    dtype = _compute_dtype(rois.dtype)
-    coords = _c_round(rois[:, 1:].to(dtype) * spatial_scale).long()
-    x1, y1, x2, y2 = coords.unbind(1)
-    hs, he = _bins(y1, y2, oh, H, dtype)  # [K, oh]
-    ws, we = _bins(x1, x2, ow, W, dtype)  # [K, ow]
-    level_h = torch.floor(torch.log2((he - hs).clamp(min=1).double())).long()  # [K, oh]
-    level_w = torch.floor(torch.log2((we - ws).clamp(min=1).double())).long()  # [K, ow]
-    num_h, num_w = int(level_h.max()) + 1, int(level_w.max()) + 1  # host synchronisation: loop sizes
-    b = rois[:, 0].long().view(K, 1, 1)
-    top = hs.clamp(max=H - 1).view(K, oh, 1)
-    bottom = (he - (1 << level_h)).clamp(min=0, max=H - 1).view(K, oh, 1)
-    left = ws.clamp(max=W - 1).view(K, 1, ow)
-    right = (we - (1 << level_w)).clamp(min=0, max=W - 1).view(K, 1, ow)
-    corners = [(b * (H * W) + y * W + x).reshape(-1) for y in (top, bottom) for x in (left, right)]  # 4 x [K*oh*ow]
-    # Bins sorted by level in the order the loop below builds them (x level outer, y level
-    # inner): each level's results fill one contiguous slice.
-    level = (level_w.view(K, 1, ow) * num_h + level_h.view(K, oh, 1)).reshape(-1)  # [K*oh*ow]
-    order = torch.argsort(level)
-    corners = [q[order] for q in corners]
-    counts = torch.bincount(level, minlength=num_h * num_w).tolist()
-    levels = (_PackedLevels if table.dtype == torch.float32 else _PairLevels)(table, N, H, W, K * oh * ow)
 
-    # Level (a, c) is built from (a, c - 1) along x for a = 0, then from (a - 1, c) along y, and
-    # queried right after it is built.  Entries whose rectangle would leave the map are never
-    # queried (and stay uninitialised).
-    row, start = levels.state, 0
-    for c in range(num_w):
-        if c > 0:
-            row = levels.combine(row, 1 << (c - 1), 2, slot=c % 2)
-        cur = row
-        for a in range(num_h):
-            if a > 0:
-                cur = levels.combine(cur, 1 << (a - 1), 1, slot=2 + a % 2)
-            n = counts[c * num_h + a]
-            if n:
-                levels.query(cur, [q.narrow(0, start, n) for q in corners], start)
-                start += n
-    sorted_v, sorted_pixel = levels.finish()
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.shape[0], device=order.device)
-    value = sorted_v.index_select(0, inverse).view(K, oh, ow, C)
-    pixel = sorted_pixel.index_select(0, inverse).view(K, oh, ow, C)
-    argmax = pixel.long().clamp_(0, H * W - 1) + (b * (H * W)).view(K, 1, 1, 1)
-    empty = (he <= hs).view(K, oh, 1) | (we <= ws).view(K, 1, ow)
-    return value, argmax, empty
+    _HIGH = 1 if sys.byteorder == "little" else 0  # which int32 word of an int64 holds v
+
+    @staticmethod
+    def entry_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, ...]:
+        return (torch.int64,)
+
+    @staticmethod
+    def prepare(input: Tensor) -> Tensor:
+        """Tensor[N, C, H, W] int32: v of every input value (0.0 -> -1)."""
+        bits = (input.to(torch.float32) + 0.0).view(torch.int32)  # + 0.0: -0.0 -> +0.0
+        return bits ^ (bits >> 31).bitwise_not_().bitwise_or_(_INT32_MIN)  # >= 0: all bits flip; < 0: the sign bit
+
+    def words(self, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """(v, row) int32 views of int64 ``keys``."""
+        words = keys.view(torch.int32).view(*keys.shape, 2)
+        return words[..., self._HIGH], words[..., 1 - self._HIGH]
+
+    def init_tables(self) -> None:
+        high, row = self.words(self.stack[0][0])
+        row.copy_(torch.arange(row.shape[0], dtype=torch.int32, device=row.device).view(-1, 1))
+        high[-1] = -1  # the empty bins' row: value 0
+        self.stack[0][1:, -1] = self.stack[0][0, -1]
+
+    def load(self, block: Tensor) -> None:
+        high = self.words(self.stack[0][0])[0]
+        high[:-1].view(*self.shape, self.channels)[..., : block.shape[1]].copy_(block.permute(0, 2, 3, 1))
+
+    def reduce(self, a: Entries, b: Entries, out: Entries) -> None:
+        torch.minimum(a[0], b[0], out=out[0])
+
+    def emit(self, out: Tensor) -> Tensor:
+        K, width, oh, ow = out.shape
+        high, row = (w[:, :width] for w in self.words(self.answer[0]))  # [B, c']
+        bits = out.view(torch.int32)
+        bits.copy_(high.view(K, oh, ow, width).permute(0, 3, 1, 2))
+        bits.bitwise_xor_((bits >> 31).bitwise_or_(_INT32_MIN))  # undoes ``prepare`` (its own inverse)
+        return row.new_empty(row.t().shape, dtype=torch.int64).copy_(row.t())
+
+
+def _roi_pool_tables(
+    input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float, tables: type[_MaxTables]
+) -> tuple[Tensor, Optional[list[Tensor]]]:
+    """RoIPool by blocks of channels: (Tensor[K, C, oh, ow] in the input's dtype, the arg-max
+    of every block, Tensor[c, B] int64 map rows, or None)."""
+    N, C, H, W = input.shape
+    oh, ow = output_size
+    plan = _pool_plan(rois, N, H, W, oh, ow, spatial_scale)
+    budget = _CPU_BLOCK_BYTES if input.device.type == "cpu" else _DEVICE_BLOCK_BYTES
+    entry_bytes = sum(d.itemsize for d in tables.entry_dtypes(input.dtype))
+    channel_bytes = sum(map(len, plan.heights)) * (N * H * W + 1) * entry_bytes
+    channels = min(C, max(8, budget // channel_bytes // 8 * 8))
+    state = tables(input, plan, channels)
+    source = tables.prepare(input)
+    out = input.new_empty((rois.shape[0], C, oh, ow), dtype=_compute_dtype(input.dtype))
+    argmax = [state.run(source[:, c : c + channels], out[:, c : c + channels]) for c in range(0, C, channels)]
+    return out.to(input.dtype), (None if argmax[0] is None else argmax)
 
 
 class _RoIPoolFunction(torch.autograd.Function):
-    """Bin maxima of the channels-last ``table``; the gradient of a bin goes to its arg-max pixel."""
+    """RoIPool with arg-max: the gradient of a bin goes to its arg-max pixel, as in the kernel."""
 
     @staticmethod
-    def forward(ctx, table: Tensor, rois: Tensor, nhw: tuple[int, int, int], output_size: tuple[int, int], spatial_scale: float):
-        (N, H, W), (oh, ow) = nhw, output_size
-        value, argmax, empty = _roi_pool_argmax(table, N, H, W, rois, oh, ow, spatial_scale)
-        empty = empty.unsqueeze(3)  # [K, oh, ow, 1]: an empty bin outputs 0 and passes no gradient
-        ctx.save_for_backward(argmax, empty)
-        ctx.num_rows = table.shape[0]
-        return value.masked_fill(empty, 0)
+    def forward(ctx, input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float):
+        N, _, H, W = input.shape
+        # Keys hold a map row in 31 bits; pairs take any dtype and size, slowly.
+        keys = _compute_dtype(input.dtype) == torch.float32 and N * H * W < 2**31
+        tables = _KeyTables if keys else _PairTables
+        out, argmax = _roi_pool_tables(input, rois, output_size, spatial_scale, tables)
+        ctx.save_for_backward(*argmax)
+        ctx.input_shape, ctx.input_dtype = input.shape, input.dtype
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        argmax, empty = ctx.saved_tensors
-        C = argmax.shape[3]
-        grad = grad_out.masked_fill(empty, 0).reshape(-1, C)
-        grad_table = grad.new_zeros((ctx.num_rows, C)).scatter_add_(0, argmax.view(-1, C), grad)
-        return grad_table, None, None, None, None
+        N, C, H, W = ctx.input_shape
+        grad_input = grad_out.new_empty(ctx.input_shape, dtype=_compute_dtype(ctx.input_dtype))
+        start = 0
+        for argmax in ctx.saved_tensors:  # Tensor[c, B]: map rows of a block of channels
+            c = argmax.shape[0]
+            grad = argmax.new_empty(argmax.shape, dtype=grad_input.dtype)
+            grad.view(c, grad_out.shape[0], -1).copy_(grad_out[:, start : start + c].transpose(0, 1).flatten(2))
+            # Channel rows of the map, plus a column N*H*W where the empty bins' gradients fall.
+            grad_table = grad.new_zeros((c, N * H * W + 1)).scatter_add_(1, argmax, grad)
+            grad_input[:, start : start + c] = grad_table[:, :-1].view(c, N, H, W).transpose(0, 1)
+            start += c
+        return grad_input.to(ctx.input_dtype), None, None, None
 
 
 def roi_pool(
@@ -436,7 +576,8 @@ def roi_pool(
 
     Box corners are rounded to feature cells (C ``round``), the (inclusive) box is split into
     ``floor``/``ceil`` bins clipped to the map, an empty bin gives 0 and the gradient of a bin goes
-    to its first maximum in row-major order.
+    to its first maximum in row-major order.  Without a gradient to compute (``input`` not
+    requiring one, ``torch.no_grad``, ``torch.inference_mode``) only the maxima are computed.
 
     Args:
         input: Tensor[N, C, H, W]; rois: Tensor[K, 5] or list of Tensor[Ki, 4] (image pixels);
@@ -445,15 +586,15 @@ def roi_pool(
         Tensor[K, C, oh, ow] in the input's dtype and device.
     """
     _check_input(input)
-    oh, ow = _pair(output_size)
+    output_size = _pair(output_size)
     rois = _as_roi_tensor(rois, input)
     N, C, H, W = input.shape
     K = rois.shape[0]
     if K == 0 or input.numel() == 0:
-        return input.new_zeros((K, C, oh, ow)) + input.reshape(-1)[:0].sum()  # in the graph: zero grads
-    table = input.to(_compute_dtype(input.dtype)).permute(0, 2, 3, 1).reshape(N * H * W, C).contiguous()
-    out = _RoIPoolFunction.apply(table, rois, (N, H, W), (oh, ow), spatial_scale)  # [K, oh, ow, C]
-    return out.permute(0, 3, 1, 2).to(input.dtype).contiguous()  # [K, C, oh, ow]
+        return input.new_zeros((K, C) + output_size) + input.reshape(-1)[:0].sum()  # in the graph: zero grads
+    if torch.is_grad_enabled() and input.requires_grad:
+        return _RoIPoolFunction.apply(input, rois, output_size, spatial_scale)
+    return _roi_pool_tables(input, rois, output_size, spatial_scale, _MaxTables)[0]
 
 
 # ----------------------------------------------------------------------------------------------
