@@ -42,9 +42,9 @@ DEMO_NUM_TRAIN = 400  # synthetic training images
 DEMO_NUM_TEST = 100  # held-out test images (VOC mAP@0.5 is measured on them)
 DEMO_IMAGE_SIZE = (256, 256)  # (height, width) of the synthetic images
 DEMO_TRAIN = {  # TrainConfig overrides of the tiny preset for the demo
-    "max_iters": 1200,
-    "lr_steps": [900],
-    "checkpoint_every": 400,
+    "max_iters": 2000,
+    "lr_steps": [1500],
+    "checkpoint_every": 500,
     "log_every": 20,
 }
 DEMO_MODEL: dict = {}  # ModelConfig overrides of the tiny preset for the demo (none: the preset as it is)
