@@ -79,7 +79,7 @@ def test_losses_exact_on_hand_case():
     objectness = torch.zeros(1, 7, requires_grad=True)
     deltas = torch.zeros(1, 7, 4, requires_grad=True)
     losses = rpn.compute_loss(objectness, deltas, ANCHORS, [{"boxes": GT}], [(64, 64)])
-    assert math.isclose(float(losses["loss_objectness"]), math.log(2.0), rel_tol=1e-6)
+    assert math.isclose(losses["loss_objectness"].detach().item(), math.log(2.0), rel_tol=1e-6)
     # positives 0, 1, 6 (5 sampled anchors in all); targets (dx, dy, dw, dh):
     # anchor 0: (0, 0, 0, 0); anchor 1: (0, 1/8, 0, log(10/8)); anchor 6: (0, 3/6, 0, log(12/6))
     beta = 1 / 9
@@ -88,7 +88,7 @@ def test_losses_exact_on_hand_case():
         return 0.5 * x * x / beta if abs(x) < beta else abs(x) - 0.5 * beta
 
     expected = (sl1(1 / 8) + sl1(math.log(10 / 8)) + sl1(0.5) + sl1(math.log(2.0))) / 5
-    assert math.isclose(float(losses["loss_rpn_box_reg"]), expected, rel_tol=1e-5)
+    assert math.isclose(losses["loss_rpn_box_reg"].detach().item(), expected, rel_tol=1e-5)
     sum(losses.values()).backward()
     assert objectness.grad[0, 5] == 0 and objectness.grad[0, 2] == 0  # ignored anchors get no gradient
 

@@ -172,7 +172,7 @@ PRESETS: dict[str, Preset] = {
             aspect_ratios=((0.5, 1.0, 2.0),) * 5,
             **_TORCHVISION_FPN,
         ),
-        TrainConfig(batch_size=2, lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_iters=1000, warmup_factor=0.001, lr_steps=(60000, 80000), max_iters=90000),
+        TrainConfig(batch_size=2, lr=0.0025, momentum=0.9, weight_decay=1e-4, warmup_iters=1000, warmup_factor=0.001, lr_steps=(60000, 80000), max_iters=90000),
     ),
     "mobilenet_v3_large_fpn": Preset(
         "mobilenet_v3_large_fpn",
@@ -183,7 +183,7 @@ PRESETS: dict[str, Preset] = {
             rpn_score_thresh=0.05,
             **_TORCHVISION_FPN,
         ),
-        TrainConfig(batch_size=2, lr=0.02, momentum=0.9, weight_decay=4e-5, warmup_iters=1000, warmup_factor=0.001, lr_steps=(60000, 80000), max_iters=90000),
+        TrainConfig(batch_size=2, lr=0.0025, momentum=0.9, weight_decay=4e-5, warmup_iters=1000, warmup_factor=0.001, lr_steps=(60000, 80000), max_iters=90000),
     ),
     "mobilenet_v3_large_320_fpn": Preset(
         "mobilenet_v3_large_320_fpn",
@@ -194,7 +194,7 @@ PRESETS: dict[str, Preset] = {
             rpn_score_thresh=0.05,
             **{**_TORCHVISION_FPN, "min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150},
         ),
-        TrainConfig(batch_size=2, lr=0.02, momentum=0.9, weight_decay=4e-5, warmup_iters=1000, warmup_factor=0.001, lr_steps=(60000, 80000), max_iters=90000),
+        TrainConfig(batch_size=2, lr=0.0025, momentum=0.9, weight_decay=4e-5, warmup_iters=1000, warmup_factor=0.001, lr_steps=(60000, 80000), max_iters=90000),
     ),
     # Small CNN trained from scratch on CPU: ~256 px synthetic shapes (objects ~20-120 px), demo.
     "tiny": Preset(

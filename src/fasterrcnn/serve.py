@@ -207,15 +207,10 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to ``subparsers`` (the result of ``add_subparsers``)."""
+    from fasterrcnn.cli import _positive_int  # the command line's argument types, one definition
+
     p = subparsers.add_parser(
         "serve",
         help="serve a checkpoint as a web page and a JSON API",
