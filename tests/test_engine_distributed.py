@@ -48,13 +48,7 @@ needs_gloo = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The processes started by torchrun use one thread each; so does the single-process reference.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the processes started by torchrun use one thread each; so does the single-process reference
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from fasterrcnn.config import PRESETS, get_preset
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tiny model is faster single-threaded on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model is faster single-threaded on a shared 2-core machine
 
 
 def tiny(**overrides):
