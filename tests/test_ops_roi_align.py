@@ -260,13 +260,8 @@ def test_roi_pool_matches_loop_reference(seed):
             assert torch.equal(out.double(), ref.to(dtype).double())
             grad_out = torch.randn(out.shape, generator=g, dtype=dtype)
             out.backward(grad_out)
-            expected = torch.zeros(shape, dtype=torch.float64).view(shape[0], shape[1], -1)
-            for k, b in enumerate(rois[:, 0].long().tolist()):
-                for c in range(shape[1]):
-                    for i, a in enumerate(arg[k, c].reshape(-1).tolist()):
-                        if a >= 0:
-                            expected[b, c, a] += grad_out[k, c].reshape(-1)[i].double()
-            torch.testing.assert_close(xx.grad.double(), expected.view(shape), rtol=1e-6, atol=1e-6)
+            expected = _expected_roi_pool_grad(shape, rois, arg, grad_out)
+            torch.testing.assert_close(xx.grad.double(), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_roi_pool_gradcheck():

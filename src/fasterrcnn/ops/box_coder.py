@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor
 
+from fasterrcnn.ops.boxes import _check_boxes
+
 __all__ = ["BoxCoder"]
 
 
@@ -42,10 +44,8 @@ class BoxCoder:
     def encode(self, reference: Tensor, target: Tensor) -> Tensor:
         """Deltas of ``target`` w.r.t. ``reference``: Tensor[N, 4], Tensor[N, 4] xyxy -> Tensor[N, 4]
         (dx, dy, dw, dh), in the reference's dtype."""
-        for name, boxes in (("reference", reference), ("target", target)):
-            if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
-                shape = list(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-                raise ValueError(f"{name} must have shape [N, 4], got {shape}")
+        _check_boxes(reference, "reference")
+        _check_boxes(target, "target")
         if reference.shape[0] != target.shape[0]:
             raise ValueError(f"reference and target must have the same number of boxes, "
                              f"got {reference.shape[0]} and {target.shape[0]}")
@@ -77,9 +77,7 @@ class BoxCoder:
         if not isinstance(deltas, Tensor) or deltas.dim() != 2 or deltas.shape[1] % 4 != 0:
             shape = list(deltas.shape) if isinstance(deltas, Tensor) else type(deltas).__name__
             raise ValueError(f"deltas must have shape [N, 4*K], got {shape}")
-        if not isinstance(reference, Tensor) or reference.dim() != 2 or reference.shape[1] != 4:
-            shape = list(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__
-            raise ValueError(f"reference must have shape [N, 4], got {shape}")
+        _check_boxes(reference, "reference")
         if deltas.shape[0] != reference.shape[0]:
             raise ValueError(f"deltas and reference must have the same number of rows, "
                              f"got {deltas.shape[0]} and {reference.shape[0]}")

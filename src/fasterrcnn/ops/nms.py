@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from fasterrcnn.ops.boxes import _compute_dtype, _pairwise_iou
+from fasterrcnn.ops.boxes import _check_boxes, _compute_dtype, _pairwise_iou
 
 __all__ = ["nms", "batched_nms"]
 
@@ -52,9 +52,7 @@ _MARGIN = 1e-3
 
 
 def _check_inputs(boxes: Tensor, scores: Tensor, idxs: Tensor | None = None) -> None:
-    if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
-        shape = list(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-        raise ValueError(f"boxes must have shape [N, 4], got {shape}")
+    _check_boxes(boxes)
     if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
         shape = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores must have shape [N] with N = {boxes.shape[0]} (boxes), got {shape}")
