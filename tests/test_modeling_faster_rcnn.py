@@ -148,6 +148,7 @@ def test_overfits_a_few_generated_images():
     model.generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
     model.train()
+    totals = []
     for it in range(150):
         for group in optimizer.param_groups:
             group["lr"] = 0.02 * min(1.0, (it + 1) / 20)
@@ -156,7 +157,9 @@ def test_overfits_a_few_generated_images():
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-    assert float(total.detach()) < 0.2, {k: float(v.detach()) for k, v in losses.items()}
+        totals.append(float(total.detach()))
+    # The loss of a single step jumps with the sampled RoIs; the last 10 steps' mean does not.
+    assert totals[0] > 1.0 and sum(totals[-10:]) / 10 < 0.2, totals[-10:]
     model.eval()
     with torch.no_grad():
         dets = model(images)
