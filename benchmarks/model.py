@@ -91,7 +91,7 @@ def add_timing_hooks(model: FasterRCNN, times_ref: list) -> None:
         module.register_forward_hook(done)
 
 
-def bench(preset: str, size, batch: int, repeat: int, train: bool):
+def bench(preset: str, size, batch: int, repeat: int, train: bool, stat=statistics.median):
     torch.manual_seed(0)
     cfg = get_preset(preset).model
     model = FasterRCNN.from_preset(preset, num_classes=cfg.num_classes)
@@ -119,7 +119,7 @@ def bench(preset: str, size, batch: int, repeat: int, train: bool):
         times["total"] = time.perf_counter() - start
         if i:
             runs.append(times)
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return {k: stat([r[k] for r in runs]) for k in runs[0]}
 
 
 def main(argv=None) -> int:
@@ -129,12 +129,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="images per batch (default: 1 for vgg16-sized presets, 4 for tiny)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--stat", choices=["median", "min"], default="median", help="per stage, over the runs (min: less sensitive to other load on the machine)")
+    parser.add_argument("--modes", nargs="+", choices=["eval", "train"], default=["eval", "train"])
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeat} runs, milliseconds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.stat} of {args.repeat} runs, milliseconds")
     header = (
-        f"{'preset':<13}{'mode':<6}{'batch':>6}{'size':>10}{'transform':>10}{'backbone':>9}{'rpn':>8}{'roi_heads':>10}"
+        f"{'preset':<27}{'mode':<6}{'batch':>6}{'size':>10}{'transform':>10}{'backbone':>9}{'rpn':>8}{'roi_heads':>10}"
         f"{'rpn_head':>9}{'roi_pool':>9}{'box_head':>9}{'glue':>7}{'bwd+step':>9}{'total':>8}{'rpn+roi/bb':>11}{'glue/bb':>8}"
     )
     print(header)
@@ -142,13 +144,13 @@ def main(argv=None) -> int:
     for preset in args.presets:
         size = tuple(int(v) for v in args.size.split("x")) if args.size else DEFAULT_SIZES.get(preset, (600, 1000))
         batch = args.batch or (4 if preset == "tiny" else 1)
-        for train in (False, True):
-            r = bench(preset, size, batch, args.repeat, train)
+        for train in [mode == "train" for mode in args.modes]:
+            r = bench(preset, size, batch, args.repeat, train, min if args.stat == "min" else statistics.median)
             r["glue"] = r["rpn"] + r["roi_heads"] - sum(r.get(k, 0.0) for k in SUBMODULES)
             ratio = (r["rpn"] + r["roi_heads"]) / r["backbone"]
             ms = {k: f"{1000 * v:.0f}" for k, v in r.items()}
             print(
-                f"{preset:<13}{'train' if train else 'eval':<6}{batch:>6}{size[0]:>5}x{size[1]:<4}{ms['transform']:>10}{ms['backbone']:>9}{ms['rpn']:>8}"
+                f"{preset:<27}{'train' if train else 'eval':<6}{batch:>6}{size[0]:>5}x{size[1]:<4}{ms['transform']:>10}{ms['backbone']:>9}{ms['rpn']:>8}"
                 f"{ms['roi_heads']:>10}{ms['rpn_head']:>9}{ms['roi_pool']:>9}{ms['box_head']:>9}{ms['glue']:>7}{ms.get('backward+step', '-'):>9}{ms['total']:>8}"
                 f"{ratio:>11.0%}{r['glue'] / r['backbone']:>8.0%}"
             )

@@ -209,7 +209,8 @@ def roi_align(
         sampling_ratio: samples per bin along each axis; <= 0 uses ceil(roi size / output size).
         aligned: shift boxes by -0.5 pixel (pixel-centre model) and allow boxes smaller than 1.
     Returns:
-        Tensor[K, C, oh, ow] in the input's dtype and device.
+        Tensor[K, C, oh, ow] in the input's dtype and device, laid out channels-last (a permuted
+        view of Tensor[K, oh, ow, C] rows, the layout the pooling computes; call .contiguous() for NCHW).
     """
     _check_input(input)
     oh, ow = _pair(output_size)
@@ -218,6 +219,13 @@ def roi_align(
     K = rois.shape[0]
     if K == 0 or input.numel() == 0:
         return input.new_zeros((K, C, oh, ow)) + input.reshape(-1)[:0].sum()  # in the graph: zero grads
+    return _roi_align_rows(input, rois, oh, ow, spatial_scale, sampling_ratio, aligned).view(K, oh, ow, C).permute(0, 3, 1, 2)
+
+
+def _roi_align_rows(input: Tensor, rois: Tensor, oh: int, ow: int, spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """RoIAlign of K >= 1 validated RoIs as channels-last rows: Tensor[K * oh * ow, C] in the input's dtype."""
+    N, C, H, W = input.shape
+    K = rois.shape[0]
     dtype = input.dtype
     cdtype = _compute_dtype(dtype)
     r = rois.to(cdtype)
@@ -248,7 +256,7 @@ def roi_align(
     weight = wy.view(K, oh, 1, Jy, 1) * wx.view(K, 1, ow, 1, Jx)
     table = input.to(cdtype).permute(0, 2, 3, 1).reshape(N * H * W, C).contiguous()  # channels-last rows
     out = _WeightedRowSum.apply(table, pixel.view(K * oh * ow, Jy * Jx), weight.view(K * oh * ow, Jy * Jx))
-    return out.view(K, oh, ow, C).permute(0, 3, 1, 2).to(dtype).contiguous()  # [K, C, oh, ow]
+    return out.to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -700,10 +708,15 @@ class MultiScaleRoIAlign(nn.Module):
         k_min = int(-math.log2(scales[0]))
         k_max = int(-math.log2(scales[-1]))
         levels = map_levels(boxes, k_min, k_max, self.canonical_scale, self.canonical_level)
-        first = features[0]
-        result = first.new_zeros((rois.shape[0], first.shape[1]) + self.output_size)
+        K, C, (oh, ow) = rois.shape[0], features[0].shape[1], self.output_size
+        if K == 0:
+            return roi_align(features[0], rois, self.output_size, scales[0], self.sampling_ratio)
+        # Every RoI is written exactly once, by the level it maps to; the copy also transposes the
+        # pooled channels-last rows, so the result is NCHW-contiguous for a box head's flatten.
+        result = features[0].new_empty((K, C, oh * ow))
         for level, (feature, scale) in enumerate(zip(features, scales)):
             idx = torch.nonzero(levels == level).squeeze(1)
-            pooled = roi_align(feature, rois[idx], self.output_size, scale, self.sampling_ratio)
-            result = result.index_copy(0, idx, pooled.to(result.dtype))
-        return result
+            if idx.numel() > 0:  # host synchronisation: a tensor size
+                pooled = _roi_align_rows(feature, rois[idx], oh, ow, scale, self.sampling_ratio, False)
+                result.index_copy_(0, idx, pooled.view(-1, oh * ow, C).transpose(1, 2).to(result.dtype))
+        return result.view(K, C, oh, ow)
