@@ -38,6 +38,7 @@ def _peak_mb() -> float:
 
 def child(preset: str, image_path: str, mode: str, threads: int | None) -> dict:
     """One case, in this (fresh) process."""
+    import fasterrcnn  # noqa: F401  (before torch, as the fasterrcnn command)
     import torch
 
     from fasterrcnn.data.images import load_image

@@ -11,14 +11,16 @@ Random weights, no files needed. Stages are timed by calling the model's submodu
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import fasterrcnn  # noqa: E402,F401  (before torch: its allocator settings, as for the fasterrcnn command)
+import torch  # noqa: E402
 
 from fasterrcnn.config import get_preset  # noqa: E402
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN  # noqa: E402
@@ -134,7 +136,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.stat} of {args.repeat} runs, milliseconds")
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={thp}; {args.stat} of {args.repeat} runs, milliseconds")
     header = (
         f"{'preset':<27}{'mode':<6}{'batch':>6}{'size':>10}{'transform':>10}{'backbone':>9}{'rpn':>8}{'roi_heads':>10}"
         f"{'rpn_head':>9}{'roi_pool':>9}{'box_head':>9}{'glue':>7}{'bwd+step':>9}{'total':>8}{'rpn+roi/bb':>11}{'glue/bb':>8}"

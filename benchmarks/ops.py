@@ -18,13 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-try:
+try:  # before torch: fasterrcnn sets torch's allocator options, as for the fasterrcnn command
     import fasterrcnn.ops as ops
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import fasterrcnn.ops as ops
+import torch
 
 IMAGE_HW = (608, 1008)  # padded ~600 x 1000 image; stride 16 gives the 38 x 63 map
 FEATURE_SHAPE = (1, 512, 38, 63)

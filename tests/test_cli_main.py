@@ -264,3 +264,17 @@ def test_coco_drop_empty_leaves_out_images_without_objects(coco_json, voc_root, 
     assert f"on {len(data['images'])} images" in capsys.readouterr().out
     assert main(common + ["--output", str(tmp_path / "dropped"), "--drop-empty"]) == 0
     assert f"on {len(data['images']) - 1} images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset_env, expected", [(None, "1"), ("0", "0")])
+def test_importing_fasterrcnn_turns_on_huge_pages_unless_set(preset_env, expected):
+    # torch's CPU allocator reads THP_MEM_ALLOC_ENABLE once; fasterrcnn sets it before torch loads.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset_env is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset_env
+    code = "import fasterrcnn, os, sys; assert 'torch' not in sys.modules; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

@@ -39,6 +39,8 @@ def test_batch_padding_divisible_top_left():
     assert batched.shape == (2, 3, 128, 160)
     assert torch.equal(batched[0, :, :100, :150], a) and batched[0, :, 100:].abs().sum() == 0 and batched[0, :, :, 150:].abs().sum() == 0
     assert torch.equal(batched[1, :, :120, :90], b) and batched[1, :, 120:].abs().sum() == 0 and batched[1, :, :, 90:].abs().sum() == 0
+    # Laid out channels-last: the backbone's convolutions keep that layout (faster on CPU).
+    assert batched.is_contiguous(memory_format=torch.channels_last) and not batched.is_contiguous()
 
 
 def test_forward_resizes_targets_and_postprocess_inverts():
