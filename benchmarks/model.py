@@ -3,6 +3,7 @@
     python benchmarks/model.py                      # vgg16 at 600x1000 and tiny at 256x256
     python benchmarks/model.py --presets tiny --batch 4 --repeat 5 --threads 2
     python benchmarks/model.py --presets resnet50_fpn --size 480x640   # any preset build_backbone knows
+    python benchmarks/model.py --presets vgg16 --box-head-ranks 1024 256   # fc6/fc7 compressed (truncated SVD)
 
 Random weights, no files needed. Stages are timed by calling the model's submodules in the order
 ``FasterRCNN.forward`` does. Prints a table; never asserts timings.
@@ -93,10 +94,10 @@ def add_timing_hooks(model: FasterRCNN, times_ref: list) -> None:
         module.register_forward_hook(done)
 
 
-def bench(preset: str, size, batch: int, repeat: int, train: bool, stat=statistics.median):
+def bench(preset: str, size, batch: int, repeat: int, train: bool, stat=statistics.median, box_head_ranks=None):
     torch.manual_seed(0)
     cfg = get_preset(preset).model
-    model = FasterRCNN.from_preset(preset, num_classes=cfg.num_classes)
+    model = FasterRCNN.from_preset(preset, num_classes=cfg.num_classes, box_head_ranks=box_head_ranks)
     times_ref = [{}]
     add_timing_hooks(model, times_ref)
     model.generator = torch.Generator().manual_seed(0)
@@ -132,6 +133,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--stat", choices=["median", "min"], default="median", help="per stage, over the runs (min: less sensitive to other load on the machine)")
+    parser.add_argument(
+        "--box-head-ranks", nargs=2, type=int, metavar=("FC6", "FC7"),
+        help="time the box head compressed to these ranks (truncated SVD, as 'fasterrcnn compress')",
+    )
     parser.add_argument("--modes", nargs="+", choices=["eval", "train"], default=["eval", "train"])
     args = parser.parse_args(argv)
     if args.threads:
@@ -148,7 +153,8 @@ def main(argv=None) -> int:
         size = tuple(int(v) for v in args.size.split("x")) if args.size else DEFAULT_SIZES.get(preset, (600, 1000))
         batch = args.batch or (4 if preset == "tiny" else 1)
         for train in [mode == "train" for mode in args.modes]:
-            r = bench(preset, size, batch, args.repeat, train, min if args.stat == "min" else statistics.median)
+            stat = min if args.stat == "min" else statistics.median
+            r = bench(preset, size, batch, args.repeat, train, stat, tuple(args.box_head_ranks) if args.box_head_ranks else None)
             r["glue"] = r["rpn"] + r["roi_heads"] - sum(r.get(k, 0.0) for k in SUBMODULES)
             ratio = (r["rpn"] + r["roi_heads"]) / r["backbone"]
             ms = {k: f"{1000 * v:.0f}" for k, v in r.items()}

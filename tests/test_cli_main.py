@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import pytest
@@ -179,7 +180,7 @@ def test_config_precedence(voc_root, tmp_path):
 def test_help_mentions_every_option(capsys):
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(subparsers.choices) == {"train", "eval", "predict", "demo", "serve"}
+    assert set(subparsers.choices) == {"train", "eval", "predict", "compress", "demo", "serve"}
     for name, subparser in subparsers.choices.items():
         assert main([name, "--help"]) == 0
         text = capsys.readouterr().out
@@ -278,3 +279,40 @@ def test_importing_fasterrcnn_turns_on_huge_pages_unless_set(preset_env, expecte
     code = "import fasterrcnn, os, sys; assert 'torch' not in sys.modules; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_compress_writes_a_checkpoint_that_eval_and_predict_load(voc_run, voc_root, tmp_path, capsys):
+    compressed = tmp_path / "svd.pt"
+    assert main(["compress", "--weights", str(voc_run / "checkpoints" / "last.pt"), "--ranks", "32", "16", "--output", str(compressed)]) == 0
+    printed = capsys.readouterr().out
+    assert "fc6: 6272 -> 256, rank 32: multiply-adds per RoI 1,605,632 -> 208,896" in printed
+    assert "fc7: 256 -> 256, rank 16" in printed
+    state = load_checkpoint(compressed)
+    assert state["config"]["model"]["box_head_ranks"] == [32, 16] and "optimizer" not in state
+    assert state["class_names"] == list(SYNTHETIC_CLASSES)
+    assert main(["eval", "--weights", str(compressed), "--data", str(voc_root), "--output", str(tmp_path / "eval"), "--quiet"]) == 0
+    assert 0.0 <= json.loads((tmp_path / "eval" / "metrics.json").read_text())["mAP"] <= 1.0
+    image = voc_root / "JPEGImages" / f"{VOCDataset(voc_root, split='test').ids[0]}.jpg"
+    assert main(["predict", str(image), "--weights", str(compressed), "--output", str(tmp_path / "pred"), "--quiet"]) == 0
+    assert (tmp_path / "pred" / "detections.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--ranks", "32", "300"], r"fc7 is 256 -> 256, so its rank must be in \[1, 256\], got 300"),
+        (["--ranks", "32", "0"], r"argument --ranks: must be >= 1, got 0"),
+    ],
+)
+def test_compress_bad_ranks_is_a_one_line_error(voc_run, tmp_path, capsys, extra, message):
+    out = tmp_path / "svd.pt"
+    code = main(["compress", "--weights", str(voc_run / "checkpoints" / "last.pt"), "--output", str(out), *extra])
+    assert code == 2 and not out.exists()
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_compress_refuses_to_overwrite_the_trained_checkpoint(voc_run, capsys):
+    last = voc_run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    assert main(["compress", "--weights", str(last), "--output", str(last)]) == 2
+    assert "--output must differ from --weights" in capsys.readouterr().err and last.read_bytes() == before

@@ -22,6 +22,7 @@ from fasterrcnn.config import ModelConfig, get_preset, replace
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.modeling.anchors import AnchorGenerator
 from fasterrcnn.modeling.backbones.base import BackboneParts
+from fasterrcnn.modeling.low_rank import low_rank_box_head
 from fasterrcnn.modeling.roi_heads import FastRCNNPredictor, RoIHeads, SingleLevelRoIPool
 from fasterrcnn.modeling.rpn import RegionProposalNetwork, RPNHead
 from fasterrcnn.modeling.transform import GeneralizedRCNNTransform
@@ -85,6 +86,8 @@ class FasterRCNN(nn.Module):
         if cfg.num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1 (foreground classes), got {cfg.num_classes}")
         parts = _build_backbone(cfg, backbone_weights)
+        if cfg.box_head_ranks is not None:  # fc6 / fc7 from a backbone file are kept as their truncated SVD
+            low_rank_box_head(parts.box_head, cfg.box_head_ranks, keep_weights=backbone_weights is not None)
         transform = GeneralizedRCNNTransform(cfg.min_size, cfg.max_size, cfg.image_mean, cfg.image_std, pixel_format=cfg.pixel_format, size_divisible=cfg.size_divisible)
         anchor_generator = AnchorGenerator(cfg.anchor_sizes, cfg.aspect_ratios)
         num_anchors = set(anchor_generator.num_anchors_per_location())
