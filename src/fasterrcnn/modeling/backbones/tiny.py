@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import Tensor, nn
 
 from fasterrcnn.modeling.backbones.base import BackboneParts
+from fasterrcnn.modeling.backbones.fpn import TwoMLPHead
 
 STAGE_CHANNELS = (16, 32, 64, 128)
 
@@ -44,19 +44,6 @@ class TinyBody(nn.Module):
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         x = self.stage4(self.stage3(self.stage2(self.stage1(x))))
         return OrderedDict([("0", x)])
-
-
-class TwoMLPHead(nn.Module):
-    """flatten [K, C, P, P] -> fc6 -> ReLU -> fc7 -> ReLU -> [K, D]."""
-
-    def __init__(self, in_features: int, representation_size: int):
-        super().__init__()
-        self.fc6 = nn.Linear(in_features, representation_size)
-        self.fc7 = nn.Linear(representation_size, representation_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = torch.relu(self.fc6(x.flatten(1)))
-        return torch.relu(self.fc7(x))
 
 
 def build_tiny(*, weights_path: str | None = None, trainable_layers: int | None = None, representation_size: int | None = None, pool_size: int = 7) -> BackboneParts:
