@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from fasterrcnn.config import get_preset  # noqa: E402
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN  # noqa: E402
+from fasterrcnn.modeling.low_rank import low_rank_box_head  # noqa: E402
 
 # The image size (h, w) each preset is timed at by default; add new presets here.
 DEFAULT_SIZES = {
@@ -105,7 +106,9 @@ def add_timing_hooks(model: FasterRCNN, times_ref: list) -> None:
 def bench(preset: str, size, batch: int, repeat: int, train: bool, stat=statistics.median, box_head_ranks=None):
     torch.manual_seed(0)
     cfg = get_preset(preset).model
-    model = FasterRCNN.from_preset(preset, num_classes=cfg.num_classes, box_head_ranks=box_head_ranks)
+    model = FasterRCNN.from_preset(preset, num_classes=cfg.num_classes)
+    if box_head_ranks is not None:  # after the build, so that the RPN (and so the proposals) is the same
+        low_rank_box_head(model.roi_heads.box_head, box_head_ranks, keep_weights=False)
     times_ref = [{}]
     add_timing_hooks(model, times_ref)
     model.generator = torch.Generator().manual_seed(0)
