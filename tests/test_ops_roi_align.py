@@ -457,3 +457,31 @@ def test_multiscale_single_level_is_plain_roi_align_and_default_canonical():
     # Default canonical 224 at level 4, levels 4..5: sqrt areas ~228 -> 4, ~774 -> 5.
     assert torch.equal(two[0], out[0])
     assert torch.equal(two[1:], roi_align(feats["other"], [boxes[0][1:]], 7, 1 / 32, 2))
+
+
+def test_multiscale_gradient_and_layouts():
+    # The levels' results are scattered into one NCHW-contiguous tensor; gradients flow back to
+    # every level as through separate roi_align calls, and channels-last features (what the
+    # backbones give) pool to the same numbers as NCHW ones.
+    g = torch.Generator().manual_seed(12)
+    feats = {"0": torch.randn(1, 4, 32, 40, generator=g), "1": torch.randn(1, 4, 16, 20, generator=g)}
+    boxes = [torch.tensor([[0.0, 0.0, 20.0, 20.0], [10.0, 5.0, 120.0, 100.0], [4.0, 8.0, 30.0, 40.0]])]
+    pooler = MultiScaleRoIAlign(["0", "1"], 3, 2, canonical_scale=56, canonical_level=3)
+    leaves = {k: v.clone().requires_grad_() for k, v in feats.items()}
+    out = pooler(leaves, boxes, [(128, 160)])
+    assert out.is_contiguous()
+    weight = torch.randn(out.shape, generator=g)
+    (out * weight).sum().backward()
+    levels = map_levels(boxes, 2, 3, 56, 3).tolist()
+    assert sorted(set(levels)) == [0, 1]
+    for level, name in enumerate(["0", "1"]):
+        leaf = feats[name].clone().requires_grad_()
+        idx = [k for k, lv in enumerate(levels) if lv == level]
+        pooled = roi_align(leaf, [boxes[0][idx]], 3, 0.25 / 2**level, 2)
+        (pooled * weight[idx]).sum().backward()
+        torch.testing.assert_close(leaves[name].grad, leaf.grad, rtol=0, atol=1e-6)
+    channels_last = {k: v.contiguous(memory_format=torch.channels_last) for k, v in feats.items()}
+    assert torch.equal(pooler(channels_last, boxes, [(128, 160)]), out.detach())
+    single = roi_align(channels_last["0"], boxes, 3, 0.25, 2)
+    assert single.is_contiguous(memory_format=torch.channels_last)  # a view of the pooled rows, no copy
+    assert torch.equal(single, roi_align(feats["0"], boxes, 3, 0.25, 2))
