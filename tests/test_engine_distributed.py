@@ -136,6 +136,20 @@ def test_sharded_evaluation_during_training_equals_one_process(runs, voc_root):
     assert logged["per_class"] == {name: (ap if ap == ap else None) for name, ap in metrics["per_class"].items()}
 
 
+@needs_gloo
+def test_eval_command_under_torchrun_is_sharded_and_equals_one_process(runs, voc_root, tmp_path):
+    _, two, _ = runs
+    weights = str(two / "checkpoints" / "last.pt")
+    common = ["eval", "--weights", weights, "--data", str(voc_root), "--batch-size", "2", "--quiet"]
+    assert main([*common, "--output", str(tmp_path / "one")]) == 0
+    stdout = torchrun("-m", "fasterrcnn", *common, "--output", str(tmp_path / "two"))
+    assert stdout.count("mAP (voc):") == 1  # rank 0 alone prints and writes
+    one_metrics, two_metrics = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert two_metrics["mAP"] == one_metrics["mAP"] and two_metrics["num_images"] == one_metrics["num_images"] == 5
+    detections = json.loads((tmp_path / "one" / "detections.json").read_text())
+    assert len(detections) > 0 and json.loads((tmp_path / "two" / "detections.json").read_text()) == detections
+
+
 @pytest.fixture(scope="module")
 def worker(runs, voc_root, tmp_path_factory):
     """``tests/distributed_worker.py`` in 2 processes: sharded evaluation, a NaN on rank 1, a 2-process resume."""

@@ -663,15 +663,29 @@ def _print_skipped(count: int, what: str) -> None:
 
 # -- eval -------------------------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
+    """Evaluate in this process, or sharded over the processes of a torchrun job (rank 0 writes)."""
+    from fasterrcnn.engine import distributed
+
+    try:
+        return _eval(args)
+    finally:
+        distributed.cleanup()
+
+
+def _eval(args) -> int:
     from fasterrcnn.data import build_dataset
     from fasterrcnn.detector import Detector
+    from fasterrcnn.engine import distributed
     from fasterrcnn.engine.evaluator import default_metric, evaluate_model, evaluate_results, format_per_class_table, headline
     from fasterrcnn.evaluation import load_results, save_results
     from fasterrcnn.evaluation.plots import plot_pr_curves
 
     output = Path(args.output)
+    device = distributed.init_distributed(args.device)  # torchrun: this process's device, process group joined
+    if args.detections and not distributed.is_main_process():
+        return 0  # scoring a results file is rank 0's alone
     if args.weights:
-        detector = Detector.from_checkpoint(args.weights, device=args.device)
+        detector = Detector.from_checkpoint(args.weights, device=device)
         model, class_names, device = detector.model, list(detector.class_names), detector.device
         if args.classes is not None and _class_list(args.classes) != class_names:
             raise ConfigError(f"--classes differs from the checkpoint's classes ({', '.join(class_names)})")
@@ -688,6 +702,8 @@ def cmd_eval(args) -> int:
             device=device,
             progress=not args.quiet,
         )
+        if not distributed.is_main_process():
+            return 0  # its share of the detections went to rank 0, which writes everything
         output.mkdir(parents=True, exist_ok=True)
         save_results(output / "detections.json", results)
         source = {"weights": str(args.weights)}
