@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a checkpoint or a detections file",
         description="Evaluate a checkpoint (--weights) or a results file (--detections) on a dataset. Prints a "
         "per-class AP table and writes DIR/metrics.json (mAP / AP, AP50, AP75 and per-class APs), "
-        "DIR/pr_curves.png and, with --weights, DIR/detections.json.",
+        "DIR/pr_curves.png and, with --weights, DIR/detections.json. Started by torchrun, the processes share "
+        "the images (one GPU each) and rank 0 writes.",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", metavar="CKPT", help="a checkpoint written by 'fasterrcnn train'")
