@@ -195,7 +195,7 @@ def test_bad_images_raise_clear_errors(detector, tmp_path):
         detector.detect(torch.full((3, 8, 8), 255.0).index_fill_(1, torch.tensor([0]), 0.0))
     with pytest.raises(ValueError, match=r"expected a NumPy array \[H, W, 3\] of uint8.*float64 array of shape \(8, 8, 3\)"):
         detector.detect(np.zeros((8, 8, 3)))
-    with pytest.raises(TypeError, match="expected an image path, PIL image, NumPy array or Tensor, got int"):
+    with pytest.raises(TypeError, match="expected an image path, binary file object, PIL image, NumPy array or Tensor, got int"):
         detector.detect(3)
 
 
@@ -238,3 +238,29 @@ def test_a_huge_photo_is_decoded_reduced_and_answered_in_its_own_pixels(detector
     for got, want in zip(sorted(tuple(r["bbox"]) for r in results), expected):
         assert got == pytest.approx(want, abs=1e-2)
     assert Image.open(out / "big.jpg").size == (500, 375)  # the picture is drawn at the decoded size
+
+
+def test_a_binary_file_object_is_read_as_its_path(detector, tmp_path):
+    """An io.BytesIO (or open file) of a huge JPEG: decoded reduced like the path, same detections in
+    the photo's pixels, and the object's position restored so that draw can read it again."""
+    import io
+
+    big = tmp_path / "big.jpg"
+    photo = Image.new("RGB", (4000, 3000), (40, 60, 80))
+    ImageDraw.Draw(photo).rectangle([800, 400, 2800, 2400], fill=(250, 200, 0))
+    photo.save(big, quality=90)
+    seen = []
+    hook = detector.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0][0].shape)))
+    buffer = io.BytesIO(big.read_bytes())
+    buffer.seek(6)  # Pillow reads from the start; the position is left as it was
+    try:
+        from_path = detector.detect(big, score_threshold=0.0)
+        from_bytes = detector.detect(buffer, score_threshold=0.0)
+        with open(big, "rb") as f:
+            from_file = detector.detect(f, score_threshold=0.0)
+    finally:
+        hook.remove()
+    assert seen == [(3, 375, 500)] * 3  # 4000 x 3000 decoded at 1/8
+    assert len(from_path) > 0 and from_bytes == from_path and from_file == from_path
+    assert buffer.tell() == 6
+    assert detector.draw(buffer, from_bytes).size == (4000, 3000)

@@ -115,6 +115,31 @@ def test_bad_uploads_answer_4xx_json_and_the_server_keeps_serving(client, png):
     assert post_image(client, png).status_code == 200
 
 
+def test_a_large_upload_is_decoded_reduced_and_answered_in_its_own_pixels(detector, tmp_path):
+    import io
+
+    from PIL import Image, ImageDraw
+
+    photo = Image.new("RGB", (4000, 3000), (40, 60, 80))
+    ImageDraw.Draw(photo).rectangle([800, 400, 2800, 2400], fill=(250, 200, 0))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=90)
+    (tmp_path / "big.jpg").write_bytes(buffer.getvalue())
+    seen = []
+    hook = detector.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0][0].shape)))
+    try:
+        with TestClient(create_app(detector, max_upload_bytes=len(buffer.getvalue()))) as client:
+            response = post_image(client, buffer.getvalue(), "big.jpg", "image/jpeg", data={"score_threshold": "0"})
+    finally:
+        hook.remove()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert seen == [(3, 375, 500)]  # decoded at 1/8, never as a 4000 x 3000 float tensor
+    assert (body["width"], body["height"]) == (4000, 3000)
+    expected = [d.to_dict() for d in detector.detect(tmp_path / "big.jpg", score_threshold=0.0)]
+    assert len(expected) > 0 and body["detections"] == expected
+
+
 def test_images_with_too_many_pixels_are_refused_before_decoding(detector, png):
     with TestClient(create_app(detector, max_image_pixels=100 * 100)) as client:
         assert_error(post_image(client, png), 413, r"^shapes.png: the image is 128x96, more than 10000 pixels$")

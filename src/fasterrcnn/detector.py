@@ -9,13 +9,15 @@
 
 - a path (``str`` / ``pathlib.Path``): decoded by ``fasterrcnn.data.load_image`` (EXIF orientation
   applied, grayscale / 16-bit / alpha normalised; ``DataError`` for a bad file);
+- a binary file object (``open(path, "rb")``, ``io.BytesIO`` of downloaded or uploaded bytes):
+  decoded as a path (Pillow reads it from its start); its position is left as it was;
 - a ``PIL.Image``: converted with ``convert("RGB")`` (used as given: no EXIF rotation);
 - a NumPy array ``[H, W, 3]`` uint8, RGB;
 - a float ``Tensor[3, H, W]``, RGB in [0, 1] (any device);
 
 or a list of those (one batched forward pass; returns one list of detections per image).
 Every form becomes the same float32 tensor (uint8 / 255), so the same pixels give the same
-detections whatever the form -- except that a path to an image at least twice as large as the
+detections whatever the form -- except that a path or file of an image at least twice as large as the
 model's input (``data.images.reduction_factor``) is decoded at 1/2, 1/4 ... of its size, before
 any float copy: a 8000x6000 photo then costs memory like a 1000x750 one. Its boxes are still
 in the original image's pixels.
@@ -31,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 import torch
@@ -41,7 +43,12 @@ from fasterrcnn.errors import ConfigError, DataError
 
 __all__ = ["Detection", "Detector", "resolve_device"]
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = Union[str, Path, BinaryIO, Image.Image, np.ndarray, torch.Tensor]
+
+
+def _is_file(image: Any) -> bool:
+    """A binary file object (e.g. ``open(path, "rb")``, ``io.BytesIO`` of an upload), read like a path."""
+    return hasattr(image, "read") and hasattr(image, "seek") and hasattr(image, "tell")
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,12 @@ def to_image_tensor(image: ImageInput) -> torch.Tensor:
 
     if isinstance(image, (str, Path)):
         return load_image(image)
+    if _is_file(image):
+        start = image.tell()
+        try:
+            return load_image(image)
+        finally:
+            image.seek(start)  # the object can be read again (e.g. by draw after detect)
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray):
@@ -97,7 +110,7 @@ def to_image_tensor(image: ImageInput) -> torch.Tensor:
         if image.numel() and (image.min() < 0 or image.max() > 1):
             raise ValueError(f"expected image values in [0, 1], got [{float(image.min()):g}, {float(image.max()):g}] (divide uint8 values by 255)")
         return image
-    raise TypeError(f"expected an image path, PIL image, NumPy array or Tensor, got {type(image).__name__}")
+    raise TypeError(f"expected an image path, binary file object, PIL image, NumPy array or Tensor, got {type(image).__name__}")
 
 
 class Detector:
@@ -213,16 +226,22 @@ class Detector:
         return results if batch else results[0]
 
     def _load(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int] | None]:
-        """``(tensor, original (h, w))``: a path is decoded reduced when it is large (see the module docstring)."""
-        if not isinstance(image, (str, Path)):
+        """``(tensor, original (h, w))``: a path or file is decoded reduced when it is large (see the module docstring)."""
+        if not isinstance(image, (str, Path)) and not _is_file(image):
             return to_image_tensor(image), None
         from fasterrcnn.data.images import image_size, load_image, reduction_factor
 
-        size = image_size(image)
-        transform = getattr(self.model, "transform", None)
-        if transform is None:
-            return load_image(image), size
-        return load_image(image, reduce=reduction_factor(size, transform.min_size, transform.max_size)), size
+        start = image.tell() if _is_file(image) else None
+        try:
+            size = image_size(image)
+            if start is not None:
+                image.seek(start)
+            transform = getattr(self.model, "transform", None)
+            reduce = 1 if transform is None else reduction_factor(size, transform.min_size, transform.max_size)
+            return load_image(image, reduce=reduce), size
+        finally:
+            if start is not None:
+                image.seek(start)  # the object can be read again (e.g. by draw after detect)
 
     def _detections(self, output: dict[str, torch.Tensor], score_threshold: float) -> list[Detection]:
         keep = output["scores"] >= score_threshold

@@ -15,8 +15,10 @@ Routes:
 Every error answers JSON ``{"error": "..."}`` with a 4xx status: 400 (no ``image`` field, empty
 file, malformed form, bad threshold), 413 (upload over ``max_upload_bytes`` or image over
 ``max_image_pixels``), 415 (not multipart/form-data), 422 (not a readable image), 404 / 405.
-Decoding and the model run in the thread pool, so the event loop keeps answering /health; a lock
-lets one forward pass run at a time.
+The header check, decoding and the model run in the thread pool, so the event loop keeps
+answering /health; a lock lets one decode and forward pass run at a time. An upload is decoded
+as the Detector decodes files: one much larger than the model's input at 1/2, 1/4 ... of its size
+(its boxes still in its own pixels), so a 8000x6000 photo needs little memory.
 
 FastAPI, uvicorn and python-multipart are imported only when an app is built, so the command
 line stays quick and works without them for the other commands.
@@ -72,20 +74,28 @@ def _parse_threshold(text: str | None) -> float:
     return value
 
 
-def _decode_upload(data: bytes, filename: str, max_image_pixels: int):
-    """Upload bytes -> float ``Tensor[3, H, W]``, as ``load_image`` decodes files (EXIF applied)."""
-    from fasterrcnn.data.images import image_size, load_image
+def _unreadable(filename: str, buffer: io.BytesIO, error: DataError) -> _RequestError:
+    problem = error.problem.replace(str(buffer), "upload")  # Pillow names the buffer object
+    return _RequestError(422, f"{filename}: not a readable image ({problem})")
+
+
+def _check_upload(data: bytes, filename: str, max_image_pixels: int) -> tuple[io.BytesIO, int, int]:
+    """Upload bytes -> (a file object of them, width, height), from the image header only.
+
+    The detector decodes the file as it decodes paths: EXIF applied, and an image much larger
+    than the model's input decoded at 1/2, 1/4 ... of its size (boxes still in its pixels).
+    """
+    from fasterrcnn.data.images import image_size
 
     buffer = io.BytesIO(data)
     try:
         height, width = image_size(buffer)
-        if height * width > max_image_pixels:
-            raise _RequestError(413, f"{filename}: the image is {width}x{height}, more than {max_image_pixels} pixels")
-        buffer.seek(0)
-        return load_image(buffer)
     except DataError as e:
-        problem = e.problem.replace(str(buffer), "upload")  # Pillow names the buffer object
-        raise _RequestError(422, f"{filename}: not a readable image ({problem})") from None
+        raise _unreadable(filename, buffer, e) from None
+    if height * width > max_image_pixels:
+        raise _RequestError(413, f"{filename}: the image is {width}x{height}, more than {max_image_pixels} pixels")
+    buffer.seek(0)
+    return buffer, width, height
 
 
 def create_app(
@@ -134,9 +144,12 @@ def create_app(
             "max_upload_bytes": max_upload_bytes,
         }
 
-    def detect_locked(image, score_threshold: float):
+    def detect_locked(buffer: io.BytesIO, filename: str, score_threshold: float):
         with model_lock:  # one forward pass at a time
-            return detector.detect(image, score_threshold=score_threshold)
+            try:
+                return detector.detect(buffer, score_threshold=score_threshold)
+            except DataError as e:  # e.g. truncated pixel data behind a valid header
+                raise _unreadable(filename, buffer, e) from None
 
     @app.post("/detect")
     async def detect(request: Request) -> JSONResponse:
@@ -164,13 +177,13 @@ def create_app(
             raise _RequestError(413, f"{filename}: the file is over the limit of {max_upload_bytes} bytes")
         if not data:
             raise _RequestError(400, f"{filename}: the file is empty")
-        image = await run_in_threadpool(_decode_upload, data, filename, max_image_pixels)
-        detections = await run_in_threadpool(detect_locked, image, score_threshold)
+        buffer, width, height = await run_in_threadpool(_check_upload, data, filename, max_image_pixels)
+        detections = await run_in_threadpool(detect_locked, buffer, filename, score_threshold)
         return JSONResponse(
             {
                 "detections": [d.to_dict() for d in detections],
-                "width": int(image.shape[2]),
-                "height": int(image.shape[1]),
+                "width": width,
+                "height": height,
                 "score_threshold": score_threshold,
             }
         )
