@@ -344,6 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fasterrcnn: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Leave torchrun's process group if the command joined one (``train`` and ``eval`` do, under torchrun)."""
+    distributed = sys.modules.get("fasterrcnn.engine.distributed")  # never imported: no group was joined
+    if distributed is not None:
+        distributed.cleanup()
 
 
 def _configure_logging() -> None:
@@ -524,15 +533,6 @@ def _validation_set(args, train_dataset):
 
 def cmd_train(args) -> int:
     """Train in this process, or in every process of a torchrun job (data parallel)."""
-    from fasterrcnn.engine import distributed
-
-    try:
-        return _train(args)
-    finally:
-        distributed.cleanup()
-
-
-def _train(args) -> int:
     import torch
 
     from fasterrcnn.config import replace, to_dict
@@ -665,15 +665,6 @@ def _print_skipped(count: int, what: str) -> None:
 # -- eval -------------------------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
     """Evaluate in this process, or sharded over the processes of a torchrun job (rank 0 writes)."""
-    from fasterrcnn.engine import distributed
-
-    try:
-        return _eval(args)
-    finally:
-        distributed.cleanup()
-
-
-def _eval(args) -> int:
     from fasterrcnn.data import build_dataset
     from fasterrcnn.detector import Detector
     from fasterrcnn.engine import distributed
@@ -815,7 +806,8 @@ def cmd_compress(args) -> int:
 
     if Path(args.output).resolve() == Path(args.weights).resolve():
         raise ConfigError("--output must differ from --weights (the trained checkpoint is kept)")
-    detector = Detector.from_checkpoint(args.weights, device="cpu")
+    state = load_checkpoint(args.weights)
+    detector = Detector.from_checkpoint_state(state, args.weights, device="cpu")
     model = detector.model
     box_head = model.roi_heads.box_head
     before = {name: getattr(box_head, name, None) for name in BOX_HEAD_LAYERS}
@@ -830,7 +822,6 @@ def cmd_compress(args) -> int:
             f"{layer.in_features * layer.out_features:,} -> {low_rank.rank * (layer.in_features + layer.out_features):,}, "
             f"relative weight error {error:.4f}"
         )
-    state = load_checkpoint(args.weights)
     compressed = {
         "model": model.state_dict(),
         "config": {**state["config"], "model": to_dict(model.config)},

@@ -31,6 +31,7 @@ labels are 1..C with ``class_names[label - 1]`` their names. The model's own
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Union
@@ -49,6 +50,18 @@ ImageInput = Union[str, Path, BinaryIO, Image.Image, np.ndarray, torch.Tensor]
 def _is_file(image: Any) -> bool:
     """A binary file object (e.g. ``open(path, "rb")``, ``io.BytesIO`` of an upload), read like a path."""
     return hasattr(image, "read") and hasattr(image, "seek") and hasattr(image, "tell")
+
+
+@contextmanager
+def _position_kept(image: Any):
+    """Restores a file object's position when the block ends (Pillow reads files from their start), so
+    that the same object can be read again (e.g. by ``draw`` after ``detect``); paths pass through."""
+    start = image.tell() if _is_file(image) else None
+    try:
+        yield
+    finally:
+        if start is not None:
+            image.seek(start)
 
 
 @dataclass(frozen=True)
@@ -86,14 +99,9 @@ def to_image_tensor(image: ImageInput) -> torch.Tensor:
     """Any accepted image form -> float32 ``Tensor[3, H, W]`` RGB in [0, 1] (see the module docstring)."""
     from fasterrcnn.data.images import load_image
 
-    if isinstance(image, (str, Path)):
-        return load_image(image)
-    if _is_file(image):
-        start = image.tell()
-        try:
+    if isinstance(image, (str, Path)) or _is_file(image):
+        with _position_kept(image):
             return load_image(image)
-        finally:
-            image.seek(start)  # the object can be read again (e.g. by draw after detect)
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray):
@@ -147,11 +155,17 @@ class Detector:
         Raises DataError naming the file when it is missing, unsafe, not a checkpoint, or its
         weights do not fit its configuration.
         """
+        from fasterrcnn.engine.checkpoint import load_checkpoint
+
+        return cls.from_checkpoint_state(load_checkpoint(path, map_location="cpu"), path, device)
+
+    @classmethod
+    def from_checkpoint_state(cls, state: dict[str, Any], path: str | Path, device: str | torch.device | None = None) -> "Detector":
+        """``from_checkpoint`` of a checkpoint dict already loaded from ``path`` (which the errors name)."""
         from fasterrcnn.config import ModelConfig, from_dict
-        from fasterrcnn.engine.checkpoint import check_model_checkpoint, load_checkpoint
+        from fasterrcnn.engine.checkpoint import check_model_checkpoint
         from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
-        state = load_checkpoint(path, map_location="cpu")
         check_model_checkpoint(state, path)
         try:
             model_config = from_dict(ModelConfig, state["config"]["model"])
@@ -231,17 +245,11 @@ class Detector:
             return to_image_tensor(image), None
         from fasterrcnn.data.images import image_size, load_image, reduction_factor
 
-        start = image.tell() if _is_file(image) else None
-        try:
+        with _position_kept(image):
             size = image_size(image)
-            if start is not None:
-                image.seek(start)
             transform = getattr(self.model, "transform", None)
             reduce = 1 if transform is None else reduction_factor(size, transform.min_size, transform.max_size)
             return load_image(image, reduce=reduce), size
-        finally:
-            if start is not None:
-                image.seek(start)  # the object can be read again (e.g. by draw after detect)
 
     def _detections(self, output: dict[str, torch.Tensor], score_threshold: float) -> list[Detection]:
         keep = output["scores"] >= score_threshold
