@@ -160,12 +160,12 @@ def main(argv=None) -> int:
     )
     print(header)
     print("-" * len(header))
+    stat = min if args.stat == "min" else statistics.median
     comparisons = []
     for preset in args.presets:
         size = tuple(int(v) for v in args.size.split("x")) if args.size else DEFAULT_SIZES.get(preset, (600, 1000))
         batch = args.batch or (4 if preset == "tiny" else 1)
         for train in [mode == "train" for mode in args.modes]:
-            stat = min if args.stat == "min" else statistics.median
             r = bench(preset, size, batch, args.repeat, train, stat, tuple(args.box_head_ranks) if args.box_head_ranks else None)
             r["glue"] = r["rpn"] + r["roi_heads"] - sum(r.get(k, 0.0) for k in SUBMODULES)
             ratio = (r["rpn"] + r["roi_heads"]) / r["backbone"]
