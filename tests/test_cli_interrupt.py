@@ -125,6 +125,36 @@ def test_signal_saves_a_checkpoint_and_resume_ends_with_the_same_weights(voc_roo
     assert [r["iteration"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, MAX_ITERS + 1))
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_the_process_group_with_loader_workers(voc_root, tmp_path, signum):
+    """Ctrl-C in a terminal, ``kill -- -PGID``, systemd and Slurm signal every process of the run, the
+    data-loading workers too: the workers leave it to the main process, which still saves a checkpoint,
+    and no worker outlives the run."""
+    out = tmp_path / "run"
+    process = spawn(["-m", "fasterrcnn", *train_args(voc_root, out), "--num-workers", "2"], start_new_session=True)
+
+    def reached():
+        records = read_metrics(out / "metrics.jsonl")
+        return any(r.get("type") == "train" and r["iteration"] >= 3 for r in records)
+
+    wait_for(reached, process, "iteration 3")
+    os.killpg(process.pid, signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, (stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr and len(lines) == 1, stderr
+    assert lines[0].startswith(f"fasterrcnn: {signal.Signals(signum).name} received: stopped after iteration ")
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] >= 3
+    deadline = time.monotonic() + 30
+    while True:  # the group is empty once every worker has exited
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a data-loading worker outlived the run"
+        time.sleep(0.05)
+
+
 KILL_DURING_SAVE = """
 import io, os, sys, time
 import torch

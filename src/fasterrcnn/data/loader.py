@@ -97,8 +97,15 @@ def collate(batch):
 
 
 def ignore_interrupts(worker_id: int = 0) -> None:
-    """``worker_init_fn`` of data-loading workers: a Ctrl-C (SIGINT) is the main process's business."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """``worker_init_fn`` of data-loading workers: SIGINT and SIGTERM are the main process's business.
+
+    Ctrl-C, ``kill -- -PGID``, systemd and Slurm signal every process of a run. A worker killed by
+    one would end the main process with "DataLoader worker exited unexpectedly" before it saves its
+    checkpoint; ignoring them, the workers go on until the main process shuts the loader down (and
+    they exit by themselves if the main process dies).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class EpochSampler(Sampler[int]):
