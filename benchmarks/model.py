@@ -4,6 +4,7 @@
     python benchmarks/model.py --presets tiny --batch 4 --repeat 5 --threads 2
     python benchmarks/model.py --presets resnet50_fpn --size 480x640   # any preset build_backbone knows
     python benchmarks/model.py --presets vgg16 --box-head-ranks 1024 256   # fc6/fc7 compressed (truncated SVD)
+    python benchmarks/model.py --presets vgg16 --modes eval --amp            # bfloat16 autocast (as --amp)
 
 Random weights, no files needed. Stages are timed by calling the model's submodules in the order
 ``FasterRCNN.forward`` does. Prints a table; never asserts timings.
@@ -103,7 +104,7 @@ def add_timing_hooks(model: FasterRCNN, times_ref: list) -> None:
         module.register_forward_hook(done)
 
 
-def bench(preset: str, size, batch: int, repeat: int, train: bool, stat=statistics.median, box_head_ranks=None):
+def bench(preset: str, size, batch: int, repeat: int, train: bool, stat=statistics.median, box_head_ranks=None, amp=False):
     torch.manual_seed(0)
     cfg = get_preset(preset).model
     model = FasterRCNN.from_preset(preset, num_classes=cfg.num_classes)
@@ -120,15 +121,17 @@ def bench(preset: str, size, batch: int, repeat: int, train: bool, stat=statisti
         times: dict[str, float] = {}
         times_ref[0] = times
         start = time.perf_counter()
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp)
         if train:
-            losses = staged_forward(model, images, targets, times)
+            with autocast:
+                losses = staged_forward(model, images, targets, times)
             t = time.perf_counter()
             optimizer.zero_grad()
             sum(losses.values()).backward()
             optimizer.step()
             times["backward+step"] = time.perf_counter() - t
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 staged_forward(model, images, None, times)
         times["total"] = time.perf_counter() - start
         if i:
@@ -149,11 +152,13 @@ def main(argv=None) -> int:
         help="time the box head compressed to these ranks (truncated SVD, as 'fasterrcnn compress')",
     )
     parser.add_argument("--modes", nargs="+", choices=["eval", "train"], default=["eval", "train"])
+    parser.add_argument("--amp", action="store_true", help="the forward under bfloat16 autocast (mixed precision, as the CLI's --amp)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={thp}; {args.stat} of {args.repeat} runs, milliseconds")
+    precision = "bfloat16 autocast" if args.amp else "float32"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={thp}, {precision}; {args.stat} of {args.repeat} runs, milliseconds")
     header = (
         f"{'preset':<27}{'mode':<6}{'batch':>6}{'size':>10}{'transform':>10}{'backbone':>9}{'rpn':>8}{'roi_heads':>10}"
         f"{'rpn_head':>9}{'roi_pool':>9}{'box_head':>9}{'glue':>7}{'bwd+step':>9}{'total':>8}{'rpn+roi/bb':>11}{'glue/bb':>8}"
@@ -166,7 +171,8 @@ def main(argv=None) -> int:
         size = tuple(int(v) for v in args.size.split("x")) if args.size else DEFAULT_SIZES.get(preset, (600, 1000))
         batch = args.batch or (4 if preset == "tiny" else 1)
         for train in [mode == "train" for mode in args.modes]:
-            r = bench(preset, size, batch, args.repeat, train, stat, tuple(args.box_head_ranks) if args.box_head_ranks else None)
+            ranks = tuple(args.box_head_ranks) if args.box_head_ranks else None
+            r = bench(preset, size, batch, args.repeat, train, stat, ranks, args.amp)
             r["glue"] = r["rpn"] + r["roi_heads"] - sum(r.get(k, 0.0) for k in SUBMODULES)
             ratio = (r["rpn"] + r["roi_heads"]) / r["backbone"]
             ms = {k: f"{1000 * v:.0f}" for k, v in r.items()}
@@ -175,7 +181,7 @@ def main(argv=None) -> int:
                 f"{ms['roi_heads']:>10}{ms['rpn_head']:>9}{ms['roi_pool']:>9}{ms['box_head']:>9}{ms['glue']:>7}{ms.get('backward+step', '-'):>9}{ms['total']:>8}"
                 f"{ratio:>11.0%}{r['glue'] / r['backbone']:>8.0%}"
             )
-            if not train and preset in TORCHVISION_EVAL_MS and size == (480, 640):
+            if not train and not args.amp and preset in TORCHVISION_EVAL_MS and size == (480, 640):  # its figures are float32
                 comparisons.append(torchvision_comparison(preset, r))
     for line in comparisons:
         print(line)
