@@ -118,6 +118,27 @@ def test_predict_writes_pictures_and_detections(voc_run, voc_root, tmp_path):
     assert [p.name for p in (tmp_path / "one").glob("*.jpg")] == [f"{single.stem}.jpg"]
 
 
+def test_eval_and_predict_with_amp(voc_run, voc_root, tmp_path, capsys):
+    weights = str(voc_run / "checkpoints" / "last.pt")
+    runs = {}
+    for name, extra in (("float32", []), ("bf16", ["--amp"])):
+        out = tmp_path / name
+        assert main(["eval", "--weights", weights, "--data", str(voc_root), "--output", str(out), "--quiet", *extra]) == 0
+        assert 0.0 <= json.loads((out / "metrics.json").read_text())["mAP"] <= 1.0
+        runs[name] = json.loads((out / "detections.json").read_text())
+    assert runs["bf16"] and runs["float32"]
+    assert [d["score"] for d in runs["bf16"]] != [d["score"] for d in runs["float32"]]  # bf16 rounding: it ran in bf16
+    out = tmp_path / "pred"
+    args = ["predict", "--weights", weights, str(voc_root / "JPEGImages"), "--output", str(out), "--quiet", "--device", "cpu"]
+    assert main(args + ["--amp", "--amp-dtype", "bf16", "--score-threshold", "0.0"]) == 0
+    assert json.loads((out / "detections.json").read_text())
+    capsys.readouterr()
+    assert main(args + ["--amp-dtype", "bf16"]) == 2
+    assert capsys.readouterr().err == "fasterrcnn: error: --amp-dtype goes with --amp\n"
+    assert main(args + ["--amp", "--amp-dtype", "fp16"]) == 2
+    assert capsys.readouterr().err == "fasterrcnn: error: mixed precision on the CPU runs in bf16 only (got 'fp16'); use --amp-dtype bf16\n"
+
+
 def test_coco_train_eval_predict(coco_json, voc_root, tmp_path):
     run = tmp_path / "run"
     images = str(voc_root / "JPEGImages")

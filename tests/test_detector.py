@@ -264,3 +264,37 @@ def test_a_binary_file_object_is_read_as_its_path(detector, tmp_path):
     assert len(from_path) > 0 and from_bytes == from_path and from_file == from_path
     assert buffer.tell() == 6
     assert detector.draw(buffer, from_bytes).size == (4000, 3000)
+
+
+def test_amp_runs_the_forward_pass_in_bf16_and_answers_in_float32(detector, image_path, reference):
+    """``amp="bf16"``: the backbone computes in bfloat16 (autocast), the detections are float32 and in the image."""
+    amp = Detector(predictable_model(), CLASS_NAMES, device="cpu", amp="bf16")
+    seen = {}
+    for name, d in (("float32", detector), ("bf16", amp)):
+        hook = d.model.backbone.register_forward_hook(lambda m, a, out, name=name: seen.update({name: {f.dtype for f in out.values()}}))
+        try:
+            found = d.detect(image_path, score_threshold=0.0)
+        finally:
+            hook.remove()
+        height, width = IMAGE_SIZE
+        assert found and all(0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height for x1, y1, x2, y2 in (f.box for f in found))
+        assert all(isinstance(v, float) for f in found for v in (*f.box, f.score))
+    assert seen == {"float32": {torch.float32}, "bf16": {torch.bfloat16}}  # the feature maps
+    assert amp.amp_dtype == torch.bfloat16 and detector.amp_dtype is None
+    assert repr(amp).endswith("device=cpu, amp=torch.bfloat16)")
+    # Class 1 scores ~0.83 whatever the proposals (see predictable_model): rounding moves them a little.
+    circles = [f.score for f in amp.detect(image_path, score_threshold=0.5)]
+    assert circles and all(abs(s - reference[0].score) < 0.02 for s in circles)
+
+
+def test_autocast_dtype_refuses_what_cannot_run():
+    from fasterrcnn.detector import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype(None, cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ConfigError, match="on the CPU runs in bf16 only"):
+        autocast_dtype("fp16", cpu)
+    with pytest.raises(ConfigError, match="mixed precision is one of bf16, fp16, got 'int8'"):
+        autocast_dtype("int8", cpu)
+    with pytest.raises(ConfigError, match="bf16 only"):
+        Detector(predictable_model(), CLASS_NAMES, device="cpu", amp="fp16")

@@ -53,7 +53,7 @@ def assert_error(response, status: int, pattern: str) -> None:
 def test_health_reports_the_model(client):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "classes": CLASS_NAMES, "device": "cpu", "max_upload_bytes": 200_000}
+    assert response.json() == {"status": "ok", "classes": CLASS_NAMES, "device": "cpu", "amp": None, "max_upload_bytes": 200_000}
 
 
 def test_the_page_is_self_contained(client):
@@ -151,6 +151,7 @@ class BlockingDetector:
 
     class_names = ("thing",)
     device = torch.device("cpu")
+    amp_dtype = None
 
     def __init__(self):
         self.release = threading.Event()
@@ -200,6 +201,9 @@ def test_serve_subcommand_parses_its_options():
     assert (args.weights, args.host, args.port, args.device, args.max_upload_bytes) == ("best.pt", "127.0.0.1", 8000, "auto", DEFAULT_MAX_UPLOAD_BYTES)
     args = parser.parse_args(["serve", "--weights", "w.pt", "--host", "0.0.0.0", "--port", "9001", "--max-upload-bytes", "1000"])
     assert (args.host, args.port, args.max_upload_bytes) == ("0.0.0.0", 9001, 1000)
+    assert (args.amp, args.amp_dtype) == (False, None)
+    args = parser.parse_args(["serve", "--weights", "w.pt", "--amp", "--amp-dtype", "fp16"])
+    assert (args.amp, args.amp_dtype) == (True, "fp16")
     assert args.func.__name__ == "run_serve"
 
 
@@ -225,4 +229,8 @@ def test_fasterrcnn_serve_is_a_subcommand_of_the_cli(tmp_path, monkeypatch, caps
     assert "serving model.pt (3 classes, cpu) on http://127.0.0.1:9123" in capsys.readouterr().out
     with TestClient(served["app"]) as client:
         assert client.get("/health").json()["classes"] == CLASS_NAMES
+    assert main(["serve", "--weights", str(checkpoint), "--device", "cpu", "--amp"]) == 0
+    assert "serving model.pt (3 classes, cpu, bf16) on http://127.0.0.1:8000" in capsys.readouterr().out
+    with TestClient(served["app"]) as client:
+        assert client.get("/health").json()["amp"] == "bfloat16"
     assert build_parser().parse_args(["serve", "--weights", "w.pt"]).func.__name__ == "run_serve"

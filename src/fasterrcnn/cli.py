@@ -98,6 +98,25 @@ def _add_common(p: argparse.ArgumentParser, *, device_default: str = "auto") -> 
     p.add_argument("--quiet", action="store_true", help="plain log lines instead of progress bars")
 
 
+INFERENCE_AMP_HELP = (
+    "mixed precision: the forward pass under autocast in --amp-dtype; faster on GPUs and on CPUs with bf16 "
+    "matrix units (AMX), slower on other CPUs; detections differ slightly from float32 ones",
+    "bf16 (CUDA or CPU) or fp16 (CUDA) (default: bf16)",
+)
+
+
+def _add_amp(p: argparse.ArgumentParser, amp_help: str, dtype_help: str) -> None:
+    p.add_argument("--amp", action="store_true", help=amp_help)
+    p.add_argument("--amp-dtype", choices=("bf16", "fp16"), help=dtype_help)
+
+
+def _inference_amp(args) -> str | None:
+    """The ``amp`` of a Detector from ``--amp`` / ``--amp-dtype`` (eval, predict, serve)."""
+    if args.amp_dtype is not None and not args.amp:
+        raise ConfigError("--amp-dtype goes with --amp")
+    return (args.amp_dtype or "bf16") if args.amp else None
+
+
 def _add_data(p: argparse.ArgumentParser, *, split_default: str) -> None:
     p.add_argument(
         "--data",
@@ -195,15 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(VALUE is parsed as JSON, else taken as a string); repeatable",
     )
     p.add_argument("--backbone-weights", metavar="FILE", help="backbone weights to start from (e.g. ImageNet, torchvision layout)")
-    p.add_argument(
-        "--amp",
-        action="store_true",
-        help="mixed precision: autocast in --amp-dtype (NMS, box coding and losses stay float32) (train.amp)",
-    )
-    p.add_argument(
-        "--amp-dtype",
-        choices=("bf16", "fp16"),
-        help="bf16 (CUDA or CPU) or fp16 (CUDA, with a gradient scaler) (default: bf16; train.amp_dtype)",
+    _add_amp(
+        p,
+        "mixed precision: autocast in --amp-dtype (NMS, box coding and losses stay float32) (train.amp)",
+        "bf16 (CUDA or CPU) or fp16 (CUDA, with a gradient scaler) (default: bf16; train.amp_dtype)",
     )
     p.add_argument(
         "--sync-bn",
@@ -242,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="folder for metrics.json and pr_curves.png (created)")
     p.add_argument("--classes", metavar="A,B,C", help="--detections on VOC data: the class names in category-id order (default: inferred from the data)")
     p.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="images per forward pass (default: 1)")
+    _add_amp(p, *INFERENCE_AMP_HELP)
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -273,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the pictures and detections.json (created)")
     p.add_argument("--score-threshold", type=float, default=0.5, metavar="X", help="keep detections scoring >= X (default: 0.5)")
+    _add_amp(p, *INFERENCE_AMP_HELP)
     _add_common(p)
     p.set_defaults(func=cmd_predict)
 
@@ -677,7 +693,7 @@ def cmd_eval(args) -> int:
     if args.detections and not distributed.is_main_process():
         return 0  # scoring a results file is rank 0's alone
     if args.weights:
-        detector = Detector.from_checkpoint(args.weights, device=device)
+        detector = Detector.from_checkpoint(args.weights, device=device, amp=_inference_amp(args))
         model, class_names, device = detector.model, list(detector.class_names), detector.device
         if args.classes is not None and _class_list(args.classes) != class_names:
             raise ConfigError(f"--classes differs from the checkpoint's classes ({', '.join(class_names)})")
@@ -693,6 +709,7 @@ def cmd_eval(args) -> int:
             num_workers=args.num_workers,
             device=device,
             progress=not args.quiet,
+            amp_dtype=detector.amp_dtype,
         )
         if not distributed.is_main_process():
             return 0  # its share of the detections went to rank 0, which writes everything
@@ -763,13 +780,14 @@ def cmd_predict(args) -> int:
     from fasterrcnn.visualize import draw_detections
 
     files = _image_files(args.inputs)
+    amp = _inference_amp(args)
     if args.preset is not None:
         classes = "coco" if args.classes in (None, "coco") else _class_list(args.classes)
-        detector = Detector.from_torchvision(args.preset, args.weights, classes=classes, device=args.device)
+        detector = Detector.from_torchvision(args.preset, args.weights, classes=classes, device=args.device, amp=amp)
     elif args.classes is not None:
         raise ConfigError("--classes goes with --preset: a checkpoint written by 'fasterrcnn train' holds its class names")
     else:
-        detector = Detector.from_checkpoint(args.weights, device=args.device)
+        detector = Detector.from_checkpoint(args.weights, device=args.device, amp=amp)
     model, class_names, device = detector.model, list(detector.class_names), detector.device
     label_to_category_id = detector.label_to_category_id
     output = Path(args.output)
@@ -780,7 +798,7 @@ def cmd_predict(args) -> int:
         # picture is drawn at that size, its detections.json boxes are in the original pixels.
         height, width = image_size(path)
         image = load_image(path, reduce=reduction_factor((height, width), model.transform.min_size, model.transform.max_size))
-        with torch.inference_mode():
+        with torch.inference_mode(), detector.autocast():
             detection = model([image.to(device)])[0]
         keep = detection["scores"] >= args.score_threshold
         detection = {k: v[keep].cpu() for k, v in detection.items()}

@@ -10,7 +10,7 @@ Routes:
                    {"detections": [{"box": [x1, y1, x2, y2], "label", "class_name", "score"}],
                     "width", "height", "score_threshold"}  (boxes in pixels of the uploaded image,
                    EXIF orientation applied; by decreasing score)
-    GET  /health   {"status": "ok", "classes": [...], "device": "cpu", "max_upload_bytes": N}
+    GET  /health   {"status": "ok", "classes": [...], "device": "cpu", "amp": null, "max_upload_bytes": N}
 
 Every error answers JSON ``{"error": "..."}`` with a 4xx status: 400 (no ``image`` field, empty
 file, malformed form, bad threshold), 413 (upload over ``max_upload_bytes`` or image over
@@ -141,6 +141,7 @@ def create_app(
             "status": "ok",
             "classes": list(detector.class_names),
             "device": str(detector.device),
+            "amp": None if detector.amp_dtype is None else str(detector.amp_dtype).removeprefix("torch."),
             "max_upload_bytes": max_upload_bytes,
         }
 
@@ -198,17 +199,19 @@ def run(
     *,
     device: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    amp: str | None = None,
 ) -> None:
-    """Load the checkpoint ``weights`` and serve it on http://host:port until interrupted."""
+    """Load the checkpoint ``weights`` and serve it on http://host:port until interrupted (``amp``: as Detector's)."""
     try:
         import uvicorn
     except ImportError:
         raise ConfigError(_MISSING_DEPENDENCIES) from None
     from fasterrcnn.detector import Detector
 
-    detector = Detector.from_checkpoint(weights, device=device)
+    detector = Detector.from_checkpoint(weights, device=device, amp=amp)
     app = create_app(detector, max_upload_bytes=max_upload_bytes)
-    print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {detector.device}) on http://{host}:{port}", flush=True)
+    where = f"{detector.device}" + ("" if detector.amp_dtype is None else f", {amp}")
+    print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {where}) on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
@@ -222,7 +225,7 @@ def _port(text: str) -> int:
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to ``subparsers`` (the result of ``add_subparsers``)."""
-    from fasterrcnn.cli import _positive_int  # the command line's argument types, one definition
+    from fasterrcnn.cli import INFERENCE_AMP_HELP, _add_amp, _positive_int  # the command line's definitions
 
     p = subparsers.add_parser(
         "serve",
@@ -246,11 +249,14 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
         metavar="N",
         help=f"largest accepted upload (default: {DEFAULT_MAX_UPLOAD_BYTES}, 20 MiB)",
     )
+    _add_amp(p, *INFERENCE_AMP_HELP)
     p.set_defaults(func=run_serve)
     return p
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """``fasterrcnn serve``: serve until interrupted (Ctrl-C), then return 0."""
-    run(args.weights, args.host, args.port, device=args.device, max_upload_bytes=args.max_upload_bytes)
+    from fasterrcnn.cli import _inference_amp
+
+    run(args.weights, args.host, args.port, device=args.device, max_upload_bytes=args.max_upload_bytes, amp=_inference_amp(args))
     return 0

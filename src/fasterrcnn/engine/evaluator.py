@@ -61,10 +61,12 @@ def run_inference(
     device: str | torch.device = "cpu",
     progress: bool = False,
     shard: bool = True,
+    amp_dtype: torch.dtype | None = None,
 ) -> list[dict]:
     """Detections of ``model`` on every image of ``dataset`` (no augmentation), as a results list.
 
-    The model is put in eval mode for the run and its previous mode is restored afterwards.
+    The model is put in eval mode for the run and its previous mode is restored afterwards; with
+    ``amp_dtype`` (``detector.autocast_dtype``) it runs under ``torch.autocast`` in that dtype.
     In a data-parallel run (``shard``, a process group initialised) every process runs its share of
     the batches; rank 0 returns the whole list, in the order of one process, the others ``[]``.
     """
@@ -89,9 +91,11 @@ def run_inference(
     was_training = model.training
     model.eval()
     per_image: list[list[dict]] = []  # results of every image, in loader order
+    autocast = torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None)
     try:
         for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
-            detections = model([image.to(device) for image in images])
+            with autocast:
+                detections = model([image.to(device) for image in images])
             for target, detection in zip(targets, detections):
                 per_image.append(detections_to_results(target["image_id"], detection, class_names, label_to_category_id))
     finally:
@@ -156,6 +160,7 @@ def evaluate_model(
     device: str | torch.device = "cpu",
     progress: bool = False,
     shard: bool = True,
+    amp_dtype: torch.dtype | None = None,
 ) -> tuple[list[dict], dict[str, Any]]:
     """``run_inference`` then ``evaluate_results``: returns ``(results, metrics)``.
 
@@ -174,6 +179,7 @@ def evaluate_model(
         device=device,
         progress=progress,
         shard=shard,
+        amp_dtype=amp_dtype,
     )
     if not (shard and distributed.is_distributed()):
         return results, evaluate_results(results, dataset, metric=metric)

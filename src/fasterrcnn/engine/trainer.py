@@ -69,6 +69,7 @@ from typing import Any
 import torch
 
 from fasterrcnn.config import TrainConfig
+from fasterrcnn.detector import AMP_DTYPES, autocast_dtype
 from fasterrcnn.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
 from fasterrcnn.engine.schedule import WarmupStepLR
@@ -114,23 +115,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Wa
         lr_steps=config.lr_steps,
         gamma=config.lr_gamma,
     )
-
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``config.amp`` on ``device`` (None without amp); ConfigError where it cannot run."""
-    if not config.amp:
-        return None
-    dtype = AMP_DTYPES[config.amp_dtype]
-    if device.type == "cpu" and dtype != torch.bfloat16:
-        raise ConfigError(f"mixed precision on the CPU runs in bf16 only (got amp_dtype {config.amp_dtype!r}); use --amp-dtype bf16")
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"{device} does not support bf16; use --amp-dtype fp16")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"mixed precision is supported on cpu and cuda devices, not {device.type}")
-    return dtype
 
 
 def check_train_config(config: TrainConfig) -> None:
@@ -222,7 +206,7 @@ class Trainer:
             raise ConfigError("the training set has no images")
         self.config = config
         self.device = torch.device(device)
-        self.amp_dtype = autocast_dtype(config, self.device)
+        self.amp_dtype = autocast_dtype(config.amp_dtype if config.amp else None, self.device)
         self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
         self.is_main = self.rank == 0
         model = model.to(self.device)
