@@ -88,13 +88,28 @@ def test_train_and_eval_batch_of_different_sizes():
     assert all(torch.equal(a, b) for a, b in zip(images, originals))
 
 
-def test_empty_gt_losses():
-    model = tiny().train()
+@pytest.mark.parametrize("preset", ["tiny", "vgg16"])  # vgg16: the paper's border flag on, RoIPool
+def test_empty_gt_losses(preset):
+    torch.manual_seed(0)
+    model = FasterRCNN.from_preset(preset, num_classes=3, min_size=320, max_size=320).train()
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-    losses = {k: v.detach() for k, v in model([torch.rand(3, 128, 128)], [empty], generator=torch.Generator().manual_seed(0)).items()}
+    losses = {k: v.detach() for k, v in model([torch.rand(3, 320, 320)], [empty], generator=torch.Generator().manual_seed(0)).items()}
     assert float(losses["loss_box_reg"]) == 0.0 and float(losses["loss_rpn_box_reg"]) == 0.0
     for k in ("loss_classifier", "loss_objectness"):
         assert math.isfinite(float(losses[k])) and float(losses[k]) > 0
+
+
+def test_images_smaller_than_every_anchor_train_with_zero_rpn_losses():
+    """vgg16 ignores border-crossing anchors in training: a 64x64 image (or a thin strip) has none to sample."""
+    torch.manual_seed(0)
+    model = FasterRCNN.from_preset("vgg16", num_classes=3, min_size=64, max_size=64).train()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 48)]
+    losses = model(images, [target([[8, 8, 40, 40]], [1]), target([], [])], generator=torch.Generator().manual_seed(0))
+    values = {k: v.item() for k, v in losses.items()}
+    assert values["loss_objectness"] == 0.0 and values["loss_rpn_box_reg"] == 0.0
+    assert all(math.isfinite(v) for v in values.values()) and values["loss_classifier"] > 0
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_state_dict_round_trip_gives_identical_outputs():

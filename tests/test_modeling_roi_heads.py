@@ -108,6 +108,15 @@ def test_loss_uses_the_class_specific_deltas():
     assert math.isclose(float(loss_box), (0.5 + 1.5) / 2, rel_tol=1e-6)
 
 
+def test_loss_of_no_sampled_roi_is_zero_not_nan():
+    logits = torch.zeros(0, 3, requires_grad=True)
+    deltas = torch.zeros(0, 12, requires_grad=True)
+    loss_cls, loss_box = fastrcnn_loss(logits, deltas, torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4), 1.0)
+    assert loss_cls.item() == 0.0 and loss_box.item() == 0.0
+    (loss_cls + loss_box).backward()
+    assert logits.grad.shape == (0, 3) and deltas.grad.shape == (0, 12)
+
+
 def test_postprocess_softmax_decode_clip_nms_order():
     heads = make_heads().eval()
     proposals = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]]), torch.tensor([[5.0, 5.0, 30.0, 30.0]])]

@@ -67,6 +67,19 @@ def test_cross_boundary_anchors_ignored_when_asked():
     assert labels.tolist() == [[POS, POS, IGN, NEG, IGN, IGN, POS]]
 
 
+def test_no_anchor_inside_the_images_gives_zero_losses_not_nan():
+    """With the paper's border flag an image smaller than every anchor (or a thin strip, e.g. 60x1000)
+    has no anchor to sample: both RPN losses are exactly 0 and backward gives zero gradients."""
+    rpn = make_rpn(ignore_cross_boundary=True)
+    rpn.generator = torch.Generator().manual_seed(0)
+    objectness = torch.zeros(2, 7, requires_grad=True)
+    deltas = torch.zeros(2, 7, 4, requires_grad=True)
+    losses = rpn.compute_loss(objectness, deltas, ANCHORS, [{"boxes": GT}, {"boxes": torch.zeros(0, 4)}], [(8, 8), (8, 8)])
+    assert losses["loss_objectness"].item() == 0.0 and losses["loss_rpn_box_reg"].item() == 0.0
+    sum(losses.values()).backward()
+    assert not objectness.grad.any() and not deltas.grad.any()
+
+
 def test_image_without_gt_all_negative():
     labels, _, _ = make_rpn().assign_targets(ANCHORS, [GT, torch.zeros(0, 4)], [(64, 64), (64, 64)])
     assert labels[1].tolist() == [NEG] * 7

@@ -53,7 +53,8 @@ statistics are synchronised (``sync_bn``) or frozen.
 
 Mixed precision (``amp``): the forward runs under ``torch.autocast`` in bfloat16 (CUDA or CPU) or
 float16 (CUDA, with a ``GradScaler`` whose state is checkpointed); the model keeps anchors, box
-coding, NMS and the losses in float32.
+coding, NMS and the losses in float32. Validation runs in float32 (``fasterrcnn eval --amp`` measures
+the mixed-precision detections).
 """
 
 from __future__ import annotations

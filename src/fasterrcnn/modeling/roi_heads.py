@@ -63,14 +63,16 @@ class SingleLevelRoIPool(nn.Module):
 
 
 def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: Tensor, fg_targets: Tensor, beta: float) -> tuple[Tensor, Tensor]:
-    """Cross-entropy over the R sampled RoIs; smooth-L1 on the foreground RoIs' deltas of their class, summed / R.
+    """Cross-entropy over the R sampled RoIs, mean; smooth-L1 on the foreground RoIs' deltas of their class, summed / R.
 
     class_logits [R, C+1], box_regression [R, 4(C+1)], labels [R] (0..C), fg_targets [#fg, 4] (fg RoIs in order).
+    Both are 0 when R = 0 (no proposal and no GT to sample), not the NaN of a mean over nothing.
     """
-    loss_classifier = F.cross_entropy(class_logits, labels)
+    num_sampled = max(labels.numel(), 1)
+    loss_classifier = F.cross_entropy(class_logits, labels, reduction="sum") / num_sampled
     fg = torch.nonzero(labels > 0).squeeze(1)
-    deltas = box_regression.reshape(len(labels), -1, 4)[fg, labels[fg]]  # [#fg, 4]
-    loss_box_reg = smooth_l1_sum(deltas, fg_targets, beta) / max(labels.numel(), 1)
+    deltas = box_regression.reshape(len(labels), box_regression.shape[1] // 4, 4)[fg, labels[fg]]  # [#fg, 4]
+    loss_box_reg = smooth_l1_sum(deltas, fg_targets, beta) / num_sampled
     return loss_classifier, loss_box_reg
 
 

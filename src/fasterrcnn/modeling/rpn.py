@@ -97,7 +97,8 @@ class RegionProposalNetwork(nn.Module):
     paper) anchors not inside the (unpadded) image are IGNORE and never matched. Sampled:
     ``batch_size_per_image`` anchors, at most ``positive_fraction`` positive.
     Losses (torchvision): ``loss_objectness`` = mean binary cross-entropy over sampled anchors,
-    ``loss_rpn_box_reg`` = smooth-L1 summed over sampled positives / number of sampled anchors.
+    ``loss_rpn_box_reg`` = smooth-L1 summed over sampled positives / number of sampled anchors
+    (both 0 when no anchor is sampled, e.g. no anchor lies inside the image under the border flag).
     Proposals are detached (approximate joint training).
     """
 
@@ -237,8 +238,10 @@ class RegionProposalNetwork(nn.Module):
         labels, matches, gt_pad = self.assign_targets(anchors, [t["boxes"] for t in targets], image_sizes)
         pos, neg = sample_labels(labels, self.batch_size_per_image, self.positive_fraction, self.generator)  # [N, T] each
         sampled = pos | neg
+        # Divided by max(1, count): an image with no anchor to sample (the border flag, an image smaller
+        # than every anchor) gives losses of 0, not the NaN of a mean over nothing.
         num_sampled = sampled.sum().clamp(min=1)
-        loss_objectness = F.binary_cross_entropy_with_logits(objectness[sampled], pos[sampled].to(objectness.dtype))
+        loss_objectness = F.binary_cross_entropy_with_logits(objectness[sampled], pos[sampled].to(objectness.dtype), reduction="sum") / num_sampled
         img, anchor_idx = torch.nonzero(pos, as_tuple=True)
         target_deltas = self.box_coder.encode(anchors[anchor_idx], gt_pad[img, matches[img, anchor_idx]])  # [#pos, 4]
         loss_box = smooth_l1_sum(pred_deltas[img, anchor_idx], target_deltas, self.smooth_l1_beta) / num_sampled
