@@ -173,6 +173,21 @@ def test_vgg16_file_loads_features_fc6_fc7(tmp_path):
     assert "classifier.3.weight is [16, 15], expected [16, 16]" in str(info.value)
 
 
+def test_from_preset_loads_a_backbone_file(tmp_path):
+    """``FasterRCNN.from_preset(..., backbone_weights=PATH)``: the public way in (vgg16, classifier shrunk)."""
+    from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+
+    shrunk = {"classifier.0.weight": [16, 512], "classifier.0.bias": [16], "classifier.3.weight": [16, 16], "classifier.3.bias": [16], "classifier.6.weight": [1000, 16]}
+    state = random_state(key_layout("vgg16"), seed=2, **shrunk)
+    model = FasterRCNN.from_preset("vgg16", num_classes=3, representation_size=16, box_pool_size=1, backbone_weights=save(tmp_path, state))
+    loaded = dict(model.named_parameters())
+    for ours, theirs in [("backbone.features.0.weight", "features.0.weight"), ("backbone.features.28.bias", "features.28.bias"),
+                         ("roi_heads.box_head.fc6.weight", "classifier.0.weight"), ("roi_heads.box_head.fc7.bias", "classifier.3.bias")]:  # fmt: skip
+        assert torch.equal(loaded[ours], state[theirs]), ours
+    with pytest.raises(DataError, match="missing.pth: weights file not found"):
+        FasterRCNN.from_preset("vgg16", num_classes=3, backbone_weights=tmp_path / "missing.pth")
+
+
 @pytest.fixture(scope="module")
 def resnet50_file(tmp_path_factory):
     state = random_state(key_layout("resnet50"), seed=1)

@@ -53,6 +53,30 @@ def test_presets_exist_and_paper_values():
     assert (train.lr, train.momentum, train.weight_decay) == (0.001, 0.9, 0.0005)
 
 
+def test_the_paper_preset_builds_the_papers_model():
+    """Every value the paper fixes, read off the built vgg16 model (not only its config)."""
+    torch.manual_seed(0)
+    model = FasterRCNN.from_preset("vgg16", num_classes=20)
+    rpn, heads = model.rpn, model.roi_heads
+    assert (rpn.anchor_generator.sizes, rpn.anchor_generator.aspect_ratios) == (((128.0, 256.0, 512.0),), ((0.5, 1.0, 2.0),))
+    assert rpn.head.cls_logits.out_channels == 9 and rpn.head.bbox_pred.out_channels == 36
+    matcher = rpn.proposal_matcher
+    assert (matcher.high_threshold, matcher.low_threshold, matcher.allow_low_quality_matches) == (0.7, 0.3, True)
+    assert (rpn.batch_size_per_image, rpn.positive_fraction, rpn.nms_thresh, rpn.ignore_cross_boundary) == (256, 0.5, 0.7, True)
+    assert rpn.smooth_l1_beta == 1 / 9 and rpn.box_coder.weights == (1.0, 1.0, 1.0, 1.0)
+    assert (heads.proposal_matcher.high_threshold, heads.bg_iou_low) == (0.5, 0.1)
+    assert (heads.batch_size_per_image, heads.positive_fraction, heads.box_coder.weights) == (128, 0.25, (10.0, 10.0, 5.0, 5.0))
+    assert (heads.score_thresh, heads.nms_thresh, heads.detections_per_img, heads.smooth_l1_beta) == (0.05, 0.3, 100, 1.0)
+    pooler = heads.box_roi_pool.pooler
+    assert type(pooler).__name__ == "RoIPool" and (pooler.output_size, pooler.spatial_scale) == ((7, 7), 1 / 16)
+    fc6, fc7 = heads.box_head.fc6, heads.box_head.fc7
+    assert (fc6.in_features, fc6.out_features, fc7.out_features) == (512 * 7 * 7, 4096, 4096)
+    assert (heads.box_predictor.cls_score.out_features, heads.box_predictor.bbox_pred.out_features) == (21, 84)
+    frozen = sorted({name.rsplit(".", 1)[0] for name, p in model.backbone.named_parameters() if not p.requires_grad})
+    assert frozen == ["features.0", "features.2", "features.5", "features.7"]  # conv1_1 .. conv2_2
+    assert (model.transform.min_size, model.transform.max_size) == (600, 1000)
+
+
 def test_submodule_names_follow_torchvision():
     keys = list(tiny().state_dict())
     for k in ["rpn.head.conv.0.0.weight", "rpn.head.cls_logits.weight", "rpn.head.bbox_pred.bias", "roi_heads.box_head.fc6.weight", "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.bias"]:
@@ -68,6 +92,7 @@ def test_train_and_eval_batch_of_different_sizes():
     images = [torch.rand(3, 200, 260), torch.rand(3, 150, 120), torch.rand(3, 300, 310)]
     originals = [img.clone() for img in images]
     targets = [target([[10, 20, 90, 100], [100, 50, 200, 140]], [1, 2]), target([[5, 5, 60, 70]], [3]), target([[40, 40, 300, 290]], [2])]
+    original_targets = [{k: v.clone() for k, v in t.items()} for t in targets]
     model.train()
     losses = model(images, targets, generator=torch.Generator().manual_seed(0))
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
@@ -85,7 +110,9 @@ def test_train_and_eval_batch_of_different_sizes():
         assert bool((det["boxes"][:, 2] <= w).all() and (det["boxes"][:, 3] <= h).all())
         assert bool(((det["labels"] >= 1) & (det["labels"] <= 3)).all())
         assert bool((det["scores"][:-1] >= det["scores"][1:]).all())
-    assert all(torch.equal(a, b) for a, b in zip(images, originals))
+    assert all(torch.equal(a, b) for a, b in zip(images, originals))  # inputs are never modified in place
+    for t, o in zip(targets, original_targets):
+        assert t.keys() == o.keys() and all(torch.equal(t[k], o[k]) for k in o)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "vgg16"])  # vgg16: the paper's border flag on, RoIPool
@@ -132,7 +159,7 @@ def test_state_dict_round_trip_gives_identical_outputs():
 @pytest.mark.parametrize(
     "images, targets, message",
     [
-        ([torch.rand(3, 32, 32)], None, "targets"),
+        ([torch.rand(3, 32, 32)], None, r"training mode needs targets"),
         ([torch.rand(3, 32, 32), torch.rand(1, 32, 32)], [target([[1, 1, 5, 5]], [1])] * 2, "image 1"),
         ([torch.rand(3, 32, 32), torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)], [target([[1, 1, 5, 5]], [1])] * 2, "image 1"),
         ([torch.rand(3, 32, 32), torch.full((3, 32, 32), float("nan"))], [target([[1, 1, 5, 5]], [1])] * 2, "image 1: contains non-finite"),
@@ -164,7 +191,7 @@ def test_overfits_a_few_generated_images():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
     model.train()
     totals = []
-    for it in range(150):
+    for it in range(300):  # "a few hundred iterations"
         for group in optimizer.param_groups:
             group["lr"] = 0.02 * min(1.0, (it + 1) / 20)
         losses = model(images, targets)

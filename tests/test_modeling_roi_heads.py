@@ -108,6 +108,18 @@ def test_loss_uses_the_class_specific_deltas():
     assert math.isclose(float(loss_box), (0.5 + 1.5) / 2, rel_tol=1e-6)
 
 
+def test_postprocess_keeps_the_detections_per_img_best():
+    heads = make_heads().eval()
+    x = torch.arange(150, dtype=torch.float32) * 20  # 150 disjoint boxes, no NMS between them
+    proposals = [torch.stack([x, torch.zeros(150), x + 10, torch.full((150,), 10.0)], dim=1)]
+    logits = torch.zeros(150, 3)
+    logits[:, 1] = torch.linspace(1.0, 4.0, 150)  # class 1 scores rise with the box index
+    dets = heads.postprocess_detections(logits, torch.zeros(150, 12), proposals, [(10, 3000)])[0]
+    assert len(dets["boxes"]) == 100
+    assert torch.equal(dets["boxes"], proposals[0].flip(0)[:100])  # the 100 best, by decreasing score
+    assert torch.equal(dets["labels"], torch.ones(100, dtype=torch.int64))
+
+
 def test_loss_of_no_sampled_roi_is_zero_not_nan():
     logits = torch.zeros(0, 3, requires_grad=True)
     deltas = torch.zeros(0, 12, requires_grad=True)
