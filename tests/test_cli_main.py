@@ -136,7 +136,7 @@ def test_eval_and_predict_with_amp(voc_run, voc_root, tmp_path, capsys):
     assert main(args + ["--amp-dtype", "bf16"]) == 2
     assert capsys.readouterr().err == "fasterrcnn: error: --amp-dtype goes with --amp\n"
     assert main(args + ["--amp", "--amp-dtype", "fp16"]) == 2
-    assert capsys.readouterr().err == "fasterrcnn: error: mixed precision on the CPU runs in bf16 only (got 'fp16'); use --amp-dtype bf16\n"
+    assert capsys.readouterr().err == "fasterrcnn: error: mixed precision on the CPU runs in bf16 only (got 'fp16'); use bf16 (--amp-dtype bf16)\n"
 
 
 def test_coco_train_eval_predict(coco_json, voc_root, tmp_path):

@@ -109,7 +109,7 @@ def autocast_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
         raise ConfigError(f"mixed precision is one of {', '.join(AMP_DTYPES)}, got {amp!r}")
     dtype = AMP_DTYPES[amp]
     if device.type == "cpu" and dtype != torch.bfloat16:
-        raise ConfigError(f"mixed precision on the CPU runs in bf16 only (got {amp!r}); use --amp-dtype bf16")
+        raise ConfigError(f"mixed precision on the CPU runs in bf16 only (got {amp!r}); use bf16 (--amp-dtype bf16)")
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"{device} does not support bf16; use --amp-dtype fp16")
     if device.type not in ("cpu", "cuda"):
