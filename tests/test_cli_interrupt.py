@@ -128,8 +128,8 @@ def test_signal_saves_a_checkpoint_and_resume_ends_with_the_same_weights(voc_roo
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_to_the_process_group_with_loader_workers(voc_root, tmp_path, signum):
     """Ctrl-C in a terminal, ``kill -- -PGID``, systemd and Slurm signal every process of the run, the
-    data-loading workers too: the workers leave it to the main process, which still saves a checkpoint,
-    and no worker outlives the run."""
+    data-loading workers too (SIGTERM ends them): the main process still saves a checkpoint and exits
+    cleanly, and no worker outlives the run."""
     out = tmp_path / "run"
     process = spawn(["-m", "fasterrcnn", *train_args(voc_root, out), "--num-workers", "2"], start_new_session=True)
 

@@ -182,3 +182,33 @@ def test_data_error_of_a_sample_reaches_the_caller_unchanged(workers):
     with pytest.raises(DataError) as info:
         list(loader)
     assert str(info.value) == "/data/4.jpg: cannot read image (truncated)"
+
+
+LEAVE_WORKERS_RUNNING = """
+import torch
+from fasterrcnn.data.loader import build_loader
+
+class Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+    def image_size(self, i):
+        return (16, 16)
+    def __getitem__(self, i):
+        return torch.zeros(3, 16, 16), {"boxes": torch.tensor([[0.0, 0.0, 1.0, 1.0]]), "labels": torch.tensor([1])}
+
+batches = iter(build_loader(Images(), batch_size=2, shuffle=True, num_workers=2))
+next(batches)
+print("one batch", flush=True)
+"""
+
+
+def test_a_process_that_leaves_its_workers_running_still_exits(tmp_path):
+    """At exit, Python's multiprocessing ends the (persistent) workers still running with SIGTERM and
+    waits for them: a worker that ignored SIGTERM would hang the process for ever."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_WORKERS_RUNNING)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "one batch\n", done.stderr

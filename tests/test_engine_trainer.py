@@ -184,3 +184,44 @@ def test_metrics_jsonl_is_one_json_object_per_line(voc_root, tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
     assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]
+
+
+class StoppedWithItsWorker(VOCDataset):
+    """In a data-loading worker, its 5th sample (the first of the 3rd batch) is never delivered: after a
+    pause (the main process runs out of batches and waits), the worker sends SIGTERM to the main process
+    and to itself, as a signal to the whole process group does."""
+
+    loaded = 0
+
+    def __getitem__(self, index):
+        if torch.utils.data.get_worker_info() is not None:
+            StoppedWithItsWorker.loaded += 1
+            if StoppedWithItsWorker.loaded == 5:
+                import signal
+                import time
+
+                time.sleep(1.0)
+                os.kill(os.getppid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+        return super().__getitem__(index)
+
+
+def test_a_signal_that_also_ends_the_workers_stops_before_the_missing_batch(voc_root, tmp_path):
+    import signal
+
+    from fasterrcnn.engine.trainer import TrainingInterrupted
+
+    dataset = StoppedWithItsWorker(voc_root, split="train")
+    torch.manual_seed(0)
+    trainer = Trainer(
+        FakeDetector(len(dataset.classes)), dataset, config=replace(CONFIG, hflip_prob=0.0), output_dir=tmp_path,
+        run_config={"preset": "fake", "model": {}, "train": {}}, class_names=dataset.classes, num_workers=1, quiet=True,
+    )  # fmt: skip
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGCHLD)}
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.train()
+    assert (info.value.signum, info.value.iteration) == (signal.SIGTERM, 2)  # the 3rd batch never came
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 2
+    # SIGTERM and SIGCHLD (PyTorch's, once its first worker started) are handled as before
+    assert signal.getsignal(signal.SIGTERM) == handlers[signal.SIGTERM]
+    assert signal.getsignal(signal.SIGCHLD).__module__ == "torch.utils.data._utils.signal_handling"

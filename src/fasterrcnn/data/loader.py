@@ -97,15 +97,13 @@ def collate(batch):
 
 
 def ignore_interrupts(worker_id: int = 0) -> None:
-    """``worker_init_fn`` of data-loading workers: SIGINT and SIGTERM are the main process's business.
+    """``worker_init_fn`` of data-loading workers: a Ctrl-C (SIGINT) is the main process's business.
 
-    Ctrl-C, ``kill -- -PGID``, systemd and Slurm signal every process of a run. A worker killed by
-    one would end the main process with "DataLoader worker exited unexpectedly" before it saves its
-    checkpoint; ignoring them, the workers go on until the main process shuts the loader down (and
-    they exit by themselves if the main process dies).
+    SIGTERM keeps its default action: Python's multiprocessing ends the workers still running at
+    exit with it (and waits for them). When a SIGTERM sent to the whole process group ends them
+    during training, the trainer still stops cleanly (``engine/interrupt.py``).
     """
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class EpochSampler(Sampler[int]):

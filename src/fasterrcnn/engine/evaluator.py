@@ -86,7 +86,7 @@ def run_inference(
         progress = progress and distributed.is_main_process()
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
-        worker_init_fn=ignore_interrupts if num_workers > 0 else None,  # signals are the trainer's to handle
+        worker_init_fn=ignore_interrupts if num_workers > 0 else None,  # Ctrl-C is the trainer's to handle
     )  # fmt: skip
     was_training = model.training
     model.eval()

@@ -11,6 +11,12 @@ that scripts and schedulers see that the run did not finish. A second signal rai
 ``KeyboardInterrupt`` at once (a checkpoint being written is then abandoned and the previous one
 stays whole).
 
+A signal sent to the whole process group (``kill -- -PGID``, systemd, Slurm) also ends the
+data-loading workers (they ignore only SIGINT). PyTorch's SIGCHLD handler would then raise
+"DataLoader worker ... killed" anywhere in the iteration being finished, so after the first signal
+``StopRequest`` takes SIGCHLD over (until it exits): the workers' end is expected. If the loop was
+waiting for a batch from them, the trainer stops before that iteration instead.
+
 Nothing is printed from the handler itself (a handler can run in the middle of a ``print``).
 """
 
@@ -69,3 +75,10 @@ class StopRequest:
         if self.signum is not None:
             raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice: stopping now")
         self.signum = signum
+        if hasattr(signal, "SIGCHLD"):  # not on Windows
+            self._previous.setdefault(signal.SIGCHLD, signal.getsignal(signal.SIGCHLD))
+            signal.signal(signal.SIGCHLD, _expected_child_exit)
+
+
+def _expected_child_exit(signum, frame) -> None:
+    """SIGCHLD after a stop request: a data-loading worker ended by the same signal; nothing to raise."""

@@ -381,7 +381,9 @@ class Trainer:
         while state.iteration < self.max_iters:
             self.loader.batch_sampler.set_epoch(state.epoch, start_batch=state.epoch_iteration)
             start = time.perf_counter()
-            for images, targets in self.loader:
+            batches = iter(self.loader)
+            while (batch := self._next_batch(batches)) is not None:
+                images, targets = batch
                 images = [image.to(self.device, non_blocking=True) for image in images]
                 targets = _to_device(targets, self.device)
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -431,6 +433,22 @@ class Trainer:
                 start = time.perf_counter()
             state.epoch += 1
             state.epoch_iteration = 0
+
+    def _next_batch(self, batches):
+        """The loader's next batch, or None at the end of the epoch.
+
+        A signal sent to the whole process group stops the data-loading workers too (engine/interrupt.py):
+        when the loop was waiting for their batch, it stops here, before an iteration it cannot run.
+        """
+        try:
+            return next(batches)
+        except StopIteration:
+            return None
+        except RuntimeError:
+            if self._stop.signum is None:
+                raise
+            self.save("last.pt")
+            raise TrainingInterrupted(self._stop.signum, self.state.iteration, self.checkpoint_dir / "last.pt") from None
 
     def _sampling_generators(self, count: int) -> list[torch.Generator]:
         """One CPU generator per image of this process's batch, seeded by (seed, iteration, global position)."""
