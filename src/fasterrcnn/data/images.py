@@ -227,15 +227,12 @@ def check_image(path, size: tuple[int, int] | None = None, annotation=None) -> t
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             with Image.open(path) as im:
-                width, height = im.size
-                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                stored, oriented = _header_sizes(im)
                 marker = _END_MARKERS.get(im.format)
                 if marker is not None and not _ends_with(path, marker):
                     im.load()  # truncated (raises), or valid with bytes after the end marker
     except _READ_ERRORS as exc:
         raise _read_error(path, exc) from None
-    stored = (height, width)
-    oriented = (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else stored
     if size is None:
         return oriented
     actual = stored if _use_stored_grid(oriented, size) else oriented
@@ -259,13 +256,17 @@ def image_size(path) -> tuple[int, int]:
     """
     try:
         with Image.open(path) as im:
-            width, height = im.size
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+            return _header_sizes(im)[1]
     except _READ_ERRORS as exc:
         raise _read_error(path, exc) from None
-    if orientation in _TRANSPOSING_ORIENTATIONS:
-        return width, height
-    return height, width
+
+
+def _header_sizes(im: Image.Image) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(h, w)`` of an opened image's stored pixel grid, and after its EXIF orientation (5-8 swap them)."""
+    width, height = im.size
+    stored = (height, width)
+    oriented = (width, height) if im.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS else stored
+    return stored, oriented
 
 
 __all__ = ["check_image", "image_size", "load_annotated_image", "load_image", "reduction_factor"]
