@@ -17,7 +17,8 @@ on earlier epochs, or on torch's global RNG (which the loader leaves untouched).
   holds over bad images too (see ``data/bad_images.py``).
 - Worker processes ignore SIGINT: a Ctrl-C in the terminal reaches the whole process group, and
   the main process (the trainer) decides when to stop, after which it ends the workers. SIGTERM
-  keeps its default (multiprocessing ends workers with it): send it to the main process only.
+  keeps its default (multiprocessing ends workers with it); one sent to the whole group ends the
+  workers at once, and the trainer still stops cleanly (``engine/interrupt.py``).
 - Data parallel (``num_replicas`` > 1): every process builds the same global batches of
   ``batch_size * num_replicas`` indices and takes its slice (``ShardedBatchSampler``), so the
   processes see disjoint shards of exactly the batches one process would see with the global batch
