@@ -81,13 +81,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_common(p: argparse.ArgumentParser, *, device_default: str = "auto") -> None:
+def _add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument(
         "--device",
-        default=device_default,
-        help="where to run: 'cpu', 'cuda', 'cuda:1', ... or 'auto' (CUDA when available, else CPU) "
-        f"(default: {device_default})",
+        default=default,
+        help=f"where to run: 'cpu', 'cuda', 'cuda:1', ... or 'auto' (CUDA when available, else CPU) (default: {default})",
     )
+
+
+def _add_common(p: argparse.ArgumentParser, *, device_default: str = "auto") -> None:
+    _add_device(p, device_default)
     p.add_argument(
         "--num-workers",
         type=_nonnegative_int,
@@ -773,8 +776,7 @@ def _image_files(inputs: list[str]) -> list[Path]:
 def cmd_predict(args) -> int:
     import torch
 
-    from fasterrcnn.data.images import image_size, load_image, reduction_factor
-    from fasterrcnn.detector import Detector
+    from fasterrcnn.detector import Detector, in_original_pixels
     from fasterrcnn.evaluation import detections_to_results, save_results
     from fasterrcnn.io import atomic_save
     from fasterrcnn.visualize import draw_detections
@@ -796,14 +798,13 @@ def cmd_predict(args) -> int:
     for path in files:
         # An image much larger than the model's input is decoded at a reduced size (memory); its
         # picture is drawn at that size, its detections.json boxes are in the original pixels.
-        height, width = image_size(path)
-        image = load_image(path, reduce=reduction_factor((height, width), model.transform.min_size, model.transform.max_size))
+        image, size = detector.load(path)
         with torch.inference_mode(), detector.autocast():
             detection = model([image.to(device)])[0]
         keep = detection["scores"] >= args.score_threshold
         detection = {k: v[keep].cpu() for k, v in detection.items()}
-        scale = torch.tensor([width / image.shape[2], height / image.shape[1]] * 2)
-        results.extend(detections_to_results(path.stem, {**detection, "boxes": detection["boxes"] * scale}, class_names, label_to_category_id))
+        original = {**detection, "boxes": in_original_pixels(detection["boxes"], image, size)}
+        results.extend(detections_to_results(path.stem, original, class_names, label_to_category_id))
         picture = draw_detections(image, detection["boxes"], detection["labels"], detection["scores"], class_names)
         atomic_save(output / f"{path.stem}.jpg", lambda f: picture.save(f, format="JPEG", quality=92))
         if not args.quiet:

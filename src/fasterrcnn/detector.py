@@ -42,7 +42,7 @@ from PIL import Image
 
 from fasterrcnn.errors import ConfigError, DataError
 
-__all__ = ["AMP_DTYPES", "Detection", "Detector", "autocast_dtype", "resolve_device"]
+__all__ = ["AMP_DTYPES", "Detection", "Detector", "autocast_context", "autocast_dtype", "in_original_pixels", "resolve_device"]
 
 ImageInput = Union[str, Path, BinaryIO, Image.Image, np.ndarray, torch.Tensor]
 
@@ -115,6 +115,20 @@ def autocast_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"mixed precision is supported on cpu and cuda devices, not {device.type}")
     return dtype
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """``torch.autocast`` on ``device`` in ``dtype`` (from ``autocast_dtype``); a no-op for None (float32)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def in_original_pixels(boxes: torch.Tensor, tensor: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """xyxy ``boxes`` on ``tensor`` [3, h, w] (an image decoded reduced) -> pixels of the original image of
+    ``size`` (H, W); unchanged when ``size`` is None or the image was decoded whole."""
+    if size is None or tuple(size) == tuple(tensor.shape[1:]):
+        return boxes
+    scale = [size[1] / tensor.shape[2], size[0] / tensor.shape[1]] * 2
+    return boxes * torch.tensor(scale, dtype=boxes.dtype, device=boxes.device)
 
 
 def to_image_tensor(image: ImageInput) -> torch.Tensor:
@@ -259,23 +273,23 @@ class Detector:
         if not images:
             return []
         dtype = next(self.model.parameters()).dtype
-        loaded = [self._load(img) for img in images]
+        loaded = [self.load(img) for img in images]
         tensors = [tensor.to(self.device, dtype) for tensor, _ in loaded]
         with torch.inference_mode(), self.autocast():
             outputs = self.model(tensors)
         for output, (tensor, size) in zip(outputs, loaded):
-            if size is not None and tuple(size) != tuple(tensor.shape[1:]):  # decoded reduced: back to the file's pixels
-                scale = [size[1] / tensor.shape[2], size[0] / tensor.shape[1]] * 2
-                output["boxes"] = output["boxes"] * torch.tensor(scale, dtype=output["boxes"].dtype, device=output["boxes"].device)
+            output["boxes"] = in_original_pixels(output["boxes"], tensor, size)
         results = [self._detections(out, score_threshold) for out in outputs]
         return results if batch else results[0]
 
     def autocast(self) -> torch.autocast:
         """The context the model runs in: ``torch.autocast`` in the ``amp`` dtype, a no-op without ``amp``."""
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        return autocast_context(self.device, self.amp_dtype)
 
-    def _load(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int] | None]:
-        """``(tensor, original (h, w))``: a path or file is decoded reduced when it is large (see the module docstring)."""
+    def load(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """``(tensor, original (h, w) or None)`` of one image as ``detect`` reads it: a path or file is
+        decoded reduced when it is large (see the module docstring); other forms are used as given (None).
+        ``in_original_pixels`` maps the model's boxes on ``tensor`` back to the original image."""
         if not isinstance(image, (str, Path)) and not _is_file(image):
             return to_image_tensor(image), None
         from fasterrcnn.data.images import image_size, load_image, reduction_factor

@@ -225,7 +225,7 @@ def _port(text: str) -> int:
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to ``subparsers`` (the result of ``add_subparsers``)."""
-    from fasterrcnn.cli import INFERENCE_AMP_HELP, _add_amp, _positive_int  # the command line's definitions
+    from fasterrcnn.cli import INFERENCE_AMP_HELP, _add_amp, _add_device, _positive_int  # the command line's definitions
 
     p = subparsers.add_parser(
         "serve",
@@ -237,11 +237,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="CKPT", help="a checkpoint written by 'fasterrcnn train'")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=_port, default=8000, help="port to listen on (default: 8000)")
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="where to run: 'cpu', 'cuda', 'cuda:1', ... or 'auto' (CUDA when available, else CPU) (default: auto)",
-    )
+    _add_device(p)
     p.add_argument(
         "--max-upload-bytes",
         type=_positive_int,

@@ -74,6 +74,7 @@ def run_inference(
     from tqdm import tqdm
 
     from fasterrcnn.data.loader import collate, ignore_interrupts
+    from fasterrcnn.detector import autocast_context
     from fasterrcnn.engine import distributed
     from fasterrcnn.evaluation import detections_to_results
 
@@ -91,7 +92,7 @@ def run_inference(
     was_training = model.training
     model.eval()
     per_image: list[list[dict]] = []  # results of every image, in loader order
-    autocast = torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    autocast = autocast_context(torch.device(device), amp_dtype)
     try:
         for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
             with autocast:

@@ -70,7 +70,7 @@ from typing import Any
 import torch
 
 from fasterrcnn.config import TrainConfig
-from fasterrcnn.detector import AMP_DTYPES, autocast_dtype
+from fasterrcnn.detector import AMP_DTYPES, autocast_context, autocast_dtype
 from fasterrcnn.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
 from fasterrcnn.engine.schedule import WarmupStepLR
@@ -389,7 +389,7 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 saved = [b.clone() for b in statistics]
                 kwargs = {"generator": self._sampling_generators(len(images))} if self.per_image_generators else {}
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                with autocast_context(self.device, self.amp_dtype):
                     loss_dict = self.train_model(images, targets, **kwargs)
                 loss = sum(loss_dict.values())
                 values = self._mean_over_processes(loss_dict)
@@ -426,8 +426,7 @@ class Trainer:
                 if state.iteration % config.checkpoint_every == 0:
                     self.save(f"iter_{state.iteration:07d}.pt", "last.pt")
                 if self._stop_requested():  # SIGINT / SIGTERM: stop here, resumable
-                    self.save("last.pt")
-                    raise TrainingInterrupted(self._stop.signum, state.iteration, self.checkpoint_dir / "last.pt")
+                    raise self._interrupted()
                 if state.iteration >= self.max_iters:
                     return
                 start = time.perf_counter()
@@ -447,8 +446,12 @@ class Trainer:
         except RuntimeError:
             if self._stop.signum is None:
                 raise
-            self.save("last.pt")
-            raise TrainingInterrupted(self._stop.signum, self.state.iteration, self.checkpoint_dir / "last.pt") from None
+            raise self._interrupted() from None
+
+    def _interrupted(self) -> TrainingInterrupted:
+        """Writes ``last.pt`` (the iterations done so far) and returns the exception that ends the loop."""
+        self.save("last.pt")
+        return TrainingInterrupted(self._stop.signum, self.state.iteration, self.checkpoint_dir / "last.pt")
 
     def _sampling_generators(self, count: int) -> list[torch.Generator]:
         """One CPU generator per image of this process's batch, seeded by (seed, iteration, global position)."""
