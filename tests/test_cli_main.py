@@ -68,7 +68,8 @@ def test_train_writes_the_run_folder(voc_run, voc_root):
     assert config["preset"] == "tiny" and config["model"]["min_size"] == 64 and config["model"]["num_classes"] == 5
     assert config["train"]["max_iters"] == 4 and config["train"]["batch_size"] == 2
     assert config["class_names"] == list(SYNTHETIC_CLASSES)
-    assert config["data"]["val_split"] == "test" and config["data"]["metric"] == "voc"
+    assert config["data"]["train"] == {"format": "voc", "path": str(voc_root), "split": "train"}
+    assert config["data"]["val"] == {"format": "voc", "path": str(voc_root), "split": "test"} and config["data"]["metric"] == "voc"
     records = read_metrics(voc_run / "metrics.jsonl")
     train = [r for r in records if r["type"] == "train"]
     assert [r["iteration"] for r in train] == [1, 2, 3, 4]
@@ -98,7 +99,10 @@ def test_eval_weights_then_detections(voc_run, voc_root, tmp_path, capsys):
     args = ["eval", "--detections", str(out / "detections.json"), "--data", str(voc_root), "--output", str(again)]
     assert main(args + ["--classes", ",".join(SYNTHETIC_CLASSES), "--metric", "voc"]) == 0
     assert json.loads((again / "metrics.json").read_text())["mAP"] == metrics["mAP"]
-    assert main(args + ["--metric", "coco"]) == 0
+    assert main(args + ["--metric", "coco"]) == 2  # the folder holds the first evaluation's files
+    assert "--overwrite" in capsys.readouterr().err
+    assert json.loads((again / "metrics.json").read_text())["mAP"] == metrics["mAP"]  # untouched
+    assert main(args + ["--metric", "coco", "--overwrite"]) == 0
     coco_metrics = json.loads((again / "metrics.json").read_text())
     assert coco_metrics["metric"] == "coco" and {"AP", "AP50", "AP75"} <= set(coco_metrics)
 
@@ -129,7 +133,7 @@ def test_eval_and_predict_with_amp(voc_run, voc_root, tmp_path, capsys):
     assert runs["bf16"] and runs["float32"]
     assert [d["score"] for d in runs["bf16"]] != [d["score"] for d in runs["float32"]]  # bf16 rounding: it ran in bf16
     out = tmp_path / "pred"
-    args = ["predict", "--weights", weights, str(voc_root / "JPEGImages"), "--output", str(out), "--quiet", "--device", "cpu"]
+    args = ["predict", "--weights", weights, str(voc_root / "JPEGImages"), "--output", str(out), "--quiet", "--device", "cpu", "--overwrite"]
     assert main(args + ["--amp", "--amp-dtype", "bf16", "--score-threshold", "0.0"]) == 0
     assert json.loads((out / "detections.json").read_text())
     capsys.readouterr()
@@ -217,14 +221,13 @@ def test_help_mentions_every_option(capsys):
 
 
 def test_demo_pipeline_with_a_tiny_schedule(tmp_path, monkeypatch, capsys):
-    import fasterrcnn.cli as cli
+    import fasterrcnn.runs.demo_run as demo
 
-    monkeypatch.setattr(cli, "DEMO_NUM_TRAIN", 4)
-    monkeypatch.setattr(cli, "DEMO_NUM_TEST", 2)
-    monkeypatch.setattr(cli, "DEMO_IMAGE_SIZE", (48, 48))
-    monkeypatch.setattr(cli, "DEMO_MODEL", {"min_size": 48, "max_size": 64})
-    monkeypatch.setattr(cli, "DEMO_TRAIN", {"max_iters": 2, "lr_steps": [1], "batch_size": 2})
-    monkeypatch.setattr(cli, "DEMO_NUM_PICTURES", 2)
+    monkeypatch.setattr(demo, "DEMO_NUM_TRAIN", 4)
+    monkeypatch.setattr(demo, "DEMO_NUM_TEST", 2)
+    monkeypatch.setattr(demo, "DEMO_IMAGE_SIZE", (48, 48))
+    monkeypatch.setattr(demo, "DEMO_TRAIN", {"max_iters": 2, "lr_steps": [1], "batch_size": 2})
+    monkeypatch.setattr(demo, "DEMO_NUM_PICTURES", 2)
     assert main(["demo", "--output", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -179,8 +179,8 @@ def test_dockerignore_keeps_the_local_venv_out_and_the_sources_in():
 
     venv = makefile_variables()["VENV"]
     assert ignored(f"{venv}/.installed"), "a local .venv/.installed would make the image's `make venv` do nothing"
-    assert ignored("src/fasterrcnn/__pycache__/cli.cpython-311.pyc")
-    for needed in ("Makefile", "pyproject.toml", "README.md", "src/fasterrcnn/cli.py", "src/fasterrcnn/data/voc.py", "src/fasterrcnn/static/index.html"):
+    assert ignored("src/fasterrcnn/cli/__pycache__/train.cpython-311.pyc")
+    for needed in ("Makefile", "pyproject.toml", "README.md", "src/fasterrcnn/cli/__init__.py", "src/fasterrcnn/data/voc.py", "src/fasterrcnn/static/index.html"):
         assert (ROOT / needed).exists() and not ignored(needed), needed
 
 

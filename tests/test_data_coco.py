@@ -47,7 +47,7 @@ def write_coco(folder, data, image_folder=None, name="instances.json"):
 def test_category_ids_map_to_contiguous_labels_and_back(tmp_path):
     dataset = COCODataset(write_coco(tmp_path, coco_json()))
     assert dataset.cat_id_to_label == {1: 1, 3: 2, 7: 3}
-    assert dataset.label_to_cat_id == {1: 1, 2: 3, 3: 7}
+    assert dataset.label_to_category_id == {1: 1, 2: 3, 3: 7}
     assert dataset.classes == ("one", "three", "seven")
     assert dataset.ids == [2, 5, 9]
     assert [dataset.image_size(i) for i in range(3)] == [(50, 20), (30, 40), (16, 16)]

@@ -288,7 +288,7 @@ def test_amp_runs_the_forward_pass_in_bf16_and_answers_in_float32(detector, imag
 
 
 def test_autocast_dtype_refuses_what_cannot_run():
-    from fasterrcnn.detector import autocast_dtype
+    from fasterrcnn.device import autocast_dtype
 
     cpu = torch.device("cpu")
     assert autocast_dtype(None, cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16

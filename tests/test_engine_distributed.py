@@ -19,7 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from fasterrcnn.cli import build_parser, main, resolve_config
+from fasterrcnn.cli import build_parser, main
+from fasterrcnn.cli.train import overrides_of
+from fasterrcnn.runs.training import resolve_run_config
 from fasterrcnn.config import ModelConfig, TrainConfig, from_dict
 from fasterrcnn.data.loader import EpochSampler, GroupedBatchSampler, ShardedBatchSampler, build_loader, mix_seed
 from fasterrcnn.data.synthetic import write_synthetic_voc
@@ -369,10 +371,10 @@ def test_cli_options(tmp_path):
     for option in ("--amp", "--amp-dtype", "--sync-bn", "--no-scale-lr", "torchrun"):
         assert option in text, option
     args = parser.parse_args(["train", "--data", "x", "--preset", "tiny", "--output", str(tmp_path), "--amp", "--amp-dtype", "fp16", "--sync-bn", "--no-scale-lr"])
-    _, _, train = resolve_config(args)
+    _, _, train = resolve_run_config(args.preset, overrides=overrides_of(args))
     assert (train.amp, train.amp_dtype, train.sync_bn, train.scale_lr) == (True, "fp16", True, False)
     args = parser.parse_args(["train", "--data", "x", "--preset", "tiny", "--output", str(tmp_path)])
-    _, _, train = resolve_config(args)
+    _, _, train = resolve_run_config(args.preset, overrides=overrides_of(args))
     assert (train.amp, train.amp_dtype, train.sync_bn, train.scale_lr) == (False, "bf16", False, True)
 
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from fasterrcnn.config import TrainConfig, replace
+from fasterrcnn.config import ModelConfig, TrainConfig, replace
 from fasterrcnn.data.synthetic import write_synthetic_voc
 from fasterrcnn.data.transforms import RandomHorizontalFlip
 from fasterrcnn.data.voc import VOCDataset
-from fasterrcnn.engine.checkpoint import load_checkpoint
+from fasterrcnn.engine.checkpoint import Checkpoint, load_checkpoint
 from fasterrcnn.engine.evaluator import evaluate_model
 from fasterrcnn.engine.logging import read_metrics
-from fasterrcnn.engine.trainer import NonFiniteLossError, Trainer
+from fasterrcnn.engine.trainer import NonFiniteLossError, Trainer, TrainingFailed
 from fasterrcnn.errors import ConfigError
 
 
@@ -26,6 +26,7 @@ class FakeDetector(nn.Module):
 
     def __init__(self, num_classes: int = 5, nan_after: int | None = None):
         super().__init__()
+        self.config = ModelConfig(backbone="tiny", num_classes=num_classes)  # what checkpoints record
         self.conv = nn.Conv2d(3, 4, 3)
         self.head = nn.Linear(4 + 4, num_classes + 1)
         self.generator = torch.Generator()
@@ -69,7 +70,7 @@ def make_trainer(voc_root, output_dir, *, config: TrainConfig, model=None, evalu
         dataset,
         config=config,
         output_dir=output_dir,
-        run_config={"preset": "fake", "model": {}, "train": {}},
+        preset="fake",
         class_names=dataset.classes,
         evaluate=evaluate,
         quiet=True,
@@ -120,7 +121,8 @@ def test_resume_gives_identical_weights(voc_root, tmp_path):
     # a fresh process state: different global RNG, different model init
     torch.manual_seed(1234)
     resumed = make_trainer(voc_root, tmp_path / "half", config=CONFIG, model=FakeDetector(5))
-    resumed.resume(tmp_path / "half" / "checkpoints" / "last.pt")
+    last = tmp_path / "half" / "checkpoints" / "last.pt"
+    resumed.resume(Checkpoint.read(last), last)
     assert resumed.state.iteration == 4 and resumed.state.epoch == 1 and resumed.state.epoch_iteration == 1
     resumed.train()
 
@@ -137,13 +139,15 @@ def test_resume_gives_identical_weights(voc_root, tmp_path):
 def test_nonfinite_losses_skip_steps_then_stop(voc_root, tmp_path):
     config = replace(CONFIG, max_iters=20, checkpoint_every=2, max_nonfinite_steps=3)
     trainer = make_trainer(voc_root, tmp_path, config=config, model=FakeDetector(5, nan_after=3))
-    with pytest.raises(NonFiniteLossError, match="3 consecutive iterations"):
+    with pytest.raises(TrainingFailed, match="^training stopped at iteration 6: the loss .* 3 consecutive iterations") as info:
         trainer.train()
-    # iterations 4, 5, 6 were non-finite: weights did not change after iteration 3
+    assert isinstance(info.value.__cause__, NonFiniteLossError)
+    # iterations 4, 5, 6 were non-finite: the weights did not change after iteration 3, and last.pt has them
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert state["iteration"] == 4  # written after the skipped iteration 4, weights of iteration 3
+    assert state["iteration"] == 6 and info.value.checkpoint == tmp_path / "checkpoints" / "last.pt"
+    before = load_checkpoint(tmp_path / "checkpoints" / "iter_0000004.pt")  # after the skipped iteration 4
     for name, param in trainer.model.named_parameters():
-        assert torch.equal(param, state["model"][name]), name
+        assert torch.equal(param, state["model"][name]) and torch.equal(param, before["model"][name]), name
         assert torch.isfinite(param).all()
     skips = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "skip"]
     assert [(r["iteration"], r["consecutive"]) for r in skips] == [(4, 1), (5, 2), (6, 3)]
@@ -215,7 +219,7 @@ def test_a_signal_that_also_ends_the_workers_stops_before_the_missing_batch(voc_
     torch.manual_seed(0)
     trainer = Trainer(
         FakeDetector(len(dataset.classes)), dataset, config=replace(CONFIG, hflip_prob=0.0), output_dir=tmp_path,
-        run_config={"preset": "fake", "model": {}, "train": {}}, class_names=dataset.classes, num_workers=1, quiet=True,
+        preset="fake", class_names=dataset.classes, num_workers=1, quiet=True,
     )  # fmt: skip
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGCHLD)}
     with pytest.raises(TrainingInterrupted) as info:

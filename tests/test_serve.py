@@ -15,7 +15,7 @@ from PIL import Image
 from test_detector import CLASS_NAMES, IMAGE_SIZE, write_predictable_checkpoint, write_test_image
 
 from fasterrcnn.detector import Detection, Detector
-from fasterrcnn.serve import DEFAULT_MAX_UPLOAD_BYTES, add_serve_parser, create_app, index_html
+from fasterrcnn.serve import DEFAULT_MAX_UPLOAD_BYTES, create_app, index_html
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # recent Starlette asks for httpx2 instead of httpx
@@ -195,8 +195,10 @@ def test_forward_passes_run_one_at_a_time_off_the_event_loop(png):
 def test_serve_subcommand_parses_its_options():
     import argparse
 
+    from fasterrcnn.cli import serve
+
     parser = argparse.ArgumentParser(prog="fasterrcnn")
-    add_serve_parser(parser.add_subparsers(dest="command"))
+    serve.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--weights", "best.pt"])
     assert (args.weights, args.host, args.port, args.device, args.max_upload_bytes) == ("best.pt", "127.0.0.1", 8000, "auto", DEFAULT_MAX_UPLOAD_BYTES)
     args = parser.parse_args(["serve", "--weights", "w.pt", "--host", "0.0.0.0", "--port", "9001", "--max-upload-bytes", "1000"])
@@ -204,7 +206,7 @@ def test_serve_subcommand_parses_its_options():
     assert (args.amp, args.amp_dtype) == (False, None)
     args = parser.parse_args(["serve", "--weights", "w.pt", "--amp", "--amp-dtype", "fp16"])
     assert (args.amp, args.amp_dtype) == (True, "fp16")
-    assert args.func.__name__ == "run_serve"
+    assert args.func is serve.run
 
 
 def test_fasterrcnn_serve_is_a_subcommand_of_the_cli(tmp_path, monkeypatch, capsys):
@@ -233,4 +235,4 @@ def test_fasterrcnn_serve_is_a_subcommand_of_the_cli(tmp_path, monkeypatch, caps
     assert "serving model.pt (3 classes, cpu, bf16) on http://127.0.0.1:8000" in capsys.readouterr().out
     with TestClient(served["app"]) as client:
         assert client.get("/health").json()["amp"] == "bfloat16"
-    assert build_parser().parse_args(["serve", "--weights", "w.pt"]).func.__name__ == "run_serve"
+    assert build_parser().parse_args(["serve", "--weights", "w.pt"]).func.__module__ == "fasterrcnn.cli.serve"

@@ -98,6 +98,7 @@ class TrainConfig:
     seed: int = 0  # data order, flips and the model's sampling are a function of (seed, epoch, iteration)
     log_every: int = 20  # iterations per metrics.jsonl / TensorBoard train record (losses averaged)
     checkpoint_every: int = 1000  # iterations between checkpoints/last.pt + iter_XXXXXXX.pt (and at the end)
+    keep_checkpoints: int = 3  # periodic iter_XXXXXXX.pt kept, the newest (last.pt and best.pt always are)
     eval_every: int = 0  # iterations between validation runs (0: only at the end); best.pt by mAP / AP
     max_nonfinite_steps: int = 5  # stop after this many consecutive steps with a NaN / inf loss
     # Several processes (torchrun, engine/distributed.py): global batch = batch_size x processes.
@@ -250,12 +251,13 @@ def _coerce(value):
     return value
 
 
-def from_dict(cls, data: dict[str, Any]):
-    """Build ``cls`` (ModelConfig or TrainConfig) from a dict; unknown keys raise ConfigError."""
+def from_dict(cls, data: dict[str, Any], *, source: str | Path | None = None):
+    """Build ``cls`` (ModelConfig or TrainConfig) from a dict; unknown keys raise ConfigError (naming ``source``)."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        where = f" (in {source})" if source is not None else ""
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}{where}")
     return cls(**{k: _coerce(v) for k, v in data.items()})
 
 
@@ -281,3 +283,19 @@ def load_json(path: str | Path) -> dict[str, Any]:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, f"not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file ``{"preset": NAME, "model": {...}, "train": {...}}`` (JSON); errors name the file."""
+    from fasterrcnn.errors import DataError
+
+    config = load_json(path)
+    if not isinstance(config, dict):
+        raise DataError(path, "expected a JSON object with keys preset, model, train")
+    unknown = sorted(set(config) - {"preset", "model", "train"})
+    if unknown:
+        raise DataError(path, f"unknown key(s) {', '.join(unknown)} (expected preset, model, train)")
+    for section in ("model", "train"):
+        if not isinstance(config.get(section, {}), dict):
+            raise DataError(path, f"'{section}' must be a JSON object of {section} fields")
+    return config

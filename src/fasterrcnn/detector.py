@@ -34,15 +34,19 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
+from fasterrcnn.device import autocast_context, autocast_dtype, resolve_device
 from fasterrcnn.errors import ConfigError, DataError
 
-__all__ = ["AMP_DTYPES", "Detection", "Detector", "autocast_context", "autocast_dtype", "in_original_pixels", "resolve_device"]
+if TYPE_CHECKING:
+    from fasterrcnn.engine.checkpoint import Checkpoint
+
+__all__ = ["Detection", "Detector", "in_original_pixels"]
 
 ImageInput = Union[str, Path, BinaryIO, Image.Image, np.ndarray, torch.Tensor]
 
@@ -77,49 +81,6 @@ class Detection:
     def to_dict(self) -> dict[str, Any]:
         """``{"box": [x1, y1, x2, y2], "label", "class_name", "score"}`` (JSON-ready)."""
         return {"box": list(self.box), "label": self.label, "class_name": self.class_name, "score": self.score}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or ``"auto"``: CUDA when available, else CPU; otherwise the named device.
-
-    Raises ConfigError for a name that is not a device, or CUDA on a machine without it.
-    """
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device {device!r} is not a device (cpu, cuda, cuda:N, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device}: CUDA is not available on this machine")
-    return device
-
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
-    """The ``torch.autocast`` dtype of mixed precision ``amp`` (``"bf16"``, ``"fp16"``, or None: float32) on ``device``.
-
-    Raises ConfigError where it cannot run: fp16 on the CPU, bf16 on a GPU without it, other devices.
-    """
-    if amp is None:
-        return None
-    if amp not in AMP_DTYPES:
-        raise ConfigError(f"mixed precision is one of {', '.join(AMP_DTYPES)}, got {amp!r}")
-    dtype = AMP_DTYPES[amp]
-    if device.type == "cpu" and dtype != torch.bfloat16:
-        raise ConfigError(f"mixed precision on the CPU runs in bf16 only (got {amp!r}); use bf16 (--amp-dtype bf16)")
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"{device} does not support bf16; use --amp-dtype fp16")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"mixed precision is supported on cpu and cuda devices, not {device.type}")
-    return dtype
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
-    """``torch.autocast`` on ``device`` in ``dtype`` (from ``autocast_dtype``); a no-op for None (float32)."""
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def in_original_pixels(boxes: torch.Tensor, tensor: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
@@ -191,40 +152,21 @@ class Detector:
 
     # -- construction --------------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, amp: str | None = None) -> "Detector":
-        """The detector of a checkpoint written by ``fasterrcnn train`` (``model``, ``config``, ``class_names``).
+    def from_checkpoint(
+        cls, checkpoint: "str | Path | Checkpoint", device: str | torch.device | None = None, amp: str | None = None
+    ) -> "Detector":
+        """The detector of a checkpoint written by ``fasterrcnn train`` (or ``compress``): a path, or a
+        ``Checkpoint`` already read (``engine.checkpoint.Checkpoint.read``).
 
         Raises DataError naming the file when it is missing, unsafe, not a checkpoint, or its
         weights do not fit its configuration.
         """
-        from fasterrcnn.engine.checkpoint import load_checkpoint
+        from fasterrcnn.engine.checkpoint import Checkpoint
 
-        return cls.from_checkpoint_state(load_checkpoint(path, map_location="cpu"), path, device, amp)
-
-    @classmethod
-    def from_checkpoint_state(
-        cls, state: dict[str, Any], path: str | Path, device: str | torch.device | None = None, amp: str | None = None
-    ) -> "Detector":
-        """``from_checkpoint`` of a checkpoint dict already loaded from ``path`` (which the errors name)."""
-        from fasterrcnn.config import ModelConfig, from_dict
-        from fasterrcnn.engine.checkpoint import check_model_checkpoint
-        from fasterrcnn.modeling.faster_rcnn import FasterRCNN
-
-        check_model_checkpoint(state, path)
-        try:
-            model_config = from_dict(ModelConfig, state["config"]["model"])
-        except (ConfigError, TypeError) as e:
-            raise DataError(path, f"checkpoint holds an invalid model configuration ({e})") from None
-        class_names = list(state["class_names"])
-        if len(class_names) != model_config.num_classes:
-            raise DataError(path, f"checkpoint has {len(class_names)} class names for {model_config.num_classes} classes")
-        model = FasterRCNN.from_config(model_config)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            first_line = str(e).strip().splitlines()[0]
-            raise DataError(path, f"weights do not fit the checkpoint's model configuration ({first_line})") from None
-        return cls(model, class_names, device=device, label_to_category_id=state.get("label_to_category_id"), amp=amp)
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = Checkpoint.read(checkpoint)
+        model = checkpoint.build_model()
+        return cls(model, checkpoint.class_names, device=device, label_to_category_id=checkpoint.label_to_category_id, amp=amp)
 
     @classmethod
     def from_torchvision(
@@ -279,7 +221,7 @@ class Detector:
             outputs = self.model(tensors)
         for output, (tensor, size) in zip(outputs, loaded):
             output["boxes"] = in_original_pixels(output["boxes"], tensor, size)
-        results = [self._detections(out, score_threshold) for out in outputs]
+        results = [self.as_detections(out, score_threshold) for out in outputs]
         return results if batch else results[0]
 
     def autocast(self) -> torch.autocast:
@@ -300,7 +242,8 @@ class Detector:
             reduce = 1 if transform is None else reduction_factor(size, transform.min_size, transform.max_size)
             return load_image(image, reduce=reduce), size
 
-    def _detections(self, output: dict[str, torch.Tensor], score_threshold: float) -> list[Detection]:
+    def as_detections(self, output: dict[str, torch.Tensor], score_threshold: float = 0.0) -> list[Detection]:
+        """The model's output for one image (``{"boxes", "labels", "scores"}``) as ``Detection``s scoring >= ``score_threshold``."""
         keep = output["scores"] >= score_threshold
         boxes = output["boxes"][keep].cpu().tolist()
         labels = output["labels"][keep].cpu().tolist()

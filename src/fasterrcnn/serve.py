@@ -26,7 +26,6 @@ line stays quick and works without them for the other commands.
 
 # No ``from __future__ import annotations``: FastAPI reads the route functions' annotations
 # (``request: Request``), which are imported inside ``create_app``.
-import argparse
 import io
 import math
 import threading
@@ -39,7 +38,7 @@ from fasterrcnn.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from fasterrcnn.detector import Detector
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "add_serve_parser", "create_app", "run", "run_serve"]
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "create_app", "run"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # 20 MiB
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused before they are decoded
@@ -213,46 +212,3 @@ def run(
     where = f"{detector.device}" + ("" if detector.amp_dtype is None else f", {amp}")
     print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {where}) on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
-
-
-# -- command line (wired into fasterrcnn/cli.py) ------------------------------------------------------------
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
-    return value
-
-
-def add_serve_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``serve`` subcommand to ``subparsers`` (the result of ``add_subparsers``)."""
-    from fasterrcnn.cli import INFERENCE_AMP_HELP, _add_amp, _add_device, _positive_int  # the command line's definitions
-
-    p = subparsers.add_parser(
-        "serve",
-        help="serve a checkpoint as a web page and a JSON API",
-        description="Serve a checkpoint: GET / is a page to drop an image on and see its detections; "
-        "POST /detect (multipart field 'image', optional score_threshold) answers JSON; GET /health. "
-        "Needs fastapi, uvicorn and python-multipart.",
-    )
-    p.add_argument("--weights", required=True, metavar="CKPT", help="a checkpoint written by 'fasterrcnn train'")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
-    p.add_argument("--port", type=_port, default=8000, help="port to listen on (default: 8000)")
-    _add_device(p)
-    p.add_argument(
-        "--max-upload-bytes",
-        type=_positive_int,
-        default=DEFAULT_MAX_UPLOAD_BYTES,
-        metavar="N",
-        help=f"largest accepted upload (default: {DEFAULT_MAX_UPLOAD_BYTES}, 20 MiB)",
-    )
-    _add_amp(p, *INFERENCE_AMP_HELP)
-    p.set_defaults(func=run_serve)
-    return p
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    """``fasterrcnn serve``: serve until interrupted (Ctrl-C), then return 0."""
-    from fasterrcnn.cli import _inference_amp
-
-    run(args.weights, args.host, args.port, device=args.device, max_upload_bytes=args.max_upload_bytes, amp=_inference_amp(args))
-    return 0

@@ -13,6 +13,7 @@ from fasterrcnn.data.bad_images import ON_BAD_IMAGE, check_policy
 from fasterrcnn.data.coco import COCODataset
 from fasterrcnn.data.images import image_size, load_image
 from fasterrcnn.data.loader import GroupedBatchSampler, build_loader, collate
+from fasterrcnn.data.protocol import DetectionDataset
 from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
 from fasterrcnn.data.transforms import Compose, RandomHorizontalFlip
 from fasterrcnn.data.voc import VOC_CLASSES, VOCDataset
@@ -49,6 +50,7 @@ def build_dataset(
 __all__ = [
     "COCODataset",
     "Compose",
+    "DetectionDataset",
     "GroupedBatchSampler",
     "ON_BAD_IMAGE",
     "RandomHorizontalFlip",

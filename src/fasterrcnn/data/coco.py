@@ -3,7 +3,7 @@
 Shape shorthand: K trainable objects, Kc crowd regions in one image.
 
 Labels. Category ids are mapped to labels 1..C in increasing category-id order
-(``cat_id_to_label``; ``label_to_cat_id`` maps back for writing COCO results); ``classes`` are the
+(``cat_id_to_label``; ``label_to_category_id`` maps back for writing COCO results); ``classes`` are the
 category names in that order.
 
 Boxes. COCO ``[x, y, w, h]`` is converted here to continuous ``(x1, y1, x2, y2)``, clipped to the
@@ -81,6 +81,8 @@ class COCODataset(torch.utils.data.Dataset):
     ``image_id`` (int), ``orig_size`` (h, w).
     """
 
+    default_metric = "coco"  # data.DetectionDataset
+
     def __init__(self, ann_file, images_dir=None, transforms=None, drop_empty: bool = False, on_bad_image: str = "error"):
         from pycocotools.coco import COCO  # imports matplotlib: keep it off the package import path
 
@@ -123,7 +125,7 @@ class COCODataset(torch.utils.data.Dataset):
             categories[category["id"]] = category
         cat_ids = sorted(categories)
         self.cat_id_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
-        self.label_to_cat_id = {label: cat_id for cat_id, label in self.cat_id_to_label.items()}
+        self.label_to_category_id = {label: cat_id for cat_id, label in self.cat_id_to_label.items()}
         self.classes = tuple(str(categories[cat_id]["name"]) for cat_id in cat_ids)
 
         kept, orphans, dropped = [], 0, 0
@@ -258,6 +260,9 @@ class COCODataset(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+    def describe(self) -> dict:
+        return {"format": "coco", "path": str(self.ann_file), "images": str(self.images_dir)}
 
     def ground_truth(self) -> list[dict]:
         """VOC-style ground truth: crowd regions included as ``difficult`` (ignored by VOC AP)."""

@@ -93,6 +93,11 @@ class VOCDataset(torch.utils.data.Dataset):
     ``transforms(image, target) -> (image, target)`` is applied last.
     """
 
+    # data.DetectionDataset: VOC AP by default; result category ids are the labels; no pycocotools ground truth
+    default_metric = "voc"
+    label_to_category_id = None
+    coco = None
+
     def __init__(
         self, root, split: str = "trainval", classes=None, transforms=None, keep_difficult: bool = True,
         on_bad_image: str = "error",
@@ -251,6 +256,9 @@ class VOCDataset(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+    def describe(self) -> dict:
+        return {"format": "voc", "path": str(self.root), "split": self.split}
 
     def ground_truth(self) -> list[dict]:
         """Per image ``{"image_id", "boxes" [K,4] continuous xyxy, "labels" [K], "difficult" [K]}``.

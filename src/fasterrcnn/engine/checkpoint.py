@@ -1,31 +1,42 @@
-"""Checkpoints: tensors and plain containers only, written atomically, loaded with ``weights_only=True``.
+"""Checkpoints: the one owner of their layout. Tensors and plain containers only, written atomically,
+loaded with ``weights_only=True``.
 
-A training checkpoint is a dict::
+A checkpoint file holds a dict::
 
-    {"model": state_dict, "optimizer": state_dict, "scheduler": {"iteration": i},
-     "iteration": int, "epoch": int, "epoch_iteration": int, "best_metric": float | None,
-     "rng": rng_state(), "config": {"preset": str, "model": dict, "train": dict},
-     "class_names": [str, ...], "label_to_category_id": {label: category id} (COCO data only)}
+    {"model": state_dict, "config": {"preset": str, "model": dict, "train": dict},
+     "class_names": [str, ...], "label_to_category_id": {label: category id} (COCO data only),
+     # a training checkpoint (written by the trainer; what --resume needs) adds:
+     "optimizer": state_dict, "scheduler": {"iteration": i}, "iteration": int, "epoch": int,
+     "epoch_iteration": int, "best_metric": float | None, "rng": rng_state(), "scaler": (fp16 only)}
 
-``eval`` and ``predict`` need only ``model``, ``config`` and ``class_names``
-(see ``check_model_checkpoint``).
+``Checkpoint`` is that dict as an object: ``Checkpoint.read(path)`` loads and checks a file once
+(configurations validated, class names matching the model), and everything that reads checkpoints
+(resume, ``Detector``, ``compress``, ``eval``, ``predict``) goes through it; ``write`` is atomic.
+``CheckpointFolder`` is ``DIR/checkpoints/`` of a run: ``last.pt``, ``best.pt`` and the periodic
+``iter_XXXXXXX.pt``, of which it keeps the newest ``keep``.
 """
 
 from __future__ import annotations
 
 import pickle
 import random
+import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fasterrcnn.errors import DataError
+from fasterrcnn.config import ModelConfig, TrainConfig, from_dict, to_dict
+from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.io import atomic_save
 
 __all__ = [
+    "TRAINING_KEYS",
+    "Checkpoint",
+    "CheckpointFolder",
     "check_model_checkpoint",
     "get_rng_state",
     "load_checkpoint",
@@ -40,8 +51,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     The parent folder is created if needed. If writing fails, a previous file at ``path`` is intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(path, lambda f: torch.save(state, f))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(path, lambda f: torch.save(state, f))
+    except OSError as e:
+        raise DataError(path, f"cannot write checkpoint ({e.strerror or e})") from None
+    except RuntimeError as e:  # torch's zip writer: "[enforce fail at inline_container.cc] ... file write failed"
+        if "write" not in str(e):
+            raise
+        raise DataError(path, f"cannot write checkpoint (the disk is full or the file system refused it: {_reason(e)})") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -118,3 +136,153 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(
         (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
     )
+
+
+TRAINING_KEYS = ("optimizer", "scheduler", "iteration", "epoch", "epoch_iteration", "best_metric", "rng", "scaler")
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint's contents (see the module docstring for the file layout).
+
+    ``training`` holds the trainer's state (the ``TRAINING_KEYS`` present) or is empty for a model-only
+    checkpoint (``compress`` writes one); ``train_config`` is None when the file has none.
+    """
+
+    model: dict[str, torch.Tensor]
+    preset: str | None
+    model_config: ModelConfig
+    train_config: TrainConfig | None
+    class_names: tuple[str, ...]
+    label_to_category_id: dict[int, int] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = field(default=None, compare=False)  # the file it was read from (errors name it)
+
+    @property
+    def iteration(self) -> int | None:
+        """The training iteration it was written at, None for a model-only checkpoint."""
+        return self.training.get("iteration")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """``{"preset", "model", "train"}`` as plain dicts (what ``config.json`` and the file store)."""
+        return {
+            "preset": self.preset,
+            "model": to_dict(self.model_config),
+            "train": None if self.train_config is None else to_dict(self.train_config),
+        }
+
+    def to_state(self) -> dict[str, Any]:
+        """The dict written to the file."""
+        config = {key: value for key, value in self.config.items() if value is not None}
+        state = {"model": self.model, "config": config, "class_names": list(self.class_names), **self.training}
+        if self.label_to_category_id is not None:
+            state["label_to_category_id"] = dict(self.label_to_category_id)
+        return state
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically (``save_checkpoint``): a failed write leaves the previous file whole."""
+        save_checkpoint(path, self.to_state())
+
+    def build_model(self) -> torch.nn.Module:
+        """The ``FasterRCNN`` of ``model_config`` with these weights (on the CPU, in train mode)."""
+        from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+
+        model = FasterRCNN.from_config(self.model_config)
+        try:
+            model.load_state_dict(self.model)
+        except RuntimeError as e:
+            first_line = str(e).strip().splitlines()[0]
+            raise DataError(self.source, f"weights do not fit the checkpoint's model configuration ({first_line})") from None
+        return model
+
+    def require_training(self, path: str | Path) -> None:
+        """Raise DataError unless this checkpoint can resume training (a trainer wrote it)."""
+        missing = [k for k in ("optimizer", "scheduler", "iteration", "epoch", "rng") if k not in self.training]
+        if self.train_config is None:
+            missing.append("config['train']")
+        if missing:
+            raise DataError(path, f"not a training checkpoint (missing {', '.join(missing)}); only 'fasterrcnn train' writes those")
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], path: str | Path) -> "Checkpoint":
+        """Check a loaded checkpoint dict once: what a model needs is there, its configurations are valid,
+        its class names fit the model. Errors name ``path``."""
+        check_model_checkpoint(state, path)
+        config = state["config"]
+        try:
+            model_config = from_dict(ModelConfig, config["model"])
+            train = config.get("train")
+            train_config = None if train is None else from_dict(TrainConfig, train)
+        except (ConfigError, TypeError) as e:
+            raise DataError(path, f"checkpoint holds an invalid configuration ({e})") from None
+        class_names = state["class_names"]
+        if not isinstance(class_names, (list, tuple)) or not all(isinstance(name, str) for name in class_names):
+            raise DataError(path, "checkpoint's class_names is not a list of names")
+        if len(class_names) != model_config.num_classes:
+            raise DataError(path, f"checkpoint has {len(class_names)} class names for {model_config.num_classes} classes")
+        label_to_category_id = state.get("label_to_category_id")
+        return cls(
+            model=state["model"],
+            preset=config.get("preset"),
+            model_config=model_config,
+            train_config=train_config,
+            class_names=tuple(class_names),
+            label_to_category_id=None if label_to_category_id is None else {int(k): int(v) for k, v in label_to_category_id.items()},
+            training={key: state[key] for key in TRAINING_KEYS if key in state},
+            source=Path(path),
+        )
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Checkpoint":
+        """Load (``load_checkpoint``, on the CPU) and check (``from_state``) the checkpoint at ``path``."""
+        return cls.from_state(load_checkpoint(path, map_location="cpu"), path)
+
+
+def weights_are_finite(module: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``module`` is finite (worth a checkpoint)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+class CheckpointFolder:
+    """A run's ``checkpoints/`` folder: ``last.pt``, ``best.pt`` and periodic ``iter_XXXXXXX.pt``.
+
+    ``keep``: how many periodic checkpoints to keep, the newest (``None``: all). ``last.pt`` and
+    ``best.pt`` are never removed; a periodic checkpoint is removed only after a newer one was written.
+    """
+
+    PERIODIC = re.compile(r"^iter_(\d{7,})\.pt$")
+
+    def __init__(self, path: str | Path, keep: int | None = None):
+        self.path = Path(path)
+        self.keep = keep
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @staticmethod
+    def periodic_name(iteration: int) -> str:
+        return f"iter_{iteration:07d}.pt"
+
+    def periodic(self) -> list[Path]:
+        """The periodic checkpoints, oldest first."""
+        if not self.path.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.path.iterdir() if (m := self.PERIODIC.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def write(self, checkpoint: Checkpoint, *names: str) -> None:
+        """Serialise ``checkpoint`` once per name (atomically), then prune the periodic ones beyond ``keep``."""
+        state = checkpoint.to_state()
+        for name in names:
+            save_checkpoint(self.path / name, state)
+        periodic = self.periodic()
+        if self.keep is not None and len(periodic) > self.keep:
+            for old in periodic[: len(periodic) - self.keep]:
+                old.unlink(missing_ok=True)

@@ -71,10 +71,10 @@ def init_distributed(device: str | torch.device | None = "auto", *, timeout_minu
 
     ``device``: ``"auto"`` / ``None`` (CUDA when available, else CPU), ``"cuda"`` or ``"cpu"``; under
     torchrun a CUDA process always uses ``cuda:LOCAL_RANK`` (naming one GPU, e.g. ``cuda:1``, is a
-    ConfigError there). Without torchrun this is ``detector.resolve_device(device)``. Calling it again
+    ConfigError there). Without torchrun this is ``device.resolve_device(device)``. Calling it again
     in an initialised process returns the same device.
     """
-    from fasterrcnn.detector import resolve_device
+    from fasterrcnn.device import resolve_device
 
     if not launched_by_torchrun():
         return resolve_device(device)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from fasterrcnn.data.protocol import DetectionDataset
 from fasterrcnn.errors import ConfigError
 
 __all__ = [
@@ -38,9 +39,9 @@ __all__ = [
 METRICS = ("voc", "voc07", "coco")
 
 
-def default_metric(dataset) -> str:
-    """``"coco"`` for a COCO dataset (it has a pycocotools ``.coco``), else ``"voc"``."""
-    return "coco" if hasattr(dataset, "coco") else "voc"
+def default_metric(dataset: DetectionDataset) -> str:
+    """The metric ``dataset``'s annotations are scored with by default (``"voc"`` or ``"coco"``)."""
+    return dataset.default_metric
 
 
 def headline(metrics: Mapping[str, Any]) -> tuple[str, float]:
@@ -66,7 +67,7 @@ def run_inference(
     """Detections of ``model`` on every image of ``dataset`` (no augmentation), as a results list.
 
     The model is put in eval mode for the run and its previous mode is restored afterwards; with
-    ``amp_dtype`` (``detector.autocast_dtype``) it runs under ``torch.autocast`` in that dtype.
+    ``amp_dtype`` (``device.autocast_dtype``) it runs under ``torch.autocast`` in that dtype.
     In a data-parallel run (``shard``, a process group initialised) every process runs its share of
     the batches; rank 0 returns the whole list, in the order of one process, the others ``[]``.
     """
@@ -74,7 +75,7 @@ def run_inference(
     from tqdm import tqdm
 
     from fasterrcnn.data.loader import collate, ignore_interrupts
-    from fasterrcnn.detector import autocast_context
+    from fasterrcnn.device import autocast_context
     from fasterrcnn.engine import distributed
     from fasterrcnn.evaluation import detections_to_results
 
@@ -120,11 +121,10 @@ def evaluate_results(results: Sequence[Mapping[str, Any]], dataset, *, metric: s
     """
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
-    cat_id_to_label = getattr(dataset, "cat_id_to_label", None)
     if metric == "coco":
         from fasterrcnn.evaluation import evaluate_coco
 
-        if hasattr(dataset, "coco"):
+        if dataset.coco is not None:
             metrics = evaluate_coco(dataset.coco, list(results))
         else:
             coco_gt, coco_image_ids = _coco_ground_truth(dataset.ground_truth(), dataset.classes)
@@ -136,7 +136,8 @@ def evaluate_results(results: Sequence[Mapping[str, Any]], dataset, *, metric: s
 
     from fasterrcnn.evaluation import evaluate_voc
 
-    if cat_id_to_label is not None:  # COCO data: category ids -> labels 1..C
+    if dataset.label_to_category_id is not None:  # e.g. COCO data: category ids -> labels 1..C
+        cat_id_to_label = {cat_id: label for label, cat_id in dataset.label_to_category_id.items()}
         unknown = sorted({r["category_id"] for r in results} - cat_id_to_label.keys())
         if unknown:
             raise ValueError(f"category id(s) {unknown[:5]} are not categories of the data set")

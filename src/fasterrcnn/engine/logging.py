@@ -28,7 +28,7 @@ from typing import Any
 
 from fasterrcnn.io import atomic_write_text
 
-__all__ = ["MetricsLogger", "read_metrics"]
+__all__ = ["MetricsLogger", "json_safe", "read_metrics"]
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -50,14 +50,15 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _json_safe(value: Any) -> Any:
-    # NaN / inf are not JSON: they become null (e.g. the AP of a class without ground truth).
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN / inf floats as None, nested dicts and lists too (JSON has no NaN; e.g. the AP of a
+    class without ground truth)."""
     if isinstance(value, float):
         return _finite_or_none(value)
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -194,7 +195,7 @@ class MetricsLogger:
         self._file.close()
 
     def _write(self, record: dict[str, Any]) -> None:
-        record = _json_safe(record)
+        record = json_safe(record)
         self.records.append(record)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()

@@ -10,8 +10,11 @@ running statistics of BatchNorm layers, updated by the forward pass, are put bac
 
 SIGINT / SIGTERM during the loop: the current iteration is finished, ``checkpoints/last.pt`` is
 written and ``TrainingInterrupted`` is raised (``engine/interrupt.py``); ``resume`` continues exactly.
-A checkpoint write killed half-way (SIGKILL, power loss) leaves the previous file whole
-(``io.atomic_save``); ``resume`` removes the abandoned temporary file.
+Any other exception in the loop or in the final evaluation (a bad file found late, a full disk, a bug)
+first writes ``last.pt`` at the current iteration when the weights are finite, then raises
+``TrainingFailed`` naming the cause and the checkpoint. ``last.pt`` is written before the final
+evaluation, so a failing evaluation costs no training. A checkpoint write killed half-way (SIGKILL,
+power loss) leaves the previous file whole (``io.atomic_save``).
 
 Optimizer: ``torch.optim.SGD(lr, momentum, weight_decay)`` over every parameter that requires a
 gradient, weight decay included on biases and norm parameters (the paper's Caffe solver does the
@@ -20,7 +23,7 @@ same for all layers it trains; frozen BatchNorm layers have no trainable paramet
 Output folder::
 
     DIR/checkpoints/last.pt           every checkpoint_every iterations and at the end
-    DIR/checkpoints/iter_XXXXXXX.pt   the same checkpoints, kept
+    DIR/checkpoints/iter_XXXXXXX.pt   the same checkpoints, the newest keep_checkpoints kept
     DIR/checkpoints/best.pt           the checkpoint with the best validation mAP (COCO: AP)
     DIR/metrics.jsonl, DIR/tb/        see engine/logging.py
     DIR/loss.png                      loss curves, redrawn at every evaluation and at the end
@@ -70,17 +73,36 @@ from typing import Any
 import torch
 
 from fasterrcnn.config import TrainConfig
-from fasterrcnn.detector import AMP_DTYPES, autocast_context, autocast_dtype
-from fasterrcnn.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from fasterrcnn.device import AMP_DTYPES, autocast_context, autocast_dtype
+from fasterrcnn.engine.checkpoint import Checkpoint, CheckpointFolder, get_rng_state, set_rng_state, weights_are_finite
 from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
 from fasterrcnn.engine.schedule import WarmupStepLR
 from fasterrcnn.errors import ConfigError, DataError, FasterRCNNError
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainState", "TrainingInterrupted", "build_optimizer", "build_scheduler"]
+__all__ = [
+    "NonFiniteLossError",
+    "Trainer",
+    "TrainingFailed",
+    "TrainState",
+    "TrainingInterrupted",
+    "build_optimizer",
+    "build_scheduler",
+]
 
 
 class NonFiniteLossError(FasterRCNNError):
     """Training stopped: too many consecutive iterations had a NaN or infinite loss (or gradient)."""
+
+
+class TrainingFailed(FasterRCNNError):
+    """Training ended with an exception (its ``__cause__``) at ``iteration``; ``checkpoint`` is the
+    ``last.pt`` written first, or None (weights not finite, the write failed, or a process other than rank 0)."""
+
+    def __init__(self, cause: BaseException, iteration: int, checkpoint: Path | None, notes: list[str]):
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+        what = str(cause) if isinstance(cause, FasterRCNNError) else f"{type(cause).__name__}: {cause}"
+        super().__init__("; ".join([f"training stopped at iteration {iteration}: {what}", *notes]))
 
 
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
@@ -168,13 +190,13 @@ class Trainer:
     """Trains ``model`` on ``dataset`` and writes checkpoints, metrics and plots under ``output_dir``.
 
     Args:
-        model: a detector returning a dict of scalar losses in train mode
-            (``model(images, targets)``) and detections in eval mode.
-        dataset: training samples ``(image, target)`` with ``image_size(i)``; its transforms
+        model: a ``FasterRCNN`` (anything with a ``config`` ModelConfig, returning a dict of scalar
+            losses in train mode, ``model(images, targets)``, and detections in eval mode).
+        dataset: training samples ``(image, target)``, a ``data.DetectionDataset``; its transforms
             (e.g. ``RandomHorizontalFlip``) are applied with the loader's per-sample seeds.
         config: the ``TrainConfig``.
-        output_dir: the run's folder.
-        run_config: stored in checkpoints as ``config``: ``{"preset", "model", "train"}`` dicts.
+        output_dir: the run's folder (checkpoints in ``output_dir/checkpoints``).
+        preset: the preset name stored in checkpoints beside the model's and this training's configs.
         class_names: the C foreground class names (label ``l`` is ``class_names[l - 1]``).
         label_to_category_id: COCO data: label -> the JSON's category id (stored in checkpoints).
         evaluate: optional ``evaluate(model) -> metrics`` for periodic validation (the metrics
@@ -191,7 +213,7 @@ class Trainer:
         *,
         config: TrainConfig,
         output_dir: str | Path,
-        run_config: Mapping[str, Any],
+        preset: str | None,
         class_names: list[str] | tuple[str, ...],
         label_to_category_id: Mapping[int, int] | None = None,
         evaluate: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
@@ -216,8 +238,9 @@ class Trainer:
         self.model = model  # the model itself: checkpoints, evaluation
         self.train_model = distributed.wrap_model(model, self.device)  # DistributedDataParallel(model) or model
         self.output_dir = Path(output_dir)
-        self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.run_config = dict(run_config)
+        self.checkpoints = CheckpointFolder(self.output_dir / "checkpoints", keep=config.keep_checkpoints)
+        self.checkpoint_dir = self.checkpoints.path
+        self.preset = preset
         self.class_names = list(class_names)
         self.label_to_category_id = dict(label_to_category_id) if label_to_category_id is not None else None
         self.evaluate = evaluate
@@ -239,6 +262,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.state = TrainState()
+        self._saved_at: int | None = None  # the iteration of the last.pt written (or resumed from)
         self.last_metrics: dict[str, Any] | None = None
         if hasattr(self.model, "generator") and self.model.generator is None:
             self.model.generator = torch.Generator()  # the model samples anchors / RoIs with it
@@ -263,13 +287,12 @@ class Trainer:
         if self.model_generator is not None:
             self.model_generator.manual_seed(mix_seed(seed, 0x5A3))
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def checkpoint(self) -> Checkpoint:
         """Everything needed to rebuild the model (eval / predict) and to resume exactly."""
         rng = get_rng_state()
         if self.model_generator is not None:
             rng["model_generator"] = self.model_generator.get_state()
-        state = {
-            "model": self.model.state_dict(),
+        training = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "iteration": self.state.iteration,
@@ -277,32 +300,31 @@ class Trainer:
             "epoch_iteration": self.state.epoch_iteration,
             "best_metric": self.state.best_metric,
             "rng": rng,
-            "config": self.run_config,
-            "class_names": self.class_names,
         }
         if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        if self.label_to_category_id is not None:
-            state["label_to_category_id"] = self.label_to_category_id
-        return state
+            training["scaler"] = self.scaler.state_dict()
+        return Checkpoint(
+            model=self.model.state_dict(),
+            preset=self.preset,
+            model_config=self.model.config,
+            train_config=self.config,
+            class_names=tuple(self.class_names),
+            label_to_category_id=self.label_to_category_id,
+            training=training,
+        )
 
-    def resume(self, path: str | Path) -> None:
-        """Continue from the checkpoint at ``path`` (written by ``save``)."""
-        from fasterrcnn.io import remove_temp_files
-
-        state = load_checkpoint(path, map_location=self.device)
-        remove_temp_files(self.checkpoint_dir)  # of a write that was killed half-way
-        missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "epoch", "rng") if k not in state]
-        if missing:
-            raise DataError(path, f"not a training checkpoint (missing {', '.join(missing)})")
-        if list(state.get("class_names", self.class_names)) != self.class_names:
+    def resume(self, checkpoint: Checkpoint, path: str | Path) -> None:
+        """Continue from ``checkpoint`` (``Checkpoint.read(path)``; errors name ``path``)."""
+        checkpoint.require_training(path)
+        if list(checkpoint.class_names) != self.class_names:
             raise DataError(
                 path,
-                f"was trained on classes {', '.join(state['class_names'])}, "
+                f"was trained on classes {', '.join(checkpoint.class_names)}, "
                 f"the training data has {', '.join(self.class_names)}",
             )
+        state = checkpoint.training
         try:
-            self.model.load_state_dict(state["model"])
+            self.model.load_state_dict(checkpoint.model)
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -310,6 +332,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        self._saved_at = int(state["iteration"])
         self.state = TrainState(
             iteration=int(state["iteration"]),
             epoch=int(state["epoch"]),
@@ -323,11 +346,10 @@ class Trainer:
 
     def save(self, *names: str) -> None:
         """Write the current state to ``checkpoints/<name>`` for each name (serialised once; rank 0 only)."""
-        if not self.is_main:
-            return
-        state = self.checkpoint_state()
-        for name in names:
-            save_checkpoint(self.checkpoint_dir / name, state)
+        if self.is_main:
+            self.checkpoints.write(self.checkpoint(), *names)
+            if "last.pt" in names:
+                self._saved_at = self.state.iteration
 
     # -- loop ----------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -351,12 +373,17 @@ class Trainer:
                 logger.info(f"already trained for {self.state.iteration} iterations (max {self.max_iters})")
             with StopRequest() as self._stop:
                 self._loop(logger)
+            self.save("last.pt")  # before the final evaluation: a failure there costs no training
             if self.evaluate is not None and (
                 not config.eval_every or self.state.iteration % config.eval_every or self.last_metrics is None
             ):
                 self._evaluate(logger)
-            self.save("last.pt")  # again: the final evaluation may have changed best_metric
+                self.save("last.pt")  # again: the final evaluation may have changed best_metric
             self._plot_losses(logger)
+        except (TrainingInterrupted, TrainingFailed):
+            raise
+        except Exception as e:
+            raise self._failed(e) from e
         finally:
             logger.close()
         distributed.barrier()  # every process returns once rank 0 has written the last checkpoint
@@ -416,15 +443,15 @@ class Trainer:
                     logger.log_skip(state.iteration, state.epoch, {"loss": sum(values.values()), **values}, nonfinite)
                     if nonfinite >= config.max_nonfinite_steps:
                         raise NonFiniteLossError(
-                            f"training stopped at iteration {state.iteration}: the loss (or its gradient) was not finite for "
-                            f"{nonfinite} consecutive iterations (try a lower --lr or --grad-clip); the last "
-                            f"checkpoint in {self.checkpoint_dir} is intact"
+                            f"the loss (or its gradient) was not finite for {nonfinite} consecutive iterations "
+                            "(try a lower --lr or --grad-clip); the skipped steps left the weights as they were"
                         )
                 if config.eval_every and self.evaluate is not None and state.iteration % config.eval_every == 0:
                     self._evaluate(logger)
                     self._plot_losses(logger)
                 if state.iteration % config.checkpoint_every == 0:
-                    self.save(f"iter_{state.iteration:07d}.pt", "last.pt")
+                    periodic = [self.checkpoints.periodic_name(state.iteration)] if config.keep_checkpoints else []
+                    self.save(*periodic, "last.pt")
                 if self._stop_requested():  # SIGINT / SIGTERM: stop here, resumable
                     raise self._interrupted()
                 if state.iteration >= self.max_iters:
@@ -447,6 +474,37 @@ class Trainer:
             if self._stop.signum is None:
                 raise
             raise self._interrupted() from None
+
+    def _failed(self, error: Exception) -> TrainingFailed:
+        """Writes ``last.pt`` (when the weights are finite and the write itself did not fail) and returns
+        the exception that ends training."""
+        import traceback
+
+        iteration, checkpoint, notes = self.state.iteration, None, []
+        if not self.is_main:
+            return TrainingFailed(error, iteration, None, notes)
+        if self._saved_at == iteration:  # nothing trained since the last write: last.pt is up to date
+            checkpoint = self.checkpoints.last
+        elif iteration == 0:
+            notes.append("no iteration finished, no checkpoint written")
+        elif not weights_are_finite(self.model):
+            notes.append("the weights are not finite: last.pt not written")
+        else:
+            try:
+                self.save("last.pt")
+                checkpoint = self.checkpoints.last
+            except DataError:  # e.g. a full disk, likely the error being reported: the previous files are whole
+                notes.append("the checkpoints written before are intact")
+        if checkpoint is not None:
+            notes.append(f"{checkpoint} holds iteration {iteration}")
+        if not isinstance(error, FasterRCNNError):  # not the user's to fix: keep the traceback for a report
+            log = self.output_dir / "error.log"
+            try:
+                log.write_text("".join(traceback.format_exception(error)))
+                notes.append(f"traceback in {log}")
+            except OSError:
+                pass
+        return TrainingFailed(error, iteration, checkpoint, notes)
 
     def _interrupted(self) -> TrainingInterrupted:
         """Writes ``last.pt`` (the iterations done so far) and returns the exception that ends the loop."""

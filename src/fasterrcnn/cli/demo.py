@@ -1,0 +1,37 @@
+"""``fasterrcnn demo``: parse, call ``runs.demo``, print."""
+
+from __future__ import annotations
+
+import argparse
+
+from fasterrcnn.cli.options import positive_int
+
+
+def add_parser(commands) -> None:
+    from fasterrcnn.runs.demo_run import DEMO_IMAGE_SIZE, DEMO_NUM_PICTURES, DEMO_NUM_TEST, DEMO_NUM_TRAIN, DEMO_PRESET, DEMO_TRAIN
+
+    p = commands.add_parser(
+        "demo",
+        help="train and evaluate the tiny model on synthetic shapes (CPU, minutes)",
+        description=f"Generate a synthetic VOC set ({DEMO_NUM_TRAIN} train / {DEMO_NUM_TEST} test images of "
+        f"{DEMO_IMAGE_SIZE[1]}x{DEMO_IMAGE_SIZE[0]} px) in DIR/data, train the '{DEMO_PRESET}' preset on the CPU "
+        f"for {DEMO_TRAIN['max_iters']} iterations in DIR/train, evaluate it on the test split (VOC mAP@0.5) in "
+        f"DIR/eval and draw its detections on {DEMO_NUM_PICTURES} test images in DIR/predictions. DIR is new, empty "
+        "or an earlier demo's (which it replaces).",
+    )
+    p.add_argument("--output", default="demo_output", metavar="DIR", help="folder for everything the demo writes (default: demo_output)")
+    p.add_argument("--max-iters", type=positive_int, metavar="N", help=f"train for N iterations (default: {DEMO_TRAIN['max_iters']}); fewer is faster and less accurate")
+    p.add_argument("--quiet", action="store_true", help="plain log lines instead of progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fasterrcnn.runs import demo
+
+    result = demo(args.output, max_iters=args.max_iters, quiet=args.quiet)
+    minutes, seconds = divmod(int(result.seconds), 60)
+    print(
+        f"demo done in {minutes}:{seconds:02d}: test mAP@0.5 = {result.map50:.4f}; pictures in {result.predictions}, "
+        f"precision/recall curves in {result.eval / 'pr_curves.png'}, training curves in {result.train / 'loss.png'}"
+    )
+    return 0

@@ -1,0 +1,54 @@
+"""``fasterrcnn eval``: parse, call ``runs.evaluate``, print."""
+
+from __future__ import annotations
+
+import argparse
+
+from fasterrcnn.cli.options import INFERENCE_AMP_HELP, add_amp, add_common, add_data, add_overwrite, class_list, inference_amp, positive_int, print_skipped
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint or a detections file",
+        description="Evaluate a checkpoint (--weights) or a results file (--detections) on a dataset. Prints a "
+        "per-class AP table and writes DIR/metrics.json (mAP / AP, AP50, AP75 and per-class APs), "
+        "DIR/pr_curves.png and, with --weights, DIR/detections.json (existing ones only with --overwrite). "
+        "Started by torchrun, the processes share the images (one GPU each) and rank 0 writes.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", metavar="CKPT", help="a checkpoint written by 'fasterrcnn train'")
+    source.add_argument("--detections", metavar="FILE", help="a COCO results JSON (list of image_id, category_id, bbox [x,y,w,h], score)")
+    add_data(p, split_default="test")
+    p.add_argument(
+        "--metric", choices=("voc", "voc07", "coco"),
+        help="voc (VOC AP@0.5, area under the curve), voc07 (11-point) or coco (AP@[.5:.95] by pycocotools) "
+        "(default: voc for VOC data, coco for COCO data)",
+    )  # fmt: skip
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for metrics.json and pr_curves.png (created)")
+    add_overwrite(p, "metrics.json, pr_curves.png and detections.json in --output")
+    p.add_argument("--classes", metavar="A,B,C", help="--detections on VOC data: the class names in category-id order (default: inferred from the data)")
+    p.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="images per forward pass (default: 1)")
+    add_amp(p, *INFERENCE_AMP_HELP)
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fasterrcnn.engine import distributed
+    from fasterrcnn.engine.evaluator import format_per_class_table, headline
+    from fasterrcnn.runs import evaluate
+
+    result = evaluate(
+        args.data, weights=args.weights, detections=args.detections, output=args.output, overwrite=args.overwrite,
+        split=args.split, images=args.images, classes=class_list(args.classes), metric=args.metric,
+        batch_size=args.batch_size, device=args.device, amp=inference_amp(args), num_workers=args.num_workers,
+        on_bad_image=args.on_bad_image, quiet=args.quiet,
+    )  # fmt: skip
+    if not distributed.is_main_process():
+        return 0
+    name, value = headline(result.metrics)
+    print(format_per_class_table(result.metrics))
+    print(f"{name} ({result.metric}): {value:.4f}; wrote {result.output / 'metrics.json'} and {result.output / 'pr_curves.png'}")
+    print_skipped(result.skipped, "evaluated")
+    return 0

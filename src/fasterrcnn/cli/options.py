@@ -1,0 +1,127 @@
+"""Options and helpers shared by the commands: one definition of each flag, its type and its help."""
+
+from __future__ import annotations
+
+import argparse
+
+from fasterrcnn.errors import ConfigError
+
+__all__ = [
+    "INFERENCE_AMP_HELP",
+    "Parser",
+    "add_amp",
+    "add_common",
+    "add_data",
+    "add_device",
+    "add_overwrite",
+    "class_list",
+    "inference_amp",
+    "nonnegative_int",
+    "positive_float",
+    "positive_int",
+    "print_skipped",
+]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``fasterrcnn <cmd>: error: ...``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument(
+        "--device",
+        default=default,
+        help=f"where to run: 'cpu', 'cuda', 'cuda:1', ... or 'auto' (CUDA when available, else CPU) (default: {default})",
+    )
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    add_device(p)
+    p.add_argument(
+        "--num-workers", type=nonnegative_int, default=0, metavar="N",
+        help="data-loading worker processes (default: 0, load in the main process)",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="plain log lines instead of progress bars")
+
+
+def add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} (by default an existing file is never written over)")
+
+
+INFERENCE_AMP_HELP = (
+    "mixed precision: the forward pass under autocast in --amp-dtype; faster on GPUs and on CPUs with bf16 "
+    "matrix units (AMX), slower on other CPUs; detections differ slightly from float32 ones",
+    "bf16 (CUDA or CPU) or fp16 (CUDA) (default: bf16)",
+)
+
+
+def add_amp(p: argparse.ArgumentParser, amp_help: str, dtype_help: str) -> None:
+    p.add_argument("--amp", action="store_true", help=amp_help)
+    p.add_argument("--amp-dtype", choices=("bf16", "fp16"), help=dtype_help)
+
+
+def inference_amp(args: argparse.Namespace) -> str | None:
+    """The ``amp`` of a Detector from ``--amp`` / ``--amp-dtype`` (eval, predict, serve)."""
+    if args.amp_dtype is not None and not args.amp:
+        raise ConfigError("--amp-dtype goes with --amp")
+    return (args.amp_dtype or "bf16") if args.amp else None
+
+
+BAD_IMAGE_HELP = (
+    "an image whose file or annotation is unusable (missing, empty, truncated, not an image, wrong size, "
+    "malformed XML/JSON entry, duplicate id): 'skip' it with a warning naming the file and a count at the "
+    "end, or stop with an 'error' naming it (default: skip)"
+)
+
+
+def add_data(p: argparse.ArgumentParser, *, split_default: str) -> None:
+    p.add_argument(
+        "--data", required=True, metavar="PATH",
+        help="a VOC root (with Annotations/, JPEGImages/, ImageSets/Main/) or a COCO instances JSON file; the format is detected",
+    )  # fmt: skip
+    p.add_argument("--split", default=split_default, help=f"VOC split: ImageSets/Main/<SPLIT>.txt (default: {split_default}; ignored for COCO)")
+    p.add_argument("--images", metavar="DIR", help="COCO only: the folder of the JSON's images (default: found next to the JSON)")
+    p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip", help=BAD_IMAGE_HELP)
+
+
+def class_list(text: str | None) -> list[str] | None:
+    """``--classes A,B,C`` as a list of names (None when not given)."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not names or any(not name for name in names):
+        raise ConfigError(f"--classes {text!r}: expected comma-separated non-empty class names")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--classes {text!r}: a class name appears twice")
+    return names
+
+
+def print_skipped(count: int, what: str) -> None:
+    """The count of images left out under ``--on-bad-image skip`` (each was named in a warning)."""
+    if count:
+        print(f"{count} bad image{'s' if count != 1 else ''} skipped, not {what} (named in the warnings above; "
+              "--on-bad-image error stops at the first)")  # fmt: skip

@@ -1,0 +1,129 @@
+"""``fasterrcnn train``: parse, call ``runs.train``, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fasterrcnn.cli.options import add_amp, add_common, add_data, class_list, nonnegative_int, positive_float, positive_int, print_skipped
+from fasterrcnn.errors import ConfigError
+
+# flag -> TrainConfig field, for the flags that set one (None: not given)
+TRAIN_FLAGS = {
+    "grad_clip": "grad_clip_norm",
+    "eval_every": "eval_every",
+    "checkpoint_every": "checkpoint_every",
+    "keep_checkpoints": "keep_checkpoints",
+    "log_every": "log_every",
+    "amp_dtype": "amp_dtype",
+}
+TRAIN_SWITCHES = {"amp": ("amp", True), "sync_bn": ("sync_bn", True), "no_scale_lr": ("scale_lr", False)}
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train a detector",
+        description="Train a Faster R-CNN. Writes DIR/config.json, DIR/checkpoints/{last,best,iter_XXXXXXX}.pt, "
+        "DIR/metrics.jsonl, TensorBoard events in DIR/tb/ and DIR/loss.png. DIR must be new or empty (--resume "
+        "continues the run in it, --overwrite replaces it) and is locked while training. Configuration precedence: "
+        "preset < --config FILE < --set key=value < explicit flags. Several GPUs or machines: start it with "
+        "'torchrun --nproc_per_node=N -m fasterrcnn train ...' (--batch-size is per process; see the README).",
+    )
+    add_data(p, split_default="trainval")
+    p.add_argument("--preset", help="model + training preset, e.g. tiny, vgg16, resnet50_fpn (required unless --resume or the --config file names one)")
+    p.add_argument("--output", required=True, metavar="DIR", help="the run's folder (created; new or empty unless --resume / --overwrite)")
+    p.add_argument("--val-data", metavar="PATH", help="validation set (VOC root or COCO JSON); default: the --val-split of the --data VOC root when it exists")
+    p.add_argument("--val-split", default="test", help="VOC split used for validation (default: test)")
+    p.add_argument("--val-images", metavar="DIR", help="COCO only: the folder of the --val-data JSON's images")
+    p.add_argument("--no-val", action="store_true", help="do not evaluate during or after training")
+    p.add_argument(
+        "--metric", choices=("voc", "voc07", "coco"),
+        help="validation metric: voc (VOC AP@0.5, area), voc07 (11-point) or coco (AP@[.5:.95]) (default: voc for VOC data, coco for COCO data)",
+    )  # fmt: skip
+    p.add_argument("--classes", metavar="A,B,C", help="VOC: the class names, in label order (default: the 20 VOC classes, or the sorted names found)")
+    p.add_argument("--drop-empty", action="store_true", help="COCO: leave out training images without trainable (non-crowd) objects (default: kept, as negatives)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=positive_int, metavar="N", help="train for N passes over the data")
+    length.add_argument("--max-iters", type=positive_int, metavar="N", help="train for N iterations (batches)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="images per iteration")
+    p.add_argument("--lr", type=positive_float, metavar="X", help="base learning rate (after warm-up)")
+    p.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradients' global L2 norm to X")
+    p.add_argument("--seed", type=nonnegative_int, metavar="N", help="seed of data order, flips, sampling and weight init")
+    p.add_argument("--eval-every", type=nonnegative_int, metavar="N", help="validate every N iterations (0: only at the end); best.pt keeps the best")
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="N", help="write checkpoints/last.pt and iter_XXXXXXX.pt every N iterations")
+    p.add_argument("--keep-checkpoints", type=nonnegative_int, metavar="N", help="periodic iter_XXXXXXX.pt kept, the newest (default: 3; last.pt and best.pt always)")
+    p.add_argument("--log-every", type=positive_int, metavar="N", help="iterations per metrics.jsonl record")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt (a longer run is allowed; other changed settings are refused)")
+    start.add_argument("--overwrite", action="store_true", help="delete the training run already in --output and start over (other files are never touched)")
+    p.add_argument("--config", metavar="FILE", help='JSON file {"preset": NAME, "model": {...}, "train": {...}} of ModelConfig / TrainConfig fields')
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override one field, e.g. --set model.rpn_nms_thresh=0.6 --set train.lr_steps=[800,1000] "
+        "(VALUE is parsed as JSON, else taken as a string); repeatable",
+    )  # fmt: skip
+    p.add_argument("--backbone-weights", metavar="FILE", help="backbone weights to start from (e.g. ImageNet, torchvision layout)")
+    add_amp(
+        p,
+        "mixed precision: autocast in --amp-dtype (NMS, box coding and losses stay float32) (train.amp)",
+        "bf16 (CUDA or CPU) or fp16 (CUDA, with a gradient scaler) (default: bf16; train.amp_dtype)",
+    )
+    p.add_argument(
+        "--sync-bn", action="store_true",
+        help="several processes: BatchNorm statistics over the global batch (SyncBatchNorm), for backbones with trainable BatchNorm such as tiny (train.sync_bn)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-scale-lr", action="store_true",
+        help="several processes (torchrun): use --lr as given; by default the learning rate is multiplied by "
+        "the number of processes, as the global batch is --batch-size x processes (train.scale_lr)",
+    )  # fmt: skip
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def parse_set(items: list[str]) -> dict[str, object]:
+    """``--set model.FIELD=VALUE`` items as ``{"model.FIELD": value}`` (VALUE parsed as JSON, else a string)."""
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or section not in ("model", "train") or not name:
+            raise ConfigError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides[f"{section}.{name}"] = value
+    return overrides
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, object]:
+    """``--set`` items, then the flags that set a training field (explicit flags win)."""
+    overrides = parse_set(args.set)
+    overrides.update({f"train.{field}": getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
+    overrides.update({f"train.{field}": value for flag, (field, value) in TRAIN_SWITCHES.items() if getattr(args, flag)})
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from fasterrcnn.engine import distributed
+    from fasterrcnn.engine.evaluator import headline
+    from fasterrcnn.runs import train
+
+    result = train(
+        args.data, args.output, preset=args.preset, config=args.config, overrides=overrides_of(args),
+        resume=args.resume, overwrite=args.overwrite, epochs=args.epochs, max_iters=args.max_iters,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, backbone_weights=args.backbone_weights,
+        split=args.split, images=args.images, classes=class_list(args.classes), drop_empty=args.drop_empty,
+        val_data=args.val_data, val_split=args.val_split, val_images=args.val_images, validate=not args.no_val,
+        metric=args.metric, device=args.device, num_workers=args.num_workers, on_bad_image=args.on_bad_image, quiet=args.quiet,
+    )  # fmt: skip
+    if not distributed.is_main_process():
+        return 0
+    if result.metrics is not None:
+        name, value = headline(result.metrics)
+        print(f"validation {name} ({result.metrics.get('metric')}) at iteration {result.iteration}: {value:.4f}; best {result.best_metric:.4f}")
+    print(f"checkpoints in {result.last.parent}, metrics in {result.run_dir / 'metrics.jsonl'}, loss curves in {result.run_dir / 'loss.png'}")
+    print_skipped(result.skipped, "trained on")
+    return 0

@@ -1,0 +1,51 @@
+"""What a data set must provide: the contract between ``data/`` and the engine, evaluation and the run layer.
+
+A new format is one module with a class that satisfies ``DetectionDataset`` plus a line in
+``build_dataset``'s detection; nothing above ``data/`` asks which format a data set is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+__all__ = ["DetectionDataset"]
+
+
+@runtime_checkable
+class DetectionDataset(Protocol):
+    """A detection data set for training (``__getitem__``, ``image_size``), evaluation (``ground_truth``,
+    ``coco``, ``default_metric``, ``label_to_category_id``) and the bad-image policy (``skipped``).
+
+    Samples are ``(image: Tensor[3, H, W] float32 RGB in [0, 1], target)`` with ``boxes`` float32 [K, 4]
+    xyxy pixels, ``labels`` int64 [K] in 1..C, ``image_id`` and ``orig_size`` (h, w).
+    """
+
+    classes: tuple[str, ...]
+    """The C foreground class names: label ``l`` is ``classes[l - 1]``."""
+    skipped: list[tuple[str, str]]
+    """``(file, problem)`` of the images left out under ``on_bad_image="skip"`` (each named in a warning)."""
+    default_metric: str
+    """The metric its annotations are scored with by default: ``"voc"`` or ``"coco"``."""
+    label_to_category_id: Mapping[int, int] | None
+    """Label -> the category id of results files (COCO: the JSON's ids); None: the label itself."""
+    coco: Any
+    """A pycocotools ``COCO`` of the annotations, or None (the COCO metric then builds one from ``ground_truth``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]: ...
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of image ``index`` without decoding it (aspect-ratio grouping)."""
+        ...
+
+    def ground_truth(self) -> list[dict[str, Any]]:
+        """Per image: ``{"image_id", "boxes", "labels", "difficult"}`` for the VOC metric."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Where it comes from, as plain values (``{"format", "path", ...}``), for a run's ``config.json``."""
+        ...

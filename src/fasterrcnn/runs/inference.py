@@ -1,0 +1,270 @@
+"""``evaluate``, ``predict`` and ``compress``: what ``fasterrcnn eval``, ``predict`` and ``compress`` do, from Python.
+
+    from fasterrcnn.runs import evaluate, predict
+    result = evaluate("VOCdevkit/VOC2007", weights="runs/voc07/checkpoints/best.pt", output="runs/voc07/eval")
+    print(result.metrics["mAP"])
+    found = predict("runs/voc07/checkpoints/best.pt", ["photos/"], output="predictions")
+    for path, detections in found.detections.items(): ...
+
+Outputs are claimed before the work starts (``runs.folder.OutputFolder``): an existing output file is
+refused unless ``overwrite``, an input is never written over, an unwritable folder fails at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fasterrcnn.data.bad_images import check_policy
+from fasterrcnn.errors import ConfigError, DataError
+from fasterrcnn.io import atomic_save, atomic_write_text
+from fasterrcnn.runs.folder import OutputFolder
+
+if TYPE_CHECKING:
+    from fasterrcnn.detector import Detection, Detector
+
+__all__ = ["IMAGE_SUFFIXES", "EvalResult", "PredictResult", "compress", "evaluate", "image_files", "predict"]
+
+logger = logging.getLogger("fasterrcnn")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """``metrics``: the evaluator's dict (``mAP`` or ``AP``, ``per_class``, ...); ``metric``: which one;
+    ``num_images`` scored; ``skipped``: bad images left out; ``output``: the folder written (or None)."""
+
+    metrics: dict[str, Any]
+    metric: str
+    num_images: int
+    skipped: int
+    output: Path | None
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """``detections``: per image read, its detections (original pixels); ``skipped``: ``(file, problem)``
+    of the images that could not be read; ``output``: the folder written (or None)."""
+
+    detections: dict[Path, list[Detection]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    output: Path | None = None
+
+
+def _detector(weights, *, device, amp, preset=None, classes=None) -> Detector:
+    """A Detector from a Detector, a checkpoint path, or (with ``preset``) a torchvision detection file."""
+    from fasterrcnn.detector import Detector
+
+    if isinstance(weights, Detector):
+        return weights
+    if preset is not None:
+        return Detector.from_torchvision(preset, weights, classes="coco" if classes is None else classes, device=device, amp=amp)
+    if classes is not None:
+        raise ConfigError("classes go with a torchvision file (preset=...): a checkpoint written by 'fasterrcnn train' holds its class names")
+    return Detector.from_checkpoint(weights, device=device, amp=amp)
+
+
+def evaluate(
+    data: str | Path,
+    *,
+    weights: str | Path | Detector | None = None,
+    detections: str | Path | None = None,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    split: str = "test",
+    images: str | Path | None = None,
+    classes: list[str] | None = None,
+    metric: str | None = None,
+    batch_size: int = 1,
+    device: str = "auto",
+    amp: str | None = None,
+    num_workers: int = 0,
+    on_bad_image: str = "skip",
+    quiet: bool = False,
+) -> EvalResult:
+    """Score a checkpoint (``weights``: a path or a ``Detector``) or a COCO results file (``detections``) on ``data``.
+
+    With ``output``, writes ``metrics.json``, ``pr_curves.png`` and (``weights``) ``detections.json`` there.
+    Started by torchrun, the processes share the images and rank 0 scores and writes.
+    """
+    from fasterrcnn.data import build_dataset
+    from fasterrcnn.engine import distributed
+    from fasterrcnn.engine.evaluator import evaluate_model, evaluate_results, headline
+    from fasterrcnn.engine.logging import json_safe
+    from fasterrcnn.evaluation import load_results, save_results
+    from fasterrcnn.evaluation.plots import plot_pr_curves
+
+    if (weights is None) == (detections is None):
+        raise ConfigError("evaluate a checkpoint (weights) or a results file (detections): give one of them")
+    check_policy(on_bad_image)
+    folder = OutputFolder(output) if output is not None else None
+    device = distributed.init_distributed(device)  # torchrun: this process's device, process group joined
+    main = distributed.is_main_process()
+    if folder is not None and main:  # before the long work
+        folder.claim(["metrics.json", "pr_curves.png", *(["detections.json"] if weights is not None else [])], overwrite=overwrite)
+    if weights is not None:
+        detector = _detector(weights, device=device, amp=amp)
+        if classes is not None and list(classes) != list(detector.class_names):
+            raise ConfigError(f"classes differ from the checkpoint's classes ({', '.join(detector.class_names)})")
+        dataset = build_dataset(data, split=split, images_dir=images, classes=list(detector.class_names), on_bad_image=on_bad_image)
+        metric = metric or dataset.default_metric
+        results, metrics = evaluate_model(
+            detector.model, dataset, metric=metric, class_names=detector.class_names,
+            label_to_category_id=dataset.label_to_category_id, batch_size=batch_size, num_workers=num_workers,
+            device=detector.device, progress=not quiet, amp_dtype=detector.amp_dtype,
+        )  # fmt: skip
+        source = {"weights": repr(weights) if weights is detector else str(weights)}
+    else:
+        if not main:
+            return EvalResult({}, metric or "", 0, 0, None)  # scoring a results file is rank 0's alone
+        results = load_results(detections)
+        dataset = build_dataset(data, split=split, images_dir=images, classes=classes, on_bad_image=on_bad_image)
+        metric = metric or dataset.default_metric
+        try:
+            metrics = evaluate_results(results, dataset, metric=metric)
+        except ValueError as e:
+            hint = "" if classes or dataset.label_to_category_id is not None else "; --classes gives the class list of the category ids"
+            raise DataError(detections, f"does not fit {data} ({e}){hint}") from None
+        source = {"detections": str(detections)}
+    result = EvalResult(metrics, metric, len(dataset), len(dataset.skipped), folder.path if folder else None)
+    if folder is None or not main:
+        return result
+    if weights is not None:
+        save_results(folder.path / "detections.json", results)
+    name, value = headline(metrics)
+    record = {
+        **json_safe({k: v for k, v in metrics.items() if k not in ("pr_curves", "summary")}),
+        "metric": metric, **source, "data": dataset.describe(), "num_images": len(dataset),
+    }  # fmt: skip
+    atomic_write_text(folder.path / "metrics.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
+    plot_pr_curves(
+        metrics.get("pr_curves", {}), folder.path / "pr_curves.png",
+        title=f"{Path(data).name}: {name} {value:.4f} ({metric})", aps=metrics.get("per_class"),
+    )  # fmt: skip
+    return result
+
+
+def image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files named by ``inputs`` (files, and the images of folders, sorted); their stems must differ."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(path, f"folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(path, "no such image file or folder")
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems and stems[path.stem] != path:
+            raise ConfigError(f"{stems[path.stem]} and {path} have the same file stem; their outputs would collide")
+        stems[path.stem] = path
+    return list(stems.values())
+
+
+def predict(
+    weights: str | Path | Detector,
+    inputs: Sequence[str | Path],
+    *,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    score_threshold: float = 0.5,
+    on_bad_image: str = "skip",
+    preset: str | None = None,
+    classes: Sequence[str] | str | None = None,
+    device: str = "auto",
+    amp: str | None = None,
+    quiet: bool = False,
+) -> PredictResult:
+    """Detect objects in image files and folders with a checkpoint, a ``Detector`` or (``preset``) a torchvision file.
+
+    With ``output``: draws each image's detections to ``output/<stem>.jpg`` and writes ``output/detections.json``
+    (a COCO results list, ``image_id`` = file stem, boxes in the image's pixels), which covers every image
+    read even when a later one stops the run. A bad image is skipped with a warning (``on_bad_image="skip"``)
+    or stops the run (``"error"``). An image much larger than the model's input is decoded reduced.
+    """
+    import torch
+
+    from fasterrcnn.detector import Detection, in_original_pixels
+    from fasterrcnn.evaluation import detections_to_results, save_results
+    from fasterrcnn.visualize import draw_detections
+
+    check_policy(on_bad_image)
+    files = image_files(inputs)
+    folder = OutputFolder(output) if output is not None else None
+    if folder is not None:
+        folder.claim([*(f"{p.stem}.jpg" for p in files), "detections.json"], overwrite=overwrite, inputs=files)
+    detector = _detector(weights, device=device, amp=amp, preset=preset, classes=classes)
+    found: dict[Path, list[Detection]] = {}
+    skipped: list[tuple[str, str]] = []
+    results: list[dict] = []
+    try:
+        for path in files:
+            try:
+                image, size = detector.load(path)
+            except DataError as error:
+                if on_bad_image == "error":
+                    raise
+                logger.warning(f"skipping {error}")
+                skipped.append((str(path), error.problem))
+                continue
+            with torch.inference_mode(), detector.autocast():
+                detection = detector.model([image.to(detector.device)])[0]
+            keep = detection["scores"] >= score_threshold
+            detection = {k: v[keep].cpu() for k, v in detection.items()}
+            original = {**detection, "boxes": in_original_pixels(detection["boxes"], image, size)}
+            found[path] = detector.as_detections(original)
+            results.extend(detections_to_results(path.stem, original, detector.class_names, detector.label_to_category_id))
+            if folder is not None:  # drawn on the image as decoded (reduced when it is large)
+                picture = draw_detections(image, detection["boxes"], detection["labels"], detection["scores"], detector.class_names)
+                atomic_save(folder.path / f"{path.stem}.jpg", lambda f: picture.save(f, format="JPEG", quality=92))
+            if not quiet:
+                print(f"{path}: {len(found[path])} detections", flush=True)
+    finally:
+        if folder is not None:
+            save_results(folder.path / "detections.json", results)
+    return PredictResult(found, skipped, folder.path if folder else None)
+
+
+def compress(
+    weights: str | Path, output: str | Path, *, ranks: tuple[int, int] = (1024, 256), overwrite: bool = False
+) -> list[dict[str, Any]]:
+    """Write ``output``: the checkpoint ``weights`` with the box head's fc6 / fc7 replaced by their truncated
+    SVDs of ``ranks`` (``modeling.low_rank``). Returns per layer ``{"name", "in", "out", "rank", "error"}``
+    (``error``: the relative Frobenius error of the weights). The trained checkpoint is never overwritten."""
+    import dataclasses
+
+    import torch
+
+    from fasterrcnn.engine.checkpoint import Checkpoint
+    from fasterrcnn.modeling.low_rank import BOX_HEAD_LAYERS, compress_box_head
+
+    output = Path(output)
+    if output.resolve() == Path(weights).resolve():
+        raise ConfigError("--output must differ from --weights (the trained checkpoint is kept)")
+    if output.exists() and not overwrite:
+        raise ConfigError(f"{output} exists; pass --overwrite to replace it or choose another --output")
+    checkpoint = Checkpoint.read(weights)
+    model = checkpoint.build_model()
+    box_head = model.roi_heads.box_head
+    before = {name: getattr(box_head, name, None) for name in BOX_HEAD_LAYERS}
+    compress_box_head(model, ranks)
+    report = []
+    for name, layer in before.items():
+        low_rank = getattr(box_head, name)
+        with torch.no_grad():
+            error = (low_rank.expand.weight @ low_rank.reduce.weight - layer.weight).norm() / layer.weight.norm()
+        report.append({"name": name, "in": layer.in_features, "out": layer.out_features, "rank": low_rank.rank, "error": float(error)})
+    # model.config records the ranks, so the compressed checkpoint loads as any other; it cannot resume training
+    compressed = dataclasses.replace(checkpoint, model=model.state_dict(), model_config=model.config, training={})
+    compressed.write(output)
+    return report
