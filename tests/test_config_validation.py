@@ -103,6 +103,7 @@ def test_every_field_is_type_checked(cls):
         (dict(anchor_sizes=(32.0, 64.0)), "model.anchor_sizes = (32.0, 64.0): must be a tuple of tuples of finite numbers"),
         (dict(box_head_ranks=(8,)), "model.box_head_ranks = (8,): must be a tuple of 2 integers or null"),
         (dict(representation_size=1.5), "model.representation_size = 1.5: must be an integer or null"),
+        (dict(rpn_min_size=10**400), f"model.rpn_min_size = {10**400}: must be a finite number"),
     ],
 )
 def test_type_errors(fields, message):

@@ -520,7 +520,12 @@ def _fits(value, hint) -> bool:
             return all(_fits(v, args[0]) for v in value)
         return len(value) == len(args) and all(_fits(v, h) for v, h in zip(value, args))
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        try:
+            return math.isfinite(value)
+        except OverflowError:  # an int beyond the float range
+            return False
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
@@ -626,6 +631,7 @@ def _check_layout(data, source: str | Path | None, *, required: tuple[str, ...] 
     return data
 
 
+@functools.cache
 def _yaml_loader():
     """PyYAML's SafeLoader (plain data: no tags that build objects), reading ``1e-4`` as a float as JSON does.
 
