@@ -159,7 +159,7 @@ def test_config_files_are_data_never_code(voc_root, tmp_path, capsys):
     assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--config", str(yaml))), yaml, "not valid JSON")
     config = tmp_path / "config.json"  # strings stay strings, however they look
     config.write_text(json.dumps({"preset": "tiny", "train": {"lr": command}}))
-    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--config", str(config))), "lr", "does not fit")
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--config", str(config))), "train.lr", "must be a finite number")
     assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--set", f"train.seed={command}")), "seed")
     assert not marker.exists()
 

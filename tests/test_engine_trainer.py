@@ -177,9 +177,9 @@ def test_periodic_evaluation_keeps_best_checkpoint(voc_root, tmp_path):
 
 
 def test_invalid_config_is_a_config_error(voc_root, tmp_path):
-    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+    with pytest.raises(ConfigError, match=r"^train\.batch_size = 0: must be >= 1$"):
         make_trainer(voc_root, tmp_path, config=replace(CONFIG, batch_size=0))
-    with pytest.raises(ConfigError, match="lr must be > 0"):
+    with pytest.raises(ConfigError, match=r"^train\.lr = -1\.0: must be > 0$"):
         make_trainer(voc_root, tmp_path, config=replace(CONFIG, lr=-1.0))
 
 

@@ -1,4 +1,4 @@
-"""Configuration: frozen dataclasses with documented defaults, and named presets.
+"""Configuration: frozen dataclasses with documented defaults, named presets, and their validation.
 
 A preset is a pair (``ModelConfig``, ``TrainConfig``). Modules never read this file: the model
 builder turns a ``ModelConfig`` into explicit keyword arguments, the trainer does the same with
@@ -6,22 +6,68 @@ builder turns a ``ModelConfig`` into explicit keyword arguments, the trainer doe
 can be stored in checkpoints (``weights_only=True``) and in ``config.json``.
 
 ``num_classes`` always counts foreground classes only; the model adds the background class 0.
+
+Validation happens here, once, however a configuration arrives (command-line flags, ``--set``,
+config files, Python callers, checkpoints). ``check_config`` checks every field's type (a bool is
+not an int, an int is a float, tuples of the right length), finite numbers, its range or allowed
+names, and the relations between fields (thresholds in order, anchors that fit the backbone ...).
+All problems are reported in one ``ConfigError`` line, each as ``section.field = value: rule``,
+followed by ``(in FILE)`` when the value was read from a file. ``resolve`` builds a run's configs
+from its layers: the preset (or, on resume, the checkpoint's config) < a config file < overrides.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
+import math
+import re
+import types
+import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fasterrcnn.errors import ConfigError
+from fasterrcnn.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The Caffe convention of the paper's VGG16: BGR channel order, 0-255 values, mean subtraction.
 CAFFE_BGR_MEAN = (102.9801, 115.9465, 122.7717)
+
+# Names the model builder and the trainer accept. modeling/ and detector.py hold the same names
+# (tests/test_config_validation.py checks that they agree).
+PIXEL_FORMATS = ("rgb01", "caffe_bgr255")
+BOX_POOLERS = ("roi_pool", "roi_align", "multiscale_roi_align")
+AMP_DTYPES = ("bf16", "fp16")
+SEED_MAX = 2**64 - 1  # torch.manual_seed takes seeds in [0, 2**64 - 1] (negative ones alias large ones)
+
+
+@dataclass(frozen=True)
+class BackboneFacts:
+    """What validation knows of a backbone of ``modeling/backbones`` (the tests build each one to check it).
+
+    feature_maps: maps the RPN runs on, each with its own tuple of anchor sizes (FPN's "pool" level counts);
+    trainable_layers: the largest ``trainable_backbone_layers``;
+    box_head_width: the one ``representation_size`` its box head has (ResNet C4: res5), None when any width is allowed.
+    """
+
+    feature_maps: int
+    trainable_layers: int
+    box_head_width: int | None = None
+
+
+BACKBONES: dict[str, BackboneFacts] = {
+    "vgg16": BackboneFacts(feature_maps=1, trainable_layers=5),
+    "resnet50": BackboneFacts(feature_maps=1, trainable_layers=5, box_head_width=2048),
+    "resnet101": BackboneFacts(feature_maps=1, trainable_layers=5, box_head_width=2048),
+    "resnet50_fpn": BackboneFacts(feature_maps=5, trainable_layers=5),
+    "mobilenet_v3_large_fpn": BackboneFacts(feature_maps=3, trainable_layers=6),
+    "tiny": BackboneFacts(feature_maps=1, trainable_layers=4),
+}
 
 
 @dataclass(frozen=True)
@@ -36,8 +82,8 @@ class ModelConfig:
     min_size: int = 600
     max_size: int = 1000
     pixel_format: str = "caffe_bgr255"  # "rgb01" (mean/std on RGB in [0, 1]) or "caffe_bgr255"
-    image_mean: tuple[float, ...] = CAFFE_BGR_MEAN
-    image_std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    image_mean: tuple[float, float, float] = CAFFE_BGR_MEAN  # per channel, in the order of pixel_format (BGR for caffe_bgr255)
+    image_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     size_divisible: int = 16
 
     # Anchors (modeling/anchors.py): one tuple of sizes and of ratios per feature map
@@ -252,28 +298,27 @@ def _coerce(value):
 
 
 def from_dict(cls, data: dict[str, Any], *, source: str | Path | None = None):
-    """Build ``cls`` (ModelConfig or TrainConfig) from a dict; unknown keys raise ConfigError (naming ``source``)."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        where = f" (in {source})" if source is not None else ""
-        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}{where}")
-    return cls(**{k: _coerce(v) for k, v in data.items()})
+    """Build and check ``cls`` (ModelConfig or TrainConfig) from a dict of some of its fields (JSON lists become tuples).
+
+    Raises ConfigError for unknown or invalid fields, naming ``source`` (the file the dict came from) when given.
+    """
+    section = _SECTIONS[cls]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: expected a mapping of {section} fields, got {type(data).__name__}{_in(source)}")
+    _check_known(cls, data, source)
+    config = cls(**{k: _coerce(v) for k, v in data.items()})
+    check_config(config, source=source)
+    return config
 
 
 def replace(config, **overrides):
-    """``dataclasses.replace`` with a clear ConfigError for unknown fields."""
-    names = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ConfigError(f"unknown {type(config).__name__} field(s): {', '.join(unknown)}")
+    """``dataclasses.replace`` with a clear ConfigError for unknown fields (values are not checked: see ``check_config``)."""
+    _check_known(type(config), overrides, None)
     return dataclasses.replace(config, **overrides)
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
     """Read a JSON config file as data (never executed); errors name the file."""
-    from fasterrcnn.errors import DataError
-
     path = Path(path)
     try:
         text = path.read_text()
@@ -285,17 +330,442 @@ def load_json(path: str | Path) -> dict[str, Any]:
         raise DataError(path, f"not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A config file ``{"preset": NAME, "model": {...}, "train": {...}}`` (JSON); errors name the file."""
-    from fasterrcnn.errors import DataError
+# -- Validation ----------------------------------------------------------------------------------------
+# A rule takes a value of the field's type and returns what is wrong with it ("must be >= 1") or None.
+_Rule = Callable[[Any], "str | None"]
 
-    config = load_json(path)
-    if not isinstance(config, dict):
-        raise DataError(path, "expected a JSON object with keys preset, model, train")
-    unknown = sorted(set(config) - {"preset", "model", "train"})
+
+def _at_least(low) -> _Rule:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _above(low) -> _Rule:
+    return lambda v: None if v > low else f"must be > {low}"
+
+
+def _within(low, high, *, open_low: bool = False, open_high: bool = False) -> _Rule:
+    def rule(v):
+        fits = (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+        return None if fits else f"must be in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+
+    return rule
+
+
+def _one_of(names: tuple[str, ...]) -> _Rule:
+    return lambda v: None if v in names else f"must be one of {', '.join(names)}"
+
+
+def _each(rule: _Rule) -> _Rule:
+    """``rule`` for every number of a tuple (tuples of tuples too): "every value must be > 0"."""
+
+    def flat(v):
+        return [x for item in v for x in flat(item)] if isinstance(v, tuple) else [v]
+
+    def check(v):
+        problem = next((p for p in map(rule, flat(v)) if p), None)
+        return None if problem is None else f"every value {problem}"
+
+    return check
+
+
+def _levels(v) -> str | None:
+    return None if v and all(v) else "must hold at least one tuple (one per feature map), none of them empty"
+
+
+def _increasing(v) -> str | None:
+    return None if all(a < b for a, b in zip(v, v[1:])) else "must be increasing"
+
+
+def _seed(v) -> str | None:
+    return None if 0 <= v <= SEED_MAX else "must be in [0, 2**64 - 1] (the seeds torch.manual_seed takes)"
+
+
+_UNIT_INTERVAL = _within(0, 1)  # IoU thresholds, NMS thresholds, probabilities
+_FRACTION = _within(0, 1, open_low=True)
+_SCORE_THRESHOLD = _within(0, 1, open_high=True)  # scores are in (0, 1): a threshold of 1 keeps nothing
+
+# Every field with its rules beyond its type (checked first: see _fits); () means any value of the type.
+_MODEL_RULES: dict[str, tuple[_Rule, ...]] = {
+    "backbone": (_one_of(tuple(BACKBONES)),),
+    "num_classes": (_at_least(1),),
+    "trainable_backbone_layers": (_at_least(0),),  # and at most the backbone's stages (_model_relations)
+    "min_size": (_at_least(1),),
+    "max_size": (_at_least(1),),
+    "pixel_format": (_one_of(PIXEL_FORMATS),),
+    "image_mean": (),
+    "image_std": (_each(_above(0)),),  # a divisor
+    "size_divisible": (_at_least(1),),
+    "anchor_sizes": (_levels, _each(_above(0))),
+    "aspect_ratios": (_levels, _each(_above(0))),  # height / width
+    "rpn_pre_nms_top_n_train": (_at_least(1),),  # per feature map
+    "rpn_post_nms_top_n_train": (_at_least(1),),  # per image, may exceed pre (fewer boxes survive then)
+    "rpn_pre_nms_top_n_test": (_at_least(1),),
+    "rpn_post_nms_top_n_test": (_at_least(1),),
+    "rpn_nms_thresh": (_UNIT_INTERVAL,),
+    "rpn_fg_iou_thresh": (_UNIT_INTERVAL,),
+    "rpn_bg_iou_thresh": (_UNIT_INTERVAL,),
+    "rpn_batch_size_per_image": (_at_least(1),),
+    "rpn_positive_fraction": (_FRACTION,),
+    "rpn_score_thresh": (_SCORE_THRESHOLD,),
+    "rpn_min_size": (_at_least(0),),
+    "rpn_ignore_cross_boundary": (),
+    "rpn_smooth_l1_beta": (_at_least(0),),  # 0: L1
+    "box_pooler": (_one_of(BOX_POOLERS),),
+    "box_pool_size": (_at_least(1),),
+    "box_sampling_ratio": (),  # <= 0: adaptive
+    "box_aligned": (),
+    "box_fg_iou_thresh": (_UNIT_INTERVAL,),
+    "box_bg_iou_thresh": (_UNIT_INTERVAL,),
+    "box_bg_iou_low": (_UNIT_INTERVAL,),
+    "box_batch_size_per_image": (_at_least(1),),
+    "box_positive_fraction": (_FRACTION,),
+    "box_reg_weights": (_each(_above(0)),),  # decoding divides by them
+    "box_score_thresh": (_SCORE_THRESHOLD,),
+    "box_nms_thresh": (_UNIT_INTERVAL,),
+    "box_detections_per_img": (_at_least(1),),
+    "box_min_size": (_at_least(0),),
+    "box_smooth_l1_beta": (_at_least(0),),
+    "representation_size": (_at_least(1),),
+    "box_head_ranks": (_each(_at_least(1)),),  # upper bounds depend on the layers: modeling/low_rank.py checks them
+}
+
+_TRAIN_RULES: dict[str, tuple[_Rule, ...]] = {
+    "batch_size": (_at_least(1),),
+    "lr": (_above(0),),
+    "momentum": (_within(0, 1, open_high=True),),
+    "weight_decay": (_at_least(0),),
+    "warmup_iters": (_at_least(0),),
+    "warmup_factor": (_FRACTION,),
+    "lr_steps": (_each(_at_least(1)), _increasing),  # steps past max_iters are allowed (never reached)
+    "lr_gamma": (_above(0),),
+    "max_iters": (),  # >= 1 unless epochs is set (_train_relations)
+    "epochs": (_at_least(1),),
+    "grad_clip_norm": (_above(0),),
+    "hflip_prob": (_UNIT_INTERVAL,),
+    "seed": (_seed,),
+    "log_every": (_at_least(1),),
+    "checkpoint_every": (_at_least(1),),
+    "keep_checkpoints": (_at_least(0),),
+    "eval_every": (_at_least(0),),
+    "max_nonfinite_steps": (_at_least(1),),
+    "scale_lr": (),
+    "sync_bn": (),
+    "amp": (),
+    "amp_dtype": (_one_of(AMP_DTYPES),),
+}
+
+
+def _model_relations(c: ModelConfig, clean: Callable[..., bool]) -> Iterator[tuple[str, str]]:
+    """(field, rule) for each broken relation between fields; ``clean(*names)``: those fields passed their own rules."""
+    if clean("min_size", "max_size") and c.max_size < c.min_size:
+        yield "max_size", f"must be >= min_size ({c.min_size})"
+    if clean("rpn_fg_iou_thresh", "rpn_bg_iou_thresh") and c.rpn_fg_iou_thresh < c.rpn_bg_iou_thresh:
+        yield "rpn_fg_iou_thresh", f"must be >= rpn_bg_iou_thresh ({c.rpn_bg_iou_thresh})"
+    if clean("box_fg_iou_thresh", "box_bg_iou_thresh") and c.box_bg_iou_thresh > c.box_fg_iou_thresh:
+        yield "box_bg_iou_thresh", f"must be <= box_fg_iou_thresh ({c.box_fg_iou_thresh})"
+    if clean("box_bg_iou_low", "box_bg_iou_thresh") and c.box_bg_iou_low > c.box_bg_iou_thresh:
+        yield "box_bg_iou_low", f"must be <= box_bg_iou_thresh ({c.box_bg_iou_thresh})"
+    if clean("anchor_sizes", "aspect_ratios"):
+        if len(c.aspect_ratios) != len(c.anchor_sizes):
+            yield "aspect_ratios", f"must hold one tuple per tuple of anchor_sizes ({len(c.anchor_sizes)}), got {len(c.aspect_ratios)}"
+        else:
+            per_cell = [len(s) * len(r) for s, r in zip(c.anchor_sizes, c.aspect_ratios)]
+            if len(set(per_cell)) > 1:  # the RPN head is shared by all feature maps
+                yield "anchor_sizes", f"every feature map needs the same number of anchors per cell (sizes x ratios), got {per_cell}"
+    facts = BACKBONES.get(c.backbone) if clean("backbone") else None
+    if facts is None:
+        return
+    if clean("anchor_sizes") and len(c.anchor_sizes) != facts.feature_maps:
+        yield "anchor_sizes", f"must hold one tuple of sizes per feature map of backbone {c.backbone} ({facts.feature_maps}), got {len(c.anchor_sizes)}"
+    if clean("box_pooler") and facts.feature_maps > 1 and c.box_pooler != "multiscale_roi_align":
+        yield "box_pooler", f"backbone {c.backbone} has several feature maps: use multiscale_roi_align"
+    layers = c.trainable_backbone_layers
+    if clean("trainable_backbone_layers") and layers is not None and layers > facts.trainable_layers:
+        yield "trainable_backbone_layers", f"must be in 0..{facts.trainable_layers} for backbone {c.backbone}"
+    width = facts.box_head_width
+    if clean("representation_size") and width is not None and c.representation_size not in (None, width):
+        yield "representation_size", f"must be {width} or null for backbone {c.backbone} (the width of its box head)"
+
+
+def _train_relations(c: TrainConfig, clean: Callable[..., bool]) -> Iterator[tuple[str, str]]:
+    """(field, rule) for each broken relation between fields (see ``_model_relations``)."""
+    if clean("max_iters", "epochs") and c.epochs is None and c.max_iters < 1:
+        yield "max_iters", "must be >= 1 (or set epochs)"
+
+
+_SECTIONS = {ModelConfig: "model", TrainConfig: "train"}
+_RULES = {ModelConfig: _MODEL_RULES, TrainConfig: _TRAIN_RULES}
+_RELATIONS = {ModelConfig: _model_relations, TrainConfig: _train_relations}
+_TYPE_NAMES = {  # (singular, plural)
+    bool: ("true or false", "booleans"),
+    int: ("an integer", "integers"),
+    float: ("a finite number", "finite numbers"),
+    str: ("a string", "strings"),
+    type(None): ("null", "nulls"),
+}
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fits(value, hint) -> bool:
+    """Whether ``value`` has type ``hint``: bool is not an int, an int is a float, floats are finite, tuples have the right length."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, h) for v, h in zip(value, args))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        try:
+            return math.isfinite(value)
+        except OverflowError:  # an int beyond the float range
+            return False
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint, plural: bool = False) -> str:
+    """A type annotation in words: ``tuple[int, int] | None`` -> "a tuple of 2 integers or null"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h, plural) for h in args)
+    if origin is tuple:
+        count = "" if len(args) == 2 and args[1] is Ellipsis else f"{len(args)} "
+        return f"{'tuples' if plural else 'a tuple'} of {count}{_describe(args[0], plural=True)}"
+    return _TYPE_NAMES[hint][plural]
+
+
+@dataclass(frozen=True)
+class _Problem:
+    section: str
+    field: str
+    value: Any
+    rule: str
+
+    def text(self, source: str | Path | None = None) -> str:
+        return f"{self.section}.{self.field} = {self.value!r}: {self.rule}{_in(source)}"
+
+
+def _in(source: str | Path | None) -> str:
+    return "" if source is None else f" (in {source})"
+
+
+def _problems(config) -> list[_Problem]:
+    """Every problem of ``config``: each field's type, then its rules, then the relations between fields that passed."""
+    cls = type(config)
+    if cls not in _SECTIONS:
+        raise TypeError(f"expected a ModelConfig or TrainConfig, got {cls.__name__}")
+    section, rules, hints = _SECTIONS[cls], _RULES[cls], _hints(cls)
+    problems = []
+    for f in dataclasses.fields(cls):
+        value = getattr(config, f.name)
+        if not _fits(value, hints[f.name]):
+            problems.append(_Problem(section, f.name, value, f"must be {_describe(hints[f.name])}"))
+        elif value is not None:
+            rule = next((p for p in (check(value) for check in rules[f.name]) if p), None)
+            if rule is not None:
+                problems.append(_Problem(section, f.name, value, rule))
+    bad = {p.field for p in problems}
+    for name, rule in _RELATIONS[cls](config, lambda *names: bad.isdisjoint(names)):
+        problems.append(_Problem(section, name, getattr(config, name), rule))
+    return problems
+
+
+def check_config(config: ModelConfig | TrainConfig, *, source: str | Path | None = None) -> None:
+    """Raise ConfigError listing every invalid field of ``config`` in one line.
+
+    Each problem reads ``section.field = value: rule`` (e.g. ``model.pixel_format = 'hsv': must be
+    one of rgb01, caffe_bgr255``), followed by ``(in SOURCE)`` when ``source`` (a file) is given;
+    problems are joined by "; ".
+    """
+    problems = _problems(config)
+    if problems:
+        raise ConfigError("; ".join(p.text(source) for p in problems))
+
+
+def _check_known(cls, data: dict, source: str | Path | None) -> None:
+    """ConfigError for keys of ``data`` that are not fields of ``cls``, with the closest field name as a hint."""
+    section, names = _SECTIONS[cls], [f.name for f in dataclasses.fields(cls)]
+    problems = []
+    for key in sorted(map(str, set(data) - set(names))):
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{section}.{key}: unknown field{hint}{_in(source)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+# -- Building a run's configuration from its layers ------------------------------------------------------
+_LAYOUT_KEYS = ("preset", "model", "train")
+
+
+def _check_layout(data, source: str | Path | None, *, required: tuple[str, ...] = (), what: str = "") -> dict[str, Any]:
+    """``data`` if it is ``{"preset": str, "model": {...}, "train": {...}}`` (keys optional unless ``required``).
+
+    Otherwise DataError naming ``source`` (ConfigError without one); ``what`` starts the message.
+    """
+
+    def fail(problem: str) -> Exception:
+        return DataError(source, what + problem) if source is not None else ConfigError(what + problem)
+
+    if not isinstance(data, dict):
+        raise fail(f"expected a mapping with keys {', '.join(_LAYOUT_KEYS)}, got {type(data).__name__}")
+    unknown = sorted(map(str, set(data) - set(_LAYOUT_KEYS)))
     if unknown:
-        raise DataError(path, f"unknown key(s) {', '.join(unknown)} (expected preset, model, train)")
+        raise fail(f"unknown key(s) {', '.join(unknown)} (expected {', '.join(_LAYOUT_KEYS)})")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise fail(f"missing {', '.join(missing)}")
+    if "preset" in data and not isinstance(data["preset"], str):
+        raise fail(f"'preset' must be a preset name, got {data['preset']!r}")
     for section in ("model", "train"):
-        if not isinstance(config.get(section, {}), dict):
-            raise DataError(path, f"'{section}' must be a JSON object of {section} fields")
-    return config
+        if not isinstance(data.get(section, {}), dict):
+            raise fail(f"'{section}' must be a mapping of {section} fields")
+    return data
+
+
+@functools.cache
+def _yaml_loader():
+    """PyYAML's SafeLoader (plain data: no tags that build objects), reading ``1e-4`` as a float as JSON does.
+
+    YAML 1.1 wants a dot in a float (``1.0e-4``); without this resolver ``lr: 1e-4`` would be the string "1e-4".
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return yaml, Loader
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a config file ``{"preset": NAME, "model": {...}, "train": {...}}`` (every key optional) as data, never code.
+
+    JSON, or YAML for ``.yaml`` / ``.yml`` files (PyYAML's safe loader). The values are checked by
+    ``resolve``, which names this file for each bad one; here an unreadable or malformed file is a
+    DataError naming it.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot read config file ({getattr(e, 'strerror', None) or e})") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            yaml, loader = _yaml_loader()
+        except ImportError:
+            raise DataError(path, "reading YAML needs PyYAML (pip install pyyaml); or write the file as JSON") from None
+        try:
+            data = yaml.load(text, Loader=loader)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            raise DataError(path, f"not valid YAML ({where}{getattr(e, 'problem', None) or e})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(path, f"not valid JSON (line {e.lineno}: {e.msg})") from None
+    return _check_layout(data, path)
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set`` items ``section.field=VALUE`` -> ``{"model": {...}, "train": {...}}``.
+
+    VALUE is read as JSON (``0.6``, ``[800, 1000]``, ``true``, ``null``), else kept as a string
+    (``rgb01``). Field names and values are checked by ``resolve``.
+    """
+    overrides: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for item in items:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or section not in overrides or not name:
+            raise ConfigError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides[section][name] = value
+    return overrides
+
+
+def resolve(
+    preset: str | None = None,
+    *,
+    base: dict[str, Any] | None = None,
+    file: dict[str, Any] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    base_source: str | Path | None = None,
+    file_source: str | Path | None = None,
+) -> tuple[str, ModelConfig, TrainConfig]:
+    """A run's ``(preset name, ModelConfig, TrainConfig)`` from its layers, each overriding the one before.
+
+    1. the preset's configs (``preset``, else the file's "preset"), or ``base`` when resuming: the
+       ``config`` dict of the run's checkpoint (read from ``base_source``), whose preset must then match;
+    2. ``file``: a config file's dict (``load_config_file``, read from ``file_source``);
+    3. ``overrides``: ``{"model": {...}, "train": {...}}`` (``--set`` items, then command-line flags).
+
+    The merged configs are checked once; each bad value is reported with the file it came from.
+    Raises ConfigError (DataError for a ``file`` or ``base`` that is not such a dict).
+    """
+    file = _check_layout(file if file is not None else {}, file_source)
+    overrides = overrides or {}
+    unknown = sorted(map(str, set(overrides) - {"model", "train"}))
+    if unknown:
+        raise ConfigError(f"unknown override section(s) {', '.join(unknown)} (expected model, train)")
+    if base is not None:
+        base = _check_layout(base, base_source, required=_LAYOUT_KEYS, what="run configuration: ")
+        name = base["preset"]
+        for given, where in ((preset, ""), (file.get("preset"), _in(file_source))):
+            if given is not None and given != name:
+                raise ConfigError(f"preset {given!r}{where}: the run to resume was trained with preset {name!r}")
+        first = (base, base_source)
+    else:
+        name = preset if preset is not None else file.get("preset")
+        if name is None:
+            raise ConfigError('no preset: name one (--preset NAME) or put "preset" in the config file')
+        chosen = get_preset(name)
+        first = ({"model": to_dict(chosen.model), "train": to_dict(chosen.train)}, None)
+
+    configs, problems = [], []
+    for cls in (ModelConfig, TrainConfig):
+        section = _SECTIONS[cls]
+        values: dict[str, Any] = {}
+        origin: dict[str, str | Path | None] = {}  # field -> the file its value came from
+        for layer, source in (first, (file, file_source), (overrides, None)):
+            fields = layer.get(section, {})
+            _check_known(cls, fields, source)
+            values.update({k: _coerce(v) for k, v in fields.items()})
+            origin.update(dict.fromkeys(fields, source))
+        config = cls(**values)
+        problems += [p.text(origin.get(p.field)) for p in _problems(config)]
+        configs.append(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    model_config, train_config = configs
+    return name, model_config, train_config
+
+
+def config_from_checkpoint(config: dict[str, Any], path: str | Path) -> tuple[str | None, ModelConfig, TrainConfig | None]:
+    """The ``(preset, ModelConfig, TrainConfig or None)`` stored in a checkpoint's ``config`` entry.
+
+    A missing, malformed or invalid configuration is a DataError naming ``path``, the checkpoint.
+    Files written by ``compress`` or by hand may hold no "train" section (None then) or no preset.
+    """
+    _check_layout(config, path, required=("model",), what="checkpoint configuration: ")
+    try:
+        model_config = from_dict(ModelConfig, config["model"])
+        train_config = from_dict(TrainConfig, config["train"]) if "train" in config else None
+    except ConfigError as e:
+        raise DataError(path, f"checkpoint holds an invalid configuration: {e}") from None
+    return config.get("preset"), model_config, train_config

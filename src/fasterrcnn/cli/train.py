@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from fasterrcnn.cli.options import add_amp, add_common, add_data, class_list, nonnegative_int, positive_float, positive_int, print_skipped
-from fasterrcnn.errors import ConfigError
 
 # flag -> TrainConfig field, for the flags that set one (None: not given)
 TRAIN_FLAGS = {
@@ -82,25 +80,11 @@ def add_parser(commands) -> None:
     p.set_defaults(func=run)
 
 
-def parse_set(items: list[str]) -> dict[str, object]:
-    """``--set model.FIELD=VALUE`` items as ``{"model.FIELD": value}`` (VALUE parsed as JSON, else a string)."""
-    overrides = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or section not in ("model", "train") or not name:
-            raise ConfigError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        overrides[f"{section}.{name}"] = value
-    return overrides
-
-
 def overrides_of(args: argparse.Namespace) -> dict[str, object]:
-    """``--set`` items, then the flags that set a training field (explicit flags win)."""
-    overrides = parse_set(args.set)
+    """``--set`` items, then the flags that set a training field (explicit flags win), as ``{"train.lr": 0.01}``."""
+    from fasterrcnn.config import parse_overrides
+
+    overrides = {f"{section}.{name}": value for section, fields in parse_overrides(args.set).items() for name, value in fields.items()}
     overrides.update({f"train.{field}": getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
     overrides.update({f"train.{field}": value for flag, (field, value) in TRAIN_SWITCHES.items() if getattr(args, flag)})
     return overrides

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fasterrcnn.config import ModelConfig, TrainConfig, from_dict, to_dict
-from fasterrcnn.errors import ConfigError, DataError
+from fasterrcnn.config import ModelConfig, TrainConfig, config_from_checkpoint, to_dict
+from fasterrcnn.errors import DataError
 from fasterrcnn.io import atomic_save
 
 __all__ = [
@@ -209,13 +209,7 @@ class Checkpoint:
         """Check a loaded checkpoint dict once: what a model needs is there, its configurations are valid,
         its class names fit the model. Errors name ``path``."""
         check_model_checkpoint(state, path)
-        config = state["config"]
-        try:
-            model_config = from_dict(ModelConfig, config["model"])
-            train = config.get("train")
-            train_config = None if train is None else from_dict(TrainConfig, train)
-        except (ConfigError, TypeError) as e:
-            raise DataError(path, f"checkpoint holds an invalid configuration ({e})") from None
+        preset, model_config, train_config = config_from_checkpoint(state["config"], path)
         class_names = state["class_names"]
         if not isinstance(class_names, (list, tuple)) or not all(isinstance(name, str) for name in class_names):
             raise DataError(path, "checkpoint's class_names is not a list of names")
@@ -224,7 +218,7 @@ class Checkpoint:
         label_to_category_id = state.get("label_to_category_id")
         return cls(
             model=state["model"],
-            preset=config.get("preset"),
+            preset=preset,
             model_config=model_config,
             train_config=train_config,
             class_names=tuple(class_names),

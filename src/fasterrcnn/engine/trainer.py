@@ -72,8 +72,8 @@ from typing import Any
 
 import torch
 
-from fasterrcnn.config import TrainConfig
-from fasterrcnn.device import AMP_DTYPES, autocast_context, autocast_dtype
+from fasterrcnn.config import TrainConfig, check_config
+from fasterrcnn.device import autocast_context, autocast_dtype
 from fasterrcnn.engine.checkpoint import Checkpoint, CheckpointFolder, get_rng_state, set_rng_state, weights_are_finite
 from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
 from fasterrcnn.engine.schedule import WarmupStepLR
@@ -140,34 +140,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Wa
     )
 
 
-def check_train_config(config: TrainConfig) -> None:
-    """Raise ConfigError for values that cannot train."""
-    problems = []
-    if config.batch_size < 1:
-        problems.append(f"batch_size must be >= 1, got {config.batch_size}")
-    if not config.lr > 0:
-        problems.append(f"lr must be > 0, got {config.lr}")
-    if config.epochs is None and config.max_iters < 1:
-        problems.append(f"max_iters must be >= 1, got {config.max_iters}")
-    if config.epochs is not None and config.epochs < 1:
-        problems.append(f"epochs must be >= 1, got {config.epochs}")
-    if config.warmup_iters < 0:
-        problems.append(f"warmup_iters must be >= 0, got {config.warmup_iters}")
-    if config.grad_clip_norm is not None and not config.grad_clip_norm > 0:
-        problems.append(f"grad_clip_norm must be > 0 (or null), got {config.grad_clip_norm}")
-    if not 0.0 <= config.hflip_prob <= 1.0:
-        problems.append(f"hflip_prob must be in [0, 1], got {config.hflip_prob}")
-    for name in ("log_every", "checkpoint_every", "max_nonfinite_steps"):
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be >= 1, got {getattr(config, name)}")
-    if config.eval_every < 0:
-        problems.append(f"eval_every must be >= 0, got {config.eval_every}")
-    if config.amp_dtype not in AMP_DTYPES:
-        problems.append(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {config.amp_dtype!r}")
-    if problems:
-        raise ConfigError("invalid training configuration: " + "; ".join(problems))
-
-
 class _NullLogger:
     """The logger of the processes other than rank 0: they write nothing."""
 
@@ -224,7 +196,7 @@ class Trainer:
         from fasterrcnn.data.loader import build_loader
         from fasterrcnn.engine import distributed
 
-        check_train_config(config)
+        check_config(config)
         if len(dataset) == 0:
             raise ConfigError("the training set has no images")
         self.config = config

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from fasterrcnn import ops
-from fasterrcnn.config import ModelConfig, get_preset, replace
+from fasterrcnn.config import ModelConfig, check_config, get_preset, replace
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.modeling.anchors import AnchorGenerator
 from fasterrcnn.modeling.backbones.base import BackboneParts
@@ -82,9 +82,8 @@ class FasterRCNN(nn.Module):
     @classmethod
     def from_config(cls, model_config: ModelConfig, backbone_weights: str | None = None) -> "FasterRCNN":
         """Build the model of ``model_config``; ``backbone_weights``: optional backbone file (e.g. ImageNet)."""
+        check_config(model_config)
         cfg = model_config
-        if cfg.num_classes < 1:
-            raise ConfigError(f"num_classes must be >= 1 (foreground classes), got {cfg.num_classes}")
         parts = _build_backbone(cfg, backbone_weights)
         if cfg.box_head_ranks is not None:  # fc6 / fc7 from a backbone file are kept as their truncated SVD
             low_rank_box_head(parts.box_head, cfg.box_head_ranks, keep_weights=backbone_weights is not None)

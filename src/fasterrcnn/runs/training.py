@@ -58,31 +58,19 @@ def resolve_run_config(
     preset: str | None,
     *,
     base: Mapping[str, Any] | None = None,
+    base_source: str | Path | None = None,
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
 ):
-    """(preset name, ModelConfig, TrainConfig) from the preset or ``base`` < ``config_file`` < ``overrides``."""
-    from fasterrcnn.config import ModelConfig, TrainConfig, from_dict, get_preset, load_config_file, to_dict
+    """(preset name, ModelConfig, TrainConfig) from the preset or ``base`` (a checkpoint's config, read from
+    ``base_source``) < ``config_file`` < ``overrides``, checked once (``config.resolve``)."""
+    from fasterrcnn.config import load_config_file, resolve
 
-    file_config = load_config_file(config_file) if config_file is not None else {}
-    if base is not None:
-        preset_name = base["preset"]
-        if preset and preset != preset_name:
-            raise ConfigError(f"preset {preset!r}: the run to resume was trained with preset {preset_name!r}")
-        model, train = dict(base["model"]), dict(base["train"])
-    else:
-        preset_name = preset or file_config.get("preset")
-        if not preset_name:
-            raise ConfigError("a preset is required (--preset, or a config file with a \"preset\")")
-        chosen = get_preset(str(preset_name))
-        model, train = to_dict(chosen.model), to_dict(chosen.train)
     nested = _nest(overrides)
-    model.update(file_config.get("model", {}), **nested["model"])
-    train.update(file_config.get("train", {}), **nested["train"])
     if "max_iters" in nested["train"] and "epochs" not in nested["train"]:
-        train["epochs"] = None  # a length given in iterations replaces one in epochs
-    source = config_file
-    return str(preset_name), from_dict(ModelConfig, model, source=source), from_dict(TrainConfig, train, source=source)
+        nested["train"]["epochs"] = None  # a length given in iterations replaces one in epochs
+    file = load_config_file(config_file) if config_file is not None else None
+    return resolve(preset, base=base, file=file, overrides=nested, base_source=base_source, file_source=config_file)
 
 
 def _resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list]:
@@ -200,7 +188,9 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         base = checkpoint.config
         if class_names is None and checkpoint.label_to_category_id is None:
             class_names = list(checkpoint.class_names)
-    preset_name, model_config, train_config = resolve_run_config(preset, base=base, config_file=config_file, overrides=overrides)
+    preset_name, model_config, train_config = resolve_run_config(
+        preset, base=base, base_source=folder.checkpoints.last if resume else None, config_file=config_file, overrides=overrides
+    )
 
     flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
     on_bad_image = options["on_bad_image"]
