@@ -101,7 +101,7 @@ def test_predict_unreadable_and_missing_images(untrained_weights, tmp_path, caps
     assert_one_line_error(capsys, code, bad, "cannot read image")
     assert json.loads((tmp_path / "p" / "detections.json").read_text()) == []  # it covers the images read: none
     missing_weights = tmp_path / "w.pt"
-    code = main(["predict", "--weights", str(missing_weights), str(bad), "--output", str(tmp_path / "p")])
+    code = main(["predict", "--weights", str(missing_weights), str(bad), "--output", str(tmp_path / "q")])
     assert_one_line_error(capsys, code, missing_weights, "no such checkpoint")
 
 
@@ -156,7 +156,7 @@ def test_config_files_are_data_never_code(voc_root, tmp_path, capsys):
     assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--config", str(config))), config, "not valid JSON")
     yaml = tmp_path / "config.yaml"  # YAML's python tags are not data either
     yaml.write_text(f'preset: !!python/object/apply:os.system ["touch {marker}"]\n')
-    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--config", str(yaml))), yaml, "not valid JSON")
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--config", str(yaml))), yaml, "not valid YAML")
     config = tmp_path / "config.json"  # strings stay strings, however they look
     config.write_text(json.dumps({"preset": "tiny", "train": {"lr": command}}))
     assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "o", "--config", str(config))), "train.lr", "must be a finite number")

@@ -293,15 +293,34 @@ def test_every_option_named_in_the_pages_exists(path):
         assert span in options or span in others, f"{path.name}: `{span}` is not an option of fasterrcnn"
 
 
-PYTHON_EXAMPLES = [
+PYTHON_EXAMPLES = [  # the detector examples (the whole-run examples need a data set: test_run_examples_fit_the_api)
     (path, index)
     for path in (ROOT / "README.md", DOCS / "index.md", DOCS / "getting-started.md")
-    for index, _ in enumerate(code_blocks(path.read_text(), "python"))
+    for index, block in enumerate(code_blocks(path.read_text(), "python"))
+    if "from_checkpoint(" in block
 ]
 
 
+def test_run_examples_fit_the_api():
+    """Every call of fasterrcnn.train / evaluate / predict / compress in the pages binds to the function's signature."""
+    import ast
+
+    import fasterrcnn
+
+    calls = 0
+    for path in READER_FILES:
+        for block in code_blocks(path.read_text(), "python"):
+            for node in ast.walk(ast.parse(block)):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+                    if node.func.value.id == "fasterrcnn" and node.func.attr in ("train", "evaluate", "predict", "compress"):
+                        signature = inspect.signature(getattr(fasterrcnn, node.func.attr))
+                        signature.bind(*[None] * len(node.args), **{k.arg: None for k in node.keywords})
+                        calls += 1
+    assert calls >= 3
+
+
 def test_the_readme_has_a_five_line_detector_example():
-    (example,) = code_blocks((ROOT / "README.md").read_text(), "python")
+    (example,) = [block for block in code_blocks((ROOT / "README.md").read_text(), "python") if "Detector" in block]
     lines = example.strip().splitlines()
     assert len(lines) == 5
     assert lines[0] == "from fasterrcnn import Detector"

@@ -606,6 +606,9 @@ def _check_known(cls, data: dict, source: str | Path | None) -> None:
 
 # -- Building a run's configuration from its layers ------------------------------------------------------
 _LAYOUT_KEYS = ("preset", "model", "train")
+# What a run's config.json records besides its configuration (runs/training.py): read over by --config, so
+# that `fasterrcnn train --config runs/x/config.json` repeats the run x.
+_RUN_RECORD_KEYS = ("class_names", "data", "max_iters", "processes", "changes")
 
 
 def _check_layout(data, source: str | Path | None, *, required: tuple[str, ...] = (), what: str = "") -> dict[str, Any]:
@@ -651,7 +654,8 @@ def _yaml_loader():
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a config file ``{"preset": NAME, "model": {...}, "train": {...}}`` (every key optional) as data, never code.
 
-    JSON, or YAML for ``.yaml`` / ``.yml`` files (PyYAML's safe loader). The values are checked by
+    JSON, or YAML for ``.yaml`` / ``.yml`` files (PyYAML's safe loader). A run's own ``config.json`` is one
+    too: what it records besides the configuration (class names, data, the run's length) is left out. The values are checked by
     ``resolve``, which names this file for each bad one; here an unreadable or malformed file is a
     DataError naming it.
     """
@@ -676,6 +680,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(path, f"not valid JSON (line {e.lineno}: {e.msg})") from None
+    if isinstance(data, dict) and set(_RUN_RECORD_KEYS) & set(data):
+        data = {key: value for key, value in data.items() if key not in _RUN_RECORD_KEYS}
     return _check_layout(data, path)
 
 

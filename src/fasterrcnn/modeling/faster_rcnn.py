@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from fasterrcnn import ops
-from fasterrcnn.config import ModelConfig, check_config, get_preset, replace
+from fasterrcnn.config import BOX_POOLERS, ModelConfig, check_config, get_preset, replace
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.modeling.anchors import AnchorGenerator
 from fasterrcnn.modeling.backbones.base import BackboneParts
@@ -26,8 +26,6 @@ from fasterrcnn.modeling.low_rank import low_rank_box_head
 from fasterrcnn.modeling.roi_heads import FastRCNNPredictor, RoIHeads, SingleLevelRoIPool
 from fasterrcnn.modeling.rpn import RegionProposalNetwork, RPNHead
 from fasterrcnn.modeling.transform import GeneralizedRCNNTransform
-
-BOX_POOLERS = ("roi_pool", "roi_align", "multiscale_roi_align")
 
 
 def _build_backbone(cfg: ModelConfig, weights_path: str | None) -> BackboneParts:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PIXEL_FORMATS = ("rgb01", "caffe_bgr255")
+from fasterrcnn.config import PIXEL_FORMATS
 
 
 @dataclass

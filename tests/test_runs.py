@@ -1,0 +1,315 @@
+"""The run layer (fasterrcnn.runs): whole runs from Python, and the rules that keep a user's files safe.
+
+Tiny preset on 48-64 px synthetic images, a few iterations, CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import fasterrcnn
+from fasterrcnn.cli import main
+from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
+from fasterrcnn.engine.checkpoint import Checkpoint, load_checkpoint
+from fasterrcnn.engine.trainer import TrainingFailed
+from fasterrcnn.errors import ConfigError, DataError
+from fasterrcnn.runs import EvalResult, PredictResult, RunFolder, TrainResult, compress, evaluate, predict, train
+
+SMALL = {"model.min_size": 48, "model.max_size": 64}
+FAST = dict(split="train", preset="tiny", overrides=SMALL, batch_size=2, device="cpu", quiet=True, validate=False)
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return write_synthetic_voc(tmp_path_factory.mktemp("data") / "voc", num_train=4, num_test=2, image_size=(48, 48), seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained(voc_root, tmp_path_factory):
+    """A run of 2 iterations, validated on the test split, trained from Python."""
+    run = tmp_path_factory.mktemp("runs") / "run"
+    return train(voc_root, run, **{**FAST, "validate": True}, max_iters=2)
+
+
+def one_line_error(capsys, code):
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+# -- the Python API --------------------------------------------------------------------------------------------
+def test_train_evaluate_predict_compress_from_python(trained, voc_root, tmp_path):
+    assert isinstance(trained, TrainResult)
+    assert trained.iteration == 2 and trained.last == trained.run_dir / "checkpoints" / "last.pt"
+    assert trained.best == trained.run_dir / "checkpoints" / "best.pt" and trained.metrics["metric"] == "voc"
+    assert trained.best_metric == trained.metrics["mAP"] and trained.skipped == 0
+    assert Checkpoint.read(trained.last).iteration == 2
+    config = json.loads((trained.run_dir / "config.json").read_text())
+    assert config["preset"] == "tiny" and config["model"]["min_size"] == 48 and config["class_names"] == list(SYNTHETIC_CLASSES)
+
+    result = evaluate(voc_root, weights=trained.last, output=tmp_path / "eval", device="cpu", quiet=True)
+    assert isinstance(result, EvalResult) and result.metric == "voc" and result.num_images == 2
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["mAP"] == pytest.approx(result.metrics["mAP"]) and written["data"]["split"] == "test"
+    assert evaluate(voc_root, weights=trained.last, device="cpu", quiet=True).metrics["mAP"] == result.metrics["mAP"]  # no output: nothing written
+
+    images = sorted((voc_root / "JPEGImages").iterdir())[:2]
+    found = predict(trained.last, images, score_threshold=0.0, device="cpu", quiet=True)
+    assert isinstance(found, PredictResult) and list(found.detections) == images and found.output is None
+    assert all(0.0 <= d.score <= 1.0 and d.class_name in SYNTHETIC_CLASSES for ds in found.detections.values() for d in ds)
+
+    layers = compress(trained.last, tmp_path / "svd.pt", ranks=(8, 4))
+    assert [(layer["name"], layer["rank"]) for layer in layers] == [("fc6", 8), ("fc7", 4)]
+    compressed = Checkpoint.read(tmp_path / "svd.pt")
+    assert compressed.model_config.box_head_ranks == (8, 4) and compressed.training == {}
+    with pytest.raises(ConfigError, match="--overwrite"):
+        compress(trained.last, tmp_path / "svd.pt")
+
+
+def test_the_package_exposes_the_runs():
+    assert (fasterrcnn.train, fasterrcnn.evaluate, fasterrcnn.predict, fasterrcnn.compress) == (train, evaluate, predict, compress)
+
+
+def test_data_sets_satisfy_the_protocol(voc_root):
+    from fasterrcnn.data import DetectionDataset, build_dataset
+
+    dataset = build_dataset(voc_root, split="train")
+    assert isinstance(dataset, DetectionDataset)
+    assert (dataset.default_metric, dataset.label_to_category_id, dataset.coco) == ("voc", None, None)
+    assert dataset.describe() == {"format": "voc", "path": str(voc_root), "split": "train"}
+
+
+# -- the run folder ------------------------------------------------------------------------------------------
+def test_a_second_training_in_a_locked_folder_is_refused(voc_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from fasterrcnn.runs import RunFolder; import time\nwith RunFolder({str(run)!r}).lock(): print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code = main(["train", "--data", str(voc_root), "--preset", "tiny", "--output", str(run), "--max-iters", "1"])
+        err = one_line_error(capsys, code)
+        assert f"{run} is in use by another training (PID {holder.pid} on " in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (run / "checkpoints").exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(voc_root, tmp_path, caplog):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("999999 on elsewhere")  # no process holds the flock
+    with caplog.at_level("WARNING", logger="fasterrcnn"):
+        train(voc_root, run, **FAST, max_iters=1)
+    assert "taking over the lock left by PID 999999 on elsewhere" in caplog.text
+    assert (run / ".lock").read_text() == ""  # released cleanly
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 1
+
+
+def test_a_folder_with_a_run_is_refused_unless_resume_or_overwrite(trained, voc_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    every_step = {**FAST, "overrides": {**SMALL, "train.checkpoint_every": 1}}
+    train(voc_root, run, **every_step, max_iters=1)
+    (run / "checkpoints" / "last.pt").unlink()  # an earlier run whose last.pt is gone: still a run
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    code = main(["train", "--data", str(voc_root), "--preset", "tiny", "--output", str(run), "--max-iters", "1"])
+    assert "already holds a training run (checkpoints, config.json, loss.png (+2 more)); pass --resume" in one_line_error(capsys, code)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000001.pt"]
+
+    train(voc_root, run, **every_step, max_iters=2, overwrite=True)  # starts over: the old run's files are gone
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000001.pt", "iter_0000002.pt", "last.pt"]
+    assert [r["iteration"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [2]  # not the old run's 1
+
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds files that are not a training run's \(notes.txt\)"):
+        train(voc_root, run, **FAST, max_iters=2, overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_resume_refuses_changed_settings_and_records_a_longer_run(voc_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(voc_root, run, **FAST, max_iters=1)
+    args = ["train", "--data", str(voc_root), "--split", "train", "--output", str(run), "--resume", "--quiet", "--no-val", "--device", "cpu"]
+    err = one_line_error(capsys, main(args + ["--lr", "0.5", "--seed", "4", "--batch-size", "1"]))
+    assert "--resume would change the run's settings: train.batch_size 2 -> 1; train.lr 0.02 -> 0.5; train.seed 0 -> 4." in err
+    assert json.loads((run / "config.json").read_text())["train"]["lr"] == 0.02
+    assert main(args + ["--max-iters", "2"]) == 0
+    assert "resuming at 1; no validation set; train.max_iters 1 -> 2" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["max_iters"] == 1 and config["max_iters"] == 2  # the original settings, and the run's length
+    assert config["changes"] == [{"iteration": 1, "changed": {"train.max_iters": [1, 2]}}]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]["max_iters"] == 2
+
+
+def test_periodic_checkpoints_keep_the_newest(voc_root, tmp_path):
+    run = tmp_path / "run"
+    train(voc_root, run, **{**FAST, "overrides": {**SMALL, "train.checkpoint_every": 1, "train.keep_checkpoints": 2}}, max_iters=5)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000004.pt", "iter_0000005.pt", "last.pt"]
+
+
+# -- failures keep the work done -----------------------------------------------------------------------------
+def test_an_exception_in_the_loop_writes_last_pt_first(voc_root, tmp_path, monkeypatch, capsys):
+    from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+
+    forward = FasterRCNN.forward
+    calls = []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom in the third step")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(FasterRCNN, "forward", failing)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--output", str(run), "--max-iters", "5"]
+    args += ["--set", "model.min_size=48", "--set", "model.max_size=64", "--no-val", "--quiet", "--device", "cpu"]
+    err = one_line_error(capsys, main(args))
+    last = run / "checkpoints" / "last.pt"
+    assert err.startswith(f"fasterrcnn: error: training stopped at iteration 2: RuntimeError: boom in the third step; {last} holds iteration 2")
+    assert f"traceback in {run / 'error.log'}; resume with: fasterrcnn train " in err and err.endswith(" --resume")
+    assert "RuntimeError: boom in the third step" in (run / "error.log").read_text()
+    assert load_checkpoint(last)["iteration"] == 2
+
+
+def test_a_failing_final_evaluation_keeps_the_trained_checkpoint(voc_root, tmp_path, monkeypatch):
+    import fasterrcnn.engine.evaluator as evaluator
+
+    def broken(*args, **kwargs):
+        raise DataError("annotations.json", "area 'big' is not a number")
+
+    monkeypatch.setattr(evaluator, "evaluate_model", broken)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingFailed, match=r"^training stopped at iteration 3: annotations.json: area 'big' is not a number; .*last.pt holds iteration 3$") as info:
+        train(voc_root, run, **{**FAST, "validate": True}, max_iters=3)
+    assert info.value.checkpoint == run / "checkpoints" / "last.pt" and load_checkpoint(info.value.checkpoint)["iteration"] == 3
+    assert not (run / "error.log").exists()  # the user's to fix: no traceback
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_last_good_checkpoint_survives(voc_root, tmp_path, monkeypatch, capsys):
+    import fasterrcnn.engine.checkpoint as checkpoint_module
+
+    save = torch.save
+    writes = []
+
+    def filling(state, f):
+        writes.append(1)
+        if len(writes) > 2:  # iter_0000001.pt and last.pt fit, then the disk is full
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed")
+        save(state, f)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", filling)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--output", str(run), "--max-iters", "3"]
+    args += ["--set", "model.min_size=48", "--set", "model.max_size=64", "--checkpoint-every", "1", "--no-val", "--quiet", "--device", "cpu"]
+    err = one_line_error(capsys, main(args))
+    assert f"{run / 'checkpoints' / 'iter_0000002.pt'}: cannot write checkpoint (the disk is full or the file system refused it" in err
+    assert "the checkpoints written before are intact" in err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000001.pt", "last.pt"]  # no temporary files left
+
+
+# -- outputs are checked before long work, inputs and existing files are never written over ----------------
+def test_eval_with_an_unwritable_output_fails_before_evaluating(trained, voc_root, tmp_path, monkeypatch, capsys):
+    import fasterrcnn.engine.evaluator as evaluator
+
+    monkeypatch.setattr(evaluator, "evaluate_model", lambda *a, **k: pytest.fail("evaluated before checking the output"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main(["eval", "--weights", str(trained.last), "--data", str(voc_root), "--output", str(blocker / "eval")])
+    assert f"{blocker / 'eval'}: cannot write into this folder" in one_line_error(capsys, code)
+
+
+def test_predict_never_writes_over_inputs_or_existing_files(trained, voc_root, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for image in sorted((voc_root / "JPEGImages").iterdir())[:2]:
+        (photos / image.name).write_bytes(image.read_bytes())
+    originals = {p.name: p.read_bytes() for p in photos.iterdir()}
+    args = ["predict", "--weights", str(trained.last), str(photos), "--quiet", "--device", "cpu"]
+    assert "--output" in one_line_error(capsys, main(args + ["--output", str(photos)]))
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == originals  # the photos are intact
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "detections.json").write_text("my own file")
+    err = one_line_error(capsys, main(args + ["--output", str(out)]))
+    assert "already holds detections.json; pass --overwrite" in err and (out / "detections.json").read_text() == "my own file"
+    assert main(args + ["--output", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*originals, "detections.json"])
+
+
+def test_predict_skips_a_bad_image_and_detections_json_covers_the_images_read(trained, voc_root, tmp_path, capsys):
+    images = sorted((voc_root / "JPEGImages").iterdir())[:2]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    args = ["predict", "--weights", str(trained.last), str(images[0]), str(bad), str(images[1]), "--score-threshold", "0", "--quiet", "--device", "cpu"]
+    assert main(args + ["--output", str(tmp_path / "skip")]) == 0
+    captured = capsys.readouterr()
+    assert f"skipping {bad}: cannot read image" in captured.err and "1 image(s) could not be read" in captured.out
+    ids = {d["image_id"] for d in json.loads((tmp_path / "skip" / "detections.json").read_text())}
+    assert ids <= {images[0].stem, images[1].stem} and sorted(p.name for p in (tmp_path / "skip").glob("*.jpg")) == [images[0].name, images[1].name]
+
+    code = main(args + ["--output", str(tmp_path / "stop"), "--on-bad-image", "error"])
+    assert str(bad) in one_line_error(capsys, code)
+    stopped = json.loads((tmp_path / "stop" / "detections.json").read_text())
+    assert {d["image_id"] for d in stopped} <= {images[0].stem} and [p.name for p in (tmp_path / "stop").glob("*.jpg")] == [images[0].name]
+
+
+# -- configuration errors: one line naming the key --------------------------------------------------------------
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--set", "model.pixel_format=hsv"], "model.pixel_format = 'hsv': must be one of rgb01, caffe_bgr255"),
+        (["--set", "model.rpn_fg_iou_thresh=0.1"], "model.rpn_fg_iou_thresh = 0.1: must be >= rpn_bg_iou_thresh (0.3)"),
+        (["--set", "model.box_detections_per_img=-1"], "model.box_detections_per_img = -1: must be >= 1"),
+        (["--set", "train.momentum=-1"], "train.momentum = -1: must be in [0, 1)"),
+        (["--seed", "99999999999999999999999"], "train.seed = 99999999999999999999999: must be in [0, 2**64 - 1]"),
+    ],
+)
+def test_bad_configuration_values_are_one_line_errors(voc_root, tmp_path, capsys, option, message):
+    code = main(["train", "--data", str(voc_root), "--preset", "tiny", "--output", str(tmp_path / "run"), *option])
+    assert message in one_line_error(capsys, code)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+# -- the layout: layers import downward, commands are thin --------------------------------------------------
+def test_the_command_line_is_a_package_of_thin_commands_and_layers_import_downward():
+    import ast
+    from pathlib import Path
+
+    package = Path(fasterrcnn.__file__).parent
+    for command in (package / "cli").glob("*.py"):
+        assert len(command.read_text().splitlines()) <= 200, command
+
+    def imports(path):
+        tree = ast.parse(path.read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+        }
+
+    for module in (package / "engine").glob("*.py"):
+        assert not {"fasterrcnn.detector", "fasterrcnn.runs", "fasterrcnn.cli", "fasterrcnn.serve"} & imports(module), module
+    assert not any(name.startswith("fasterrcnn.cli") for name in imports(package / "serve.py"))
+    for module in (package / "runs").glob("*.py"):
+        assert not any(name.startswith(("fasterrcnn.cli", "fasterrcnn.serve")) for name in imports(module)), module
+
+
+def test_a_runs_config_json_repeats_the_run(trained, voc_root, tmp_path):
+    again = train(voc_root, tmp_path / "again", config=trained.run_dir / "config.json", split="train", device="cpu", quiet=True, validate=False)
+    original = load_checkpoint(trained.last)
+    repeated = load_checkpoint(again.last)
+    assert again.iteration == trained.iteration == 2
+    assert repeated["config"] == original["config"]  # preset, model (48-64 px) and training settings
+    for name, tensor in original["model"].items():  # same seed, same data, same settings: the same weights
+        assert torch.equal(tensor, repeated["model"][name]), name
