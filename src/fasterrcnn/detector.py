@@ -208,6 +208,7 @@ class Detector:
         """``from_checkpoint`` of a checkpoint dict already loaded from ``path`` (which the errors name)."""
         from fasterrcnn.config import ModelConfig, from_dict
         from fasterrcnn.engine.checkpoint import check_model_checkpoint
+        from fasterrcnn.modeling.backbones.weights import load_state_dict_strictly
         from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
         check_model_checkpoint(state, path)
@@ -219,11 +220,7 @@ class Detector:
         if len(class_names) != model_config.num_classes:
             raise DataError(path, f"checkpoint has {len(class_names)} class names for {model_config.num_classes} classes")
         model = FasterRCNN.from_config(model_config)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            first_line = str(e).strip().splitlines()[0]
-            raise DataError(path, f"weights do not fit the checkpoint's model configuration ({first_line})") from None
+        load_state_dict_strictly(model, state["model"], path, "the checkpoint's model configuration")
         return cls(model, class_names, device=device, label_to_category_id=state.get("label_to_category_id"), amp=amp)
 
     @classmethod
@@ -241,7 +238,7 @@ class Detector:
         ``classes``: the foreground class names in label order, or ``"coco"`` for the COCO
         names in torchvision's 91-id layout (needs ``fasterrcnn.data.coco_names``).
         """
-        from fasterrcnn.modeling.backbones.weights import read_state_dict
+        from fasterrcnn.modeling.backbones.weights import load_state_dict_strictly, read_state_dict
         from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
         state = read_state_dict(weights_path)
@@ -254,11 +251,7 @@ class Detector:
         if len(classes) != num_classes:
             raise ConfigError(f"{weights_path}: the file has {num_classes} foreground classes but {len(classes)} class names were given")
         model = FasterRCNN.from_preset(preset, num_classes=num_classes)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            first_line = str(e).strip().splitlines()[0]
-            raise DataError(weights_path, f"weights do not fit preset {preset!r} ({first_line})") from None
+        load_state_dict_strictly(model, state, weights_path, f"preset {preset!r}")
         return cls(model, classes, device=device, amp=amp)
 
     # -- inference -----------------------------------------------------------------------------------------

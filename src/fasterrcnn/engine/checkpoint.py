@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import pickle
 import random
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from fasterrcnn.errors import DataError
-from fasterrcnn.io import atomic_save
+from fasterrcnn.io import atomic_save, load_tensors
 
 __all__ = [
     "check_model_checkpoint",
@@ -54,9 +53,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise DataError(path, "no such checkpoint file" if not path.exists() else "not a file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the errors below say it
-            state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_tensors(path, map_location=map_location)
     except pickle.UnpicklingError as e:
         raise DataError(
             path,

@@ -289,6 +289,7 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Continue from the checkpoint at ``path`` (written by ``save``)."""
         from fasterrcnn.io import remove_temp_files
+        from fasterrcnn.modeling.backbones.weights import load_state_dict_strictly
 
         state = load_checkpoint(path, map_location=self.device)
         remove_temp_files(self.checkpoint_dir)  # of a write that was killed half-way
@@ -301,8 +302,8 @@ class Trainer:
                 f"was trained on classes {', '.join(state['class_names'])}, "
                 f"the training data has {', '.join(self.class_names)}",
             )
+        load_state_dict_strictly(self.model, state["model"], path, "this model")
         try:
-            self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
