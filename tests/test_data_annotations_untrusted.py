@@ -195,3 +195,22 @@ def test_an_orientation_the_annotated_size_cannot_resolve_is_warned_once_per_fil
         "pixels: its boxes are read on the image as shown (upright); they are wrong if they were drawn on the stored pixels"
         for name, o in (("square6", 6), ("wide3", 3))
     ]
+
+
+def test_eval_on_an_empty_split_is_a_one_line_error_not_a_score(tmp_path, capsys):
+    # It reported mAP 0.0 over 0 images and exit code 0.
+    from fasterrcnn.cli import main
+    from fasterrcnn.config import to_dict
+    from fasterrcnn.engine.checkpoint import save_checkpoint
+    from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+
+    model = FasterRCNN.from_preset("tiny", num_classes=1, min_size=48, max_size=64)
+    weights = tmp_path / "untrained.pt"
+    config = {"preset": "tiny", "model": to_dict(model.config)}
+    save_checkpoint(weights, {"model": model.state_dict(), "config": config, "class_names": ["dog"]})
+    root = write_voc(tmp_path / "voc", {"a": ((10, 12), [obj("dog", 1, 1, 5, 5)])})
+    split_file = root / "ImageSets" / "Main" / "test.txt"
+    split_file.write_text("")
+    code = main(["eval", "--weights", str(weights), "--data", str(root), "--split", "test", "--output", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"fasterrcnn: error: {split_file}: split file of split 'test' lists no images\n"
