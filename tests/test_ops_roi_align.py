@@ -317,17 +317,24 @@ def test_roi_pool_forward_only_equals_autograd_path(dtype):
     assert torch.equal(out, expected) and out.dtype == dtype and out.is_contiguous()
 
 
+@pytest.mark.parametrize("nonfinite", [False, True])
 @pytest.mark.parametrize("every_height", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_roi_pool_by_blocks_of_channels_matches_loop_reference(monkeypatch, dtype, every_height):
+def test_roi_pool_by_blocks_of_channels_matches_loop_reference(monkeypatch, dtype, every_height, nonfinite):
     # A tiny block budget: 20 channels go in blocks of 8, 8 and 4; tables of every height (two
-    # look-ups per bin) or of powers of two (four).
+    # look-ups per bin) or of powers of two (four).  nonfinite: NaN and -inf scattered, and image
+    # 1's channels 5..12 all -inf or NaN (bins of value -FLT_MAX across two blocks).
     module = importlib.import_module("fasterrcnn.ops.roi_align")  # (the package exports a function of that name)
     monkeypatch.setattr(module, "_CPU_BLOCK_BYTES", 1)
     monkeypatch.setattr(module, "_every_height", lambda *args: every_height)
     g = torch.Generator().manual_seed(11)
     shape, scale = (2, 20, 7, 9), 0.5
     x = _tied_features(g, shape)
+    if nonfinite:
+        x[..., ::2, 1::3] = float("nan")
+        x[..., 1::3, ::4] = -float("inf")
+        x[1, 5:13] = -float("inf")
+        x[1, 5:13, ::2] = float("nan")
     rois = random_rois(g, 10, 2, 7, 9, scale)
     ref, arg = reference_roi_pool(x, rois, 3, 2, scale)
     xx = x.to(dtype).requires_grad_()

@@ -291,12 +291,17 @@ class _PoolPlan(NamedTuple):
 _LOWEST = -3.4028234663852886e38  # -FLT_MAX, the lowest finite float32
 
 
-def _kernel_values(input: Tensor) -> Tensor:
+def _kernel_values(input: Tensor) -> tuple[Tensor, bool]:
     """The values the kernel's maximum can take, in the compute dtype: ``x`` where ``x > -FLT_MAX``,
     else -FLT_MAX.  NaN (false under ``>``), -inf and float64 values below -FLT_MAX never become a
-    bin's maximum, so a bin of nothing else pools to -FLT_MAX."""
-    values = input.to(_compute_dtype(input.dtype)).nan_to_num(nan=_LOWEST, posinf=math.inf, neginf=_LOWEST)
-    return values.clamp_(min=_LOWEST) if values.dtype == torch.float64 else values  # float32: done
+    bin's maximum, so a bin of nothing else pools to -FLT_MAX.  Also returns whether any value
+    was replaced; without one (the usual case: one reduction, a host synchronisation) the values
+    are the input itself, not a copy."""
+    values = input.to(_compute_dtype(input.dtype))
+    if bool(values.amin() > _LOWEST):  # amin is NaN when a value is
+        return values, False
+    values = values.nan_to_num(nan=_LOWEST, posinf=math.inf, neginf=_LOWEST)  # a new tensor
+    return (values.clamp_(min=_LOWEST) if values.dtype == torch.float64 else values), True
 
 
 def _floor_log2(x: Tensor) -> Tensor:
@@ -400,7 +405,7 @@ class _MaxTables:
 
     @staticmethod
     def prepare(values: Tensor) -> Tensor:
-        """What ``load`` reads, Tensor[N, C, H, W], from ``_kernel_values(input)``: here those values."""
+        """What ``load`` reads, Tensor[N, C, H, W], from ``_kernel_values(input)``: here the values."""
         return values
 
     def init_tables(self) -> None:
@@ -511,9 +516,8 @@ class _KeyTables(_MaxTables):
 
     @staticmethod
     def prepare(values: Tensor) -> Tensor:
-        """Tensor[N, C, H, W] int32: v of every value (0.0 -> -1), from ``_kernel_values(input)``
-        (a float32 tensor of our own, changed in place)."""
-        bits = values.add_(0.0).view(torch.int32)  # + 0.0: -0.0 -> +0.0
+        """Tensor[N, C, H, W] int32: v of every value (0.0 -> -1), from ``_kernel_values(input)``."""
+        bits = (values + 0.0).view(torch.int32)  # + 0.0: -0.0 -> +0.0
         return bits ^ (bits >> 31).bitwise_not_().bitwise_or_(_INT32_MIN)  # >= 0: all bits flip; < 0: the sign bit
 
     def words(self, keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -556,14 +560,13 @@ def _roi_pool_tables(
     channel_bytes = sum(map(len, plan.heights)) * (N * H * W + 1) * entry_bytes
     channels = min(C, max(8, budget // channel_bytes // 8 * 8))
     state = tables(input, plan, channels)
-    values = _kernel_values(input)
-    # The kernel has no arg-max for a bin of value -FLT_MAX (nothing rose above its starting
-    # maximum): such a bin's gradient goes to row N*H*W, where it is dropped, as an empty bin's.
-    fix_lowest = tables.with_argmax and bool(values.amin() == _LOWEST)  # host synchronisation
+    values, replaced = _kernel_values(input)
     source = tables.prepare(values)
     out = input.new_empty((rois.shape[0], C, oh, ow), dtype=_compute_dtype(input.dtype))
     argmax = [state.run(source[:, c : c + channels], out[:, c : c + channels]) for c in range(0, C, channels)]
-    if fix_lowest:
+    if tables.with_argmax and replaced:
+        # The kernel has no arg-max for a bin of value -FLT_MAX (nothing rose above its starting
+        # maximum): such a bin's gradient goes to row N*H*W, where it is dropped, as an empty bin's.
         lowest = out == _LOWEST
         for rows, c in zip(argmax, range(0, C, channels)):
             rows.masked_fill_(lowest[:, c : c + channels].transpose(0, 1).reshape(rows.shape), N * H * W)
