@@ -147,7 +147,7 @@ class COCODataset(torch.utils.data.Dataset):
             if images.pop(image_id, None) is not None:  # the first entry of the id, kept until now
                 bad.skipped.append((str(path), f"duplicate image id {image_id}"))
         skipped_ids |= duplicates.keys()
-        categories = {}
+        categories, name_ids = {}, {}
         for category in data["categories"]:
             if not isinstance(category, dict) or not {"id", "name"} <= category.keys():
                 raise DataError(path, "an entry of 'categories' lacks id or name")
@@ -157,9 +157,11 @@ class COCODataset(torch.utils.data.Dataset):
                 raise DataError(path, f"duplicate category id {category['id']}")
             if not isinstance(category["name"], str) or not category["name"].strip():
                 raise DataError(path, f"category {category['id']} has name {category['name']!r}, expected a non-empty string")
-            same = next((c["id"] for c in categories.values() if c["name"] == category["name"]), None)
-            if same is not None:  # two labels of one class name: its detections could not be told apart
-                raise DataError(path, f"duplicate category name {category['name']!r} (ids {same} and {category['id']})")
+            if category["name"] in name_ids:  # two labels of one class name: their detections could not be told apart
+                raise DataError(
+                    path, f"duplicate category name {category['name']!r} (ids {name_ids[category['name']]} and {category['id']})"
+                )
+            name_ids[category["name"]] = category["id"]
             categories[category["id"]] = category
         cat_ids = sorted(categories)
         self.cat_id_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
@@ -188,7 +190,7 @@ class COCODataset(torch.utils.data.Dataset):
                 orphans += 1
                 continue
             try:
-                ann["iscrowd"] = self._check_flags(ann)
+                ann["iscrowd"] = self._check_crowd_and_area(ann)
                 box = self._convert_box(ann, images[ann["image_id"]])
             except DataError as error:  # the image's annotations are incomplete without this one
                 bad(DataError(path, f"{error.problem} (image {ann['image_id']})"))
@@ -241,9 +243,10 @@ class COCODataset(torch.utils.data.Dataset):
         if drop_empty:
             self.ids = [image_id for image_id in self.ids if len(self._targets[image_id][1])]
 
-    def _check_flags(self, ann: dict) -> int:
-        """``iscrowd`` (0 or 1; "0" would be truthy) of an annotation whose ``area``, if given, is
-        a finite number >= 0 (pycocotools' evaluation compares it with its area ranges)."""
+    def _check_crowd_and_area(self, ann: dict) -> int:
+        """An annotation's ``iscrowd`` as the int 0 or 1 (a string "0" would be truthy), after
+        checking that its ``area``, if given, is a finite number >= 0 (pycocotools' evaluation
+        compares it with its area ranges)."""
         iscrowd, area = ann["iscrowd"], ann.get("area", 0)
         if not isinstance(iscrowd, (int, float)) or iscrowd not in (0, 1):  # true / false are 1 / 0
             raise DataError(self.ann_file, f"annotation {ann['id']} has iscrowd {iscrowd!r}, expected 0 or 1")
