@@ -8,7 +8,7 @@ from torchvision_reference import key_layout
 from fasterrcnn.errors import DataError
 from fasterrcnn.modeling.backbones import build_backbone
 from fasterrcnn.modeling.backbones.layers import FrozenBatchNorm2d
-from fasterrcnn.modeling.backbones.weights import Route, load_routed_weights, read_state_dict
+from fasterrcnn.modeling.backbones.weights import Route, load_routed_weights, load_state_dict_strictly, read_state_dict
 
 
 class NotATensor:
@@ -241,3 +241,65 @@ def test_mobilenet_v3_large_file_loads_features(tmp_path):
     state["features.4.block.2.fc1.weight"] = torch.zeros(24, 72)
     with pytest.raises(DataError, match=r"features.4.block.2.fc1.weight is \[24, 72\], expected \[24, 72, 1, 1\]"):
         build_backbone("mobilenet_v3_large_fpn", weights_path=save(tmp_path, state, "bad.pth"))
+
+
+# ---------------------------------------------------------------- whole models
+
+
+class TwoLayers(nn.Module):
+    def __init__(self, classes=6):
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.norm = FrozenBatchNorm2d(8)
+        self.cls_score = nn.Linear(8, classes)
+
+
+def test_load_state_dict_strictly_loads_a_fitting_state():
+    source, target = TwoLayers(), TwoLayers()
+    state = dict(source.state_dict(), **{"norm.num_batches_tracked": torch.tensor(3)})  # dropped by frozen BatchNorm
+    load_state_dict_strictly(target, state, "w.pth", "the model")
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
+
+
+def test_load_state_dict_strictly_names_missing_unexpected_keys_and_shapes():
+    # Another architecture's weights: the error names keys and shapes, and the model is unchanged.
+    model = TwoLayers(classes=6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    other = TwoLayers(classes=21).state_dict()
+    other.pop("body.bias")
+    for i in range(5):
+        other[f"extra.{i}.weight"] = torch.zeros(1)
+    with pytest.raises(DataError) as info:
+        load_state_dict_strictly(model, other, "other.pth", "preset 'tiny'")
+    assert str(info.value) == (
+        "other.pth: weights do not fit preset 'tiny': missing keys body.bias; "
+        "unexpected keys extra.0.weight, extra.1.weight, extra.2.weight (and 2 more); "
+        "wrong shapes: cls_score.weight is [21, 8], expected [6, 8], cls_score.bias is [21], expected [6]"
+    )
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_load_state_dict_strictly_refuses_what_is_not_a_state_dict():
+    with pytest.raises(DataError, match=r"^c.pt: weights do not fit the model: not a state dict \(found list\)$"):
+        load_state_dict_strictly(TwoLayers(), [1, 2], "c.pt", "the model")
+    state = dict(TwoLayers().state_dict(), **{"body.weight": [0.0]})
+    with pytest.raises(DataError, match=r"^c.pt: weights do not fit the model: entries that are not tensors: body.weight$"):
+        load_state_dict_strictly(TwoLayers(), state, "c.pt", "the model")
+
+
+def test_a_stray_counter_outside_frozen_batchnorm_is_refused_on_one_line():
+    state = dict(TwoLayers().state_dict(), **{"body.num_batches_tracked": torch.tensor(1)})
+    with pytest.raises(DataError, match=r"^c.pt: weights do not fit the model \(Error\(s\) in loading state_dict .*body.num_batches_tracked"):
+        load_state_dict_strictly(TwoLayers(), state, "c.pt", "the model")
+
+
+def test_files_of_other_pickle_protocols_warn_nothing(tmp_path, recwarn):
+    # torch's safe unpickler warns "Detected pickle protocol N" for such files: nothing the user can
+    # act on.  Protocol 3 loads; protocol 4 (FRAME opcodes) is refused, with a one-line error only.
+    path = tmp_path / "p3.pth"
+    torch.save({"a.weight": torch.arange(3.0)}, path, pickle_protocol=3)
+    assert torch.equal(read_state_dict(path)["a.weight"], torch.arange(3.0))
+    torch.save({"a.weight": torch.arange(3.0)}, path, pickle_protocol=4)
+    with pytest.raises(DataError, match="refused by safe loading"):
+        read_state_dict(path)
+    assert [str(w.message) for w in recwarn] == []

@@ -247,7 +247,7 @@ def test_coco_skip_names_every_bad_file_and_keeps_correct_samples(tmp_path, capl
         f"{folder / 'notimage.jpg'}: cannot read image",
         f"{folder / 'missing.jpg'}: image file not found",
         f"{path}: duplicate image id 21",
-        f"{path}: annotation 11 has bbox [2, 'three', 18, 15], expected 4 numbers (image 22)",
+        f"{path}: annotation 11 has bbox [2, 'three', 18, 15], expected 4 finite numbers (image 22)",
         f"{path}: 1 annotations of image ids not in 'images' skipped",
         f"{path}: 2 annotations with empty boxes dropped",
     ):

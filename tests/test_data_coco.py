@@ -177,7 +177,7 @@ def test_annotations_of_unknown_images_are_skipped_with_a_count(tmp_path, caplog
         (json.dumps(coco_json(annotations=[{"id": 1, "image_id": 5, "category_id": 4, "bbox": [1, 1, 2, 2]}])),
          "unknown category id 4"),
         (json.dumps(coco_json(annotations=[{"id": 1, "image_id": 5, "category_id": 1, "bbox": [1, "x", 2, 2]}])),
-         "expected 4 numbers"),
+         "expected 4 finite numbers"),
         (json.dumps(coco_json(images=[{"id": 1, "file_name": "a.png", "width": 4, "height": 4}] * 2, annotations=[])),
          "duplicate image id 1"),
         (json.dumps(coco_json(categories=[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}], annotations=[])),

@@ -298,3 +298,22 @@ def test_autocast_dtype_refuses_what_cannot_run():
         autocast_dtype("int8", cpu)
     with pytest.raises(ConfigError, match="bf16 only"):
         Detector(predictable_model(), CLASS_NAMES, device="cpu", amp="fp16")
+
+
+def test_weights_of_another_model_name_the_keys_and_shapes_that_do_not_fit(tmp_path):
+    # A 20-class file for a 3-class checkpoint configuration, and a file missing a layer for a preset.
+    path = write_predictable_checkpoint(tmp_path / "model.pt")
+    state = torch.load(path, weights_only=True)
+    other = FasterRCNN.from_preset("tiny", num_classes=20).state_dict()
+    save_checkpoint(path, dict(state, model=other))
+    with pytest.raises(DataError) as info:
+        Detector.from_checkpoint(path)
+    assert str(info.value).startswith(
+        f"{path}: weights do not fit the checkpoint's model configuration: wrong shapes: "
+        "roi_heads.box_predictor.cls_score.weight is [21, "
+    )
+    assert "expected [4, " in str(info.value)
+    pruned = tmp_path / "pruned.pth"
+    torch.save({k: v for k, v in predictable_model().state_dict().items() if not k.startswith("rpn.head.conv")}, pruned)
+    with pytest.raises(DataError, match=r"pruned.pth: weights do not fit preset 'tiny': missing keys rpn.head.conv"):
+        Detector.from_torchvision("tiny", pruned, classes=CLASS_NAMES, device="cpu")

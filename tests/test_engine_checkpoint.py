@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -91,3 +92,12 @@ def test_check_model_checkpoint_names_what_is_missing(tmp_path):
         check_model_checkpoint({"model": {}, "config": {"model": {}}}, tmp_path / "x.pt")
     with pytest.raises(DataError, match=r"missing config\['model'\]"):
         check_model_checkpoint({"model": {}, "config": {}, "class_names": []}, tmp_path / "x.pt")
+
+
+def test_a_checkpoint_of_another_pickle_protocol_loads_without_a_warning(tmp_path):
+    path = tmp_path / "p3.pt"
+    torch.save({"iteration": 3}, path, pickle_protocol=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_checkpoint(path) == {"iteration": 3}
+    assert [str(w.message) for w in caught] == []

@@ -18,7 +18,7 @@ from fasterrcnn.engine.checkpoint import Checkpoint, load_checkpoint
 from fasterrcnn.engine.evaluator import evaluate_model
 from fasterrcnn.engine.logging import read_metrics
 from fasterrcnn.engine.trainer import NonFiniteLossError, Trainer, TrainingFailed
-from fasterrcnn.errors import ConfigError
+from fasterrcnn.errors import ConfigError, DataError
 
 
 class FakeDetector(nn.Module):
@@ -229,3 +229,15 @@ def test_a_signal_that_also_ends_the_workers_stops_before_the_missing_batch(voc_
     # SIGTERM and SIGCHLD (PyTorch's, once its first worker started) are handled as before
     assert signal.getsignal(signal.SIGTERM) == handlers[signal.SIGTERM]
     assert signal.getsignal(signal.SIGCHLD).__module__ == "torch.utils.data._utils.signal_handling"
+
+
+def test_resume_from_another_model_names_the_keys_and_shapes(voc_root, tmp_path):
+    half = make_trainer(voc_root, tmp_path / "half", config=replace(CONFIG, max_iters=4))
+    half.train()
+    other = make_trainer(voc_root, tmp_path / "other", config=CONFIG, model=FakeDetector(7))
+    with pytest.raises(DataError) as info:
+        other.resume(tmp_path / "half" / "checkpoints" / "last.pt")
+    assert str(info.value) == (
+        f"{tmp_path / 'half' / 'checkpoints' / 'last.pt'}: weights do not fit this model: "
+        "wrong shapes: head.weight is [6, 8], expected [8, 8], head.bias is [6], expected [8]"
+    )

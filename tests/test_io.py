@@ -1,10 +1,10 @@
-"""fasterrcnn.io: atomic writes replace the file whole or leave it untouched, and leave no temp files."""
+"""fasterrcnn.io: atomic writes replace the file whole or leave it untouched, and leave no temp files; load_tensors."""
 
 import os
 
 import pytest
 
-from fasterrcnn.io import atomic_save, atomic_write_bytes, atomic_write_text
+from fasterrcnn.io import atomic_save, atomic_write_bytes, atomic_write_text, load_tensors
 
 
 def test_atomic_write_bytes_creates_and_replaces(tmp_path):
@@ -89,3 +89,21 @@ def test_remove_temp_files_deletes_only_abandoned_atomic_writes(tmp_path):
     assert remove_temp_files(tmp_path) == [abandoned]
     assert sorted(os.listdir(tmp_path)) == [".hidden", ".last.pt.tmp", "last.pt", "notes.0123456789ab.tmp"]
     assert remove_temp_files(tmp_path / "missing") == []
+
+
+def test_load_tensors_silences_exactly_the_pickle_protocol_warning(tmp_path, monkeypatch):
+    import warnings
+
+    import torch
+
+    def load(path, map_location, weights_only):
+        assert weights_only is True
+        warnings.warn("Detected pickle protocol 3 in the checkpoint, which was not the default", UserWarning)
+        warnings.warn("something else", UserWarning)
+        return {"loaded": str(path)}
+
+    monkeypatch.setattr(torch, "load", load)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_tensors(tmp_path / "w.pt") == {"loaded": str(tmp_path / "w.pt")}
+    assert [str(w.message) for w in caught] == ["something else"]

@@ -1,7 +1,9 @@
 """Anchors: torchvision's rounded cell anchors, shifted by the stride, location-major order."""
 
+import pytest
 import torch
 
+from fasterrcnn.errors import ConfigError
 from fasterrcnn.modeling.anchors import AnchorGenerator, cell_anchors
 
 
@@ -48,3 +50,24 @@ def test_anchors_are_cached():
     first = gen((32, 32), [(2, 2)])
     assert gen((32, 32), [(2, 2)])[0] is first[0]
     assert gen((64, 32), [(4, 2)])[0] is not first[0]
+
+
+@pytest.mark.parametrize(
+    "sizes, ratios, bad",
+    [
+        (((32.0,), (64.0,)), (0.5, 1.0), "aspect_ratios"),  # ratios not nested per level
+        ((32.0, 64.0, 128.0), (0.5, 1.0, 2.0), "sizes"),  # neither nested: same lengths
+        (((32.0,),), ((),), "aspect_ratios"),  # a level without ratios
+        (((32.0,),), (("1",),), "aspect_ratios"),  # not a number
+        (((-32.0,),), ((1.0,),), "sizes"),  # not positive
+        ((), (), "sizes"),  # no level
+    ],
+)
+def test_malformed_sizes_or_ratios_say_what_is_expected(sizes, ratios, bad):
+    with pytest.raises(ConfigError, match=f"^anchor {bad} must be one non-empty tuple of positive numbers per feature level"):
+        AnchorGenerator(sizes, ratios)
+
+
+def test_mismatched_levels_name_both_counts():
+    with pytest.raises(ConfigError, match=r"one tuple per feature level each, got 2 level\(s\) of sizes .* and 1 of aspect ratios"):
+        AnchorGenerator(((32.0,), (64.0,)), ((0.5, 1.0),))

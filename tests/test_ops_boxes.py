@@ -9,8 +9,29 @@ def test_box_area_values_and_dtype():
     area = box_area(boxes)
     assert area.dtype == torch.float64
     assert torch.equal(area, torch.tensor([6.0, 2.0, 0.0], dtype=torch.float64))
-    assert box_area(boxes.half()).dtype == torch.float16
-    assert torch.equal(box_area(boxes.half()), torch.tensor([6.0, 2.0, 0.0], dtype=torch.float16))
+    assert torch.equal(box_area(boxes.half()), torch.tensor([6.0, 2.0, 0.0]))  # float32, as torchvision
+
+
+def test_box_area_widens_small_types_as_torchvision():
+    # A 100 x 100 int8 box has area 10000 (int8 wraps it to 16); uint8 differences must not wrap
+    # either (x2 < x1 gives a negative area, as in float); float16 areas above 65504 are finite.
+    big = torch.tensor([[0, 0, 100, 100], [10, 20, 5, 120]])
+    for dtype in (torch.int8, torch.int16, torch.uint8):
+        area = box_area(big.to(dtype))
+        assert area.dtype == torch.int32 and area.tolist() == [10000, -500]
+    for dtype in (torch.int32, torch.int64):
+        assert box_area(big.to(dtype)).dtype == dtype
+    for dtype in (torch.float16, torch.bfloat16):
+        area = box_area(torch.tensor([[0.0, 0.0, 300.0, 400.0]], dtype=dtype))
+        assert area.dtype == torch.float32 and area.tolist() == [120000.0]
+
+
+def test_box_iou_small_integer_types_do_not_overflow():
+    a = torch.tensor([[0, 0, 100, 100]])
+    b = torch.tensor([[50, 0, 120, 100]])  # intersection 5000, union 10000 + 7000 - 5000 = 12000
+    for dtype in (torch.int8, torch.int16, torch.uint8):
+        iou = box_iou(a.to(dtype), b.to(dtype))
+        assert iou.dtype == torch.float32 and iou.item() == torch.tensor(5 / 12, dtype=torch.float32).item()
 
 
 def test_box_iou_hand_computed_table():

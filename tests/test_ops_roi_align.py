@@ -19,6 +19,8 @@ from fasterrcnn.ops.roi_align import (
     roi_pool,
 )
 
+_FLT_MAX = 3.4028234663852886e38  # the kernel's starting maximum is -FLT_MAX
+
 
 # ----------------------------------------------------------------------------------------------
 # Loop references (one statement per kernel line)
@@ -104,7 +106,7 @@ def reference_roi_pool(input, rois, oh, ow, spatial_scale):
                 we = min(max(math.ceil((pw + 1) * bin_w) + sw, 0), W)
                 empty = he <= hs or we <= ws
                 for c in range(C):
-                    best, idx = (0.0 if empty else -math.inf), -1
+                    best, idx = (0.0 if empty else -_FLT_MAX), -1
                     for h in range(hs, he):
                         for w in range(ws, we):
                             if data[b][c][h][w] > best:
@@ -315,17 +317,24 @@ def test_roi_pool_forward_only_equals_autograd_path(dtype):
     assert torch.equal(out, expected) and out.dtype == dtype and out.is_contiguous()
 
 
+@pytest.mark.parametrize("nonfinite", [False, True])
 @pytest.mark.parametrize("every_height", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_roi_pool_by_blocks_of_channels_matches_loop_reference(monkeypatch, dtype, every_height):
+def test_roi_pool_by_blocks_of_channels_matches_loop_reference(monkeypatch, dtype, every_height, nonfinite):
     # A tiny block budget: 20 channels go in blocks of 8, 8 and 4; tables of every height (two
-    # look-ups per bin) or of powers of two (four).
+    # look-ups per bin) or of powers of two (four).  nonfinite: NaN and -inf scattered, and image
+    # 1's channels 5..12 all -inf or NaN (bins of value -FLT_MAX across two blocks).
     module = importlib.import_module("fasterrcnn.ops.roi_align")  # (the package exports a function of that name)
     monkeypatch.setattr(module, "_CPU_BLOCK_BYTES", 1)
     monkeypatch.setattr(module, "_every_height", lambda *args: every_height)
     g = torch.Generator().manual_seed(11)
     shape, scale = (2, 20, 7, 9), 0.5
     x = _tied_features(g, shape)
+    if nonfinite:
+        x[..., ::2, 1::3] = float("nan")
+        x[..., 1::3, ::4] = -float("inf")
+        x[1, 5:13] = -float("inf")
+        x[1, 5:13, ::2] = float("nan")
     rois = random_rois(g, 10, 2, 7, 9, scale)
     ref, arg = reference_roi_pool(x, rois, 3, 2, scale)
     xx = x.to(dtype).requires_grad_()
@@ -485,3 +494,57 @@ def test_multiscale_gradient_and_layouts():
     single = roi_align(channels_last["0"], boxes, 3, 0.25, 2)
     assert single.is_contiguous(memory_format=torch.channels_last)  # a view of the pooled rows, no copy
     assert torch.equal(single, roi_align(feats["0"], boxes, 3, 0.25, 2))
+
+
+def test_multiscale_box_of_no_level_pools_to_zeros():
+    # A box with negative or NaN area maps to no level (its level index is not a number): its
+    # output stays zero, as in torchvision, never uninitialised memory.  Deterministic mode fills
+    # uninitialised tensors with NaN, so an uninitialised result cannot pass by chance.
+    g = torch.Generator().manual_seed(13)
+    feats = {"0": torch.randn(1, 2, 32, 40, generator=g), "1": torch.randn(1, 2, 16, 20, generator=g)}
+    boxes = [torch.tensor([[0.0, 0.0, 20.0, 20.0], [30.0, 30.0, 10.0, 50.0], [float("nan"), 0.0, 5.0, 5.0]])]
+    pooler = MultiScaleRoIAlign(["0", "1"], 2, 2, canonical_scale=56, canonical_level=3)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = pooler(feats, boxes, [(128, 160)])
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(out[1:], torch.zeros(2, 2, 2, 2))
+    assert torch.equal(out[:1], roi_align(feats["0"], [boxes[0][:1]], 2, 0.25, 2))
+
+
+def test_multiscale_repr_shows_settings():
+    pooler = MultiScaleRoIAlign(["0", "1"], 7, 2, canonical_scale=56, canonical_level=3)
+    assert repr(pooler) == (
+        "MultiScaleRoIAlign(featmap_names=['0', '1'], output_size=(7, 7), sampling_ratio=2, "
+        "canonical_scale=56, canonical_level=3)"
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_roi_pool_nan_and_minus_inf_as_the_kernel(dtype):
+    # The kernel's maximum starts at -FLT_MAX and grows through `>` only: NaN is skipped, a bin of
+    # only -inf / NaN gives -FLT_MAX and no gradient, an empty bin gives 0 and no gradient.
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([[[[nan, 2.0, -inf, -inf], [1.0, nan, -inf, nan]]]], dtype=dtype)
+    rois = torch.tensor([[0.0, 0.0, 0.0, 3.0, 1.0], [0.0, 7.0, 0.0, 9.0, 1.0]], dtype=dtype)  # the 2nd is off the map
+    for requires_grad in (False, True):
+        xx = x.clone().requires_grad_(requires_grad)
+        out = roi_pool(xx, rois, (1, 2), 1.0)  # bins x in [0, 2) and [2, 4) of both rows
+        expected = torch.tensor([[[[2.0, -_FLT_MAX]]], [[[0.0, 0.0]]]], dtype=dtype)
+        assert torch.equal(out.detach(), expected)
+        if requires_grad:
+            out.backward(torch.tensor([[[[1.0, 5.0]]], [[[7.0, 9.0]]]], dtype=dtype))
+            assert torch.equal(xx.grad, torch.tensor([[[[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]], dtype=dtype))
+    ref, arg = reference_roi_pool(x, rois, 1, 2, 1.0)
+    assert torch.equal(ref.to(dtype), expected) and arg.view(-1).tolist() == [1, -1, -1, -1]
+
+
+def test_roi_pool_values_at_or_below_lowest_float_pass_no_gradient():
+    # float64 values at or below -FLT_MAX never exceed the kernel's starting maximum.
+    x = torch.tensor([[[[-1e300, -_FLT_MAX, -3.0e38]]]], dtype=torch.float64, requires_grad=True)
+    out = roi_pool(x, torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 2.0, 0.0]], dtype=torch.float64), 1)
+    assert out.view(-1).tolist() == [-_FLT_MAX, -3.0e38]
+    out.sum().backward()
+    assert x.grad.view(-1).tolist() == [0.0, 0.0, 1.0]

@@ -183,7 +183,7 @@ class Detector:
         ``classes``: the foreground class names in label order, or ``"coco"`` for the COCO
         names in torchvision's 91-id layout (needs ``fasterrcnn.data.coco_names``).
         """
-        from fasterrcnn.modeling.backbones.weights import read_state_dict
+        from fasterrcnn.modeling.backbones.weights import load_state_dict_strictly, read_state_dict
         from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
         state = read_state_dict(weights_path)
@@ -196,11 +196,7 @@ class Detector:
         if len(classes) != num_classes:
             raise ConfigError(f"{weights_path}: the file has {num_classes} foreground classes but {len(classes)} class names were given")
         model = FasterRCNN.from_preset(preset, num_classes=num_classes)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            first_line = str(e).strip().splitlines()[0]
-            raise DataError(weights_path, f"weights do not fit preset {preset!r} ({first_line})") from None
+        load_state_dict_strictly(model, state, weights_path, f"preset {preset!r}")
         return cls(model, classes, device=device, amp=amp)
 
     # -- inference -----------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ If anything fails, the temporary file is removed and ``path`` is left as it was.
 
 A process killed during a write (SIGKILL, power loss) leaves its temporary file behind and the
 previous file whole; ``remove_temp_files(folder)`` deletes such leftovers when no writer runs.
+
+Reading: ``load_tensors(path)`` is the one ``torch.load`` of the project (``weights_only=True``:
+tensors and plain containers only, a pickle that could run code is refused).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "remove_temp_files"]
+__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "load_tensors", "remove_temp_files"]
 
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # .<name>.<12 hex digits>.tmp, see atomic_save
 
@@ -76,3 +80,18 @@ def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def load_tensors(path: str | os.PathLike, map_location="cpu"):
+    """``torch.load(path, map_location=map_location, weights_only=True)``, without torch's warning.
+
+    Files written with a pickle protocol other than 2 (``torch.save(..., pickle_protocol=4)``, other
+    tools) make the safe unpickler warn "Detected pickle protocol N in the checkpoint": it says
+    nothing the user can act on, and what it cannot read raises anyway.  Exactly that UserWarning
+    is silenced; torch's errors propagate unchanged (callers turn them into DataError).
+    """
+    import torch  # here, so that writing files does not need torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)

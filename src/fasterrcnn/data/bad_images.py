@@ -13,7 +13,8 @@ Where the policy applies:
 
 1. At dataset construction (``VOCDataset``, ``COCODataset``), for every problem that concerns one
    image: its annotation file is missing or malformed (``<object>`` without ``<bndbox>``,
-   non-numeric coordinates, a COCO ``bbox`` that is not 4 numbers ...), its image file is missing,
+   coordinates that are not finite numbers, a COCO ``bbox`` that is not 4 finite numbers, an
+   ``iscrowd`` other than 0 / 1, a size that is not a whole number of pixels ...), its image file is missing,
    empty, not an image, truncated or of another size than annotated (``images.check_image``:
    header and end marker, no decoding), or its id is listed twice. The data set is then known
    before training starts, and training and evaluation see the same images.
@@ -25,9 +26,10 @@ Where the policy applies:
    files, and resuming mid-epoch stays exact. Evaluation never replaces samples (that would score
    one image twice): there such an image is an error under both policies.
 
-Problems of the whole data set (no root or split file, a JSON that does not parse or is not a COCO
-instances file, an unknown class or category, duplicate category or annotation ids) are errors
-under both policies; so is a data set whose every image is bad.
+Problems of the whole data set (no root or split file, a split file listing no image, a JSON that
+does not parse or is not a COCO instances file, an unknown class or category, duplicate category
+ids or names, duplicate or non-integer annotation ids) are errors under both policies; so is a
+data set whose every image is bad.
 """
 
 from __future__ import annotations

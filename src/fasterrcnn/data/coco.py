@@ -16,20 +16,26 @@ objects only (so ``iscrowd`` is all False, kept for a uniform target layout) and
 regions are in ``crowd_boxes`` [Kc, 4] / ``crowd_labels`` [Kc]. COCO evaluation (``.coco``) keeps
 them, where pycocotools ignores detections on them.
 
-Images are looked up, in this order, in: ``images_dir`` (only there, when given); the JSON's
-folder; its ``images/`` subfolder; and, for the standard layout
-``annotations/instances_val2017.json`` + ``val2017/``, the folder named after the JSON next to
-``annotations/``. The first place holding the first image found is used for all; every image is
-checked there at construction (``images.check_image``: present, not empty, readable header, the
-JSON's width/height, not truncated).
+Images are looked up in ``images_dir`` when given, else in one of: the JSON's folder; its
+``images/`` subfolder; and, for the standard layout ``annotations/instances_val2017.json`` +
+``val2017/``, the folder named after the JSON next to ``annotations/``. The place holding the most
+of the images' files is used for all (the first of these, if several hold as many), so one odd
+``file_name`` cannot send the others astray; every image is checked there at construction
+(``images.check_image``: present, not empty, readable header, the JSON's width/height, not
+truncated). EXIF-oriented images follow the rule of ``data/voc.py`` (the JSON's width/height play
+the part of ``<size>``).
 
-Bad input raises ``DataError`` naming the JSON: it does not parse, is not a COCO instances file
-(``images`` / ``categories`` lists, annotations with ``image_id``, ``category_id``, ``bbox``),
-has duplicate category or annotation ids, or an annotation names an unknown category. Problems
-of one image (an ``images`` entry without id / file name / size, a duplicate image id -- every
-entry with it --, a ``bbox`` that is not 4 numbers, a bad image file) raise ``DataError`` or skip
-that image with a warning, as ``on_bad_image`` says (``data/bad_images.py``); the image and its
-annotations are then also removed from ``.coco``, and ``skipped`` lists ``(file, problem)``.
+Bad input raises ``DataError`` naming the JSON: it does not parse (or nests too deeply), is not a
+COCO instances file (``images`` / ``categories`` lists, annotations with ``image_id``,
+``category_id``, ``bbox``), has an annotation ``id`` / ``image_id`` / ``category_id`` that is not an
+integer, duplicate category ids or names, a category name that is not a non-empty string,
+duplicate annotation ids, or an annotation names an unknown category. Problems of one image (an
+``images`` entry without an integer id, a file name string or width / height that are positive
+whole numbers, a duplicate image id -- every entry with it --, a ``bbox`` that is not a list of 4
+finite numbers, an ``iscrowd`` other than 0 / 1, an ``area`` that is not a number >= 0, a bad image
+file) raise ``DataError`` or skip that image with a warning, as ``on_bad_image`` says
+(``data/bad_images.py``); the image and its annotations are then also removed from ``.coco``, and
+``skipped`` lists ``(file, problem)``.
 Annotations without ``id`` / ``iscrowd`` / ``area`` (common in hand-made files) get their
 position + 1, 0 and the box area, which pycocotools' evaluation needs. Annotations of
 image ids absent from ``images`` are skipped with one counted warning (they cannot be used).
@@ -63,6 +69,8 @@ def _read_json(path: Path) -> dict:
             data = json.load(f)
     except json.JSONDecodeError as exc:
         raise DataError(path, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise DataError(path, "is not a COCO instances file (JSON nested too deeply to read)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(path, f"cannot read file ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
@@ -70,6 +78,25 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data.setdefault("annotations", []), list):
         raise DataError(path, "is not a COCO instances file ('annotations' is not a list)")
     return data
+
+
+_MAX_SIDE = 2**31 - 1  # pixels: anything larger is not an image size
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_side(value) -> bool:
+    """A positive whole number of pixels (``640`` or ``640.0``; not ``true``, ``Infinity``, ``1e400``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (isinstance(value, int) or value.is_integer()) and 0 < value <= _MAX_SIDE
+
+
+def _is_number(value) -> bool:
+    """A finite JSON number (not a boolean, a string or ``NaN``)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class COCODataset(torch.utils.data.Dataset):
@@ -104,9 +131,17 @@ class COCODataset(torch.utils.data.Dataset):
                     # which annotations belong to which entry is unknown: every entry of the id goes
                     duplicates[image["id"]] = duplicates.get(image["id"], 1) + 1
                     raise DataError(path, f"duplicate image id {image['id']}")
-                if not all(isinstance(image[k], (int, float)) and image[k] > 0 for k in ("width", "height")):
+                if not (_is_side(image["width"]) and _is_side(image["height"])):
                     skipped_ids.add(image["id"])
-                    raise DataError(path, f"image {image['id']} has width/height {image['width']!r}/{image['height']!r}")
+                    raise DataError(
+                        path,
+                        f"image {image['id']} has width/height {image['width']!r}/{image['height']!r}, "
+                        "expected positive whole numbers of pixels",
+                    )
+                name = image["file_name"]
+                if not isinstance(name, str) or not name.strip() or "\0" in name:
+                    skipped_ids.add(image["id"])
+                    raise DataError(path, f"image {image['id']} has file_name {name!r}, expected a file name")
                 images[image["id"]] = image
             except DataError as error:
                 bad(error)
@@ -114,7 +149,7 @@ class COCODataset(torch.utils.data.Dataset):
             if images.pop(image_id, None) is not None:  # the first entry of the id, kept until now
                 bad.skipped.append((str(path), f"duplicate image id {image_id}"))
         skipped_ids |= duplicates.keys()
-        categories = {}
+        categories, name_ids = {}, {}
         for category in data["categories"]:
             if not isinstance(category, dict) or not {"id", "name"} <= category.keys():
                 raise DataError(path, "an entry of 'categories' lacks id or name")
@@ -122,6 +157,13 @@ class COCODataset(torch.utils.data.Dataset):
                 raise DataError(path, f"category id {category['id']!r} is not an integer")
             if category["id"] in categories:
                 raise DataError(path, f"duplicate category id {category['id']}")
+            if not isinstance(category["name"], str) or not category["name"].strip():
+                raise DataError(path, f"category {category['id']} has name {category['name']!r}, expected a non-empty string")
+            if category["name"] in name_ids:  # two labels of one class name: their detections could not be told apart
+                raise DataError(
+                    path, f"duplicate category name {category['name']!r} (ids {name_ids[category['name']]} and {category['id']})"
+                )
+            name_ids[category["name"]] = category["id"]
             categories[category["id"]] = category
         cat_ids = sorted(categories)
         self.cat_id_to_label = {cat_id: label for label, cat_id in enumerate(cat_ids, start=1)}
@@ -136,6 +178,9 @@ class COCODataset(torch.utils.data.Dataset):
                 raise DataError(path, "an annotation lacks image_id, category_id or bbox (not an instances file?)")
             # pycocotools' evaluation needs these; custom files often omit them
             ann = {"id": number + 1, "iscrowd": 0, **ann}
+            for key in ("id", "image_id", "category_id"):  # an id in a list would be matched to nothing
+                if not _is_id(ann[key]):
+                    raise DataError(path, f"annotations[{number}] has {key} {ann[key]!r}, expected an integer")
             if ann["id"] in ann_ids:
                 raise DataError(path, f"duplicate annotation id {ann['id']}")
             ann_ids.add(ann["id"])
@@ -147,6 +192,7 @@ class COCODataset(torch.utils.data.Dataset):
                 orphans += 1
                 continue
             try:
+                ann["iscrowd"] = self._check_crowd_and_area(ann)
                 box = self._convert_box(ann, images[ann["image_id"]])
             except DataError as error:  # the image's annotations are incomplete without this one
                 bad(DataError(path, f"{error.problem} (image {ann['image_id']})"))
@@ -156,7 +202,7 @@ class COCODataset(torch.utils.data.Dataset):
                 dropped += 1
                 continue
             kept.append({"area": (box[2] - box[0]) * (box[3] - box[1]), **ann})
-            per_image[ann["image_id"]].append((box, self.cat_id_to_label[ann["category_id"]], bool(ann.get("iscrowd", 0))))
+            per_image[ann["image_id"]].append((box, self.cat_id_to_label[ann["category_id"]], ann["iscrowd"] == 1))
         if orphans:
             logger.warning("COCO %s: %d annotations of image ids not in 'images' skipped", path, orphans)
         if dropped:
@@ -173,7 +219,10 @@ class COCODataset(torch.utils.data.Dataset):
                 del images[image_id]
         bad.finish(f"COCO {path}", len(data["images"]), path)
         self.skipped = bad.skipped
-        data["images"] = [image for image in data["images"] if isinstance(image, dict) and images.get(image.get("id")) is image]
+        data["images"] = [
+            image for image in data["images"]
+            if isinstance(image, dict) and _is_id(image.get("id")) and images.get(image["id"]) is image
+        ]  # fmt: skip
         data["annotations"] = [ann for ann in kept if ann["image_id"] in images]
 
         self.coco = COCO()
@@ -196,14 +245,24 @@ class COCODataset(torch.utils.data.Dataset):
         if drop_empty:
             self.ids = [image_id for image_id in self.ids if len(self._targets[image_id][1])]
 
+    def _check_crowd_and_area(self, ann: dict) -> int:
+        """An annotation's ``iscrowd`` as the int 0 or 1 (a string "0" would be truthy), after
+        checking that its ``area``, if given, is a finite number >= 0 (pycocotools' evaluation
+        compares it with its area ranges)."""
+        iscrowd, area = ann["iscrowd"], ann.get("area", 0)
+        if not isinstance(iscrowd, (int, float)) or iscrowd not in (0, 1):  # true / false are 1 / 0
+            raise DataError(self.ann_file, f"annotation {ann['id']} has iscrowd {iscrowd!r}, expected 0 or 1")
+        if not _is_number(area) or area < 0:
+            raise DataError(self.ann_file, f"annotation {ann['id']} has area {area!r}, expected a number >= 0")
+        return int(iscrowd)
+
     def _convert_box(self, ann: dict, image: dict) -> list[float] | None:
         """``[x, y, w, h]`` -> clipped continuous xyxy, or None when empty."""
         bbox = ann["bbox"]
-        try:
-            x, y, w, h = (float(v) for v in bbox)
-        except (TypeError, ValueError):
-            raise DataError(self.ann_file, f"annotation {ann.get('id')} has bbox {bbox!r}, expected 4 numbers") from None
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise DataError(self.ann_file, f"annotation {ann['id']} has bbox {bbox!r}, expected 4 finite numbers")
+        x, y, w, h = (float(v) for v in bbox)
+        if w <= 0 or h <= 0:
             return None
         width, height = float(image["width"]), float(image["height"])
         x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
@@ -213,7 +272,10 @@ class COCODataset(torch.utils.data.Dataset):
         return [x1, y1, x2, y2]
 
     def _find_images_dir(self, images_dir, image_ids) -> Path:
-        """The first candidate folder holding the file of the first image found (of ``image_ids``)."""
+        """The candidate folder holding the most of the files of ``image_ids`` (the first of equals).
+
+        A majority, not the first image found: one odd ``file_name`` that happens to exist in
+        another candidate (a stray file beside the JSON) must not send every image there."""
         if images_dir is not None:
             candidates = [Path(images_dir)]
         else:
@@ -224,11 +286,16 @@ class COCODataset(torch.utils.data.Dataset):
                 candidates.append(folder.parent / stem[len("instances_") :])
         if not image_ids:
             return candidates[0]
-        for image_id in image_ids:  # usually the first; a missing first image is one bad image
-            name = self._images[image_id]["file_name"]
-            found = next((c for c in candidates if (c / name).is_file()), None)
-            if found is not None:
-                return found
+        names = [self._images[image_id]["file_name"] for image_id in image_ids]
+        best, most = None, 0
+        for candidate in candidates:
+            found = sum((candidate / name).is_file() for name in names)
+            if found > most:
+                best, most = candidate, found
+            if 2 * most > len(names):  # a majority: no later candidate can hold more
+                break
+        if best is not None:
+            return best
         places = ", ".join(str(c) for c in candidates)
         first = self._images[image_ids[0]]["file_name"]
         raise DataError(self.ann_file, f"image {first!r} not found in {places} (pass images_dir)")

@@ -4,7 +4,8 @@ Every image is decoded by Pillow and normalised to three RGB channels the same w
 
 - the EXIF orientation tag is applied (``ImageOps.exif_transpose``), so the tensor is the image
   as a viewer shows it, and ``image_size`` reports the rotated ``(height, width)``
-  (``load_annotated_image`` falls back to the stored grid when the annotation's size says so);
+  (``load_annotated_image`` falls back to the stored grid when the annotation's size says so;
+  ``check_image`` warns once per file whose orientation that size cannot resolve);
 - grayscale (``1``, ``L``, ``LA``) is repeated into three channels;
 - 16-bit grayscale (``I;16*``, and ``I`` holding values in [0, 65535] as 16-bit PNGs decode) is
   divided by 65535; other ``I`` images (32-bit integers) are clipped at 0 and divided by
@@ -34,6 +35,7 @@ trailing bytes).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -205,6 +207,23 @@ def _use_stored_grid(oriented: tuple[int, int], size: tuple[int, int]) -> bool:
     return tuple(oriented) == (size[1], size[0]) and size[0] != size[1]
 
 
+_warned_orientations: set[str] = set()  # files warned about by _warn_ambiguous_orientation
+
+
+def _warn_ambiguous_orientation(path, orientation: int, annotation) -> None:
+    """One warning per file whose EXIF ``orientation`` changes the pixel grid while the annotated
+    size is the same on both grids (orientations 2-4, or 5-8 of a square image): its boxes are read
+    on the image as shown, and would be wrong if they were drawn on the stored pixels."""
+    if orientation not in _ORIENTATION_TRANSPOSE or str(path) in _warned_orientations:
+        return
+    _warned_orientations.add(str(path))
+    logging.getLogger("fasterrcnn").warning(
+        "%s: EXIF orientation %d, and the size in %s fits both the stored and the shown pixels: "
+        "its boxes are read on the image as shown (upright); they are wrong if they were drawn on the stored pixels",
+        path, orientation, Path(annotation).name if annotation is not None else "the annotation",
+    )  # fmt: skip
+
+
 def _check_annotated_size(path, actual: tuple[int, int], size: tuple[int, int], annotation) -> None:
     if tuple(actual) != tuple(size):
         raise DataError(
@@ -228,6 +247,8 @@ def check_image(path, size: tuple[int, int] | None = None, annotation=None) -> t
             warnings.simplefilter("ignore", UserWarning)
             with Image.open(path) as im:
                 stored, oriented = _header_sizes(im)
+                if size is not None and stored == oriented:  # the size cannot tell the grids apart
+                    _warn_ambiguous_orientation(path, im.getexif().get(_EXIF_ORIENTATION, 1), annotation)
                 marker = _END_MARKERS.get(im.format)
                 if marker is not None and not _ends_with(path, marker):
                     im.load()  # truncated (raises), or valid with bytes after the end marker

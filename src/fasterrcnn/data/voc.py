@@ -16,6 +16,17 @@ Class list (labels are 1..C in this order, 0 is background):
 3. else the sorted set of object names found in the split's XML files. A test split may lack a
    class, so evaluate with ``classes=`` the training classes (the checkpoint's ``class_names``).
 
+Values are checked: the root element must be ``<annotation>``; coordinates finite numbers (not
+``nan`` / ``inf``); ``<size>`` whole numbers of pixels; ``<difficult>`` a finite number (0 is
+false). A split file that lists no image is an error naming it.
+
+EXIF orientation (``images.load_annotated_image``): boxes are read on the image as a viewer shows
+it (orientation applied), unless the XML's ``<size>`` is that of the stored pixel grid with height
+and width swapped (a 90-degree orientation of a non-square image), when they are read on the stored
+grid. For orientations 2-4, and 5-8 of a square image, the size fits both grids: the boxes are read
+as shown and ``check_image`` warns once per such file, since boxes drawn on the stored pixels (tools
+that ignore EXIF) would be silently wrong there.
+
 All XML files of the split are parsed, and every image file is checked (``images.check_image``:
 present, not empty, readable header, the annotated size, not truncated), at construction, so bad
 files are reported before training starts and ``image_size(i)`` costs nothing. An image whose
@@ -31,6 +42,7 @@ difficult objects.
 from __future__ import annotations
 
 import logging
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,14 +86,34 @@ def _text(element, tag: str) -> str | None:
     return child.text.strip()
 
 
+def _number(text: str | None) -> float | None:
+    """``text`` as a finite float, or None (absent, not a number, nan, inf, too large)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _flag(element, tag: str, xml_path: Path) -> bool:
     value = _text(element, tag)
     if value in (None, ""):
         return False
-    try:
-        return int(float(value)) != 0
-    except ValueError:
-        raise DataError(xml_path, f"<{tag}> is {value!r}, expected 0 or 1") from None
+    number = _number(value)
+    if number is None:
+        raise DataError(xml_path, f"<{tag}> is {value!r}, expected 0 or 1")
+    return number != 0
+
+
+def _side(size, tag: str, xml_path: Path) -> int:
+    """``<size>``'s ``<width>`` / ``<height>`` in pixels; 0 when absent (read from the image then)."""
+    value = _text(size, tag)
+    if value in (None, ""):
+        return 0
+    number = _number(value)
+    if number is None or number != int(number):
+        raise DataError(xml_path, f"<size> <{tag}> is {value!r}, expected a whole number of pixels")
+    return int(number)
 
 
 class VOCDataset(torch.utils.data.Dataset):
@@ -117,6 +149,8 @@ class VOCDataset(torch.utils.data.Dataset):
             raise DataError(split_file, f"cannot read split file ({exc})") from None
         # VOC's per-class split files have "<id> <flag>"; the image id is the first field.
         listed = [line.split()[0] for line in lines if line.strip()]
+        if not listed:  # else training stops at once and evaluation scores 0 images
+            raise DataError(split_file, f"split file of split {split!r} lists no images")
 
         bad = BadImages(on_bad_image)
         self.on_bad_image = on_bad_image
@@ -171,16 +205,14 @@ class VOCDataset(torch.utils.data.Dataset):
         except OSError as exc:
             raise DataError(xml_path, f"cannot read annotation file ({exc})") from None
         annotation = tree.getroot()
+        if annotation.tag != "annotation":
+            raise DataError(xml_path, f"root element is <{annotation.tag}>, expected <annotation> (not a VOC annotation)")
 
         image_path = self._find_image(image_id, _text(annotation, "filename"))
         size = annotation.find("size")
         height = width = 0
         if size is not None:
-            try:
-                height = int(float(_text(size, "height") or 0))
-                width = int(float(_text(size, "width") or 0))
-            except ValueError:
-                raise DataError(xml_path, "<size> has non-numeric <width>/<height>") from None
+            height, width = _side(size, "height", xml_path), _side(size, "width", xml_path)
         if height <= 0 or width <= 0:  # absent or zero in some VOC-style exports: read the header
             height, width = check_image(image_path)
         else:
@@ -198,10 +230,10 @@ class VOCDataset(torch.utils.data.Dataset):
             coords = []
             for tag in ("xmin", "ymin", "xmax", "ymax"):
                 value = _text(bndbox, tag)
-                try:
-                    coords.append(float(value))
-                except (TypeError, ValueError):
-                    raise DataError(xml_path, f"<object> {name!r}: <{tag}> is {value!r}, expected a number") from None
+                number = _number(value)
+                if number is None:
+                    raise DataError(xml_path, f"<object> {name!r}: <{tag}> is {value!r}, expected a finite number")
+                coords.append(number)
             xmin, ymin, xmax, ymax = coords
             box = [xmin - 1.0, ymin - 1.0, xmax, ymax]  # 1-based inclusive -> continuous
             clipped = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import pickle
 import random
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import torch
 
 from fasterrcnn.config import ModelConfig, TrainConfig, config_from_checkpoint, to_dict
 from fasterrcnn.errors import DataError
-from fasterrcnn.io import atomic_save
+from fasterrcnn.io import atomic_save, load_tensors
 
 __all__ = [
     "TRAINING_KEYS",
@@ -72,9 +71,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise DataError(path, "no such checkpoint file" if not path.exists() else "not a file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the errors below say it
-            state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_tensors(path, map_location=map_location)
     except pickle.UnpicklingError as e:
         raise DataError(
             path,
@@ -186,14 +183,11 @@ class Checkpoint:
 
     def build_model(self) -> torch.nn.Module:
         """The ``FasterRCNN`` of ``model_config`` with these weights (on the CPU, in train mode)."""
+        from fasterrcnn.modeling.backbones.weights import load_state_dict_strictly
         from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
         model = FasterRCNN.from_config(self.model_config)
-        try:
-            model.load_state_dict(self.model)
-        except RuntimeError as e:
-            first_line = str(e).strip().splitlines()[0]
-            raise DataError(self.source, f"weights do not fit the checkpoint's model configuration ({first_line})") from None
+        load_state_dict_strictly(model, self.model, self.source, "the checkpoint's model configuration")
         return model
 
     def require_training(self, path: str | Path) -> None:

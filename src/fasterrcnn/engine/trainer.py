@@ -287,6 +287,8 @@ class Trainer:
 
     def resume(self, checkpoint: Checkpoint, path: str | Path) -> None:
         """Continue from ``checkpoint`` (``Checkpoint.read(path)``; errors name ``path``)."""
+        from fasterrcnn.modeling.backbones.weights import load_state_dict_strictly
+
         checkpoint.require_training(path)
         if list(checkpoint.class_names) != self.class_names:
             raise DataError(
@@ -295,8 +297,8 @@ class Trainer:
                 f"the training data has {', '.join(self.class_names)}",
             )
         state = checkpoint.training
+        load_state_dict_strictly(self.model, checkpoint.model, path, "this model")
         try:
-            self.model.load_state_dict(checkpoint.model)
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

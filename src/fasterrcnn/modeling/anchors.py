@@ -14,8 +14,12 @@ outputs, flattened as ``[Hi, Wi, A]``, line up with them.
 
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
 from torch import Tensor, nn
+
+from fasterrcnn.errors import ConfigError
 
 
 def cell_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...], *, dtype=torch.float32, device=None) -> Tensor:
@@ -48,6 +52,20 @@ def grid_anchors(base: Tensor, grid_size: tuple[int, int], stride: tuple[int, in
     return (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)  # [Hi*Wi*A, 4]
 
 
+def _per_level(name: str, value, example: str) -> tuple[tuple[float, ...], ...]:
+    """``value`` as a tuple (one per level) of non-empty tuples of positive numbers, else ConfigError."""
+    expected = f"anchor {name} must be one non-empty tuple of positive numbers per feature level, e.g. {example} for 2 levels"
+    if not isinstance(value, (tuple, list)) or len(value) == 0:
+        raise ConfigError(f"{expected}; got {value!r}")
+    for level in value:
+        if not isinstance(level, (tuple, list)) or len(level) == 0:
+            raise ConfigError(f"{expected}; got {value!r}")
+        for v in level:
+            if isinstance(v, bool) or not isinstance(v, Real) or not v > 0 or v == float("inf"):
+                raise ConfigError(f"{expected}; got {value!r} (bad value {v!r})")
+    return tuple(tuple(float(v) for v in level) for level in value)
+
+
 class AnchorGenerator(nn.Module):
     """Anchors for every feature level: ``sizes[i]`` x ``aspect_ratios[i]`` at level i.
 
@@ -58,10 +76,13 @@ class AnchorGenerator(nn.Module):
 
     def __init__(self, sizes: tuple[tuple[float, ...], ...], aspect_ratios: tuple[tuple[float, ...], ...]):
         super().__init__()
-        if len(sizes) != len(aspect_ratios):
-            raise ValueError(f"one tuple of sizes per level and one of aspect ratios per level, got {len(sizes)} and {len(aspect_ratios)}")
-        self.sizes = tuple(tuple(s) for s in sizes)
-        self.aspect_ratios = tuple(tuple(r) for r in aspect_ratios)
+        self.sizes = _per_level("sizes", sizes, "((32.0,), (64.0,))")
+        self.aspect_ratios = _per_level("aspect_ratios", aspect_ratios, "((0.5, 1.0, 2.0), (0.5, 1.0, 2.0))")
+        if len(self.sizes) != len(self.aspect_ratios):
+            raise ConfigError(
+                f"anchor sizes and aspect_ratios need one tuple per feature level each, got {len(self.sizes)} "
+                f"level(s) of sizes {sizes!r} and {len(self.aspect_ratios)} of aspect ratios {aspect_ratios!r}"
+            )
         self._cache: dict = {}
 
     def num_anchors_per_location(self) -> list[int]:

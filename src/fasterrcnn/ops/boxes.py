@@ -28,15 +28,24 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def box_area(boxes: Tensor) -> Tensor:
-    """Area of boxes: Tensor[N, 4] xyxy -> Tensor[N] = (x2 - x1) * (y2 - y1), in the input's dtype.
+def _area_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an area is computed and returned in, as torchvision's ``_upcast``: an area outgrows
+    the coordinates' range (a 100 x 100 int8 box, a 300 x 300 float16 one), so float16/bfloat16
+    widen to float32 and integer types narrower than int32 (int8, int16, uint8, bool) to int32."""
+    if dtype.is_floating_point:
+        return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    return dtype if dtype in (torch.int32, torch.int64) else torch.int32
 
-    float16/bfloat16 inputs are multiplied in float32 and rounded back once (an area above 65504
-    is ``inf`` in float16).
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of boxes: Tensor[N, 4] xyxy -> Tensor[N] = (x2 - x1) * (y2 - y1).
+
+    The result is float32, float64, int32 or int64: small types widen first (see ``_area_dtype``),
+    as in torchvision, so neither the differences nor the product overflow.
     """
     _check_boxes(boxes)
-    b = boxes.float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes
-    return ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).to(boxes.dtype)
+    b = boxes.to(_area_dtype(boxes.dtype))
+    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
 
 
 def _pairwise_iou(b1: Tensor, b2: Tensor) -> Tensor:

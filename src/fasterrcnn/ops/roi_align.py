@@ -287,6 +287,23 @@ class _PoolPlan(NamedTuple):
     rectangles: list[Tensor]  # 2 or 4 x [B] int64: stacked row t * (N*H*W + 1) + map row, t the table
 
 
+# The kernel's running maximum starts at -FLT_MAX and grows through ``value > maximum`` only.
+_LOWEST = -3.4028234663852886e38  # -FLT_MAX, the lowest finite float32
+
+
+def _kernel_values(input: Tensor) -> tuple[Tensor, bool]:
+    """The values the kernel's maximum can take, in the compute dtype: ``x`` where ``x > -FLT_MAX``,
+    else -FLT_MAX.  NaN (false under ``>``), -inf and float64 values below -FLT_MAX never become a
+    bin's maximum, so a bin of nothing else pools to -FLT_MAX.  Also returns whether any value
+    was replaced; without one (the usual case: one reduction, a host synchronisation) the values
+    are the input itself, not a copy."""
+    values = input.to(_compute_dtype(input.dtype))
+    if bool(values.amin() > _LOWEST):  # amin is NaN when a value is
+        return values, False
+    values = values.nan_to_num(nan=_LOWEST, posinf=math.inf, neginf=_LOWEST)  # a new tensor
+    return (values.clamp_(min=_LOWEST) if values.dtype == torch.float64 else values), True
+
+
 def _floor_log2(x: Tensor) -> Tensor:
     """floor(log2 x) of int64 x >= 1 (exact below 2^24)."""
     return torch.frexp(x.float()).exponent.long() - 1
@@ -368,6 +385,8 @@ class _MaxTables:
     builds are calls on views of them, prepared once.
     """
 
+    with_argmax = False  # whether ``emit`` returns the arg-max
+
     def __init__(self, input: Tensor, plan: _PoolPlan, channels: int):
         N, _, H, W = input.shape
         self.shape, self.channels = (N, H, W), channels
@@ -385,9 +404,9 @@ class _MaxTables:
         return (_compute_dtype(dtype),)
 
     @staticmethod
-    def prepare(input: Tensor) -> Tensor:
-        """What ``load`` reads, Tensor[N, C, H, W]: here the input itself."""
-        return input
+    def prepare(values: Tensor) -> Tensor:
+        """What ``load`` reads, Tensor[N, C, H, W], from ``_kernel_values(input)``: here the values."""
+        return values
 
     def init_tables(self) -> None:
         """Sets what no block changes: the empty bins' rows."""
@@ -457,6 +476,8 @@ class _PairTables(_MaxTables):
     float32 path is ``_KeyTables``.
     """
 
+    with_argmax = True
+
     @staticmethod
     def entry_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, ...]:
         return (_compute_dtype(dtype), torch.int64)
@@ -487,15 +508,16 @@ class _KeyTables(_MaxTables):
     """
 
     _HIGH = 1 if sys.byteorder == "little" else 0  # which int32 word of an int64 holds v
+    with_argmax = True
 
     @staticmethod
     def entry_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, ...]:
         return (torch.int64,)
 
     @staticmethod
-    def prepare(input: Tensor) -> Tensor:
-        """Tensor[N, C, H, W] int32: v of every input value (0.0 -> -1)."""
-        bits = (input.to(torch.float32) + 0.0).view(torch.int32)  # + 0.0: -0.0 -> +0.0
+    def prepare(values: Tensor) -> Tensor:
+        """Tensor[N, C, H, W] int32: v of every value (0.0 -> -1), from ``_kernel_values(input)``."""
+        bits = (values + 0.0).view(torch.int32)  # + 0.0: -0.0 -> +0.0
         return bits ^ (bits >> 31).bitwise_not_().bitwise_or_(_INT32_MIN)  # >= 0: all bits flip; < 0: the sign bit
 
     def words(self, keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -538,10 +560,17 @@ def _roi_pool_tables(
     channel_bytes = sum(map(len, plan.heights)) * (N * H * W + 1) * entry_bytes
     channels = min(C, max(8, budget // channel_bytes // 8 * 8))
     state = tables(input, plan, channels)
-    source = tables.prepare(input)
+    values, replaced = _kernel_values(input)
+    source = tables.prepare(values)
     out = input.new_empty((rois.shape[0], C, oh, ow), dtype=_compute_dtype(input.dtype))
     argmax = [state.run(source[:, c : c + channels], out[:, c : c + channels]) for c in range(0, C, channels)]
-    return out.to(input.dtype), (None if argmax[0] is None else argmax)
+    if tables.with_argmax and replaced:
+        # The kernel has no arg-max for a bin of value -FLT_MAX (nothing rose above its starting
+        # maximum): such a bin's gradient goes to row N*H*W, where it is dropped, as an empty bin's.
+        lowest = out == _LOWEST
+        for rows, c in zip(argmax, range(0, C, channels)):
+            rows.masked_fill_(lowest[:, c : c + channels].transpose(0, 1).reshape(rows.shape), N * H * W)
+    return out.to(input.dtype), (argmax if tables.with_argmax else None)
 
 
 class _RoIPoolFunction(torch.autograd.Function):
@@ -584,7 +613,10 @@ def roi_pool(
 
     Box corners are rounded to feature cells (C ``round``), the (inclusive) box is split into
     ``floor``/``ceil`` bins clipped to the map, an empty bin gives 0 and the gradient of a bin goes
-    to its first maximum in row-major order.  Without a gradient to compute (``input`` not
+    to its first maximum in row-major order.  As in the kernel, a bin's maximum starts at the
+    lowest finite float32 (-FLT_MAX) and NaN never wins a comparison: NaN values are skipped, and a
+    bin holding nothing above -FLT_MAX (all -inf or NaN) gives -FLT_MAX (-inf once cast to
+    float16) and passes no gradient.  Without a gradient to compute (``input`` not
     requiring one, ``torch.no_grad``, ``torch.inference_mode``) only the maxima are computed.
 
     Args:
@@ -678,7 +710,8 @@ class MultiScaleRoIAlign(nn.Module):
     ``featmap_names`` are used in the order of the input dict; each level's scale is
     2 ** round(log2(feature size / largest image size of the batch)); RoIs go to level
     k = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6) clamped to the levels
-    present; pooling is ``roi_align(..., aligned=False)``.
+    present; pooling is ``roi_align(..., aligned=False)``; a box of no level (negative or NaN
+    area) pools to zeros.
 
     forward(x: dict[str, Tensor[N, C, Hl, Wl]], boxes: list[Tensor[Ki, 4]] (image pixels),
     image_shapes: list[(h, w)]) -> Tensor[sum Ki, C, oh, ow], RoIs in the order of ``boxes``.
@@ -711,12 +744,20 @@ class MultiScaleRoIAlign(nn.Module):
         K, C, (oh, ow) = rois.shape[0], features[0].shape[1], self.output_size
         if K == 0:
             return roi_align(features[0], rois, self.output_size, scales[0], self.sampling_ratio)
-        # Every RoI is written exactly once, by the level it maps to; the copy also transposes the
-        # pooled channels-last rows, so the result is NCHW-contiguous for a box head's flatten.
-        result = features[0].new_empty((K, C, oh * ow))
+        # Every RoI is written at most once, by the level it maps to; the copy also transposes the
+        # pooled channels-last rows, so the result is NCHW-contiguous for a box head's flatten.  A
+        # box of no level (negative or NaN area) stays zero, as in torchvision.
+        result = features[0].new_zeros((K, C, oh * ow))
         for level, (feature, scale) in enumerate(zip(features, scales)):
             idx = torch.nonzero(levels == level).squeeze(1)
             if idx.numel() > 0:  # host synchronisation: a tensor size
                 pooled = _roi_align_rows(feature, rois[idx], oh, ow, scale, self.sampling_ratio, False)
                 result.index_copy_(0, idx, pooled.view(-1, oh * ow, C).transpose(1, 2).to(result.dtype))
         return result.view(K, C, oh, ow)
+
+    def extra_repr(self) -> str:
+        return (
+            f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
+            f"sampling_ratio={self.sampling_ratio}, canonical_scale={self.canonical_scale}, "
+            f"canonical_level={self.canonical_level}"
+        )

@@ -1,6 +1,6 @@
 """Loading torchvision ImageNet classification files (e.g. ``resnet50-0676ba61.pth``) into backbones.
 
-A file is read with ``torch.load(path, map_location="cpu", weights_only=True)`` (tensors and plain
+A file is read with ``fasterrcnn.io.load_tensors`` (``torch.load(weights_only=True)``: tensors and plain
 containers only, nothing executed) and must be a flat state dict ``{key: Tensor}``. Its keys are sent
 to the backbone's modules by ``Route``s: a key starting with ``Route.prefix`` goes to ``Route.module``
 under the name ``Route.target + rest``. Keys starting with an ``ignored`` prefix (the ImageNet classifier,
@@ -9,6 +9,9 @@ must come from the file with the same shape, and every other key of the file is 
 ``num_batches_tracked`` counters of BatchNorm layers are accepted without a place (the backbones use
 frozen BatchNorm, which has none). Any problem raises ``DataError(path, ...)`` naming a few keys.
 Nothing is ever downloaded.
+
+``load_state_dict_strictly`` is the same strict check for a whole model's state dict (a detection
+weights file, a checkpoint's ``model``): its errors name the keys and shapes that do not fit.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from fasterrcnn.errors import DataError
+from fasterrcnn.io import load_tensors
 
 _SHOWN = 3  # how many offending keys an error message names
 
@@ -39,7 +43,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict file safely; DataError (one line) when it is missing, unsafe or not a state dict."""
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_tensors(path, map_location="cpu")
     except FileNotFoundError:
         raise DataError(path, "weights file not found") from None
     except IsADirectoryError:
@@ -100,6 +104,45 @@ def load_routed_weights(
                     f"{_file_key(routes, module, name)} is {list(sub[name].shape)}, expected {list(tensor.shape)}"
                 )
 
+    if missing or unexpected or mismatched:
+        raise DataError(path, f"does not match the {layout} layout: {_misfit(missing, unexpected, mismatched)}")
+
+    with torch.no_grad():
+        for mid, module in modules.items():
+            module.load_state_dict(given[mid], strict=True)
+
+
+def load_state_dict_strictly(module: nn.Module, state: object, path: str | Path, what: str) -> None:
+    """``module.load_state_dict(state, strict=True)``, or DataError(path, ...) naming what does not fit.
+
+    ``what`` names the model in the message: "weights do not fit {what}: missing keys a, b, c (and
+    N more); unexpected keys ...; wrong shapes: k is [21, 1024], expected [6, 1024]".  Only
+    ``num_batches_tracked`` counters are accepted without a place (frozen BatchNorm drops them).
+    On an error the module is unchanged.
+    """
+    if not isinstance(state, Mapping):
+        raise DataError(path, f"weights do not fit {what}: not a state dict (found {type(state).__name__})")
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise DataError(path, f"weights do not fit {what}: entries that are not tensors: {_few(not_tensors)}")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [str(k) for k in state if k not in expected and not str(k).endswith("num_batches_tracked")]
+    mismatched = [
+        f"{k} is {list(v.shape)}, expected {list(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise DataError(path, f"weights do not fit {what}: {_misfit(missing, unexpected, mismatched)}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # a counter outside frozen BatchNorm: what torch says, on one line
+        raise DataError(path, f"weights do not fit {what} ({' '.join(str(e).split())[:300]})") from None
+
+
+def _misfit(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    """One line naming a few keys of each kind of misfit."""
     problems = []
     if missing:
         problems.append(f"missing keys {_few(missing)}")
@@ -107,12 +150,7 @@ def load_routed_weights(
         problems.append(f"unexpected keys {_few(unexpected)}")
     if mismatched:
         problems.append(f"wrong shapes: {_few(mismatched)}")
-    if problems:
-        raise DataError(path, f"does not match the {layout} layout: " + "; ".join(problems))
-
-    with torch.no_grad():
-        for mid, module in modules.items():
-            module.load_state_dict(given[mid], strict=True)
+    return "; ".join(problems)
 
 
 def _file_key(routes: Sequence[Route], module: nn.Module, name: str) -> str:
