@@ -236,7 +236,7 @@ def test_resume_from_another_model_names_the_keys_and_shapes(voc_root, tmp_path)
     half.train()
     other = make_trainer(voc_root, tmp_path / "other", config=CONFIG, model=FakeDetector(7))
     with pytest.raises(DataError) as info:
-        other.resume(tmp_path / "half" / "checkpoints" / "last.pt")
+        other.resume(Checkpoint.read(tmp_path / "half" / "checkpoints" / "last.pt"), tmp_path / "half" / "checkpoints" / "last.pt")
     assert str(info.value) == (
         f"{tmp_path / 'half' / 'checkpoints' / 'last.pt'}: weights do not fit this model: "
         "wrong shapes: head.weight is [6, 8], expected [8, 8], head.bias is [6], expected [8]"
