@@ -2,9 +2,12 @@
 
 Every image is decoded by Pillow and normalised to three RGB channels the same way:
 
-- the EXIF orientation tag is applied (``ImageOps.exif_transpose``), so the tensor is the image
-  as a viewer shows it, and ``image_size`` reports the rotated ``(height, width)``
-  (``load_annotated_image`` falls back to the stored grid when the annotation's size says so);
+- the EXIF orientation tag is applied (the transposes of ``ImageOps.exif_transpose``), so the
+  tensor is the image as a viewer shows it, and ``image_size`` reports the rotated ``(height, width)``
+  (``load_annotated_image`` falls back to the stored grid when the annotation's size says so).
+  The orientation is read from the header only, before any pixel is decoded: for a PNG that is an
+  ``eXIf`` (or EXIF text / XMP) chunk before the pixel data, as browsers read it; one after the
+  pixel data is ignored (Pillow's ``PngImageFile.getexif`` decodes the whole image to look for it);
 - grayscale (``1``, ``L``, ``LA``) is repeated into three channels;
 - 16-bit grayscale (``I;16*``, and ``I`` holding values in [0, 65535] as 16-bit PNGs decode) is
   divided by 65535; other ``I`` images (32-bit integers) are clipped at 0 and divided by
@@ -14,22 +17,27 @@ Every image is decoded by Pillow and normalised to three RGB channels the same w
 - palette, CMYK and YCbCr images are converted with Pillow's ``convert("RGB")``;
 - multi-frame files (GIF, TIFF) give their first frame.
 
-A file that is missing, empty, truncated or not an image raises ``DataError(path, problem)``:
-one line, no traceback. Pillow decodes lazily, so the pixels are forced (``.load()``) inside
-the ``try``.
+A file that is missing, empty, truncated, not an image, or whose EXIF block is malformed raises
+``DataError(path, problem)``: one line, no traceback. Pillow's decoders raise many exception types on
+damaged input (``OSError``, ``SyntaxError``, ``struct.error``, ``IndexError`` ...); every one of them
+becomes a ``DataError``. Pillow decodes lazily, so the pixels are forced (``.load()``) inside the ``try``.
+An image over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, twice over) is refused
+from its header, before decoding.
 
 Memory. 8-bit images become float32 through one tensor allocation (no NumPy float temporaries).
 ``load_image(path, reduce=f)`` decodes an image at ``1/f`` of its size (``f`` a power of two, each
 side ``ceil(side / f)``): a JPEG in the decoder itself (libjpeg's DCT scaling, ``Image.draft``, up
 to 1/8), anything else (and the rest of a larger ``f``) by box averaging (``Image.reduce``) before
-any float copy. ``reduction_factor`` picks the largest ``f`` that keeps the image at least as large
+any float copy (a PNG is decoded whole into 8-bit memory first: Pillow cannot decode it
+reduced). ``reduction_factor`` picks the largest ``f`` that keeps the image at least as large
 as the model's resize of it (``min_size`` / ``max_size``), so a 8000x6000 photo never exists as a
 576 MB float tensor on its way to a 1000 px model input.
 
 ``check_image`` verifies a file without decoding its pixels (datasets call it for every image at
 construction): it exists, is not empty, has a readable header, has the size its annotation says,
-and a JPEG / PNG ends with its end marker (else it is decoded once to tell a truncated file from
-trailing bytes).
+and a JPEG / PNG ends with its end marker. Otherwise a PNG's chunks are walked to its ``IEND``
+(``Image.verify``: checksums, no decompression) and a JPEG is decoded at 1/8 of its size, to tell a
+truncated file from one with bytes after its end.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from fasterrcnn.errors import DataError
 
@@ -58,7 +66,6 @@ _ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82"}
-_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 def _read_error(path, exc: BaseException) -> DataError:
@@ -70,6 +77,24 @@ def _read_error(path, exc: BaseException) -> DataError:
         return DataError(path, "image file is not readable (permission denied)")
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return DataError(path, f"cannot read image ({detail})")
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8) of an opened, not yet decoded image, from its header; 1 when absent.
+
+    ``Image.Image.getexif`` (not a plugin's override) reads what ``Image.open`` found: for a PNG the
+    chunks before the pixel data (``PngImageFile.getexif`` would decode the image to look further).
+    """
+    try:
+        value = Image.Image.getexif(im).get(_EXIF_ORIENTATION, 1)
+    except Exception as exc:  # struct.error, ValueError ... from a damaged EXIF block
+        raise ValueError(f"malformed EXIF block: {exc or type(exc).__name__}") from None
+    return value if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE else 1
+
+
+def _oriented(im: Image.Image, orientation: int) -> Image.Image:
+    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
+    return im.transpose(transpose) if transpose is not None else im
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
@@ -155,23 +180,21 @@ def load_image(path, *, apply_exif: bool = True, reduce: int = 1) -> torch.Tenso
             # Pillow warns about palette transparency stored as bytes; the alpha is dropped anyway.
             warnings.simplefilter("ignore", UserWarning)
             with Image.open(path) as im:
-                if reduce == 1:
-                    im.load()
-                    if apply_exif:
-                        im = ImageOps.exif_transpose(im)
-                else:
-                    im = _decode_reduced(im, reduce, apply_exif)
-                array = _to_rgb_array(im)
-                del im
-    except _READ_ERRORS as exc:
+                orientation = _orientation(im) if apply_exif else 1
+                array = _to_rgb_array(_oriented(_decode(im, reduce), orientation))
+    except DataError:
+        raise
+    except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
         raise _read_error(path, exc) from None
     return _to_tensor(array)
 
 
-def _decode_reduced(im: Image.Image, reduce: int, apply_exif: bool) -> Image.Image:
-    """Decode ``im`` (just opened) at ``1/reduce`` of its size, then apply its EXIF orientation."""
+def _decode(im: Image.Image, reduce: int) -> Image.Image:
+    """Decode ``im`` (just opened) at ``1/reduce`` of its size (1: whole)."""
+    if reduce == 1:
+        im.load()
+        return im
     width, height = im.size
-    orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if apply_exif else 1
     target = (math.ceil(width / reduce), math.ceil(height / reduce))
     done = 1  # the scale the decoder applied
     if im.format == "JPEG":
@@ -179,10 +202,7 @@ def _decode_reduced(im: Image.Image, reduce: int, apply_exif: bool) -> Image.Ima
         if drafted is not None:
             done = round(width / drafted[1][2])
     im.load()
-    if reduce > done:
-        im = _reducible(im).reduce(reduce // done)
-    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
-    return im.transpose(transpose) if transpose is not None else im
+    return _reducible(im).reduce(reduce // done) if reduce > done else im
 
 
 def load_annotated_image(path, size: tuple[int, int], annotation) -> torch.Tensor:
@@ -226,18 +246,33 @@ def check_image(path, size: tuple[int, int] | None = None, annotation=None) -> t
             raise DataError(path, "image file is empty (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # nothing is decompressed here
             with Image.open(path) as im:
                 stored, oriented = _header_sizes(im)
                 marker = _END_MARKERS.get(im.format)
                 if marker is not None and not _ends_with(path, marker):
-                    im.load()  # truncated (raises), or valid with bytes after the end marker
-    except _READ_ERRORS as exc:
+                    _check_complete(im)
+    except DataError:
+        raise
+    except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
         raise _read_error(path, exc) from None
     if size is None:
         return oriented
     actual = stored if _use_stored_grid(oriented, size) else oriented
     _check_annotated_size(path, actual, size, annotation)
     return tuple(size)
+
+
+def _check_complete(im: Image.Image) -> None:
+    """Raise if a PNG / JPEG without its end marker at the end of the file is truncated; return if it
+    only has bytes after its end. Bounded work: a PNG's chunks are read (no decompression), a JPEG is
+    decoded at 1/8 of its size."""
+    if im.format == "PNG":
+        im.verify()
+        return
+    width, height = im.size
+    im.draft(im.mode, (math.ceil(width / 8), math.ceil(height / 8)))
+    im.load()
 
 
 def _ends_with(path, marker: bytes) -> bool:
@@ -252,12 +287,15 @@ def _ends_with(path, marker: bytes) -> bool:
 def image_size(path) -> tuple[int, int]:
     """``(height, width)`` of an image file as ``load_image`` returns it, read from the header only.
 
-    The EXIF orientation is respected (orientations 5-8 swap height and width).
+    The EXIF orientation is respected (orientations 5-8 swap height and width). Never decodes pixels.
     """
     try:
-        with Image.open(path) as im:
-            return _header_sizes(im)[1]
-    except _READ_ERRORS as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # nothing is decompressed here
+            with Image.open(path) as im:
+                return _header_sizes(im)[1]
+    except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
         raise _read_error(path, exc) from None
 
 
@@ -265,7 +303,7 @@ def _header_sizes(im: Image.Image) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(h, w)`` of an opened image's stored pixel grid, and after its EXIF orientation (5-8 swap them)."""
     width, height = im.size
     stored = (height, width)
-    oriented = (width, height) if im.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS else stored
+    oriented = (width, height) if _orientation(im) in _TRANSPOSING_ORIENTATIONS else stored
     return stored, oriented
 
 
