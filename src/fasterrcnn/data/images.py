@@ -65,6 +65,9 @@ _ORIENTATION_TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+# (min_size, max_size) that datasets decode for by default (torchvision's detection models' resize):
+# a larger image is decoded at 1/2, 1/4 ... of its size while it stays at least this large.
+DEFAULT_REDUCE_TO = (800, 1333)
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82"}
 
 
@@ -205,19 +208,24 @@ def _decode(im: Image.Image, reduce: int) -> Image.Image:
     return _reducible(im).reduce(reduce // done) if reduce > done else im
 
 
-def load_annotated_image(path, size: tuple[int, int], annotation) -> torch.Tensor:
+def load_annotated_image(path, size: tuple[int, int], annotation, *, reduce_to: tuple[int, int] | None = None) -> torch.Tensor:
     """``load_image`` for an image whose annotation file says it is ``size = (h, w)``.
 
     Annotation tools disagree on EXIF orientation: when the oriented image has ``size`` with
     height and width swapped but the stored pixel grid matches, the annotation refers to the
     stored grid and that is returned. Any other disagreement raises ``DataError`` naming the
-    image and the ``annotation`` file.
+    image and the ``annotation`` file (checked from the header, before decoding).
+
+    ``reduce_to = (min_size, max_size)`` of the model's resize: an image at least twice as large as
+    that resize is decoded at 1/2, 1/4 ... of its size (``reduction_factor``), so the tensor is
+    smaller than ``size``; boxes in the annotation's pixels scale to it with
+    ``transforms.resize_boxes(boxes, size, tensor.shape[1:])``. None decodes the image whole.
     """
-    image = load_image(path)
-    if _use_stored_grid(tuple(image.shape[1:]), size):
-        image = load_image(path, apply_exif=False)
-    _check_annotated_size(path, tuple(image.shape[1:]), size, annotation)
-    return image
+    stored, oriented = _read_header_sizes(path)
+    apply_exif = not _use_stored_grid(oriented, size)
+    _check_annotated_size(path, oriented if apply_exif else stored, size, annotation)
+    reduce = 1 if reduce_to is None else reduction_factor(tuple(size), *reduce_to)
+    return load_image(path, apply_exif=apply_exif, reduce=reduce)
 
 
 def _use_stored_grid(oriented: tuple[int, int], size: tuple[int, int]) -> bool:
@@ -289,12 +297,17 @@ def image_size(path) -> tuple[int, int]:
 
     The EXIF orientation is respected (orientations 5-8 swap height and width). Never decodes pixels.
     """
+    return _read_header_sizes(path)[1]
+
+
+def _read_header_sizes(path) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``_header_sizes`` of the image file ``path``; ``DataError`` if it cannot be read."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # nothing is decompressed here
             with Image.open(path) as im:
-                return _header_sizes(im)[1]
+                return _header_sizes(im)
     except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
         raise _read_error(path, exc) from None
 
@@ -307,4 +320,4 @@ def _header_sizes(im: Image.Image) -> tuple[tuple[int, int], tuple[int, int]]:
     return stored, oriented
 
 
-__all__ = ["check_image", "image_size", "load_annotated_image", "load_image", "reduction_factor"]
+__all__ = ["DEFAULT_REDUCE_TO", "check_image", "image_size", "load_annotated_image", "load_image", "reduction_factor"]
