@@ -284,3 +284,9 @@ def test_a_malformed_exif_block_is_a_data_error(tmp_path):
         with pytest.raises(DataError) as info:
             read(path)
         assert str(info.value) == f"{path}: cannot read image (malformed EXIF block: unpack requires a buffer of 4 bytes)"
+
+
+def test_nan_in_a_float_image_reads_as_zero(tmp_path):
+    pixels = np.array([[0.25, np.nan], [np.inf, -np.inf]], dtype=np.float32)
+    image = load_image(save(tmp_path, "float.tiff", Image.fromarray(pixels)))
+    assert torch.equal(image, torch.tensor([[[0.25, 0.0], [1.0, 0.0]]] * 3))

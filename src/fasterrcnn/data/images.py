@@ -11,7 +11,7 @@ Every image is decoded by Pillow and normalised to three RGB channels the same w
 - grayscale (``1``, ``L``, ``LA``) is repeated into three channels;
 - 16-bit grayscale (``I;16*``, and ``I`` holding values in [0, 65535] as 16-bit PNGs decode) is
   divided by 65535; other ``I`` images (32-bit integers) are clipped at 0 and divided by
-  2**31 - 1; ``F`` (float) images are taken as already in [0, 1] and clipped;
+  2**31 - 1; ``F`` (float) images are taken as already in [0, 1] and clipped (NaN read as 0);
 - the alpha channel (``RGBA``, ``LA``, ``PA``, palette transparency) is dropped, keeping the
   stored colour, as ``PIL.Image.convert("RGB")``, OpenCV and torchvision's RGB decoding do;
 - palette, CMYK and YCbCr images are converted with Pillow's ``convert("RGB")``;
@@ -112,7 +112,7 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         gray = values.astype(np.float32)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode == "F":
-        gray = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+        gray = np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0), 0.0, 1.0)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode in ("P", "PA"):
         # Palette transparency converts reliably only through RGBA; the alpha is then dropped.
