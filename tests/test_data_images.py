@@ -290,3 +290,44 @@ def test_nan_in_a_float_image_reads_as_zero(tmp_path):
     pixels = np.array([[0.25, np.nan], [np.inf, -np.inf]], dtype=np.float32)
     image = load_image(save(tmp_path, "float.tiff", Image.fromarray(pixels)))
     assert torch.equal(image, torch.tensor([[[0.25, 0.0], [1.0, 0.0]]] * 3))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "P", "P-transparent"])
+def test_a_png_decoded_reduced_is_decoded_in_strips_with_the_same_pixels(tmp_path, monkeypatch, mode):
+    from PIL import ImageFile
+
+    import fasterrcnn.data.images as images
+
+    height, width = 203, 157  # odd sides: the last strip and the last reduced row are partial
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = np.stack([x, y, (x * y) % 256], axis=2).astype(np.uint8)  # Pillow's filters Sub / Up / Paeth in use
+    noise = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(np.where(y[..., None] < height // 2, smooth, noise))
+    options = {}
+    if mode.startswith("P"):
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE)
+        options = {"transparency": 2} if mode == "P-transparent" else {}
+    else:
+        image = image.convert(mode)
+    path = save(tmp_path, "image.png", image, **options)
+    monkeypatch.setattr(images, "_PNG_STRIP_BYTES", 20 * (1 + width * 4))  # 20 RGBA rows: many strips
+    decoded_heights = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded_heights.append(self.size[1]) or load(self))
+    for reduce in (2, 4, 8):
+        decoded_heights.clear()
+        reduced = load_image(path, reduce=reduce)
+        assert len(decoded_heights) > 3 and max(decoded_heights) <= 81  # strips (+ the row before), never 203 rows
+        with Image.open(path) as whole:
+            whole.load()
+            expected = images._to_tensor(images._to_rgb_array(images._reducible(whole).reduce(reduce)))
+        assert reduced.shape == (3, -(-height // reduce), -(-width // reduce))
+        assert torch.equal(reduced, expected)
+
+
+def test_a_truncated_png_decoded_in_strips_is_a_data_error(tmp_path):
+    path = save(tmp_path, "image.png", Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 200, 3), dtype=np.uint8)))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match=r"image.png: cannot read image \(image file is truncated"):
+        load_image(path, reduce=2)

@@ -28,8 +28,10 @@ Memory. 8-bit images become float32 through one tensor allocation (no NumPy floa
 ``load_image(path, reduce=f)`` decodes an image at ``1/f`` of its size (``f`` a power of two, each
 side ``ceil(side / f)``): a JPEG in the decoder itself (libjpeg's DCT scaling, ``Image.draft``, up
 to 1/8), anything else (and the rest of a larger ``f``) by box averaging (``Image.reduce``) before
-any float copy (a PNG is decoded whole into 8-bit memory first: Pillow cannot decode it
-reduced). ``reduction_factor`` picks the largest ``f`` that keeps the image at least as large
+any float copy. Pillow cannot decode a PNG reduced, so a non-interlaced 8-bit PNG is decoded in
+strips of at most 8 MB, each reduced at once (``_png_reduced_by_strips``: the same pixels as reducing
+the whole image); other PNGs (16-bit, 1/2/4-bit, interlaced) are decoded whole, then reduced.
+``reduction_factor`` picks the largest ``f`` that keeps the image at least as large
 as the model's resize of it (``min_size`` / ``max_size``), so a 8000x6000 photo never exists as a
 576 MB float tensor on its way to a 1000 px model input.
 
@@ -42,9 +44,12 @@ truncated file from one with bytes after its end.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +73,9 @@ _ORIENTATION_TRANSPOSE = {
 # (min_size, max_size) that datasets decode for by default (torchvision's detection models' resize):
 # a larger image is decoded at 1/2, 1/4 ... of its size while it stays at least this large.
 DEFAULT_REDUCE_TO = (800, 1333)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}  # colour type -> Pillow's mode at 8 bits
+_PNG_STRIP_BYTES = 8 * 2**20  # full-size bytes of a strip of a PNG decoded reduced
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82"}
 
 
@@ -182,6 +190,8 @@ def load_image(path, *, apply_exif: bool = True, reduce: int = 1) -> torch.Tenso
         with warnings.catch_warnings():
             # Pillow warns about palette transparency stored as bytes; the alpha is dropped anyway.
             warnings.simplefilter("ignore", UserWarning)
+            if reduce > 1:  # decoded reduced: large images are what this is for (the hard limit still holds)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 orientation = _orientation(im) if apply_exif else 1
                 array = _to_rgb_array(_oriented(_decode(im, reduce), orientation))
@@ -204,8 +214,103 @@ def _decode(im: Image.Image, reduce: int) -> Image.Image:
         drafted = im.draft(im.mode, target)  # the decoder scales by 1/2, 1/4 or 1/8 while decoding
         if drafted is not None:
             done = round(width / drafted[1][2])
+    elif im.format == "PNG" and _png_strip_decodable(im):
+        return _png_reduced_by_strips(im, reduce)
     im.load()
     return _reducible(im).reduce(reduce // done) if reduce > done else im
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_strip_decodable(im: Image.Image) -> bool:
+    """Whether ``_png_reduced_by_strips`` can decode the PNG ``im`` (its IHDR): 8 bits per sample (a
+    decoded row is then its unfiltered bytes), not interlaced."""
+    im.fp.seek(len(_PNG_SIGNATURE))
+    length, kind = struct.unpack(">I4s", _read_exactly(im.fp, 8))
+    if kind != b"IHDR" or length != 13:
+        return False
+    bit_depth, color_type, _, _, interlace = _read_exactly(im.fp, 13)[8:]
+    return bit_depth == 8 and interlace == 0 and _PNG_MODES.get(color_type) == im.mode
+
+
+def _png_reduced_by_strips(im: Image.Image, reduce: int) -> Image.Image:
+    """A PNG (just opened, ``_png_strip_decodable``) decoded strip by strip, each strip reduced by ``reduce``
+    as soon as it is decoded, so that at most ``_PNG_STRIP_BYTES`` of full-size rows exist at a time.
+
+    Equal to ``_reducible(im).reduce(reduce)`` (a strip is a whole number of ``reduce`` rows, and box
+    averaging reads one block at a time). The compressed rows are inflated here; every strip is
+    handed to Pillow as a small PNG of its own: the header and palette chunks, the strip's rows, and
+    before them the previous row as unfiltered bytes (filter type 0) for the filters that refer to it.
+    """
+    fp = im.fp
+    fp.seek(len(_PNG_SIGNATURE))
+    ihdr, palette = b"", b""
+    while True:  # the chunks up to the first IDAT; its data is then read on demand
+        length, kind = struct.unpack(">I4s", _read_exactly(fp, 8))
+        if kind == b"IDAT":
+            break
+        data = _read_exactly(fp, length)
+        fp.read(4)  # the checksum
+        if kind == b"IHDR":
+            ihdr = data
+        elif kind in (b"PLTE", b"tRNS"):
+            palette += _png_chunk(kind, data)
+    width, height = im.size
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1}[im.mode]
+    stride = 1 + width * channels  # the filter-type byte, then the row
+    rows_per_strip = max(reduce, _PNG_STRIP_BYTES // stride // reduce * reduce)
+    inflate = zlib.decompressobj()
+    pending, previous, out = bytearray(), None, None
+
+    def compressed_pieces():
+        nonlocal length
+        while True:
+            while length > 0:
+                piece = _read_exactly(fp, min(length, 1 << 16))
+                length -= len(piece)
+                yield piece
+            fp.read(4)  # the checksum
+            length, kind = struct.unpack(">I4s", _read_exactly(fp, 8))
+            if kind != b"IDAT":
+                return
+
+    pieces = compressed_pieces()
+    for top in range(0, height, rows_per_strip):
+        rows = min(rows_per_strip, height - top)
+        while len(pending) < rows * stride:  # inflate no more than the strip needs
+            piece = inflate.unconsumed_tail or next(pieces, b"")
+            if not piece:
+                raise OSError(f"image file is truncated (pixel data ends at row {top + len(pending) // stride})")
+            pending += inflate.decompress(piece, rows * stride - len(pending))
+        scanlines = bytes(pending[: rows * stride])
+        del pending[: rows * stride]
+        context = b"" if previous is None else b"\x00" + previous
+        strip_png = (
+            _PNG_SIGNATURE
+            + _png_chunk(b"IHDR", struct.pack(">II", width, rows + (previous is not None)) + ihdr[8:])
+            + palette
+            + _png_chunk(b"IDAT", zlib.compress(context + scanlines, 0))
+            + _png_chunk(b"IEND", b"")
+        )  # fmt: skip
+        with Image.open(io.BytesIO(strip_png)) as strip:
+            strip.load()
+            if previous is not None:
+                strip = strip.crop((0, 1, width, rows + 1))
+            previous = strip.crop((0, rows - 1, width, rows)).tobytes()
+            reduced = _reducible(strip).reduce(reduce)
+        if out is None:
+            out = Image.new(reduced.mode, (math.ceil(width / reduce), math.ceil(height / reduce)))
+        out.paste(reduced, (0, top // reduce))
+    return out
+
+
+def _read_exactly(fp, size: int) -> bytes:
+    data = fp.read(size)
+    if len(data) != size:
+        raise OSError("image file is truncated")
+    return data
 
 
 def load_annotated_image(path, size: tuple[int, int], annotation, *, reduce_to: tuple[int, int] | None = None) -> torch.Tensor:
