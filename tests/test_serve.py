@@ -1,4 +1,5 @@
-"""fasterrcnn.serve: the web app's routes, answers and errors, through FastAPI's TestClient."""
+"""fasterrcnn.serve: the web app's routes, answers and errors, through FastAPI's TestClient, and over a loopback
+socket what the test client cannot show (chunked uploads, clients that stop half-way)."""
 
 from __future__ import annotations
 
