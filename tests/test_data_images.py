@@ -189,3 +189,145 @@ def test_reduced_decoding_sizes_values_and_orientation(tmp_path, name):
     assert torch.equal(load_image(path, reduce=1), full)
     with pytest.raises(ValueError, match="power of two"):
         load_image(path, reduce=3)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def declared_png(width: int, height: int, rows: int = 1, exif_after_pixels: bytes | None = None) -> bytes:
+    """A grayscale PNG whose header says ``width`` x ``height`` with the pixel data of ``rows`` rows only."""
+    import struct
+    import zlib
+
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    pixels = png_chunk(b"IDAT", zlib.compress(bytes(rows * (width + 1))))
+    tail = png_chunk(b"eXIf", exif_after_pixels) if exif_after_pixels is not None else b""
+    return b"\x89PNG\r\n\x1a\n" + header + pixels + tail + png_chunk(b"IEND", b"")
+
+
+def exif_with_orientation(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """A list that records every pixel decode (``ImageFile.load``) Pillow does."""
+    from PIL import ImageFile
+
+    calls = []
+    original = ImageFile.ImageFile.load
+
+    def spy(self):
+        calls.append(self.format)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    return calls
+
+
+def test_header_checks_of_a_huge_png_never_decode_it(tmp_path, decodes):
+    from fasterrcnn.data.images import check_image
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(declared_png(12000, 12000))  # 144 MB of pixels declared in a 100-byte file
+    assert image_size(path) == (12000, 12000)
+    assert check_image(path) == (12000, 12000)
+    assert check_image(path, (12000, 12000), tmp_path / "a.xml") == (12000, 12000)
+    assert decodes == []
+
+
+def test_an_exif_chunk_after_the_png_pixels_is_ignored_everywhere(tmp_path, decodes):
+    from fasterrcnn.data.images import check_image
+
+    pixels = np.arange(2 * 3, dtype=np.uint8).reshape(2, 3) * 40
+    stored = tmp_path / "plain.png"
+    Image.fromarray(pixels).save(stored)
+    raw = stored.read_bytes()
+    end = raw.rindex(b"IEND") - 4  # the IEND chunk starts with its 4-byte length
+    late = tmp_path / "late_exif.png"
+    late.write_bytes(raw[:end] + png_chunk(b"eXIf", exif_with_orientation(6)) + raw[end:])
+    assert image_size(late) == (2, 3) and check_image(late) == (2, 3)
+    assert decodes == []
+    assert torch.equal(load_image(late), load_image(stored))  # not rotated, as the size says
+    early = tmp_path / "early_exif.png"
+    Image.fromarray(pixels).save(early, exif=exif_with_orientation(6))  # Pillow writes eXIf before IDAT
+    assert image_size(early) == (3, 2)
+    assert load_image(early).shape == (3, 3, 2)
+
+
+def test_a_truncated_png_or_one_with_trailing_bytes_is_told_apart_without_decoding(tmp_path, decodes):
+    from fasterrcnn.data.images import check_image
+
+    path = save(tmp_path, "image.png", Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    raw = path.read_bytes()
+    trailing = tmp_path / "trailing.png"
+    trailing.write_bytes(raw + b"some bytes after IEND")
+    assert check_image(trailing) == (64, 64)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(DataError, match=r"cut.png: cannot read image"):
+        check_image(cut)
+    assert decodes == []
+
+
+def test_a_malformed_exif_block_is_a_data_error(tmp_path):
+    from fasterrcnn.data.images import check_image
+
+    path = save(tmp_path, "bad_exif.jpg", Image.new("RGB", (32, 24), (10, 20, 30)), exif=b"Exif\x00\x00MM\x00*", dpi=(72, 72))
+    for read in (load_image, image_size, check_image, lambda p: load_image(p, reduce=2)):
+        with pytest.raises(DataError) as info:
+            read(path)
+        assert str(info.value) == f"{path}: cannot read image (malformed EXIF block: unpack requires a buffer of 4 bytes)"
+
+
+def test_nan_in_a_float_image_reads_as_zero(tmp_path):
+    pixels = np.array([[0.25, np.nan], [np.inf, -np.inf]], dtype=np.float32)
+    image = load_image(save(tmp_path, "float.tiff", Image.fromarray(pixels)))
+    assert torch.equal(image, torch.tensor([[[0.25, 0.0], [1.0, 0.0]]] * 3))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "P", "P-transparent"])
+def test_a_png_decoded_reduced_is_decoded_in_strips_with_the_same_pixels(tmp_path, monkeypatch, mode):
+    from PIL import ImageFile
+
+    import fasterrcnn.data.images as images
+
+    height, width = 203, 157  # odd sides: the last strip and the last reduced row are partial
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = np.stack([x, y, (x * y) % 256], axis=2).astype(np.uint8)  # Pillow's filters Sub / Up / Paeth in use
+    noise = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(np.where(y[..., None] < height // 2, smooth, noise))
+    options = {}
+    if mode.startswith("P"):
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE)
+        options = {"transparency": 2} if mode == "P-transparent" else {}
+    else:
+        image = image.convert(mode)
+    path = save(tmp_path, "image.png", image, **options)
+    monkeypatch.setattr(images, "_PNG_STRIP_BYTES", 20 * (1 + width * 4))  # 20 RGBA rows: many strips
+    decoded_heights = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded_heights.append(self.size[1]) or load(self))
+    for reduce in (2, 4, 8):
+        decoded_heights.clear()
+        reduced = load_image(path, reduce=reduce)
+        assert len(decoded_heights) > 3 and max(decoded_heights) <= 81  # strips (+ the row before), never 203 rows
+        with Image.open(path) as whole:
+            whole.load()
+            expected = images._to_tensor(images._to_rgb_array(images._reducible(whole).reduce(reduce)))
+        assert reduced.shape == (3, -(-height // reduce), -(-width // reduce))
+        assert torch.equal(reduced, expected)
+
+
+def test_a_truncated_png_decoded_in_strips_is_a_data_error(tmp_path):
+    path = save(tmp_path, "image.png", Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 200, 3), dtype=np.uint8)))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match=r"image.png: cannot read image \(image file is truncated"):
+        load_image(path, reduce=2)

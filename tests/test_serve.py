@@ -1,7 +1,9 @@
-"""fasterrcnn.serve: the web app's routes, answers and errors, through FastAPI's TestClient."""
+"""fasterrcnn.serve: the web app's routes, answers and errors, through FastAPI's TestClient, and over a loopback
+socket what the test client cannot show (chunked uploads, clients that stop half-way)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import threading
@@ -236,3 +238,117 @@ def test_fasterrcnn_serve_is_a_subcommand_of_the_cli(tmp_path, monkeypatch, caps
     with TestClient(served["app"]) as client:
         assert client.get("/health").json()["amp"] == "bfloat16"
     assert build_parser().parse_args(["serve", "--weights", "w.pt"]).func.__module__ == "fasterrcnn.cli.serve"
+
+
+def test_a_png_declaring_too_many_pixels_is_refused_from_its_header(detector, monkeypatch):
+    from PIL import ImageFile
+    from test_data_images import declared_png
+
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.format))
+    with TestClient(create_app(detector)) as client:
+        start = time.perf_counter()
+        response = post_image(client, declared_png(12000, 12000), "huge.png")
+        seconds = time.perf_counter() - start
+    assert_error(response, 413, r"^huge.png: the image is 12000x12000, more than 40000000 pixels$")
+    assert decoded == [] and seconds < 1.0
+
+
+def test_a_malformed_exif_block_answers_422_json(client):
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (10, 20, 30)).save(buffer, format="JPEG", exif=b"Exif\x00\x00MM\x00*", dpi=(72, 72))
+    response = post_image(client, buffer.getvalue(), "bad_exif.jpg", "image/jpeg")
+    assert_error(response, 422, r"^bad_exif.jpg: not a readable image \(cannot read image \(malformed EXIF block: unpack requires a buffer of 4 bytes\)\)$")
+
+
+# -- over a real socket (loopback): what the test client cannot show (chunked uploads, slow clients) -----------
+@contextlib.contextmanager
+def live_server(app, **options):
+    """``app`` served by uvicorn on 127.0.0.1 (a free port) in a thread; yields the port."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.started
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def read_answer(conn) -> tuple[int, dict]:
+    """The status and JSON body of the HTTP answer on ``conn`` (read until the body is complete)."""
+    import json
+
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+    while len(body) < length:
+        body += conn.recv(65536)
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_a_chunked_upload_is_refused_as_soon_as_it_passes_the_limit(png):
+    import select
+    import socket
+
+    boundary = "b0und4ry"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode()  # fmt: skip
+    chunk = bytes(64 * 1024)
+    sent = 0
+    with live_server(create_app(BlockingDetector(), max_upload_bytes=200_000)) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"POST /detect HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+                         b"Content-Type: multipart/form-data; boundary=" + boundary.encode() + b"\r\n\r\n")  # fmt: skip
+            conn.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+            while sent < 100 * 2**20 and not select.select([conn], [], [], 0)[0]:
+                try:
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                except OSError:  # the server closed the connection after answering
+                    break
+                sent += len(chunk)
+            status, body = read_answer(conn)
+    assert (status, body) == (413, {"error": f"upload of more than {200_000 + 64 * 1024} bytes is over the limit"})
+    assert sent < 16 * 2**20  # the limit plus what the sockets buffer, not the 100 MB offered
+
+
+def test_connections_sending_half_a_request_are_closed_after_the_deadlines(png):
+    import socket
+
+    from fasterrcnn.serve import uvicorn_options
+
+    app = create_app(BlockingDetector(), body_timeout=0.5)
+    with live_server(app, **uvicorn_options(header_timeout=0.5, keep_alive=1)) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # half the headers
+            conn.sendall(b"POST /detect HTTP/1.1\r\nHost: test\r\n")
+            start = time.monotonic()
+            assert conn.recv(1024) == b""  # closed by the server
+            assert 0.4 < time.monotonic() - start < 3
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # nothing at all
+            start = time.monotonic()
+            assert conn.recv(1024) == b""
+            assert 0.4 < time.monotonic() - start < 3
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # the headers, half the body
+            conn.sendall(b"POST /detect HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n"
+                         b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n")  # fmt: skip
+            start = time.monotonic()
+            assert read_answer(conn) == (408, {"error": "the request body did not arrive within 0.5 s"})
+            assert 0.4 < time.monotonic() - start < 3
+            assert conn.recv(1024) == b""  # and the connection is closed
+            assert time.monotonic() - start < 5
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # a whole request is answered
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert read_answer(conn)[0] == 200

@@ -13,8 +13,17 @@ Routes:
     GET  /health   {"status": "ok", "classes": [...], "device": "cpu", "amp": null, "max_upload_bytes": N}
 
 Every error answers JSON ``{"error": "..."}`` with a 4xx status: 400 (no ``image`` field, empty
-file, malformed form, bad threshold), 413 (upload over ``max_upload_bytes`` or image over
-``max_image_pixels``), 415 (not multipart/form-data), 422 (not a readable image), 404 / 405.
+file, malformed form, bad threshold), 408 (body not received within ``body_timeout`` seconds),
+413 (upload over ``max_upload_bytes`` or image over ``max_image_pixels``), 415 (not
+multipart/form-data), 422 (not a readable image), 404 / 405.
+
+Bounded work per request. The body is counted while it arrives (with or without Content-Length,
+chunked or not) and refused with 413 as soon as it passes the limit; its arrival has a deadline.
+The pixel limit is checked from the image header, which never decodes pixels (``data.images``),
+so a small file declaring 12000x12000 pixels is refused in milliseconds. ``run`` gives uvicorn a
+keep-alive timeout and a deadline for a request's headers (``uvicorn_options``): a connection that
+sends half a request and waits is closed.
+
 The header check, decoding and the model run in the thread pool, so the event loop keeps
 answering /health; a lock lets one decode and forward pass run at a time. An upload is decoded
 as the Detector decodes files: one much larger than the model's input at 1/2, 1/4 ... of its size
@@ -26,6 +35,7 @@ line stays quick and works without them for the other commands.
 
 # No ``from __future__ import annotations``: FastAPI reads the route functions' annotations
 # (``request: Request``), which are imported inside ``create_app``.
+import asyncio
 import io
 import math
 import threading
@@ -38,11 +48,14 @@ from fasterrcnn.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from fasterrcnn.detector import Detector
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "create_app", "run"]
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "create_app", "run", "uvicorn_options"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # 20 MiB
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # larger images are refused before they are decoded
 DEFAULT_SCORE_THRESHOLD = 0.5
+DEFAULT_BODY_TIMEOUT = 60.0  # seconds for a request's body to arrive (20 MiB at 3 Mbit/s)
+DEFAULT_HEADER_TIMEOUT = 10.0  # seconds for a request's headers to arrive
+DEFAULT_KEEP_ALIVE = 5  # seconds an idle keep-alive connection is held
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small fields around the file
 _MISSING_DEPENDENCIES = "fasterrcnn serve needs fastapi, uvicorn and python-multipart (pip install fastapi uvicorn python-multipart)"
 
@@ -97,13 +110,37 @@ def _check_upload(data: bytes, filename: str, max_image_pixels: int) -> tuple[io
     return buffer, width, height
 
 
+def _limited_receive(receive, max_bytes: int, timeout: float):
+    """``receive`` (ASGI) counting the body's bytes: raises 413 once more than ``max_bytes`` arrived and
+    408 when the body is not complete ``timeout`` seconds after the first call."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    received = 0
+
+    async def limited():
+        nonlocal received
+        try:
+            message = await asyncio.wait_for(receive(), timeout=max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            raise _RequestError(408, f"the request body did not arrive within {timeout:g} s") from None
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise _RequestError(413, f"upload of more than {max_bytes} bytes is over the limit")
+        return message
+
+    return limited
+
+
 def create_app(
     detector: "Detector",
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     *,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ):
-    """The FastAPI app serving ``detector`` (routes in the module docstring)."""
+    """The FastAPI app serving ``detector`` (routes in the module docstring); a request body must
+    arrive within ``body_timeout`` seconds."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.concurrency import run_in_threadpool
@@ -115,6 +152,8 @@ def create_app(
 
     if max_upload_bytes < 1:
         raise ConfigError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
+    if not body_timeout > 0:
+        raise ConfigError(f"body_timeout must be > 0 seconds, got {body_timeout}")
     page = index_html()
     model_lock = threading.Lock()
     app = FastAPI(title="fasterrcnn", docs_url=None, redoc_url=None, openapi_url=None)
@@ -156,9 +195,11 @@ def create_app(
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             raise _RequestError(415, "send the image as multipart/form-data, in the file field 'image'")
+        max_body = max_upload_bytes + _MULTIPART_OVERHEAD
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > max_upload_bytes + _MULTIPART_OVERHEAD:
+        if length.isdigit() and int(length) > max_body:
             raise _RequestError(413, f"upload of {int(length)} bytes is over the limit of {max_upload_bytes} bytes")
+        request = Request(request.scope, _limited_receive(request.receive, max_body, body_timeout))
         try:
             form = await request.form(max_files=1, max_fields=16)
         except HTTPException as e:  # malformed multipart body, too many parts
@@ -211,4 +252,41 @@ def run(
     app = create_app(detector, max_upload_bytes=max_upload_bytes)
     where = f"{detector.device}" + ("" if detector.amp_dtype is None else f", {amp}")
     print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {where}) on http://{host}:{port}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", **uvicorn_options())
+
+
+def uvicorn_options(header_timeout: float = DEFAULT_HEADER_TIMEOUT, keep_alive: int = DEFAULT_KEEP_ALIVE) -> dict:
+    """Keyword arguments of ``uvicorn.run`` / ``uvicorn.Config`` that bound how long a connection is held:
+    idle between requests ``keep_alive`` seconds (uvicorn's ``timeout_keep_alive``), and a request's
+    headers must arrive within ``header_timeout`` seconds of the connection or of the previous answer
+    (uvicorn has no such limit: its h11 protocol is extended here)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineProtocol(H11Protocol):
+        """uvicorn's h11 protocol closing a connection whose request headers are not complete in time."""
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._header_deadline = self.loop.call_later(header_timeout, self._headers_too_late)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            waiting = self.cycle is None or self.cycle.response_complete  # for (the rest of) a request's headers
+            if waiting and self._header_deadline is None:
+                self._header_deadline = self.loop.call_later(header_timeout, self._headers_too_late)
+            elif not waiting and self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def connection_lost(self, exc) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+            super().connection_lost(exc)
+
+        def _headers_too_late(self) -> None:
+            self._header_deadline = None
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+    return {"http": HeaderDeadlineProtocol, "timeout_keep_alive": keep_alive}
+

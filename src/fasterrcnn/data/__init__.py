@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fasterrcnn.data.bad_images import ON_BAD_IMAGE, check_policy
 from fasterrcnn.data.coco import COCODataset
-from fasterrcnn.data.images import image_size, load_image
+from fasterrcnn.data.images import DEFAULT_REDUCE_TO, image_size, load_image
 from fasterrcnn.data.loader import GroupedBatchSampler, build_loader, collate
 from fasterrcnn.data.protocol import DetectionDataset
 from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
@@ -22,7 +22,7 @@ from fasterrcnn.errors import DataError
 
 def build_dataset(
     path, *, split: str = "trainval", images_dir=None, classes=None, transforms=None, on_bad_image: str = "error",
-    drop_empty: bool = False,
+    drop_empty: bool = False, reduce_to: tuple[int, int] | None = DEFAULT_REDUCE_TO,
 ):
     """A ``VOCDataset`` for a folder with ``Annotations/``, a ``COCODataset`` for a ``.json`` file.
 
@@ -30,15 +30,20 @@ def build_dataset(
     trainable objects) to COCO. ``classes`` fixes a VOC class list; for COCO (whose classes are its
     categories) it is checked against the file's category names.
     ``on_bad_image`` ("error" or "skip"): what an unusable image does (``data/bad_images.py``).
+    ``reduce_to = (min_size, max_size)``: the model's resize (pass the model config's); an image at
+    least twice as large is decoded at 1/2, 1/4 ... of its size with its boxes scaled, to bound memory
+    (None: decode every image whole). Detections are scored in the files' pixels either way.
     """
     check_policy(on_bad_image)
     path = Path(path)
     if not path.exists():
         raise DataError(path, "dataset not found")
     if path.is_dir() and (path / "Annotations").is_dir():
-        return VOCDataset(path, split=split, classes=classes, transforms=transforms, on_bad_image=on_bad_image)
+        return VOCDataset(path, split=split, classes=classes, transforms=transforms, on_bad_image=on_bad_image, reduce_to=reduce_to)
     if path.is_file() and path.suffix.lower() == ".json":
-        dataset = COCODataset(path, images_dir=images_dir, transforms=transforms, on_bad_image=on_bad_image, drop_empty=drop_empty)
+        dataset = COCODataset(
+            path, images_dir=images_dir, transforms=transforms, on_bad_image=on_bad_image, drop_empty=drop_empty, reduce_to=reduce_to
+        )
         if classes is not None and tuple(classes) != dataset.classes:
             raise DataError(
                 path, f"categories {', '.join(dataset.classes)} differ from the expected classes {', '.join(classes)}"
@@ -49,6 +54,7 @@ def build_dataset(
 
 __all__ = [
     "COCODataset",
+    "DEFAULT_REDUCE_TO",
     "Compose",
     "DetectionDataset",
     "GroupedBatchSampler",

@@ -55,7 +55,8 @@ import numpy as np
 import torch
 
 from fasterrcnn.data.bad_images import BadImages
-from fasterrcnn.data.images import check_image, load_annotated_image
+from fasterrcnn.data.images import DEFAULT_REDUCE_TO, check_image, load_annotated_image
+from fasterrcnn.data.transforms import resize_boxes
 from fasterrcnn.errors import DataError
 
 logger = logging.getLogger("fasterrcnn")
@@ -103,17 +104,23 @@ class COCODataset(torch.utils.data.Dataset):
     """A COCO instances file as ``(image, target)`` samples.
 
     image: ``Tensor[3, H, W]`` float32 RGB in [0, 1].
-    target: ``boxes`` float32 [K, 4] continuous xyxy, ``labels`` int64 [K] in 1..C,
+    target: ``boxes`` float32 [K, 4] continuous xyxy in the image's pixels, ``labels`` int64 [K] in 1..C,
     ``iscrowd`` bool [K] (all False), ``crowd_boxes`` float32 [Kc, 4], ``crowd_labels`` int64 [Kc],
-    ``image_id`` (int), ``orig_size`` (h, w).
+    ``image_id`` (int), ``orig_size`` (h, w) of the file.
+
+    ``reduce_to``: as ``VOCDataset``'s (a huge image is decoded reduced, its boxes scaled to it).
     """
 
     default_metric = "coco"  # data.DetectionDataset
 
-    def __init__(self, ann_file, images_dir=None, transforms=None, drop_empty: bool = False, on_bad_image: str = "error"):
+    def __init__(
+        self, ann_file, images_dir=None, transforms=None, drop_empty: bool = False, on_bad_image: str = "error",
+        reduce_to: tuple[int, int] | None = DEFAULT_REDUCE_TO,
+    ):  # fmt: skip
         from pycocotools.coco import COCO  # imports matplotlib: keep it off the package import path
 
         self.ann_file = Path(ann_file)
+        self.reduce_to = reduce_to
         self.transforms = transforms
         data = _read_json(self.ann_file)
         path = self.ann_file
@@ -313,13 +320,14 @@ class COCODataset(torch.utils.data.Dataset):
         info = self._images[image_id]
         path = self.images_dir / info["file_name"]
         size = self.image_size(i)
-        image = load_annotated_image(path, size, self.ann_file)
+        image = load_annotated_image(path, size, self.ann_file, reduce_to=self.reduce_to)
         boxes, labels, crowd_boxes, crowd_labels = self._targets[image_id]
+        decoded = image.shape[1:]  # a large image may be decoded reduced: its boxes scale with it
         target = {
-            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "boxes": resize_boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), size, decoded),
             "labels": torch.tensor(labels, dtype=torch.int64),
             "iscrowd": torch.zeros(len(labels), dtype=torch.bool),
-            "crowd_boxes": torch.tensor(crowd_boxes, dtype=torch.float32).reshape(-1, 4),
+            "crowd_boxes": resize_boxes(torch.tensor(crowd_boxes, dtype=torch.float32).reshape(-1, 4), size, decoded),
             "crowd_labels": torch.tensor(crowd_labels, dtype=torch.int64),
             "image_id": image_id,
             "orig_size": size,

@@ -2,48 +2,61 @@
 
 Every image is decoded by Pillow and normalised to three RGB channels the same way:
 
-- the EXIF orientation tag is applied (``ImageOps.exif_transpose``), so the tensor is the image
-  as a viewer shows it, and ``image_size`` reports the rotated ``(height, width)``
+- the EXIF orientation tag is applied (the transposes of ``ImageOps.exif_transpose``), so the
+  tensor is the image as a viewer shows it, and ``image_size`` reports the rotated ``(height, width)``
   (``load_annotated_image`` falls back to the stored grid when the annotation's size says so;
-  ``check_image`` warns once per file whose orientation that size cannot resolve);
+  ``check_image`` warns once per file whose orientation that size cannot resolve).
+  The orientation is read from the header only, before any pixel is decoded: for a PNG that is an
+  ``eXIf`` (or EXIF text / XMP) chunk before the pixel data, as browsers read it; one after the
+  pixel data is ignored (Pillow's ``PngImageFile.getexif`` decodes the whole image to look for it);
 - grayscale (``1``, ``L``, ``LA``) is repeated into three channels;
 - 16-bit grayscale (``I;16*``, and ``I`` holding values in [0, 65535] as 16-bit PNGs decode) is
   divided by 65535; other ``I`` images (32-bit integers) are clipped at 0 and divided by
-  2**31 - 1; ``F`` (float) images are taken as already in [0, 1] and clipped;
+  2**31 - 1; ``F`` (float) images are taken as already in [0, 1] and clipped (NaN read as 0);
 - the alpha channel (``RGBA``, ``LA``, ``PA``, palette transparency) is dropped, keeping the
   stored colour, as ``PIL.Image.convert("RGB")``, OpenCV and torchvision's RGB decoding do;
 - palette, CMYK and YCbCr images are converted with Pillow's ``convert("RGB")``;
 - multi-frame files (GIF, TIFF) give their first frame.
 
-A file that is missing, empty, truncated or not an image raises ``DataError(path, problem)``:
-one line, no traceback. Pillow decodes lazily, so the pixels are forced (``.load()``) inside
-the ``try``.
+A file that is missing, empty, truncated, not an image, or whose EXIF block is malformed raises
+``DataError(path, problem)``: one line, no traceback. Pillow's decoders raise many exception types on
+damaged input (``OSError``, ``SyntaxError``, ``struct.error``, ``IndexError`` ...); every one of them
+becomes a ``DataError``. Pillow decodes lazily, so the pixels are forced (``.load()``) inside the ``try``.
+An image over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, twice over) is refused
+from its header, before decoding.
 
 Memory. 8-bit images become float32 through one tensor allocation (no NumPy float temporaries).
 ``load_image(path, reduce=f)`` decodes an image at ``1/f`` of its size (``f`` a power of two, each
 side ``ceil(side / f)``): a JPEG in the decoder itself (libjpeg's DCT scaling, ``Image.draft``, up
 to 1/8), anything else (and the rest of a larger ``f``) by box averaging (``Image.reduce``) before
-any float copy. ``reduction_factor`` picks the largest ``f`` that keeps the image at least as large
+any float copy. Pillow cannot decode a PNG reduced, so a non-interlaced 8-bit PNG is decoded in
+strips of at most 8 MB, each reduced at once (``_png_reduced_by_strips``: the same pixels as reducing
+the whole image); other PNGs (16-bit, 1/2/4-bit, interlaced) are decoded whole, then reduced.
+``reduction_factor`` picks the largest ``f`` that keeps the image at least as large
 as the model's resize of it (``min_size`` / ``max_size``), so a 8000x6000 photo never exists as a
 576 MB float tensor on its way to a 1000 px model input.
 
 ``check_image`` verifies a file without decoding its pixels (datasets call it for every image at
 construction): it exists, is not empty, has a readable header, has the size its annotation says,
-and a JPEG / PNG ends with its end marker (else it is decoded once to tell a truncated file from
-trailing bytes).
+and a JPEG / PNG ends with its end marker. Otherwise a PNG's chunks are walked to its ``IEND``
+(``Image.verify``: checksums, no decompression) and a JPEG is decoded at 1/8 of its size, to tell a
+truncated file from one with bytes after its end.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from fasterrcnn.errors import DataError
 
@@ -59,8 +72,13 @@ _ORIENTATION_TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+# (min_size, max_size) that datasets decode for by default (torchvision's detection models' resize):
+# a larger image is decoded at 1/2, 1/4 ... of its size while it stays at least this large.
+DEFAULT_REDUCE_TO = (800, 1333)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}  # colour type -> Pillow's mode at 8 bits
+_PNG_STRIP_BYTES = 8 * 2**20  # full-size bytes of a strip of a PNG decoded reduced
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82"}
-_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 def _read_error(path, exc: BaseException) -> DataError:
@@ -72,6 +90,24 @@ def _read_error(path, exc: BaseException) -> DataError:
         return DataError(path, "image file is not readable (permission denied)")
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return DataError(path, f"cannot read image ({detail})")
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8) of an opened, not yet decoded image, from its header; 1 when absent.
+
+    ``Image.Image.getexif`` (not a plugin's override) reads what ``Image.open`` found: for a PNG the
+    chunks before the pixel data (``PngImageFile.getexif`` would decode the image to look further).
+    """
+    try:
+        value = Image.Image.getexif(im).get(_EXIF_ORIENTATION, 1)
+    except Exception as exc:  # struct.error, ValueError ... from a damaged EXIF block
+        raise ValueError(f"malformed EXIF block: {exc or type(exc).__name__}") from None
+    return value if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE else 1
+
+
+def _oriented(im: Image.Image, orientation: int) -> Image.Image:
+    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
+    return im.transpose(transpose) if transpose is not None else im
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
@@ -86,7 +122,7 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         gray = values.astype(np.float32)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode == "F":
-        gray = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+        gray = np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0), 0.0, 1.0)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode in ("P", "PA"):
         # Palette transparency converts reliably only through RGBA; the alpha is then dropped.
@@ -156,50 +192,147 @@ def load_image(path, *, apply_exif: bool = True, reduce: int = 1) -> torch.Tenso
         with warnings.catch_warnings():
             # Pillow warns about palette transparency stored as bytes; the alpha is dropped anyway.
             warnings.simplefilter("ignore", UserWarning)
+            if reduce > 1:  # decoded reduced: large images are what this is for (the hard limit still holds)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                if reduce == 1:
-                    im.load()
-                    if apply_exif:
-                        im = ImageOps.exif_transpose(im)
-                else:
-                    im = _decode_reduced(im, reduce, apply_exif)
-                array = _to_rgb_array(im)
-                del im
-    except _READ_ERRORS as exc:
+                orientation = _orientation(im) if apply_exif else 1
+                array = _to_rgb_array(_oriented(_decode(im, reduce), orientation))
+    except DataError:
+        raise
+    except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
         raise _read_error(path, exc) from None
     return _to_tensor(array)
 
 
-def _decode_reduced(im: Image.Image, reduce: int, apply_exif: bool) -> Image.Image:
-    """Decode ``im`` (just opened) at ``1/reduce`` of its size, then apply its EXIF orientation."""
+def _decode(im: Image.Image, reduce: int) -> Image.Image:
+    """Decode ``im`` (just opened) at ``1/reduce`` of its size (1: whole)."""
+    if reduce == 1:
+        im.load()
+        return im
     width, height = im.size
-    orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if apply_exif else 1
     target = (math.ceil(width / reduce), math.ceil(height / reduce))
     done = 1  # the scale the decoder applied
     if im.format == "JPEG":
         drafted = im.draft(im.mode, target)  # the decoder scales by 1/2, 1/4 or 1/8 while decoding
         if drafted is not None:
             done = round(width / drafted[1][2])
+    elif im.format == "PNG" and _png_strip_decodable(im):
+        return _png_reduced_by_strips(im, reduce)
     im.load()
-    if reduce > done:
-        im = _reducible(im).reduce(reduce // done)
-    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
-    return im.transpose(transpose) if transpose is not None else im
+    return _reducible(im).reduce(reduce // done) if reduce > done else im
 
 
-def load_annotated_image(path, size: tuple[int, int], annotation) -> torch.Tensor:
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_strip_decodable(im: Image.Image) -> bool:
+    """Whether ``_png_reduced_by_strips`` can decode the PNG ``im`` (its IHDR): 8 bits per sample (a
+    decoded row is then its unfiltered bytes), not interlaced."""
+    im.fp.seek(len(_PNG_SIGNATURE))
+    length, kind = struct.unpack(">I4s", _read_exactly(im.fp, 8))
+    if kind != b"IHDR" or length != 13:
+        return False
+    bit_depth, color_type, _, _, interlace = _read_exactly(im.fp, 13)[8:]
+    return bit_depth == 8 and interlace == 0 and _PNG_MODES.get(color_type) == im.mode
+
+
+def _png_reduced_by_strips(im: Image.Image, reduce: int) -> Image.Image:
+    """A PNG (just opened, ``_png_strip_decodable``) decoded strip by strip, each strip reduced by ``reduce``
+    as soon as it is decoded, so that at most ``_PNG_STRIP_BYTES`` of full-size rows exist at a time.
+
+    Equal to ``_reducible(im).reduce(reduce)`` (a strip is a whole number of ``reduce`` rows, and box
+    averaging reads one block at a time). The compressed rows are inflated here; every strip is
+    handed to Pillow as a small PNG of its own: the header and palette chunks, the strip's rows, and
+    before them the previous row as unfiltered bytes (filter type 0) for the filters that refer to it.
+    """
+    fp = im.fp
+    fp.seek(len(_PNG_SIGNATURE))
+    ihdr, palette = b"", b""
+    while True:  # the chunks up to the first IDAT; its data is then read on demand
+        length, kind = struct.unpack(">I4s", _read_exactly(fp, 8))
+        if kind == b"IDAT":
+            break
+        data = _read_exactly(fp, length)
+        fp.read(4)  # the checksum
+        if kind == b"IHDR":
+            ihdr = data
+        elif kind in (b"PLTE", b"tRNS"):
+            palette += _png_chunk(kind, data)
+    width, height = im.size
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 1}[im.mode]
+    stride = 1 + width * channels  # the filter-type byte, then the row
+    rows_per_strip = max(reduce, _PNG_STRIP_BYTES // stride // reduce * reduce)
+    inflate = zlib.decompressobj()
+    pending, previous, out = bytearray(), None, None
+
+    def compressed_pieces():
+        nonlocal length
+        while True:
+            while length > 0:
+                piece = _read_exactly(fp, min(length, 1 << 16))
+                length -= len(piece)
+                yield piece
+            fp.read(4)  # the checksum
+            length, kind = struct.unpack(">I4s", _read_exactly(fp, 8))
+            if kind != b"IDAT":
+                return
+
+    pieces = compressed_pieces()
+    for top in range(0, height, rows_per_strip):
+        rows = min(rows_per_strip, height - top)
+        while len(pending) < rows * stride:  # inflate no more than the strip needs
+            piece = inflate.unconsumed_tail or next(pieces, b"")
+            if not piece:
+                raise OSError(f"image file is truncated (pixel data ends at row {top + len(pending) // stride})")
+            pending += inflate.decompress(piece, rows * stride - len(pending))
+        scanlines = bytes(pending[: rows * stride])
+        del pending[: rows * stride]
+        context = b"" if previous is None else b"\x00" + previous
+        strip_png = (
+            _PNG_SIGNATURE
+            + _png_chunk(b"IHDR", struct.pack(">II", width, rows + (previous is not None)) + ihdr[8:])
+            + palette
+            + _png_chunk(b"IDAT", zlib.compress(context + scanlines, 0))
+            + _png_chunk(b"IEND", b"")
+        )  # fmt: skip
+        with Image.open(io.BytesIO(strip_png)) as strip:
+            strip.load()
+            if previous is not None:
+                strip = strip.crop((0, 1, width, rows + 1))
+            previous = strip.crop((0, rows - 1, width, rows)).tobytes()
+            reduced = _reducible(strip).reduce(reduce)
+        if out is None:
+            out = Image.new(reduced.mode, (math.ceil(width / reduce), math.ceil(height / reduce)))
+        out.paste(reduced, (0, top // reduce))
+    return out
+
+
+def _read_exactly(fp, size: int) -> bytes:
+    data = fp.read(size)
+    if len(data) != size:
+        raise OSError("image file is truncated")
+    return data
+
+
+def load_annotated_image(path, size: tuple[int, int], annotation, *, reduce_to: tuple[int, int] | None = None) -> torch.Tensor:
     """``load_image`` for an image whose annotation file says it is ``size = (h, w)``.
 
     Annotation tools disagree on EXIF orientation: when the oriented image has ``size`` with
     height and width swapped but the stored pixel grid matches, the annotation refers to the
     stored grid and that is returned. Any other disagreement raises ``DataError`` naming the
-    image and the ``annotation`` file.
+    image and the ``annotation`` file (checked from the header, before decoding).
+
+    ``reduce_to = (min_size, max_size)`` of the model's resize: an image at least twice as large as
+    that resize is decoded at 1/2, 1/4 ... of its size (``reduction_factor``), so the tensor is
+    smaller than ``size``; boxes in the annotation's pixels scale to it with
+    ``transforms.resize_boxes(boxes, size, tensor.shape[1:])``. None decodes the image whole.
     """
-    image = load_image(path)
-    if _use_stored_grid(tuple(image.shape[1:]), size):
-        image = load_image(path, apply_exif=False)
-    _check_annotated_size(path, tuple(image.shape[1:]), size, annotation)
-    return image
+    stored, oriented = _read_header_sizes(path)
+    apply_exif = not _use_stored_grid(oriented, size)
+    _check_annotated_size(path, oriented if apply_exif else stored, size, annotation)
+    reduce = 1 if reduce_to is None else reduction_factor(tuple(size), *reduce_to)
+    return load_image(path, apply_exif=apply_exif, reduce=reduce)
 
 
 def _use_stored_grid(oriented: tuple[int, int], size: tuple[int, int]) -> bool:
@@ -245,20 +378,35 @@ def check_image(path, size: tuple[int, int] | None = None, annotation=None) -> t
             raise DataError(path, "image file is empty (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # nothing is decompressed here
             with Image.open(path) as im:
                 stored, oriented = _header_sizes(im)
                 if size is not None and stored == oriented:  # the size cannot tell the grids apart
-                    _warn_ambiguous_orientation(path, im.getexif().get(_EXIF_ORIENTATION, 1), annotation)
+                    _warn_ambiguous_orientation(path, _orientation(im), annotation)
                 marker = _END_MARKERS.get(im.format)
                 if marker is not None and not _ends_with(path, marker):
-                    im.load()  # truncated (raises), or valid with bytes after the end marker
-    except _READ_ERRORS as exc:
+                    _check_complete(im)
+    except DataError:
+        raise
+    except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
         raise _read_error(path, exc) from None
     if size is None:
         return oriented
     actual = stored if _use_stored_grid(oriented, size) else oriented
     _check_annotated_size(path, actual, size, annotation)
     return tuple(size)
+
+
+def _check_complete(im: Image.Image) -> None:
+    """Raise if a PNG / JPEG without its end marker at the end of the file is truncated; return if it
+    only has bytes after its end. Bounded work: a PNG's chunks are read (no decompression), a JPEG is
+    decoded at 1/8 of its size."""
+    if im.format == "PNG":
+        im.verify()
+        return
+    width, height = im.size
+    im.draft(im.mode, (math.ceil(width / 8), math.ceil(height / 8)))
+    im.load()
 
 
 def _ends_with(path, marker: bytes) -> bool:
@@ -273,12 +421,20 @@ def _ends_with(path, marker: bytes) -> bool:
 def image_size(path) -> tuple[int, int]:
     """``(height, width)`` of an image file as ``load_image`` returns it, read from the header only.
 
-    The EXIF orientation is respected (orientations 5-8 swap height and width).
+    The EXIF orientation is respected (orientations 5-8 swap height and width). Never decodes pixels.
     """
+    return _read_header_sizes(path)[1]
+
+
+def _read_header_sizes(path) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``_header_sizes`` of the image file ``path``; ``DataError`` if it cannot be read."""
     try:
-        with Image.open(path) as im:
-            return _header_sizes(im)[1]
-    except _READ_ERRORS as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # nothing is decompressed here
+            with Image.open(path) as im:
+                return _header_sizes(im)
+    except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
         raise _read_error(path, exc) from None
 
 
@@ -286,8 +442,8 @@ def _header_sizes(im: Image.Image) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(h, w)`` of an opened image's stored pixel grid, and after its EXIF orientation (5-8 swap them)."""
     width, height = im.size
     stored = (height, width)
-    oriented = (width, height) if im.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS else stored
+    oriented = (width, height) if _orientation(im) in _TRANSPOSING_ORIENTATIONS else stored
     return stored, oriented
 
 
-__all__ = ["check_image", "image_size", "load_annotated_image", "load_image", "reduction_factor"]
+__all__ = ["DEFAULT_REDUCE_TO", "check_image", "image_size", "load_annotated_image", "load_image", "reduction_factor"]

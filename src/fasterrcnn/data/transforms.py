@@ -37,6 +37,15 @@ def hflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack((width - x2, y1, width - x1, y2), dim=-1)
 
 
+def resize_boxes(boxes: torch.Tensor, size: tuple[int, int], new_size: tuple[int, int]) -> torch.Tensor:
+    """Boxes [K, 4] xyxy in an image of ``size`` (h, w) -> the same boxes in that image resized to
+    ``new_size`` (h', w'): x scaled by w' / w, y by h' / h. Returned unchanged when the sizes are equal."""
+    if tuple(size) == tuple(new_size):
+        return boxes
+    scale_x, scale_y = new_size[1] / size[1], new_size[0] / size[0]
+    return boxes * torch.tensor([scale_x, scale_y, scale_x, scale_y], dtype=boxes.dtype, device=boxes.device)
+
+
 class RandomHorizontalFlip:
     """With probability ``p``, mirror the image and its boxes left-right."""
 
@@ -58,4 +67,4 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
-__all__ = ["Compose", "RandomHorizontalFlip", "hflip_boxes"]
+__all__ = ["Compose", "RandomHorizontalFlip", "hflip_boxes", "resize_boxes"]

@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from fasterrcnn.data.bad_images import BadImages
-from fasterrcnn.data.images import check_image, load_annotated_image
+from fasterrcnn.data.images import DEFAULT_REDUCE_TO, check_image, load_annotated_image
+from fasterrcnn.data.transforms import resize_boxes
 from fasterrcnn.errors import ConfigError, DataError
 
 logger = logging.getLogger("fasterrcnn")
@@ -120,9 +121,14 @@ class VOCDataset(torch.utils.data.Dataset):
     """A PASCAL VOC split as ``(image, target)`` samples.
 
     image: ``Tensor[3, H, W]`` float32 RGB in [0, 1].
-    target: ``boxes`` float32 [K, 4] continuous xyxy, ``labels`` int64 [K] in 1..C,
-    ``difficult`` bool [K], ``image_id`` (file stem, str), ``orig_size`` (h, w).
+    target: ``boxes`` float32 [K, 4] continuous xyxy in the image's pixels, ``labels`` int64 [K] in 1..C,
+    ``difficult`` bool [K], ``image_id`` (file stem, str), ``orig_size`` (h, w) of the file.
     ``transforms(image, target) -> (image, target)`` is applied last.
+
+    ``reduce_to = (min_size, max_size)`` of the model's resize (default ``DEFAULT_REDUCE_TO``): an
+    image at least twice as large is decoded at 1/2, 1/4 ... of ``orig_size`` with its boxes scaled
+    to it (``images.load_annotated_image``), so one huge file does not set the memory peak; None
+    decodes every image whole. ``ground_truth()`` stays in the files' pixels.
     """
 
     # data.DetectionDataset: VOC AP by default; result category ids are the labels; no pycocotools ground truth
@@ -132,9 +138,10 @@ class VOCDataset(torch.utils.data.Dataset):
 
     def __init__(
         self, root, split: str = "trainval", classes=None, transforms=None, keep_difficult: bool = True,
-        on_bad_image: str = "error",
+        on_bad_image: str = "error", reduce_to: tuple[int, int] | None = DEFAULT_REDUCE_TO,
     ):  # fmt: skip
         self.root = Path(root)
+        self.reduce_to = reduce_to
         self.split = split
         self.transforms = transforms
         self.keep_difficult = keep_difficult
@@ -276,10 +283,11 @@ class VOCDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         record = self._records[i]
         xml_path = self.root / "Annotations" / f"{record.image_id}.xml"
-        image = load_annotated_image(record.image_path, record.size, xml_path)
+        image = load_annotated_image(record.image_path, record.size, xml_path, reduce_to=self.reduce_to)
         keep = slice(None) if self.keep_difficult else ~record.difficult
+        boxes = torch.tensor(record.boxes[keep], dtype=torch.float32).reshape(-1, 4)
         target = {
-            "boxes": torch.tensor(record.boxes[keep], dtype=torch.float32).reshape(-1, 4),
+            "boxes": resize_boxes(boxes, record.size, image.shape[1:]),  # a large image may be decoded reduced
             "labels": torch.tensor(self._labels[i][keep], dtype=torch.int64),
             "difficult": torch.tensor(record.difficult[keep], dtype=torch.bool),
             "image_id": record.image_id,

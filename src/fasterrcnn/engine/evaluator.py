@@ -66,6 +66,9 @@ def run_inference(
 ) -> list[dict]:
     """Detections of ``model`` on every image of ``dataset`` (no augmentation), as a results list.
 
+    Boxes are in the pixels of the image files: a sample decoded reduced (smaller than its target's
+    ``orig_size``, see ``VOCDataset``'s ``reduce_to``) has its detections scaled back.
+
     The model is put in eval mode for the run and its previous mode is restored afterwards; with
     ``amp_dtype`` (``device.autocast_dtype``) it runs under ``torch.autocast`` in that dtype.
     In a data-parallel run (``shard``, a process group initialised) every process runs its share of
@@ -75,6 +78,7 @@ def run_inference(
     from tqdm import tqdm
 
     from fasterrcnn.data.loader import collate, ignore_interrupts
+    from fasterrcnn.data.transforms import resize_boxes
     from fasterrcnn.device import autocast_context
     from fasterrcnn.engine import distributed
     from fasterrcnn.evaluation import detections_to_results
@@ -98,7 +102,10 @@ def run_inference(
         for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
             with autocast:
                 detections = model([image.to(device) for image in images])
-            for target, detection in zip(targets, detections):
+            for image, target, detection in zip(images, targets, detections):
+                if "orig_size" in target:  # an image decoded reduced: its boxes back in the file's pixels
+                    boxes = resize_boxes(detection["boxes"], image.shape[-2:], target["orig_size"])
+                    detection = {**detection, "boxes": boxes}
                 per_image.append(detections_to_results(target["image_id"], detection, class_names, label_to_category_id))
     finally:
         model.train(was_training)
