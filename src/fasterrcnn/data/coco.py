@@ -239,12 +239,14 @@ class COCODataset(torch.utils.data.Dataset):
         image = self._images[self.ids[i]]
         return int(image["height"]), int(image["width"])
 
+    def image_path(self, i: int) -> Path:
+        """The file of image ``i``."""
+        return self.images_dir / self._images[self.ids[i]]["file_name"]
+
     def __getitem__(self, i: int):
         image_id = self.ids[i]
-        info = self._images[image_id]
-        path = self.images_dir / info["file_name"]
         size = self.image_size(i)
-        image = load_annotated_image(path, size, self.ann_file)
+        image = load_annotated_image(self.image_path(i), size, self.ann_file)
         boxes, labels, crowd_boxes, crowd_labels = self._targets[image_id]
         target = {
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
