@@ -135,11 +135,12 @@ def _voc_xml(filename: str, size: tuple[int, int], objects) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _images_of(dataset):
-    """Per image: (source file, (h, w), [(label, [x1, y1, x2, y2], flagged)]) from its ground truth."""
+def _images_of(dataset, classes):
+    """Per image: (source file, (h, w), [(label in ``classes``, [x1, y1, x2, y2], flagged)]) from its ground truth."""
+    index = {name: label for label, name in enumerate(classes, start=1)}
     for i, truth in enumerate(dataset.ground_truth()):
-        flags = truth["difficult"].tolist()
-        objects = [(label, box, flag) for label, box, flag in zip(truth["labels"].tolist(), truth["boxes"].tolist(), flags)]
+        labels = [index[dataset.classes[label - 1]] for label in truth["labels"].tolist()]
+        objects = list(zip(labels, truth["boxes"].tolist(), truth["difficult"].tolist()))
         yield Path(dataset.image_path(i)), dataset.image_size(i), objects
 
 
@@ -152,7 +153,7 @@ def convert(
     ``splits``: the source splits to convert (default: ``source_splits``), as names, ``"SRC=DEST"``
     strings or a mapping {source split: destination split} (e.g. ``{"val2017": "val"}``).
     ``images_dir``: a COCO source's image folder. ``classes``: a VOC source's class order (default:
-    that of its first split; the other splits are read with it).
+    that of its splits, or the sorted names of all when the splits' inferred classes differ).
     Returns ``{"splits": {dest split: images}, "objects": boxes written, "left_out": flagged
     objects left out (YOLO), "skipped": bad images left out, "classes": class names}``.
     """
@@ -167,18 +168,21 @@ def convert(
         raise DataError(dest, "already exists and is not an empty folder (convert writes into a new one, overwriting nothing)")
     mapping = _split_map(splits, source)
 
-    datasets = {}
-    for src_split, dst_split in mapping.items():
-        dataset = build_dataset(source, split=src_split, images_dir=images_dir, classes=classes, on_bad_image=on_bad_image)
-        classes = dataset.classes  # the first split's class order for the others
-        datasets[dst_split] = dataset
+    datasets = {
+        dst_split: build_dataset(source, split=src_split, images_dir=images_dir, classes=classes, on_bad_image=on_bad_image)
+        for src_split, dst_split in mapping.items()
+    }
+    if classes is None:  # VOC infers each split's classes: the sorted union when they differ
+        found = {dataset.classes for dataset in datasets.values()}
+        classes = found.pop() if len(found) == 1 else tuple(sorted(set().union(*found)))
+    classes = tuple(classes)
 
     dest.mkdir(parents=True, exist_ok=True)
     writer = {"voc": _write_voc, "coco": _write_coco, "yolo": _write_yolo}[to]
     summary = {"splits": {}, "objects": 0, "left_out": 0, "skipped": 0, "classes": list(classes)}
     written: dict[Path, Path] = {}
     for split, dataset in datasets.items():
-        objects, left_out = writer(dest, split, dataset, written)
+        objects, left_out = writer(dest, split, dataset, classes, written)
         summary["splits"][split] = len(dataset)
         summary["objects"] += objects
         summary["left_out"] += left_out
@@ -191,14 +195,14 @@ def convert(
     return summary
 
 
-def _write_voc(dest: Path, split: str, dataset, written) -> tuple[int, int]:
+def _write_voc(dest: Path, split: str, dataset, classes, written) -> tuple[int, int]:
     for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (dest / folder).mkdir(parents=True, exist_ok=True)
     ids, count = [], 0
-    for image_path, size, objects in _images_of(dataset):
+    for image_path, size, objects in _images_of(dataset, classes):
         image_id = image_path.stem
         _copy(image_path, dest / "JPEGImages" / image_path.name, written)
-        named = [(dataset.classes[label - 1], box, flag) for label, box, flag in objects]
+        named = [(classes[label - 1], box, flag) for label, box, flag in objects]
         xml = dest / "Annotations" / f"{image_id}.xml"
         if _claim(xml, image_path, written):  # an image of two splits (trainval and train) has one
             atomic_write_text(xml, _voc_xml(image_path.name, size, named))
@@ -208,11 +212,11 @@ def _write_voc(dest: Path, split: str, dataset, written) -> tuple[int, int]:
     return count, 0
 
 
-def _write_coco(dest: Path, split: str, dataset, written) -> tuple[int, int]:
+def _write_coco(dest: Path, split: str, dataset, classes, written) -> tuple[int, int]:
     (dest / "annotations").mkdir(parents=True, exist_ok=True)
     (dest / split).mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    for image_id, (image_path, (height, width), objects) in enumerate(_images_of(dataset), start=1):
+    for image_id, (image_path, (height, width), objects) in enumerate(_images_of(dataset, classes), start=1):
         _copy(image_path, dest / split / image_path.name, written)
         images.append({"id": image_id, "file_name": image_path.name, "width": width, "height": height})
         for label, (x1, y1, x2, y2), crowd in objects:
@@ -230,18 +234,18 @@ def _write_coco(dest: Path, split: str, dataset, written) -> tuple[int, int]:
     data = {
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": label, "name": name} for label, name in enumerate(dataset.classes, start=1)],
+        "categories": [{"id": label, "name": name} for label, name in enumerate(classes, start=1)],
     }
     atomic_write_text(dest / "annotations" / f"instances_{split}.json", json.dumps(data) + "\n")
     return len(annotations), 0
 
 
-def _write_yolo(dest: Path, split: str, dataset, written) -> tuple[int, int]:
+def _write_yolo(dest: Path, split: str, dataset, classes, written) -> tuple[int, int]:
     images, labels = dest / "images" / split, dest / "labels" / split
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     count = left_out = 0
-    for image_path, (height, width), objects in _images_of(dataset):
+    for image_path, (height, width), objects in _images_of(dataset, classes):
         _copy(image_path, images / image_path.name, written)
         _claim(labels / f"{image_path.stem}.txt", image_path, written)
         lines = []
