@@ -112,11 +112,18 @@ def test_destination_must_be_new_or_empty(voc, tmp_path):
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["keep.txt"]
     (tmp_path / "empty").mkdir()
     assert convert(voc, tmp_path / "empty", to="coco", splits=["test"])["splits"] == {"test": 2}
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["annotations", "test"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"]  # no work folder left
 
 
 def test_bad_arguments(voc, tmp_path):
     with pytest.raises(ConfigError, match="unknown format 'kitti'"):
         convert(voc, tmp_path / "a", to="kitti")
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "data.yaml").write_text("training: images\nnames: [a]\n")
+    with pytest.raises(DataError) as info:
+        convert(tmp_path / "y", tmp_path / "a", to="voc")
+    assert str(info.value) == f"{tmp_path / 'y'}: has none of the splits train, val, test (name the splits to convert)"
     with pytest.raises(ConfigError, match="split name '../x'"):
         convert(voc, tmp_path / "a", to="yolo", splits=["train=../x"])
     with pytest.raises(ConfigError, match="two splits would be written as one: train=val, test=val"):
@@ -133,10 +140,12 @@ def test_two_images_with_one_file_name_are_an_error(tmp_path):
         (root / "images" / "train" / sub).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(root / "images" / "train" / sub / "a.png")
     (root / "data.yaml").write_text("train: images/train\nnames: [cat]\n")
+    (tmp_path / "out").mkdir()
     with pytest.raises(DataError) as info:
-        convert(root, tmp_path / "voc", to="voc")
+        convert(root, tmp_path / "out" / "voc", to="voc")
     first, second = root / "images" / "train" / "x" / "a.png", root / "images" / "train" / "y" / "a.png"
-    assert str(info.value) == f"{second}: would be written to {tmp_path / 'voc' / 'JPEGImages' / 'a.png'}, as {first} is (two images with one file name)"
+    assert str(info.value) == f"{second}: would be JPEGImages/a.png of the converted set, as {first} is (two images with one file name)"
+    assert list((tmp_path / "out").iterdir()) == []  # the half-written set is removed
 
 
 def test_bad_images_follow_the_policy(tmp_path):
@@ -158,3 +167,13 @@ def test_the_command(voc, tmp_path, capsys):
     args = parser.parse_args(["convert", str(tmp_path / "y"), str(tmp_path / "c"), "--to", "coco", "--classes", "a,b"])
     with pytest.raises(DataError, match="differ from the expected classes a, b"):
         args.func(args)
+
+
+def test_one_image_file_for_two_coco_entries_is_an_error(tmp_path):
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+    image = {"file_name": "a.png", "width": 8, "height": 6}
+    data = {"images": [{"id": 1, **image}, {"id": 2, **image}], "categories": [{"id": 1, "name": "cat"}], "annotations": []}
+    (tmp_path / "two.json").write_text(json.dumps(data))
+    with pytest.raises(DataError) as info:
+        convert(tmp_path / "two.json", tmp_path / "out", to="yolo")
+    assert str(info.value) == f"{tmp_path / 'a.png'}: is the image of two entries of the split (ids 1 and 2)"

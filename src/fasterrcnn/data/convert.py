@@ -23,12 +23,14 @@ counted in the summary.
 
 Images are copied (never linked: a link would let an edit of one set change the other), under
 their file name; two images of one destination folder with the same file name are an error. The
-destination must be a new or empty folder: nothing is overwritten. Files are written atomically.
+destination must be a new or empty folder: nothing is overwritten. The set is written into a
+hidden folder next to it and renamed at the end, so a failed conversion leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -86,6 +88,8 @@ def _split_map(splits, source) -> dict[str, str]:
         for item in splits:
             src, sep, dst = str(item).partition("=")
             mapping[src.strip()] = dst.strip() if sep else src.strip()
+    if not mapping:
+        raise DataError(source, "has none of the splits train, val, test (name the splits to convert)")
     names = list(mapping.values())
     bad = next((n for n in [*mapping, *names] if not n or "/" in n or "\\" in n or n in (".", "..")), None)
     if bad is not None:
@@ -95,23 +99,31 @@ def _split_map(splits, source) -> dict[str, str]:
     return mapping
 
 
-def _claim(dest: Path, source: Path, written: dict[Path, Path]) -> bool:
-    """Reserve the file ``dest`` for the image ``source``: True the first time, False when it was
-    already written for it (an image of two splits), DataError when another image has it."""
-    previous = written.get(dest)
-    if previous is None:
-        written[dest] = source
-        return True
-    if previous != source:
-        raise DataError(source, f"would be written to {dest}, as {previous} is (two images with one file name)")
-    return False
+class _Files:
+    """The files of a conversion in the folder ``root``, each reserved for the source image it belongs to."""
 
+    def __init__(self, root: Path):
+        self.root = root
+        self.owners: dict[str, Path] = {}  # relative path -> source image
 
-def _copy(source: Path, dest: Path, written: dict[Path, Path]) -> None:
-    """Copy the image ``source`` to ``dest`` (once)."""
-    if _claim(dest, source, written):
-        with open(source, "rb") as src:
-            atomic_save(dest, lambda f: shutil.copyfileobj(src, f))
+    def claim(self, relative: str, source: Path) -> Path | None:
+        """``root / relative`` for the image ``source``; None when it was already written for it (an image
+        of two splits); DataError when another image has it (two images with one file name)."""
+        previous = self.owners.get(relative)
+        if previous is None:
+            self.owners[relative] = source
+            (self.root / relative).parent.mkdir(parents=True, exist_ok=True)
+            return self.root / relative
+        if previous != source:
+            raise DataError(source, f"would be {relative} of the converted set, as {previous} is (two images with one file name)")
+        return None
+
+    def copy(self, relative: str, source: Path) -> None:
+        """Copy the image ``source`` to ``root / relative`` (once)."""
+        path = self.claim(relative, source)
+        if path is not None:
+            with open(source, "rb") as src:
+                atomic_save(path, lambda f: shutil.copyfileobj(src, f))
 
 
 def _voc_xml(filename: str, size: tuple[int, int], objects) -> str:
@@ -138,10 +150,14 @@ def _voc_xml(filename: str, size: tuple[int, int], objects) -> str:
 def _images_of(dataset, classes):
     """Per image: (source file, (h, w), [(label in ``classes``, [x1, y1, x2, y2], flagged)]) from its ground truth."""
     index = {name: label for label, name in enumerate(classes, start=1)}
+    seen = {}
     for i, truth in enumerate(dataset.ground_truth()):
+        path = Path(dataset.image_path(i))
+        if seen.setdefault(path, truth["image_id"]) != truth["image_id"]:
+            raise DataError(path, f"is the image of two entries of the split (ids {seen[path]} and {truth['image_id']})")
         labels = [index[dataset.classes[label - 1]] for label in truth["labels"].tolist()]
         objects = list(zip(labels, truth["boxes"].tolist(), truth["difficult"].tolist()))
-        yield Path(dataset.image_path(i)), dataset.image_size(i), objects
+        yield path, dataset.image_size(i), objects
 
 
 def convert(
@@ -177,47 +193,61 @@ def convert(
         classes = found.pop() if len(found) == 1 else tuple(sorted(set().union(*found)))
     classes = tuple(classes)
 
-    dest.mkdir(parents=True, exist_ok=True)
+    # Written into a hidden sibling folder, renamed to ``dest`` at the end: a failed conversion
+    # (a file name clash, a full disk) leaves no half-written data set behind.
+    target = dest.resolve()  # a name even for "."
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    work.mkdir()  # the usual permissions (tempfile.mkdtemp's would be 0o700)
+    try:
+        summary = _write(work, to, datasets, classes)
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        work.rename(target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return summary
+
+
+def _write(dest: Path, to: str, datasets: dict, classes: tuple[str, ...]) -> dict:
+    """Write every split of ``datasets`` {dest split: dataset} into the folder ``dest``; the summary."""
     writer = {"voc": _write_voc, "coco": _write_coco, "yolo": _write_yolo}[to]
     summary = {"splits": {}, "objects": 0, "left_out": 0, "skipped": 0, "classes": list(classes)}
-    written: dict[Path, Path] = {}
+    files = _Files(dest)
     for split, dataset in datasets.items():
-        objects, left_out = writer(dest, split, dataset, classes, written)
+        objects, left_out = writer(files, split, dataset, classes)
         summary["splits"][split] = len(dataset)
         summary["objects"] += objects
         summary["left_out"] += left_out
         summary["skipped"] += len(getattr(dataset, "skipped", ()))
     if to == "yolo":
-        data = {"names": dict(enumerate(classes)), "nc": len(classes), **{s: f"images/{s}" for s in datasets}}
         import yaml
 
+        data = {"names": dict(enumerate(classes)), "nc": len(classes), **{s: f"images/{s}" for s in datasets}}
         atomic_write_text(dest / "data.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return summary
 
 
-def _write_voc(dest: Path, split: str, dataset, classes, written) -> tuple[int, int]:
-    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (dest / folder).mkdir(parents=True, exist_ok=True)
+def _write_voc(files: _Files, split: str, dataset, classes) -> tuple[int, int]:
     ids, count = [], 0
     for image_path, size, objects in _images_of(dataset, classes):
-        image_id = image_path.stem
-        _copy(image_path, dest / "JPEGImages" / image_path.name, written)
+        files.copy(f"JPEGImages/{image_path.name}", image_path)
         named = [(classes[label - 1], box, flag) for label, box, flag in objects]
-        xml = dest / "Annotations" / f"{image_id}.xml"
-        if _claim(xml, image_path, written):  # an image of two splits (trainval and train) has one
+        xml = files.claim(f"Annotations/{image_path.stem}.xml", image_path)
+        if xml is not None:  # an image of two splits (trainval and train) has one annotation
             atomic_write_text(xml, _voc_xml(image_path.name, size, named))
-        ids.append(image_id)
+        ids.append(image_path.stem)
         count += len(objects)
-    atomic_write_text(dest / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
+    (files.root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(files.root / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
     return count, 0
 
 
-def _write_coco(dest: Path, split: str, dataset, classes, written) -> tuple[int, int]:
-    (dest / "annotations").mkdir(parents=True, exist_ok=True)
-    (dest / split).mkdir(parents=True, exist_ok=True)
+def _write_coco(files: _Files, split: str, dataset, classes) -> tuple[int, int]:
     images, annotations = [], []
     for image_id, (image_path, (height, width), objects) in enumerate(_images_of(dataset, classes), start=1):
-        _copy(image_path, dest / split / image_path.name, written)
+        files.copy(f"{split}/{image_path.name}", image_path)
         images.append({"id": image_id, "file_name": image_path.name, "width": width, "height": height})
         for label, (x1, y1, x2, y2), crowd in objects:
             w, h = x2 - x1, y2 - y1
@@ -236,18 +266,15 @@ def _write_coco(dest: Path, split: str, dataset, classes, written) -> tuple[int,
         "annotations": annotations,
         "categories": [{"id": label, "name": name} for label, name in enumerate(classes, start=1)],
     }
-    atomic_write_text(dest / "annotations" / f"instances_{split}.json", json.dumps(data) + "\n")
+    (files.root / "annotations").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(files.root / "annotations" / f"instances_{split}.json", json.dumps(data) + "\n")
     return len(annotations), 0
 
 
-def _write_yolo(dest: Path, split: str, dataset, classes, written) -> tuple[int, int]:
-    images, labels = dest / "images" / split, dest / "labels" / split
-    images.mkdir(parents=True, exist_ok=True)
-    labels.mkdir(parents=True, exist_ok=True)
+def _write_yolo(files: _Files, split: str, dataset, classes) -> tuple[int, int]:
     count = left_out = 0
     for image_path, (height, width), objects in _images_of(dataset, classes):
-        _copy(image_path, images / image_path.name, written)
-        _claim(labels / f"{image_path.stem}.txt", image_path, written)
+        files.copy(f"images/{split}/{image_path.name}", image_path)
         lines = []
         for label, (x1, y1, x2, y2), flagged in objects:
             if flagged:  # difficult / crowd: YOLO has no flag for objects evaluation ignores
@@ -255,6 +282,6 @@ def _write_yolo(dest: Path, split: str, dataset, classes, written) -> tuple[int,
                 continue
             values = ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
             lines.append(" ".join([str(label - 1), *(_decimal(v, 6) for v in values)]) + "\n")
-        atomic_write_text(labels / f"{image_path.stem}.txt", "".join(lines))
+        atomic_write_text(files.claim(f"labels/{split}/{image_path.stem}.txt", image_path), "".join(lines))
         count += len(lines)
     return count, left_out

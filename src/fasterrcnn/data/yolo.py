@@ -104,7 +104,7 @@ def read_data_yaml(yaml_path) -> dict:
 
     yaml_path = Path(yaml_path)
     try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8-sig"))  # -sig: a leading BOM is dropped
     except FileNotFoundError:
         raise DataError(yaml_path, "data.yaml not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -276,7 +276,7 @@ class YOLODataset(torch.utils.data.Dataset):
         height, width = check_image(image_path)
         labels = label_path(image_path)
         try:
-            text = labels.read_text(encoding="utf-8")
+            text = labels.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             text = ""  # an image without objects
         except (OSError, UnicodeDecodeError) as exc:
