@@ -182,6 +182,11 @@ def test_missing_split_folder_and_listed_twice(tmp_path):
     dataset = YOLODataset(path, on_bad_image="skip")
     assert dataset.ids == ["a"]
     assert dataset.skipped == [(str(tmp_path / "images" / "train" / "a.png"), "image is listed more than once")]
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "train" / "a.jpg")
+    path.write_text(f"train: images/train\n{NAMES}")
+    with pytest.raises(DataError) as info:
+        YOLODataset(path)
+    assert str(info.value) == f"{tmp_path / 'images' / 'train' / 'a.png'}: has the id 'a' of another image (the same path with another suffix)"
 
 
 def test_folder_with_data_yaml_is_detected(tmp_path):

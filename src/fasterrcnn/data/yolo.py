@@ -32,7 +32,7 @@ that is not a finite number, a class index that is not one of ``names``, or a co
 [0, 1], and an image file that is missing, empty, not an image or truncated (``images.check_image``)
 make that image bad: ``DataError`` naming the label file and its line (``<file>: line 3: ...``) or
 the image, or the image skipped with a warning, as ``on_bad_image`` says (``data/bad_images.py``).
-So is an image listed twice. A ``data.yaml`` that does not parse, lacks ``names``, or lacks the
+So is an image listed twice, or a second image of one id (``x.jpg`` and ``x.png``). A ``data.yaml`` that does not parse, lacks ``names``, or lacks the
 split (or its folder or list) is an error under both policies.
 
 Splits. ``split`` is a key of ``data.yaml`` (``train``, ``val``, ``test``). VOC's ``trainval``
@@ -198,21 +198,20 @@ class YOLODataset(torch.utils.data.Dataset):
         bad = BadImages(on_bad_image)
         self.on_bad_image = on_bad_image
         listed = self._image_files(data[split])
-        self._records, seen = [], set()
+        self._records, seen, seen_ids = [], set(), set()
         for image_path, image_id in listed:
             try:
                 if image_path in seen:
                     raise DataError(image_path, "image is listed more than once")
                 seen.add(image_path)
+                if image_id in seen_ids:  # x.jpg and x.png: one id, one label file
+                    raise DataError(image_path, f"has the id {image_id!r} of another image (the same path with another suffix)")
+                seen_ids.add(image_id)
                 self._records.append(self._parse(image_path, image_id))
             except DataError as error:
                 bad(error)
         bad.finish(f"YOLO {yaml_path} ({split})", len(listed), yaml_path)
         self.skipped = bad.skipped
-        ids = [record.image_id for record in self._records]
-        if len(set(ids)) != len(ids):
-            twice = next(i for i in ids if ids.count(i) > 1)
-            raise DataError(yaml_path, f"split {split!r} has two images with id {twice!r} (the same path with other suffixes)")
         if drop_empty:
             self._records = [record for record in self._records if len(record.classes)]
         self.ids = [record.image_id for record in self._records]
