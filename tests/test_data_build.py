@@ -50,13 +50,14 @@ def test_coco_json_detected_with_images_dir_and_class_check(tmp_path):
     assert str(info.value).startswith(f"{path}: categories ant, cat differ")
 
 
-def test_neither_voc_nor_coco(tmp_path):
+def test_neither_voc_nor_coco_nor_yolo(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     for path in (tmp_path, tmp_path / "notes.txt"):
         with pytest.raises(DataError) as info:
             build_dataset(path)
         assert str(info.value) == (
-            f"{path}: is neither a VOC root (Annotations/, JPEGImages/, ImageSets/Main/) nor a COCO instances JSON"
+            f"{path}: is neither a VOC root (Annotations/, JPEGImages/, ImageSets/Main/), a COCO instances JSON nor "
+            "a YOLO data.yaml (or a folder holding one)"
         )
     with pytest.raises(DataError) as info:
         build_dataset(tmp_path / "missing")

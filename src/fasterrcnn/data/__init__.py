@@ -1,8 +1,10 @@
-"""Datasets (VOC, COCO, synthetic shapes), augmentation and batching.
+"""Datasets (VOC, COCO, YOLO, synthetic shapes), conversion between them, augmentation and batching.
 
 Samples are ``(image: Tensor[3, H, W] float32 RGB in [0, 1], target: dict)`` with ``boxes`` float32
 [K, 4] continuous ``(x1, y1, x2, y2)`` pixels, ``labels`` int64 [K] in 1..C, ``image_id`` and
 ``orig_size`` (h, w); VOC adds ``difficult`` [K], COCO ``iscrowd`` [K] and ``crowd_boxes``.
+Every dataset has ``classes``, ``ids``, ``skipped``, ``image_size(i)``, ``image_path(i)`` and
+``ground_truth()`` (VOC-style, for evaluation).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fasterrcnn.data.protocol import DetectionDataset
 from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
 from fasterrcnn.data.transforms import Compose, RandomHorizontalFlip
 from fasterrcnn.data.voc import VOC_CLASSES, VOCDataset
+from fasterrcnn.data.yolo import YOLODataset, find_data_yaml
 from fasterrcnn.errors import DataError
 
 
@@ -24,11 +27,13 @@ def build_dataset(
     path, *, split: str = "trainval", images_dir=None, classes=None, transforms=None, on_bad_image: str = "error",
     drop_empty: bool = False, reduce_to: tuple[int, int] | None = DEFAULT_REDUCE_TO,
 ):
-    """A ``VOCDataset`` for a folder with ``Annotations/``, a ``COCODataset`` for a ``.json`` file.
+    """A ``VOCDataset`` for a folder with ``Annotations/``, a ``COCODataset`` for a ``.json`` file, a
+    ``YOLODataset`` for a ``data.yaml`` (or a folder holding one).
 
-    ``split`` applies to VOC, ``images_dir`` and ``drop_empty`` (leave out images without
-    trainable objects) to COCO. ``classes`` fixes a VOC class list; for COCO (whose classes are its
-    categories) it is checked against the file's category names.
+    ``split`` applies to VOC (``ImageSets/Main/<split>.txt``) and YOLO (a key of ``data.yaml``),
+    ``images_dir`` to COCO, ``drop_empty`` (leave out images without trainable objects) to COCO
+    and YOLO. ``classes`` fixes a VOC class list; for COCO and YOLO (whose classes are in the file)
+    it is checked against the file's names.
     ``on_bad_image`` ("error" or "skip"): what an unusable image does (``data/bad_images.py``).
     ``reduce_to = (min_size, max_size)``: the model's resize (pass the model config's); an image at
     least twice as large is decoded at 1/2, 1/4 ... of its size with its boxes scaled, to bound memory
@@ -49,7 +54,16 @@ def build_dataset(
                 path, f"categories {', '.join(dataset.classes)} differ from the expected classes {', '.join(classes)}"
             )
         return dataset
-    raise DataError(path, "is neither a VOC root (Annotations/, JPEGImages/, ImageSets/Main/) nor a COCO instances JSON")
+    if find_data_yaml(path) is not None:
+        return YOLODataset(
+            path, split=split, classes=classes, transforms=transforms, on_bad_image=on_bad_image, drop_empty=drop_empty,
+            reduce_to=reduce_to,
+        )  # fmt: skip
+    raise DataError(
+        path,
+        "is neither a VOC root (Annotations/, JPEGImages/, ImageSets/Main/), a COCO instances JSON nor a YOLO "
+        "data.yaml (or a folder holding one)",
+    )
 
 
 __all__ = [
@@ -63,6 +77,7 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "VOCDataset",
     "VOC_CLASSES",
+    "YOLODataset",
     "build_dataset",
     "build_loader",
     "collate",

@@ -315,12 +315,14 @@ class COCODataset(torch.utils.data.Dataset):
         image = self._images[self.ids[i]]
         return int(image["height"]), int(image["width"])
 
+    def image_path(self, i: int) -> Path:
+        """The file of image ``i``."""
+        return self.images_dir / self._images[self.ids[i]]["file_name"]
+
     def __getitem__(self, i: int):
         image_id = self.ids[i]
-        info = self._images[image_id]
-        path = self.images_dir / info["file_name"]
         size = self.image_size(i)
-        image = load_annotated_image(path, size, self.ann_file, reduce_to=self.reduce_to)
+        image = load_annotated_image(self.image_path(i), size, self.ann_file, reduce_to=self.reduce_to)
         boxes, labels, crowd_boxes, crowd_labels = self._targets[image_id]
         decoded = image.shape[1:]  # a large image may be decoded reduced: its boxes scale with it
         target = {

@@ -280,6 +280,10 @@ class VOCDataset(torch.utils.data.Dataset):
         """``(height, width)`` of image ``i`` from its annotation (no decoding)."""
         return self._records[i].size
 
+    def image_path(self, i: int) -> Path:
+        """The file of image ``i``."""
+        return self._records[i].image_path
+
     def __getitem__(self, i: int):
         record = self._records[i]
         xml_path = self.root / "Annotations" / f"{record.image_id}.xml"
