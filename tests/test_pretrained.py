@@ -135,7 +135,7 @@ def test_a_name_missing_from_the_caches_is_not_downloaded_unasked(server, monkey
     with pytest.raises(DataError) as info:
         resolve_weights("vgg16")
     message = str(info.value)
-    assert message.startswith(f"{caches / entry.filename}: 'vgg16' is not downloaded yet; allow the download with FASTERRCNN_DOWNLOAD=1")
+    assert message.startswith(f"{caches / entry.filename}: 'vgg16' is not downloaded yet; allow the download with FASTERRCNN_DOWNLOAD=1, or save {entry.url} there")
     assert entry.url in message and "\n" not in message
     assert server.requests == [] and leftovers(caches) == []
 
@@ -204,7 +204,7 @@ def test_no_server_and_http_errors_are_one_line_naming_url_and_file(server, monk
 
 
 def test_a_name_is_checked_against_what_it_is_loaded_into():
-    with pytest.raises(ConfigError, match=r"'vgg16' does not fit 'resnet50_fpn': it is the ImageNet file of backbone\(s\) vgg16"):
+    with pytest.raises(ConfigError, match=r"'vgg16' does not fit backbone 'resnet50_fpn': it is the ImageNet file of backbone\(s\) vgg16"):
         resolve_weights("vgg16", kind=IMAGENET_BACKBONE, fits="resnet50_fpn")
     with pytest.raises(ConfigError, match=r"is a COCO detector file, not a ImageNet backbone file; it is the COCO detector of preset resnet50_fpn"):
         resolve_weights("fasterrcnn_resnet50_fpn_coco", kind=IMAGENET_BACKBONE)
@@ -226,7 +226,7 @@ def test_from_preset_downloads_and_loads_a_named_backbone(server, monkeypatch, c
     model = FasterRCNN.from_preset("vgg16", backbone_weights="vgg16", download=True, **small)
     assert torch.equal(model.backbone.features[28].weight, state["features.28.weight"])
     assert torch.equal(model.roi_heads.box_head.fc7.bias, state["classifier.3.bias"])
-    with pytest.raises(ConfigError, match="'vgg16' does not fit 'tiny'"):
+    with pytest.raises(ConfigError, match="'vgg16' does not fit backbone 'tiny'"):
         FasterRCNN.from_preset("tiny", backbone_weights="vgg16", download=True)
     assert len(server.requests) == 1
 
@@ -238,7 +238,7 @@ def test_detector_from_torchvision_takes_a_registered_detector_name(server, monk
     model = FasterRCNN.from_preset("mobilenet_v3_large_320_fpn", num_classes=2)
     torch.save(model.state_dict(), tmp_path / "det.pth")
     serve_as(server, monkeypatch, "fasterrcnn_mobilenet_v3_large_320_fpn_coco", (tmp_path / "det.pth").read_bytes(), stem="det")
-    with pytest.raises(ConfigError, match="does not fit 'mobilenet_v3_large_fpn'"):
+    with pytest.raises(ConfigError, match="does not fit preset 'mobilenet_v3_large_fpn'"):
         Detector.from_torchvision("mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn_coco", classes=["a", "b"], download=True)
     detector = Detector.from_torchvision("mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn_coco", classes=["a", "b"], device="cpu", download=True)
     assert list(detector.class_names) == ["a", "b"]

@@ -28,6 +28,7 @@ which torchvision's COCO detectors were trained from.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -132,7 +133,7 @@ def resolve_weights(name_or_path: str | os.PathLike, *, download: bool | None = 
     if kind is not None and entry.kind != kind:
         raise ConfigError(f"{entry.name!r} is a {entry.kind} file, not a {kind} file; {_where_it_goes(entry)}")
     if fits is not None and fits not in entry.fits:
-        raise ConfigError(f"{entry.name!r} does not fit {fits!r}: {_where_it_goes(entry)}")
+        raise ConfigError(f"{entry.name!r} does not fit {'backbone' if entry.kind == IMAGENET_BACKBONE else 'preset'} {fits!r}: {_where_it_goes(entry)}")
     for folder in (cache_dir(), _torch_hub_dir()):
         if (folder / entry.filename).is_file():
             return folder / entry.filename
@@ -140,8 +141,8 @@ def resolve_weights(name_or_path: str | os.PathLike, *, download: bool | None = 
     if not _downloads_allowed(download):
         raise DataError(
             target,
-            f"{entry.name!r} is not downloaded yet; allow the download with FASTERRCNN_DOWNLOAD=1 "
-            f"(or download=True), or save {entry.url} there, or pass the file's path",
+            f"{entry.name!r} is not downloaded yet; allow the download with FASTERRCNN_DOWNLOAD=1, "
+            f"or save {entry.url} there, or pass the file's path",
         )
     return download_file(entry, target.parent)
 
@@ -179,8 +180,8 @@ def download_file(entry: PretrainedFile, folder: str | os.PathLike, *, progress:
                 while True:
                     try:
                         chunk = response.read(_CHUNK)
-                    except (OSError, ValueError) as e:  # connection reset, timeout, IncompleteRead
-                        raise DataError(entry.url, f"download of {entry.filename} broke off after {received} bytes ({type(e).__name__})") from None
+                    except (OSError, http.client.HTTPException) as e:  # connection reset, timeout, IncompleteRead
+                        raise DataError(entry.url, f"download of {entry.filename} broke off after {received} bytes ({type(e).__name__}); nothing was saved") from None
                     if not chunk:
                         break
                     file.write(chunk)
