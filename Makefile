@@ -1,4 +1,5 @@
 # The two set-up commands of the README. Both create .venv when it is absent.
+# The commands are then in .venv/bin: `.venv/bin/fasterrcnn ...`, or `source .venv/bin/activate` first.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,13 +12,20 @@ TORCH_INDEX :=
 # The package's extras: the tests also build the documentation (tests/test_docs.py).
 EXTRAS := test,docs
 
-.PHONY: test demo venv browser docs clean
+.PHONY: test demo venv venv-runtime browser docs clean
 
+# venv-runtime: the package and what it needs to run (torch pin first), no extras: what `make demo`
+# and the containers use. venv: that, plus the extras the tests and the documentation need.
+venv-runtime: $(VENV)/.runtime
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) )$(TORCH_PIN)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
@@ -34,7 +42,7 @@ browser:
 docs: venv
 	$(PY) -m mkdocs build --strict
 
-demo: venv
+demo: venv-runtime
 	$(VENV)/bin/fasterrcnn demo --output demo_output
 
 clean:

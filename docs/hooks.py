@@ -10,6 +10,8 @@ A page asks for generated content with an HTML comment (block markers on a line 
                                         the field's comment in ``config.py``; the comment lines above a group of fields in
                                         ``config.py`` become the table's section rows)
     <!-- fasterrcnn:preset-names -->    the preset names as a comma-separated list of code spans
+    <!-- fasterrcnn:pretrained -->      a table of the registered pretrained files
+                                        (read from ``fasterrcnn.pretrained.PRETRAINED``)
     <!-- fasterrcnn:shapes -->          a table of the tensor shapes at every stage of every preset's
                                         model, measured on a 375 x 500 image (see ``shapes_markdown``)
 
@@ -145,6 +147,22 @@ def preset_names_markdown() -> str:
     return ", ".join(f"`{name}`" for name in PRESETS)
 
 
+def pretrained_markdown() -> str:
+    """A Markdown table: one row per registered file (name, kind, file and URL, accuracy, where it loads)."""
+    from fasterrcnn.config import PRESETS
+    from fasterrcnn.pretrained import IMAGENET_BACKBONE, PRETRAINED
+
+    lines = ["| name | what | file (URL) | accuracy (torchvision) | use with |", "| --- | --- | --- | --- | --- |"]
+    for entry in PRETRAINED.values():
+        if entry.kind == IMAGENET_BACKBONE:
+            presets = [name for name, preset in PRESETS.items() if preset.model.backbone in entry.fits]
+            use = f"`--backbone-weights {entry.name}` (preset{'s' if len(presets) > 1 else ''} " + ", ".join(f"`{p}`" for p in presets) + ")"
+        else:
+            use = f"`--preset {entry.fits[0]} --weights {entry.name}`"
+        lines.append(f"| `{entry.name}` | {entry.kind} | [`{entry.filename}`]({entry.url}) | {entry.accuracy} | {use} |")
+    return "\n".join(lines)
+
+
 # -- tensor shapes -------------------------------------------------------------------------------------
 SHAPES_IMAGE = (375, 500)  # (height, width): a typical PASCAL VOC image
 
@@ -227,6 +245,8 @@ def _render(kind: str, argument: str | None, page_path: str) -> str:
         return shapes_markdown()
     if kind == "preset-names" and argument is None:
         return preset_names_markdown()
+    if kind == "pretrained" and argument is None:
+        return pretrained_markdown()
     raise PluginError(f"{page_path}: unknown marker 'fasterrcnn:{kind}{' ' + argument if argument else ''}'")
 
 

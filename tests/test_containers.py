@@ -93,14 +93,26 @@ def test_the_makefile_venv_step_is_the_single_source_of_the_torch_pin():
     assert f"{py} -m pip install --quiet -e '.[{variables['EXTRAS']}]'" in plain
     index = "https://download.pytorch.org/whl/cpu"
     assert f"{py} -m pip install --quiet --index-url {index} {variables['TORCH_PIN']}" in make_dry_run("venv", f"TORCH_INDEX={index}")
-    # demo, test and docs all go through the venv target
-    for target in ("demo", "test", "docs"):
-        assert re.search(rf"^{target}:.*\bvenv\b", (ROOT / "Makefile").read_text(), re.M), target
+    # test and docs need the extras (venv); demo runs with the runtime install only (venv-runtime)
+    for target, venv in (("demo", "venv-runtime"), ("test", "venv"), ("docs", "venv")):
+        assert re.search(rf"^{target}:.*(?<![\w-]){venv}(?![\w-])", (ROOT / "Makefile").read_text(), re.M), target
+
+
+def test_the_runtime_install_is_the_pinned_torch_and_the_package_without_extras():
+    variables = makefile_variables()
+    py = f"{variables['VENV']}/bin/python"
+    runtime = [c for c in make_dry_run("venv-runtime") if "pip install" in c]
+    assert runtime == [f"{py} -m pip install --quiet {variables['TORCH_PIN']}", f"{py} -m pip install --quiet -e ."]
+    # the full environment is the runtime one plus the extras, in that order (the torch pin comes first)
+    full = [c for c in make_dry_run("venv") if "pip install" in c]
+    assert full == [*runtime, f"{py} -m pip install --quiet -e '.[{variables['EXTRAS']}]'"]
+    pins = [c for c in make_dry_run("demo") if "pip install" in c]
+    assert pins == runtime  # make demo installs no test or docs extras
 
 
 # -- the Dockerfiles -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", DOCKERFILES)
-def test_the_dockerfile_installs_with_make_venv_only(name):
+def test_the_dockerfile_installs_with_make_venv_runtime_only(name):
     instructions = dockerfile_instructions(name)
     text = (ROOT / name).read_text()
     variables = makefile_variables()
@@ -109,7 +121,7 @@ def test_the_dockerfile_installs_with_make_venv_only(name):
     assert not any(re.search(r"\bpip\b|\bpython3? -m venv\b", run) for run in runs), runs
     assert "torch==" not in text and "TORCH_PIN" not in text
     make_calls = [shlex.split(part.strip()) for run in runs for part in re.split(r"&&|;", run) if part.strip().startswith("make ")]
-    assert [call[1] for call in make_calls] == ["venv"], make_calls
+    assert [call[1] for call in make_calls] == ["venv-runtime"], make_calls  # no test or docs extras in the images
     for call in make_calls:
         assert call[1] in makefile_targets()
         for assignment in call[2:]:
@@ -118,10 +130,12 @@ def test_the_dockerfile_installs_with_make_venv_only(name):
     args = args_of(instructions)
     (venv_call,) = make_calls
     overrides = dict(substitute(a, args).split("=", 1) for a in venv_call[2:])
-    commands = make_dry_run("venv", *(f"{k}={v}" for k, v in overrides.items()))
+    commands = make_dry_run("venv-runtime", *(f"{k}={v}" for k, v in overrides.items()))
     py = f"{variables['VENV']}/bin/python"
-    assert f"{py} -m pip install --quiet --index-url {overrides['TORCH_INDEX']} {variables['TORCH_PIN']}" in commands
-    assert f"{py} -m pip install --quiet -e '.[{variables['EXTRAS']}]'" in commands
+    assert [c for c in commands if "pip install" in c] == [
+        f"{py} -m pip install --quiet --index-url {overrides['TORCH_INDEX']} {variables['TORCH_PIN']}",
+        f"{py} -m pip install --quiet -e .",
+    ]
     kind = DOCKERFILES[name]
     pattern = r"https://download\.pytorch\.org/whl/cpu" if kind == "cpu" else r"https://download\.pytorch\.org/whl/cu\d+"
     assert re.fullmatch(pattern, overrides["TORCH_INDEX"])
@@ -178,7 +192,8 @@ def test_dockerignore_keeps_the_local_venv_out_and_the_sources_in():
         return False
 
     venv = makefile_variables()["VENV"]
-    assert ignored(f"{venv}/.installed"), "a local .venv/.installed would make the image's `make venv` do nothing"
+    for stamp in (".installed", ".runtime"):
+        assert ignored(f"{venv}/{stamp}"), f"a local .venv/{stamp} would make the image's `make venv-runtime` do nothing"
     assert ignored("src/fasterrcnn/cli/__pycache__/train.cpython-311.pyc")
     for needed in ("Makefile", "pyproject.toml", "README.md", "src/fasterrcnn/cli/__init__.py", "src/fasterrcnn/data/voc.py", "src/fasterrcnn/static/index.html"):
         assert (ROOT / needed).exists() and not ignored(needed), needed
@@ -232,7 +247,7 @@ def test_the_containers_page_tells_what_the_files_do():
         assert f"`{args['TORCH_INDEX']}`" in page, name
         run = next(a for k, a in instructions if k == "RUN" and a.startswith("make "))
         assert f"RUN {run}" in page, name
-    assert "pip install -e '.[{}]'".format(makefile_variables()["EXTRAS"]) in page
+    assert "pip install -e ." in page and "pip install -e '.[{}]'".format(makefile_variables()["EXTRAS"]) in page
     for service in compose()["services"]:
         assert f"`{service}`" in page, service
     for command in re.findall(r"^docker compose (?:--profile \w+ )?run --rm (?:-p \S+ )?(\S+) (\S+)", page, re.M):

@@ -184,6 +184,27 @@ def test_presets_page_tabulates_every_field_of_every_preset(site):
                     assert flat[: len(numbers)] == pytest.approx(numbers, rel=1e-5), (section, field, preset.name, cell)
 
 
+def test_pretrained_weights_page_tabulates_every_registered_file(site):
+    from fasterrcnn.config import PRESETS
+    from fasterrcnn.pretrained import PRETRAINED
+
+    page = read_page(site, "pretrained-weights")
+    (table,) = [t for t in page.tables if t and t[0][0] == "name"]
+    assert table[0] == ["name", "what", "file (URL)", "accuracy (torchvision)", "use with"]
+    rows = {row[0]: row[1:] for row in table[1:]}
+    assert list(rows) == list(PRETRAINED)
+    raw = (site / "pretrained-weights" / "index.html").read_text(encoding="utf-8")
+    for name, entry in PRETRAINED.items():
+        kind, filename, accuracy, use = rows[name]
+        assert (kind, filename, accuracy) == (entry.kind, entry.filename, entry.accuracy), name
+        assert f'href="{entry.url}"' in raw, name
+        words = set(re.findall(r"[\w-]+", use))
+        assert ("--backbone-weights" in words) == (entry.kind == "ImageNet backbone") and name in words, name
+        for preset, config in PRESETS.items():  # every preset the file fits is named, and only those
+            fits = config.model.backbone in entry.fits if "--backbone-weights" in words else preset in entry.fits
+            assert (preset in words) == fits, (name, preset)
+
+
 def _flatten(value):
     for v in value:
         if isinstance(v, tuple):

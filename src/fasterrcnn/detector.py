@@ -176,16 +176,22 @@ class Detector:
         classes: Sequence[str] | str = "coco",
         device: str | torch.device | None = None,
         amp: str | None = None,
+        download: bool | None = None,
     ) -> "Detector":
         """A torchvision detection weights file (e.g. ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth``) in ``preset``'s model.
 
+        ``weights_path`` may also name a registered COCO detector (``fasterrcnn.pretrained.PRETRAINED``,
+        e.g. "fasterrcnn_resnet50_fpn_coco"), read from the cache and downloaded only when ``download``
+        allows it (None: when ``FASTERRCNN_DOWNLOAD=1``).
         The number of classes is read from the file (``roi_heads.box_predictor.cls_score``).
         ``classes``: the foreground class names in label order, or ``"coco"`` for the COCO
         names in torchvision's 91-id layout (needs ``fasterrcnn.data.coco_names``).
         """
         from fasterrcnn.modeling.backbones.weights import load_state_dict_strictly, read_state_dict
         from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+        from fasterrcnn.pretrained import COCO_DETECTOR, resolve_weights
 
+        weights_path = resolve_weights(weights_path, download=download, kind=COCO_DETECTOR, fits=preset)
         state = read_state_dict(weights_path)
         cls_score = state.get("roi_heads.box_predictor.cls_score.weight")
         if cls_score is None or cls_score.ndim != 2:

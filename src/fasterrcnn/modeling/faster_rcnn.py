@@ -12,6 +12,7 @@ checkpoint files load with ``load_state_dict`` for the torchvision-architecture 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -26,6 +27,7 @@ from fasterrcnn.modeling.low_rank import low_rank_box_head
 from fasterrcnn.modeling.roi_heads import FastRCNNPredictor, RoIHeads, SingleLevelRoIPool
 from fasterrcnn.modeling.rpn import RegionProposalNetwork, RPNHead
 from fasterrcnn.modeling.transform import GeneralizedRCNNTransform
+from fasterrcnn.pretrained import IMAGENET_BACKBONE, resolve_weights
 
 
 def _build_backbone(cfg: ModelConfig, weights_path: str | None) -> BackboneParts:
@@ -78,10 +80,18 @@ class FasterRCNN(nn.Module):
         self.generator: torch.Generator | None = None
 
     @classmethod
-    def from_config(cls, model_config: ModelConfig, backbone_weights: str | None = None) -> "FasterRCNN":
-        """Build the model of ``model_config``; ``backbone_weights``: optional backbone file (e.g. ImageNet)."""
+    def from_config(cls, model_config: ModelConfig, backbone_weights: str | os.PathLike | None = None, *, download: bool | None = None) -> "FasterRCNN":
+        """Build the model of ``model_config``.
+
+        ``backbone_weights``: the backbone's starting weights, a file path or the name of a registered
+        ImageNet file (``fasterrcnn.pretrained.PRETRAINED``, e.g. "vgg16"), which is read from the cache
+        and downloaded only when ``download`` allows it (None: when ``FASTERRCNN_DOWNLOAD=1``).
+        None: random weights (see ``fasterrcnn.pretrained.warn_untrained_backbone``).
+        """
         check_config(model_config)
         cfg = model_config
+        if backbone_weights is not None:
+            backbone_weights = str(resolve_weights(backbone_weights, download=download, kind=IMAGENET_BACKBONE, fits=cfg.backbone))
         parts = _build_backbone(cfg, backbone_weights)
         if cfg.box_head_ranks is not None:  # fc6 / fc7 from a backbone file are kept as their truncated SVD
             low_rank_box_head(parts.box_head, cfg.box_head_ranks, keep_weights=backbone_weights is not None)
@@ -124,12 +134,15 @@ class FasterRCNN(nn.Module):
         return cls(transform, parts.body, rpn, roi_heads, num_classes=cfg.num_classes, config=cfg)
 
     @classmethod
-    def from_preset(cls, name: str, num_classes: int | None = None, backbone_weights: str | None = None, **overrides) -> "FasterRCNN":
-        """The named preset's model; ``num_classes`` (foreground) and ``overrides`` replace ModelConfig fields."""
+    def from_preset(cls, name: str, num_classes: int | None = None, backbone_weights: str | os.PathLike | None = None, *, download: bool | None = None, **overrides) -> "FasterRCNN":
+        """The named preset's model; ``num_classes`` (foreground) and ``overrides`` replace ModelConfig fields.
+
+        ``backbone_weights`` and ``download`` as in ``from_config``.
+        """
         cfg = get_preset(name).model
         if num_classes is not None:
             overrides["num_classes"] = num_classes
-        return cls.from_config(replace(cfg, **overrides), backbone_weights=backbone_weights)
+        return cls.from_config(replace(cfg, **overrides), backbone_weights=backbone_weights, download=download)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, generator: torch.Generator | Sequence[torch.Generator] | None = None):
         self.check_inputs(images, targets)

@@ -12,7 +12,8 @@ name                       body maps (stride)                  out_channels     
 
 Module names follow torchvision, so its ImageNet classification files load as ``weights_path``
 (``weights.py``; the classifier layers are ignored, except VGG's fc6/fc7 which become the box head)
-and its detection checkpoints load into a model built from these parts. Nothing is downloaded.
+and its detection checkpoints load into a model built from these parts. Nothing is downloaded here:
+``weights_path`` is a file (registered names are resolved by ``fasterrcnn.pretrained``).
 
 ``trainable_layers`` counts trainable stages from the top (None: the backbone's default, which does not
 depend on whether weights are given): vgg16 0..5 (default 3: conv1, conv2 frozen, as in the paper),
