@@ -61,7 +61,15 @@ def add_parser(commands) -> None:
         help="override one field, e.g. --set model.rpn_nms_thresh=0.6 --set train.lr_steps=[800,1000] "
         "(VALUE is parsed as JSON, else taken as a string); repeatable",
     )  # fmt: skip
-    p.add_argument("--backbone-weights", metavar="FILE", help="backbone weights to start from (e.g. ImageNet, torchvision layout)")
+    p.add_argument(
+        "--backbone-weights", metavar="NAME|FILE",
+        help="ImageNet weights to start the backbone from: vgg16, resnet50, resnet101, mobilenet_v3_large (read from "
+        "the cache, see --download) or a torchvision-layout file; without it such backbones start untrained (a warning says so)",
+    )  # fmt: skip
+    p.add_argument(
+        "--download", action="store_true",
+        help="let --backbone-weights NAME download a registered file missing from the cache (same as FASTERRCNN_DOWNLOAD=1)",
+    )  # fmt: skip
     add_amp(
         p,
         "mixed precision: autocast in --amp-dtype (NMS, box coding and losses stay float32) (train.amp)",
@@ -99,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, args.output, preset=args.preset, config=args.config, overrides=overrides_of(args),
         resume=args.resume, overwrite=args.overwrite, epochs=args.epochs, max_iters=args.max_iters,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, backbone_weights=args.backbone_weights,
+        download=True if args.download else None,
         split=args.split, images=args.images, classes=class_list(args.classes), drop_empty=args.drop_empty,
         val_data=args.val_data, val_split=args.val_split, val_images=args.val_images, validate=not args.no_val,
         metric=args.metric, device=args.device, num_workers=args.num_workers, on_bad_image=args.on_bad_image, quiet=args.quiet,

@@ -111,7 +111,11 @@ def evaluate(
         detector = _detector(weights, device=device, amp=amp)
         if classes is not None and list(classes) != list(detector.class_names):
             raise ConfigError(f"classes differ from the checkpoint's classes ({', '.join(detector.class_names)})")
-        dataset = build_dataset(data, split=split, images_dir=images, classes=list(detector.class_names), on_bad_image=on_bad_image)
+        transform = getattr(detector.model, "transform", None)  # a huge image is decoded reduced to about its input size
+        reduce_to = None if transform is None else (transform.min_size, transform.max_size)
+        dataset = build_dataset(
+            data, split=split, images_dir=images, classes=list(detector.class_names), on_bad_image=on_bad_image, reduce_to=reduce_to
+        )  # fmt: skip
         metric = metric or dataset.default_metric
         results, metrics = evaluate_model(
             detector.model, dataset, metric=metric, class_names=detector.class_names,

@@ -92,15 +92,15 @@ def _resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str,
     return changes
 
 
-def _validation_set(data, split, val_data, val_split, val_images, classes, on_bad_image):
+def _validation_set(data, split, val_data, val_split, val_images, classes, on_bad_image, reduce_to):
     """The validation data set (or None): ``val_data``, else the ``val_split`` of a VOC root when it exists."""
     from fasterrcnn.data import build_dataset
 
     if val_data is not None:
-        return build_dataset(val_data, split=val_split, images_dir=val_images, classes=classes, on_bad_image=on_bad_image)
+        return build_dataset(val_data, split=val_split, images_dir=val_images, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
     data = Path(data)
     if data.is_dir() and val_split != split and (data / "ImageSets" / "Main" / f"{val_split}.txt").is_file():
-        return build_dataset(data, split=val_split, classes=classes, on_bad_image=on_bad_image)
+        return build_dataset(data, split=val_split, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
     return None
 
 
@@ -119,6 +119,7 @@ def train(
     lr: float | None = None,
     seed: int | None = None,
     backbone_weights: str | Path | None = None,
+    download: bool | None = None,
     split: str = "trainval",
     images: str | Path | None = None,
     classes: list[str] | None = None,
@@ -137,6 +138,8 @@ def train(
 
     ``output`` must be new or empty; ``resume`` continues the run in it from ``checkpoints/last.pt``;
     ``overwrite`` deletes an earlier run's files there first. The folder is locked while training.
+    ``backbone_weights``: a file, or the name of a registered ImageNet file (``fasterrcnn.pretrained``),
+    downloaded into the cache when ``download`` allows it (None: when ``FASTERRCNN_DOWNLOAD=1``).
     Validation uses ``val_data`` (or the ``val_split`` of a VOC root) unless ``validate`` is False.
     Any exception during training first writes ``last.pt`` (``engine.trainer.TrainingFailed``).
     Started by torchrun, every process calls it (data parallel); rank 0 owns the folder.
@@ -157,7 +160,7 @@ def train(
     options = dict(
         split=split, images=images, classes=classes, drop_empty=drop_empty, val_data=val_data, val_split=val_split,
         val_images=val_images, validate=validate, metric=metric, device=device, num_workers=num_workers,
-        on_bad_image=on_bad_image, quiet=quiet,
+        on_bad_image=on_bad_image, quiet=quiet, download=download,
     )  # fmt: skip
     distributed.init_distributed(device)  # torchrun: join the process group (a no-op otherwise)
     if not distributed.is_main_process():  # rank 0 owns the folder; the others train beside it
@@ -178,6 +181,7 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
     from fasterrcnn.engine.trainer import Trainer
     from fasterrcnn.engine.validation import validation_losses
     from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+    from fasterrcnn.pretrained import warn_untrained_backbone
 
     device = distributed.init_distributed(options["device"])
     main_process, world_size = distributed.is_main_process(), distributed.get_world_size()
@@ -194,14 +198,16 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
 
     flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
     on_bad_image = options["on_bad_image"]
+    reduce_to = (model_config.min_size, model_config.max_size)  # a huge image is decoded reduced to about this
     dataset = build_dataset(
         data, split=options["split"], images_dir=options["images"], classes=class_names, transforms=flip,
-        on_bad_image=on_bad_image, drop_empty=options["drop_empty"],
+        on_bad_image=on_bad_image, drop_empty=options["drop_empty"], reduce_to=reduce_to,
     )  # fmt: skip
     val_dataset = None
     if options["validate"]:
         val_dataset = _validation_set(
-            data, options["split"], options["val_data"], options["val_split"], options["val_images"], dataset.classes, on_bad_image
+            data, options["split"], options["val_data"], options["val_split"], options["val_images"], dataset.classes,
+            on_bad_image, reduce_to,
         )  # fmt: skip
     model_config = replace(model_config, num_classes=len(dataset.classes))
     changes = {}
@@ -209,8 +215,10 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         changes = _resume_changes(base, {"model": to_dict(model_config), "train": to_dict(train_config)})
     metric = options["metric"] or (val_dataset if val_dataset is not None else dataset).default_metric
 
+    if not resume and main_process:
+        warn_untrained_backbone(model_config.backbone, backbone_weights)
     torch.manual_seed(train_config.seed)  # weight initialisation
-    model = FasterRCNN.from_config(model_config, backbone_weights=None if resume else backbone_weights)
+    model = FasterRCNN.from_config(model_config, backbone_weights=None if resume else backbone_weights, download=options["download"])
     evaluate = None
     if val_dataset is not None:
         num_workers, quiet = options["num_workers"], options["quiet"]
