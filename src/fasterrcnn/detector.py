@@ -191,21 +191,31 @@ class Detector:
 
     # -- construction --------------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, amp: str | None = None) -> "Detector":
-        """The detector of a checkpoint written by ``fasterrcnn train`` (``model``, ``config``, ``class_names``).
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None, amp: str | None = None, *, fuse: bool = True) -> "Detector":
+        """The detector of a checkpoint written by ``fasterrcnn train`` (``model``, ``config``, ``class_names``),
+        or of a file written by ``fasterrcnn export`` (``.onnx``: onnxruntime, ``.xml``: OpenVINO; CPU, float32).
 
+        ``fuse``: fold the BatchNorm into the convolutions (``modeling.fuse``; faster, equal up to float
+        rounding); False keeps the checkpoint's ``state_dict`` layout (for callers that save the model).
         Raises DataError naming the file when it is missing, unsafe, not a checkpoint, or its
         weights do not fit its configuration.
         """
+        from fasterrcnn.deploy.runtime import EXPORTED_SUFFIXES, load_exported
         from fasterrcnn.engine.checkpoint import load_checkpoint
 
-        return cls.from_checkpoint_state(load_checkpoint(path, map_location="cpu"), path, device, amp)
+        if Path(path).suffix in EXPORTED_SUFFIXES:
+            if amp is not None:
+                raise ConfigError(f"{path}: an exported model runs in float32; mixed precision (amp={amp!r}) is for checkpoints")
+            model = load_exported(path)
+            return cls(model, model.class_names, device=device)
+        return cls.from_checkpoint_state(load_checkpoint(path, map_location="cpu"), path, device, amp, fuse=fuse)
 
     @classmethod
     def from_checkpoint_state(
-        cls, state: dict[str, Any], path: str | Path, device: str | torch.device | None = None, amp: str | None = None
+        cls, state: dict[str, Any], path: str | Path, device: str | torch.device | None = None, amp: str | None = None, *, fuse: bool = True
     ) -> "Detector":
-        """``from_checkpoint`` of a checkpoint dict already loaded from ``path`` (which the errors name)."""
+        """``from_checkpoint`` of a checkpoint dict already loaded from ``path`` (which the errors name);
+        ``fuse=False`` keeps the checkpoint's ``state_dict`` layout (``compress`` saves the model)."""
         from fasterrcnn.config import ModelConfig, from_dict
         from fasterrcnn.engine.checkpoint import check_model_checkpoint
         from fasterrcnn.modeling.faster_rcnn import FasterRCNN
@@ -224,6 +234,10 @@ class Detector:
         except RuntimeError as e:
             first_line = str(e).strip().splitlines()[0]
             raise DataError(path, f"weights do not fit the checkpoint's model configuration ({first_line})") from None
+        if fuse:
+            from fasterrcnn.modeling.fuse import fuse_batchnorm
+
+            model = fuse_batchnorm(model.eval())
         return cls(model, class_names, device=device, label_to_category_id=state.get("label_to_category_id"), amp=amp)
 
     @classmethod
@@ -272,7 +286,7 @@ class Detector:
         images = list(image) if batch else [image]
         if not images:
             return []
-        dtype = next(self.model.parameters()).dtype
+        dtype = next(self.model.parameters(), torch.empty(0)).dtype  # float32 for an exported model (no parameters)
         loaded = [self.load(img) for img in images]
         tensors = [tensor.to(self.device, dtype) for tensor, _ in loaded]
         with torch.inference_mode(), self.autocast():

@@ -138,7 +138,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         import openvino as ov
 
         model = ov.Core().read_model(str(path))
-        return {key: str(model.get_rt_info([METADATA_SECTION, key])) for key in ("format_version", "class_names", "config") if model.has_rt_info([METADATA_SECTION, key])}
+        return {key: model.get_rt_info([METADATA_SECTION, key]).astype(str) for key in ("format_version", "class_names", "config") if model.has_rt_info([METADATA_SECTION, key])}
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)

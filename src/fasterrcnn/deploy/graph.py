@@ -20,6 +20,8 @@ Boxes are ``(x1, y1, x2, y2)`` float pixels: of the resized image inside, of the
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,6 +40,17 @@ _NMS_SCORE_THRESHOLD = -0.5
 
 def _const(g, value, dtype=None):
     return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
+
+
+@contextmanager
+def _untraced():
+    """Runs the eager body of a Function without recording it (sizes stay Python ints inside)."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
 
 
 def _omitted(g):
@@ -120,6 +133,11 @@ class _NonMaxSuppression(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, max_per_group: int, iou_threshold: float) -> Tensor:
+        with _untraced():
+            return _NonMaxSuppression.eager(boxes, scores, max_per_group, iou_threshold)
+
+    @staticmethod
+    def eager(boxes: Tensor, scores: Tensor, max_per_group: int, iou_threshold: float) -> Tensor:
         selected = []
         for b in range(boxes.shape[0]):
             for c in range(scores.shape[1]):
@@ -143,7 +161,8 @@ class _RoiAlign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
-        return ops.roi_align(x, [rois], output_size, spatial_scale, sampling_ratio, aligned)
+        with _untraced():
+            return ops.roi_align(x, [rois], output_size, spatial_scale, sampling_ratio, aligned)
 
     @staticmethod
     def symbolic(g, x, rois, output_size, spatial_scale, sampling_ratio, aligned):
@@ -162,7 +181,8 @@ class _MaxRoiPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float) -> Tensor:
-        return ops.roi_pool(x, [rois], output_size, spatial_scale)
+        with _untraced():
+            return ops.roi_pool(x, [rois], output_size, spatial_scale)
 
     @staticmethod
     def symbolic(g, x, rois, output_size, spatial_scale):
