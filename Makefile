@@ -10,7 +10,7 @@ TORCH_PIN := torch==2.13.0
 # containers pick PyTorch's CPU or CUDA wheels with it: `make venv TORCH_INDEX=<wheel index URL>`.
 TORCH_INDEX :=
 # The package's extras: the tests also build the documentation (tests/test_docs.py).
-EXTRAS := test,docs
+EXTRAS := test,docs,deploy
 
 .PHONY: test demo venv venv-runtime browser docs clean
 

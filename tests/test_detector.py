@@ -151,11 +151,16 @@ def test_detection_is_a_frozen_record_with_a_json_form():
 
 def test_from_checkpoint_rebuilds_the_model_and_its_class_names(image_path, reference, tmp_path):
     path = write_predictable_checkpoint(tmp_path / "model.pt")
-    loaded = Detector.from_checkpoint(path, device="cpu")
+    loaded = Detector.from_checkpoint(path, device="cpu", fuse=False)  # the checkpoint's layers: the same bits
     assert loaded.class_names == tuple(CLASS_NAMES)
     assert loaded.device == torch.device("cpu")
     assert not loaded.model.training
     assert loaded.detect(image_path, score_threshold=0.0) == reference
+    fused = Detector.from_checkpoint(path, device="cpu")  # BatchNorm folded: equal up to float rounding
+    got = fused.detect(image_path, score_threshold=0.0)
+    assert [(d.label, d.class_name) for d in got] == [(d.label, d.class_name) for d in reference]
+    assert np.allclose([d.box for d in got], [d.box for d in reference], atol=1e-3)
+    assert np.allclose([d.score for d in got], [d.score for d in reference], atol=1e-5)
     expected_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert Detector(predictable_model(), CLASS_NAMES).device == expected_device
 

@@ -153,19 +153,37 @@ class Detector:
     # -- construction --------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: "str | Path | Checkpoint", device: str | torch.device | None = None, amp: str | None = None
+        cls,
+        checkpoint: "str | Path | Checkpoint",
+        device: str | torch.device | None = None,
+        amp: str | None = None,
+        *,
+        fuse: bool = True,
     ) -> "Detector":
         """The detector of a checkpoint written by ``fasterrcnn train`` (or ``compress``): a path, or a
-        ``Checkpoint`` already read (``engine.checkpoint.Checkpoint.read``).
+        ``Checkpoint`` already read (``engine.checkpoint.Checkpoint.read``); or of a file written by
+        ``fasterrcnn export`` (``.onnx``: onnxruntime, ``.xml``: OpenVINO; CPU, float32).
 
+        ``fuse``: fold the BatchNorm into the convolutions (``modeling.fuse``; faster, equal up to float
+        rounding); False keeps the checkpoint's ``state_dict`` layout (for callers that save the model).
         Raises DataError naming the file when it is missing, unsafe, not a checkpoint, or its
         weights do not fit its configuration.
         """
+        from fasterrcnn.deploy.runtime import EXPORTED_SUFFIXES, load_exported
         from fasterrcnn.engine.checkpoint import Checkpoint
 
+        if not isinstance(checkpoint, Checkpoint) and Path(checkpoint).suffix in EXPORTED_SUFFIXES:
+            if amp is not None:
+                raise ConfigError(f"{checkpoint}: an exported model runs in float32; mixed precision (amp={amp!r}) is for checkpoints")
+            model = load_exported(checkpoint)
+            return cls(model, model.class_names, device=device)
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = Checkpoint.read(checkpoint)
         model = checkpoint.build_model()
+        if fuse:
+            from fasterrcnn.modeling.fuse import fuse_batchnorm
+
+            model = fuse_batchnorm(model.eval())
         return cls(model, checkpoint.class_names, device=device, label_to_category_id=checkpoint.label_to_category_id, amp=amp)
 
     @classmethod
@@ -216,7 +234,7 @@ class Detector:
         images = list(image) if batch else [image]
         if not images:
             return []
-        dtype = next(self.model.parameters()).dtype
+        dtype = next(self.model.parameters(), torch.empty(0)).dtype  # float32 for an exported model (no parameters)
         loaded = [self.load(img) for img in images]
         tensors = [tensor.to(self.device, dtype) for tensor, _ in loaded]
         with torch.inference_mode(), self.autocast():

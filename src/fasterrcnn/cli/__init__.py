@@ -5,6 +5,7 @@
     fasterrcnn eval --detections results.json --data VOC_ROOT --output eval/
     fasterrcnn predict --weights CKPT image.jpg images/ --output predictions/
     fasterrcnn compress --weights CKPT --output CKPT_SVD
+    fasterrcnn export --weights CKPT --output model.onnx|model.xml
     fasterrcnn convert VOC_ROOT|COCO.json|data.yaml DEST --to voc|coco|yolo
     fasterrcnn demo --output demo_output
     fasterrcnn serve --weights CKPT [--host 127.0.0.1] [--port 8000]
@@ -22,13 +23,13 @@ from __future__ import annotations
 import shlex
 import sys
 
-from fasterrcnn.cli import compress, convert, demo, evaluate, predict, serve, train
+from fasterrcnn.cli import compress, convert, demo, evaluate, export, predict, serve, train
 from fasterrcnn.cli.options import Parser
 from fasterrcnn.errors import FasterRCNNError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (train, evaluate, predict, compress, convert, demo, serve)  # in the order of --help
+COMMANDS = (train, evaluate, predict, compress, export, convert, demo, serve)  # in the order of --help
 
 
 def build_parser() -> Parser:

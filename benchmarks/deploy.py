@@ -1,0 +1,115 @@
+"""Eager PyTorch vs the exported graph in onnxruntime and OpenVINO, side by side, one table per run.
+
+    python benchmarks/deploy.py                                   # resnet50_fpn, mobilenet_v3_large_fpn at 480x640
+    python benchmarks/deploy.py --presets tiny --size 256x256 --repeat 5 --threads 2
+
+Random weights (seeded), one random image, batch 1, median of ``--repeat`` timed runs after one warm-up.
+Columns: eager float32 with the checkpoint's layers ("eager f32") and with BatchNorm folded
+("eager f32 fused", what ``Detector`` runs), eager bf16 autocast (fused), the exported ONNX file in
+onnxruntime, and the OpenVINO IR in f32 and bf16 (its default on CPUs with bf16 units). torchvision's
+model and its export are timed too when a working torchvision is importable. Never asserts timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import fasterrcnn  # noqa: E402,F401
+import torch  # noqa: E402
+
+from fasterrcnn.deploy.export import export_model  # noqa: E402
+from fasterrcnn.modeling.faster_rcnn import FasterRCNN  # noqa: E402
+from fasterrcnn.modeling.fuse import fuse_batchnorm  # noqa: E402
+
+
+def median_ms(fn, repeat: int) -> float:
+    fn()  # warm-up (allocations, OpenVINO's first-shape compilation)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def torchvision_available() -> bool:
+    try:
+        import torchvision.models.detection  # noqa: F401
+    except Exception:  # not installed, or built for another torch
+        return False
+    return True
+
+
+def time_preset(preset: str, size: tuple[int, int], repeat: int, threads: int, folder: Path) -> dict[str, float]:
+    import onnxruntime as ort
+    import openvino as ov
+
+    torch.manual_seed(0)
+    model = FasterRCNN.from_preset(preset).eval()
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+    fused = fuse_batchnorm(copy.deepcopy(model))
+    row = {}
+    with torch.inference_mode():
+        row["eager f32"] = median_ms(lambda: model([image]), repeat)
+        row["eager f32 fused"] = median_ms(lambda: fused([image]), repeat)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            row["eager bf16 fused"] = median_ms(lambda: fused([image]), repeat)
+    names = [str(i) for i in range(model.num_classes)]
+    start = time.perf_counter()
+    export_model(model, folder / f"{preset}.onnx", names)
+    row["export s"] = time.perf_counter() - start
+    export_model(model, folder / f"{preset}.xml", names, format="openvino")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(folder / f"{preset}.onnx"), options, providers=["CPUExecutionProvider"])
+    array = image.numpy()
+    row["onnxruntime"] = median_ms(lambda: session.run(None, {"image": array}), repeat)
+    core = ov.Core()
+    for precision in ("f32", "bf16"):
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
+        try:
+            compiled = core.compile_model(str(folder / f"{preset}.xml"), "CPU", config)
+        except RuntimeError:  # no bf16 on this CPU
+            continue
+        row[f"openvino {precision}"] = median_ms(lambda: compiled({"image": array}), repeat)
+    if torchvision_available():
+        import torchvision
+
+        tv = getattr(torchvision.models.detection, f"fasterrcnn_{preset}")(weights=None, weights_backbone=None).eval()
+        with torch.inference_mode():
+            row["torchvision eager"] = median_ms(lambda: tv([image]), repeat)
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["resnet50_fpn", "mobilenet_v3_large_fpn"])
+    parser.add_argument("--size", default="480x640", help="HxW of the image")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    size = tuple(int(v) for v in args.size.split("x"))
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets:
+            rows[preset] = time_preset(preset, size, args.repeat, args.threads, Path(tmp))
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    print(f"# {args.size}, batch 1, {args.threads} threads, median of {args.repeat} (ms; export in s)")
+    print("| preset | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for preset, row in rows.items():
+        print(f"| {preset} | " + " | ".join(f"{row[c]:.0f}" if c in row else "-" for c in columns) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``fasterrcnn export``: a checkpoint to ONNX or OpenVINO IR (one graph, image -> detections).
+
+Wired into the command line by ``add_export_parser(commands)`` (an argparse subparsers object) and
+``cmd_export(args)``; see docs/deployment.md for the exported files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def add_parser(commands) -> None:
+    """Add the ``export`` subcommand to ``commands`` (from ``ArgumentParser.add_subparsers``)."""
+    p = commands.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or OpenVINO IR",
+        description="Write a checkpoint's detector as one graph from an image [3, H, W] (RGB in [0, 1], any size) "
+        "to boxes (input pixels), labels and scores, for onnxruntime or OpenVINO; see docs/deployment.md.",
+    )
+    p.add_argument("--weights", required=True, help="checkpoint written by train or compress")
+    p.add_argument("--output", required=True, help="file to write: NAME.onnx, or NAME.xml (+ NAME.bin) for openvino")
+    p.add_argument("--format", choices=("onnx", "openvino"), default=None, help="default: openvino for a .xml output, else onnx")
+    p.add_argument("--device", default="cpu", help="only 'cpu': the export traces the model on the CPU (default: cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export ``args.weights`` to ``args.output``; prints one line per file written."""
+    from fasterrcnn.deploy.export import export_checkpoint
+    from fasterrcnn.errors import ConfigError
+
+    if args.device != "cpu":
+        raise ConfigError(f"--device {args.device!r}: the export runs on the CPU (the exported graph runs anywhere its runtime does)")
+    start = time.perf_counter()
+    written = export_checkpoint(args.weights, args.output, format=args.format)
+    seconds = time.perf_counter() - start
+    for path in written:
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {seconds:.1f} s)")
+    return 0

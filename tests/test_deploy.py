@@ -1,0 +1,160 @@
+"""Export to ONNX / OpenVINO: the same detections as the eager model, the runtime-backed Detector, BN folding."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import torchvision_reference as reference
+from fasterrcnn.config import get_preset, to_dict
+from fasterrcnn.deploy.export import export_model, read_metadata
+from fasterrcnn.deploy.graph import DeployGraph, resized_size
+from fasterrcnn.deploy.runtime import load_exported
+from fasterrcnn.detector import Detector
+from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+from fasterrcnn.modeling.fuse import fuse_batchnorm
+from fasterrcnn.modeling.transform import resize_image
+
+pytest.importorskip("onnxruntime")  # the 'deploy' extra (make test installs it)
+
+
+def match_fraction(a, b, box_tol=0.5, score_tol=1e-3) -> float:
+    """Fraction of the detections a = (boxes, labels, scores) with a twin in b: same label, every box
+    coordinate within box_tol px, score within score_tol."""
+    (ab, al, asc), (bb, bl, bsc) = [[np.asarray(x) for x in d] for d in (a, b)]
+    if len(ab) == 0:
+        return 1.0
+    if len(bb) == 0:
+        return 0.0
+    ok = (al[:, None] == bl[None]) & (np.abs(ab[:, None] - bb[None]).max(-1) <= box_tol) & (np.abs(asc[:, None] - bsc[None]) <= score_tol)
+    return float(ok.any(1).mean())
+
+
+def test_match_fraction():
+    a = ([[0, 0, 10, 10], [5, 5, 9, 9]], [1, 2], [0.9, 0.5])
+    assert match_fraction(a, ([[0.4, 0, 10, 10]], [1], [0.9005])) == 0.5
+    assert match_fraction(a, ([[0.6, 0, 10, 10]], [1], [0.9])) == 0.0
+
+
+def test_resized_size_is_resize_image_size():
+    # Exact integer-free arithmetic: the eager rule floor(H * s) in float64, for every size class.
+    for h in range(40, 1500, 29):
+        for w in (57, 640, 1999):
+            expected = list(resize_image(torch.zeros(3, h, w), 800, 1333).shape[1:])
+            assert resized_size(torch.tensor([h, w]), 800, 1333).tolist() == expected, (h, w)
+
+
+CASES = {
+    # preset -> (ModelConfig overrides, state dict or None for seeded random weights)
+    "tiny": dict(box_score_thresh=0.0),
+    "mobilenet_v3_large_320_fpn": dict(box_score_thresh=0.0),
+    "vgg16": dict(box_score_thresh=0.0, representation_size=256, min_size=240, max_size=320, rpn_pre_nms_top_n_test=600, rpn_post_nms_top_n_test=100),
+    "resnet50_c4": dict(box_score_thresh=0.0, min_size=240, max_size=320, rpn_pre_nms_top_n_test=600, rpn_post_nms_top_n_test=100),
+    "tiny_compressed": dict(box_score_thresh=0.0, box_head_ranks=(16, 16)),
+}
+IMAGES = [(200, 300), (333, 250)]
+
+
+def _model(case: str) -> FasterRCNN:
+    torch.manual_seed(0)
+    preset = case.replace("_compressed", "")
+    model = FasterRCNN.from_preset(preset, **CASES[case]).eval()
+    if preset.endswith("_fpn"):
+        model.load_state_dict(reference.seeded_state_dict(f"fasterrcnn_{preset}"))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def exported(request, tmp_path_factory):
+    model = _model(request.param)
+    folder = tmp_path_factory.mktemp(request.param)
+    names = [f"class{i}" for i in range(model.num_classes)]
+    export_model(model, folder / "model.onnx", names)
+    export_model(model, folder / "model.xml", names, format="openvino")
+    return request.param, model, folder
+
+
+@pytest.mark.parametrize("runtime", ["model.onnx", "model.xml"])
+def test_same_detections_as_eager(exported, runtime):
+    case, model, folder = exported
+    runtime_model = load_exported(folder / runtime)
+    g = torch.Generator().manual_seed(1)
+    for h, w in IMAGES:
+        image = torch.rand(3, h, w, generator=g)
+        with torch.no_grad():
+            eager = model([image])[0]
+        got = runtime_model([image])[0]
+        eager = (eager["boxes"], eager["labels"], eager["scores"])
+        got = (got["boxes"], got["labels"], got["scores"])
+        assert len(eager[0]) > 10, "too few detections to compare"
+        assert match_fraction(eager, got) >= 0.98 and match_fraction(got, eager) >= 0.98, (case, runtime, h, w)
+
+
+def test_graph_uses_standard_operators(exported):
+    import onnx
+
+    case, model, folder = exported
+    ops = {node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node}
+    pooler = "MaxRoiPool" if case == "vgg16" else "RoiAlign"
+    assert {"NonMaxSuppression", "TopK", "Resize", pooler} <= ops
+    assert not ops & {"Loop", "If", "Scan"}
+    meta = read_metadata(folder / "model.onnx")
+    assert json.loads(meta["class_names"]) == [f"class{i}" for i in range(model.num_classes)]
+    assert read_metadata(folder / "model.xml")["class_names"] == meta["class_names"]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "resnet50_c4", "mobilenet_v3_large_320_fpn"])
+def test_fuse_batchnorm_same_outputs_and_state_dict_kept(preset):
+    model = _model(preset) if preset in CASES else FasterRCNN.from_preset(preset).eval()
+    keys = set(model.state_dict())
+    image = torch.rand(3, 200, 260, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model.backbone(model.transform([image])[0].tensors)
+        fused = fuse_batchnorm(__import__("copy").deepcopy(model))
+        after = fused.backbone(model.transform([image])[0].tensors)
+    assert set(model.state_dict()) == keys  # the unfused model is untouched
+    assert not any("bn" in k or "running_mean" in k for k in fused.state_dict())
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=1e-4, atol=1e-4 * float(before[name].abs().max()))
+    with pytest.raises(ValueError, match="inference"):
+        fuse_batchnorm(FasterRCNN.from_preset("tiny").train())
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from fasterrcnn.engine.checkpoint import save_checkpoint
+
+    model = _model("tiny")
+    cfg = get_preset("tiny")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    model_cfg = to_dict(model.config)
+    save_checkpoint(path, {"model": model.state_dict(), "config": {"model": model_cfg, "train": to_dict(cfg.train)}, "class_names": ["circle", "cross", "square", "star", "triangle"]})
+    return path
+
+
+def test_detector_and_commands_run_an_exported_model(tiny_checkpoint, tmp_path, capsys):
+    from fasterrcnn.cli import main
+    from fasterrcnn.cli import export
+    from fasterrcnn.data import write_synthetic_voc
+
+    parser = __import__("argparse").ArgumentParser()
+    export.add_parser(parser.add_subparsers())
+    onnx_path = tmp_path / "tiny.onnx"
+    args = parser.parse_args(["export", "--weights", str(tiny_checkpoint), "--output", str(onnx_path)])
+    assert args.func(args) == 0 and "wrote" in capsys.readouterr().out
+    eager = Detector.from_checkpoint(tiny_checkpoint, device="cpu")
+    unfused = Detector.from_checkpoint(tiny_checkpoint, device="cpu", fuse=False)
+    assert set(unfused.model.state_dict()) == set(torch.load(tiny_checkpoint, weights_only=True)["model"])
+    deployed = Detector.from_checkpoint(onnx_path, device="cpu")
+    assert deployed.class_names == eager.class_names and deployed.model.transform.min_size == 256
+    image = torch.rand(3, 240, 300, generator=torch.Generator().manual_seed(3))
+    a, b = eager.detect(image, 0.0), deployed.detect(image, 0.0)
+    as_arrays = lambda ds: ([d.box for d in ds], [d.label for d in ds], [d.score for d in ds])  # noqa: E731
+    assert len(a) > 10 and match_fraction(as_arrays(a), as_arrays(b)) >= 0.98 and match_fraction(as_arrays(b), as_arrays(a)) >= 0.98
+    voc = write_synthetic_voc(tmp_path / "voc", num_train=1, num_test=3)
+    assert main(["predict", "--weights", str(onnx_path), str(voc / "JPEGImages"), "--output", str(tmp_path / "pred"), "--quiet"]) == 0
+    assert len(list((tmp_path / "pred").glob("*.jpg"))) == 4
+    assert main(["eval", "--weights", str(onnx_path), "--data", str(voc), "--output", str(tmp_path / "eval"), "--quiet"]) == 0
+    assert "mAP" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
