@@ -1,13 +1,15 @@
 """``fasterrcnn export``: a checkpoint to ONNX or OpenVINO IR (one graph, image -> detections).
 
-Wired into the command line by ``add_export_parser(commands)`` (an argparse subparsers object) and
-``cmd_export(args)``; see docs/deployment.md for the exported files.
+Parse, call ``deploy.export.export_checkpoint``, print; see docs/deployment.md for the exported files.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+
+from fasterrcnn.cli.options import add_overwrite
 
 
 def add_parser(commands) -> None:
@@ -21,6 +23,7 @@ def add_parser(commands) -> None:
     p.add_argument("--weights", required=True, help="checkpoint written by train or compress")
     p.add_argument("--output", required=True, help="file to write: NAME.onnx, or NAME.xml (+ NAME.bin) for openvino")
     p.add_argument("--format", choices=("onnx", "openvino"), default=None, help="default: openvino for a .xml output, else onnx")
+    add_overwrite(p, "an existing --output file")
     p.add_argument("--device", default="cpu", help="only 'cpu': the export traces the model on the CPU (default: cpu)")
     p.set_defaults(func=run)
 
@@ -32,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.device != "cpu":
         raise ConfigError(f"--device {args.device!r}: the export runs on the CPU (the exported graph runs anywhere its runtime does)")
+    if Path(args.output).exists() and not args.overwrite:
+        raise ConfigError(f"{args.output} exists; pass --overwrite to replace it or choose another --output")
     start = time.perf_counter()
     written = export_checkpoint(args.weights, args.output, format=args.format)
     seconds = time.perf_counter() - start
