@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fasterrcnn.cli import main as cli_main
-from fasterrcnn.config import TrainConfig
+from fasterrcnn.config import ModelConfig, TrainConfig
 from fasterrcnn.data.voc import VOCDataset
 from fasterrcnn.detector import Detector
 from fasterrcnn.engine import distributed
@@ -34,6 +34,7 @@ class NaNOnRankOne(nn.Module):
 
     def __init__(self):
         super().__init__()
+        self.config = ModelConfig(backbone="tiny", num_classes=5)  # what checkpoints record
         self.linear = nn.Linear(3, 1)
         self.calls = 0
 
@@ -67,7 +68,7 @@ def main(out_dir: str, checkpoint: str, voc_root: str, *train_args: str) -> None
         train_set,
         config=TrainConfig(batch_size=1, lr=0.1, warmup_iters=0, max_iters=4, log_every=1, checkpoint_every=100),
         output_dir=out / "nonfinite",
-        run_config={"preset": "fake", "model": {}, "train": {}},
+        preset="fake",
         class_names=train_set.classes,
         device=device,
         quiet=True,

@@ -224,13 +224,13 @@ def test_nonfinite_steps_are_skipped_then_stop_with_the_last_good_checkpoint(voc
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]
     assert err[0].startswith("fasterrcnn: error: training stopped at iteration 8: the loss (or its gradient) was not finite for 3 consecutive iterations")
-    assert f"the last checkpoint in {out / 'checkpoints'} is intact" in err[0]
+    assert f"the skipped steps left the weights as they were; {out / 'checkpoints' / 'last.pt'} holds iteration 8" in err[0]
 
     skips = [r for r in read_metrics(out / "metrics.jsonl") if r["type"] == "skip"]
     assert [(r["iteration"], r["consecutive"]) for r in skips] == [(6, 1), (7, 2), (8, 3)]
     assert [r["iteration"] for r in read_metrics(out / "metrics.jsonl") if r["type"] == "train"] == [1, 2, 3, 4, 5]
     last = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert last["iteration"] == 7  # written after the skipped step 7; none at the stop itself
+    assert last["iteration"] == 8  # written at the stop (the weights are finite), not as a periodic checkpoint
     assert not (out / "checkpoints" / "iter_0000008.pt").exists()
     # the weights, BatchNorm statistics included, are still those after step 5, the last good one
     good = load_checkpoint(out / "checkpoints" / "iter_0000005.pt")["model"]

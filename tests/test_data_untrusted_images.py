@@ -85,9 +85,12 @@ def test_train_eval_and_predict_report_a_malformed_exif_image_in_one_line(tmp_pa
     assert main([*args, "--on-bad-image", "skip"]) == 0
     assert "Traceback" not in capsys.readouterr().err
 
-    assert main(["predict", "--weights", weights, str(bad), "--output", str(tmp_path / "pred"), "--device", "cpu"]) == 2
+    predict = ["predict", "--weights", weights, str(bad), "--device", "cpu", "--on-bad-image", "error"]
+    assert main([*predict, "--output", str(tmp_path / "pred")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"fasterrcnn: error: {bad}: cannot read image (malformed EXIF block: unpack requires a buffer of 4 bytes)"]
+    assert main([*predict[:-2], "--output", str(tmp_path / "skipped")]) == 0  # the default: skipped with a warning
+    assert f"skipping {bad}: cannot read image (malformed EXIF block" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -214,18 +214,18 @@ def yolo_root(tmp_path_factory):
 def test_train_eval_predict_from_the_command_line(yolo_root, tmp_path, capsys):
     small = ["--set", "model.min_size=64", "--set", "model.max_size=96", "--batch-size", "2", "--quiet"]
     run = tmp_path / "run"
-    args = ["train", "--data", str(yolo_root), "--val-data", str(yolo_root), "--val-split", "val", "--preset", "tiny"]
+    args = ["train", "--data", str(yolo_root), "--preset", "tiny"]  # validates on data.yaml's val (it has no test)
     assert main(args + ["--output", str(run), "--max-iters", "2", *small]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["class_names"] == ["circle", "cross", "square", "star", "triangle"]
-    assert config["data"]["metric"] == "voc"
+    assert config["data"]["metric"] == "voc" and config["data"]["val"]["split"] == "val"
     assert "training tiny on 4 images (5 classes)" in capsys.readouterr().out
 
     weights = str(run / "checkpoints" / "last.pt")
     out = tmp_path / "eval"
     assert main(["eval", "--weights", weights, "--data", str(yolo_root / "data.yaml"), "--split", "val", "--output", str(out), "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["metric"] == "voc" and metrics["split"] == "val" and metrics["num_images"] == 2
+    assert metrics["metric"] == "voc" and metrics["data"]["split"] == "val" and metrics["num_images"] == 2
     detections = json.loads((out / "detections.json").read_text())
     assert {d["image_id"] for d in detections} <= {"000004", "000005"}
     assert main(["eval", "--weights", weights, "--data", str(yolo_root), "--split", "val", "--metric", "coco", "--output", str(tmp_path / "e2"), "--quiet"]) == 0

@@ -321,14 +321,14 @@ def test_one_amp_training_iteration_on_cpu(voc_root, tmp_path):
     torch.manual_seed(0)
     model = FasterRCNN.from_preset("tiny", num_classes=len(dataset.classes), min_size=64, max_size=96)
     config = TrainConfig(batch_size=2, lr=0.01, warmup_iters=0, max_iters=1, amp=True, log_every=1)
-    trainer = Trainer(model, dataset, config=config, output_dir=tmp_path, run_config={"preset": "tiny", "model": {}, "train": {}}, class_names=dataset.classes, quiet=True)
+    trainer = Trainer(model, dataset, config=config, output_dir=tmp_path, preset="tiny", class_names=dataset.classes, quiet=True)
     assert trainer.amp_dtype == torch.bfloat16 and trainer.scaler is None
     trainer.train()
     (record,) = read_metrics(tmp_path / "metrics.jsonl")
     assert record["type"] == "train" and all(record[k] == record[k] and abs(record[k]) < 1e3 for k in record if k.startswith("loss"))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     with pytest.raises(ConfigError, match="bf16 only"):
-        Trainer(model, dataset, config=TrainConfig(amp=True, amp_dtype="fp16"), output_dir=tmp_path, run_config={}, class_names=dataset.classes)
+        Trainer(model, dataset, config=TrainConfig(amp=True, amp_dtype="fp16"), output_dir=tmp_path, preset="tiny", class_names=dataset.classes)
 
 
 def test_helpers_in_a_single_process(monkeypatch):

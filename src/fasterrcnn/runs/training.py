@@ -93,11 +93,20 @@ def _resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str,
 
 
 def _validation_set(data, split, val_data, val_split, val_images, classes, on_bad_image, reduce_to):
-    """The validation data set (or None): ``val_data``, else the ``val_split`` of a VOC root when it exists."""
+    """The validation data set (or None): ``val_data``, else the ``val_split`` of a VOC root when it exists, or
+    of a YOLO ``data.yaml`` (its ``val`` entry when it has no ``val_split``)."""
     from fasterrcnn.data import build_dataset
+    from fasterrcnn.data.yolo import find_data_yaml, read_data_yaml
 
     if val_data is not None:
         return build_dataset(val_data, split=val_split, images_dir=val_images, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
+    yaml_path = find_data_yaml(data)
+    if yaml_path is not None:
+        entries = read_data_yaml(yaml_path)
+        for name in (val_split, "val"):
+            if name != split and entries.get(name) not in (None, "", []):
+                return build_dataset(data, split=name, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
+        return None
     data = Path(data)
     if data.is_dir() and val_split != split and (data / "ImageSets" / "Main" / f"{val_split}.txt").is_file():
         return build_dataset(data, split=val_split, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
