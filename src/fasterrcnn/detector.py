@@ -86,10 +86,9 @@ class Detection:
 def in_original_pixels(boxes: torch.Tensor, tensor: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     """xyxy ``boxes`` on ``tensor`` [3, h, w] (an image decoded reduced) -> pixels of the original image of
     ``size`` (H, W); unchanged when ``size`` is None or the image was decoded whole."""
-    if size is None or tuple(size) == tuple(tensor.shape[1:]):
-        return boxes
-    scale = [size[1] / tensor.shape[2], size[0] / tensor.shape[1]] * 2
-    return boxes * torch.tensor(scale, dtype=boxes.dtype, device=boxes.device)
+    from fasterrcnn.data.transforms import resize_boxes
+
+    return boxes if size is None else resize_boxes(boxes, tuple(tensor.shape[1:]), size)
 
 
 def to_image_tensor(image: ImageInput) -> torch.Tensor:

@@ -211,7 +211,6 @@ class Trainer:
         self.train_model = distributed.wrap_model(model, self.device)  # DistributedDataParallel(model) or model
         self.output_dir = Path(output_dir)
         self.checkpoints = CheckpointFolder(self.output_dir / "checkpoints", keep=config.keep_checkpoints)
-        self.checkpoint_dir = self.checkpoints.path
         self.preset = preset
         self.class_names = list(class_names)
         self.label_to_category_id = dict(label_to_category_id) if label_to_category_id is not None else None
@@ -483,7 +482,7 @@ class Trainer:
     def _interrupted(self) -> TrainingInterrupted:
         """Writes ``last.pt`` (the iterations done so far) and returns the exception that ends the loop."""
         self.save("last.pt")
-        return TrainingInterrupted(self._stop.signum, self.state.iteration, self.checkpoint_dir / "last.pt")
+        return TrainingInterrupted(self._stop.signum, self.state.iteration, self.checkpoints.last)
 
     def _sampling_generators(self, count: int) -> list[torch.Generator]:
         """One CPU generator per image of this process's batch, seeded by (seed, iteration, global position)."""
