@@ -231,6 +231,47 @@ def test_a_signal_that_also_ends_the_workers_stops_before_the_missing_batch(voc_
     assert signal.getsignal(signal.SIGCHLD).__module__ == "torch.utils.data._utils.signal_handling"
 
 
+class OutlivedByItsWorker(VOCDataset):
+    """In a data-loading worker, its 5th sample sends SIGTERM to the main process and is delivered; the
+    worker itself ends on SIGTERM a second later, after the main process has stopped (a signal to the
+    whole process group reaches a busy worker late)."""
+
+    loaded = 0
+
+    def __getitem__(self, index):
+        if torch.utils.data.get_worker_info() is not None:
+            OutlivedByItsWorker.loaded += 1
+            if OutlivedByItsWorker.loaded == 5:
+                import signal
+                import threading
+
+                os.kill(os.getppid(), signal.SIGTERM)
+                threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return super().__getitem__(index)
+
+
+def test_a_worker_ending_after_the_stop_is_not_reported_as_a_crash(voc_root, tmp_path):
+    """Restored after the stop, PyTorch's SIGCHLD handler must not see the late end of a worker: it would
+    raise "DataLoader worker ... is killed by signal" wherever the program is by then."""
+    import signal
+    import time
+
+    from fasterrcnn.engine.trainer import TrainingInterrupted
+
+    dataset = OutlivedByItsWorker(voc_root, split="train")
+    torch.manual_seed(0)
+    trainer = Trainer(
+        FakeDetector(len(dataset.classes)), dataset, config=replace(CONFIG, hflip_prob=0.0), output_dir=tmp_path,
+        preset="fake", class_names=dataset.classes, num_workers=1, quiet=True,
+    )  # fmt: skip
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.train()
+    assert info.value.signum == signal.SIGTERM
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == info.value.iteration
+    time.sleep(2.0)  # the worker's own SIGTERM is due 1 s after the main process's
+    assert signal.getsignal(signal.SIGCHLD).__module__ == "torch.utils.data._utils.signal_handling"
+
+
 def test_resume_from_another_model_names_the_keys_and_shapes(voc_root, tmp_path):
     half = make_trainer(voc_root, tmp_path / "half", config=replace(CONFIG, max_iters=4))
     half.train()

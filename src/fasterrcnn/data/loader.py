@@ -330,6 +330,18 @@ class _Loader(DataLoader):
                 batch = (batch.images, batch.targets)
             yield batch
 
+    def shutdown_workers(self) -> None:
+        """End the persistent workers now (joined, and no longer watched by PyTorch's SIGCHLD check).
+
+        The trainer calls it when it stops on a signal sent to the whole process group: the workers
+        are ending too, and once its own SIGCHLD handler is restored PyTorch would report their
+        expected end as a crash ("DataLoader worker ... is killed by signal"). A later ``iter`` starts
+        new workers.
+        """
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
 
 def build_loader(
     dataset,

@@ -15,7 +15,9 @@ A signal sent to the whole process group (``kill -- -PGID``, systemd, Slurm) als
 data-loading workers (they ignore only SIGINT). PyTorch's SIGCHLD handler would then raise
 "DataLoader worker ... killed" anywhere in the iteration being finished, so after the first signal
 ``StopRequest`` takes SIGCHLD over (until it exits): the workers' end is expected. If the loop was
-waiting for a batch from them, the trainer stops before that iteration instead.
+waiting for a batch from them, the trainer stops before that iteration instead. Before leaving the
+loop the trainer ends the workers itself (``shutdown_workers`` of the loader): a worker that ended
+later would be reported as a crash by PyTorch's handler, restored by then.
 
 Nothing is printed from the handler itself (a handler can run in the middle of a ``print``).
 """

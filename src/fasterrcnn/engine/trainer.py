@@ -480,8 +480,10 @@ class Trainer:
         return TrainingFailed(error, iteration, checkpoint, notes)
 
     def _interrupted(self) -> TrainingInterrupted:
-        """Writes ``last.pt`` (the iterations done so far) and returns the exception that ends the loop."""
+        """Writes ``last.pt`` (the iterations done so far), ends the data-loading workers (the signal may
+        have reached them too) and returns the exception that ends the loop."""
         self.save("last.pt")
+        self.loader.shutdown_workers()
         return TrainingInterrupted(self._stop.signum, self.state.iteration, self.checkpoints.last)
 
     def _sampling_generators(self, count: int) -> list[torch.Generator]:
