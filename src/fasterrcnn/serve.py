@@ -15,7 +15,7 @@ Routes:
 Every error answers JSON ``{"error": "..."}`` with a 4xx status: 400 (no ``image`` field, empty
 file, malformed form, bad threshold), 408 (body not received within ``body_timeout`` seconds),
 413 (upload over ``max_upload_bytes`` or image over ``max_image_pixels``), 415 (not
-multipart/form-data), 422 (not a readable image), 404 / 405.
+multipart/form-data), 422 (not a readable image: "photo.jpg: cannot read image (...)"), 404 / 405.
 
 Bounded work per request. The body is counted while it arrives (with or without Content-Length,
 chunked or not) and refused with 413 as soon as it passes the limit; its arrival has a deadline.
@@ -86,9 +86,9 @@ def _parse_threshold(text: str | None) -> float:
     return value
 
 
-def _unreadable(filename: str, buffer: io.BytesIO, error: DataError) -> _RequestError:
-    problem = error.problem.replace(str(buffer), "upload")  # Pillow names the buffer object
-    return _RequestError(422, f"{filename}: not a readable image ({problem})")
+def _unreadable(filename: str, error: DataError) -> _RequestError:
+    """422 with the decoder's problem, e.g. "photo.jpg: cannot read image (image file is truncated)"."""
+    return _RequestError(422, f"{filename}: {error.problem}")
 
 
 def _check_upload(data: bytes, filename: str, max_image_pixels: int) -> tuple[io.BytesIO, int, int]:
@@ -103,7 +103,7 @@ def _check_upload(data: bytes, filename: str, max_image_pixels: int) -> tuple[io
     try:
         height, width = image_size(buffer)
     except DataError as e:
-        raise _unreadable(filename, buffer, e) from None
+        raise _unreadable(filename, e) from None
     if height * width > max_image_pixels:
         raise _RequestError(413, f"{filename}: the image is {width}x{height}, more than {max_image_pixels} pixels")
     buffer.seek(0)
@@ -188,7 +188,7 @@ def create_app(
             try:
                 return detector.detect(buffer, score_threshold=score_threshold)
             except DataError as e:  # e.g. truncated pixel data behind a valid header
-                raise _unreadable(filename, buffer, e) from None
+                raise _unreadable(filename, e) from None
 
     @app.post("/detect")
     async def detect(request: Request) -> JSONResponse:
