@@ -217,7 +217,7 @@ def test_fasterrcnn_serve_is_a_subcommand_of_the_cli(tmp_path, monkeypatch, caps
     from fasterrcnn.cli import build_parser, main
 
     assert main(["serve", "--help"]) == 0
-    assert "usage: fasterrcnn serve [-h] --weights CKPT" in capsys.readouterr().out
+    assert "usage: fasterrcnn serve [-h] --weights FILE [--preset NAME]\n" in capsys.readouterr().out
     assert main(["--help"]) == 0
     assert re.search(r"^\s+serve\s+serve a checkpoint as a web page and a JSON API$", capsys.readouterr().out, re.M)
     assert main(["serve"]) == 2
@@ -238,6 +238,36 @@ def test_fasterrcnn_serve_is_a_subcommand_of_the_cli(tmp_path, monkeypatch, caps
     with TestClient(served["app"]) as client:
         assert client.get("/health").json()["amp"] == "bfloat16"
     assert build_parser().parse_args(["serve", "--weights", "w.pt"]).func.__module__ == "fasterrcnn.cli.serve"
+
+
+def test_serve_reads_a_torchvision_file_with_a_preset_as_predict_does(tmp_path, monkeypatch, capsys, png):
+    import uvicorn
+
+    from fasterrcnn.cli import main
+    from fasterrcnn.serve import run
+    from test_detector import predictable_model
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    weights = tmp_path / "fasterrcnn_tiny.pth"
+    torch.save(predictable_model().state_dict(), weights)
+    expected = Detector.from_torchvision("tiny", weights, classes=CLASS_NAMES, device="cpu").detect(Image.open(io.BytesIO(png)))
+    assert len(expected) > 0
+    for start in (
+        lambda: main(["serve", "--weights", str(weights), "--preset", "tiny", "--classes", ",".join(CLASS_NAMES), "--device", "cpu"]),
+        lambda: run(weights, preset="tiny", classes=CLASS_NAMES, device="cpu"),
+    ):
+        served.clear()
+        assert start() in (0, None)
+        assert "serving fasterrcnn_tiny.pth (3 classes, cpu) on http://127.0.0.1:8000" in capsys.readouterr().out
+        with TestClient(served["app"]) as client:
+            assert client.get("/health").json()["classes"] == CLASS_NAMES
+            assert post_image(client, png).json()["detections"] == [d.to_dict() for d in expected]
+    # the COCO names are the default; this file has 3 classes, not COCO's 90
+    assert main(["serve", "--weights", str(weights), "--preset", "tiny", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.startswith("fasterrcnn: error: the built-in COCO names are for models with 90 foreground classes")
+    assert main(["serve", "--weights", str(weights), "--classes", "a,b,c"]) == 2
+    assert capsys.readouterr().err == "fasterrcnn: error: --classes goes with --preset: a checkpoint written by 'fasterrcnn train' holds its class names\n"
 
 
 def test_a_png_declaring_too_many_pixels_is_refused_from_its_header(detector, monkeypatch):

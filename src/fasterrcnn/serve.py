@@ -1,6 +1,7 @@
 """``fasterrcnn serve``: a small web app around a ``Detector`` (FastAPI + uvicorn).
 
     fasterrcnn serve --weights runs/x/checkpoints/best.pt [--host 127.0.0.1] [--port 8000]
+    fasterrcnn serve --weights fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --preset resnet50_fpn [--classes coco]
 
 Routes:
     GET  /         the page (static/index.html, self-contained: pick or drop an image, set the
@@ -39,6 +40,7 @@ import asyncio
 import io
 import math
 import threading
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -240,15 +242,21 @@ def run(
     device: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     amp: str | None = None,
+    preset: str | None = None,
+    classes: Sequence[str] | str | None = None,
 ) -> None:
-    """Load the checkpoint ``weights`` and serve it on http://host:port until interrupted (``amp``: as Detector's)."""
+    """Load ``weights`` and serve it on http://host:port until interrupted (``amp``: as Detector's).
+
+    ``weights``: a checkpoint written by ``fasterrcnn train``, or with ``preset`` a torchvision detection
+    weights file, whose ``classes`` are "coco" (the default) or the class names (as ``runs.predict``).
+    """
     try:
         import uvicorn
     except ImportError:
         raise ConfigError(_MISSING_DEPENDENCIES) from None
-    from fasterrcnn.detector import Detector
+    from fasterrcnn.runs.inference import _detector
 
-    detector = Detector.from_checkpoint(weights, device=device, amp=amp)
+    detector = _detector(weights, device=device, amp=amp, preset=preset, classes=classes)
     app = create_app(detector, max_upload_bytes=max_upload_bytes)
     where = f"{detector.device}" + ("" if detector.amp_dtype is None else f", {amp}")
     print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {where}) on http://{host}:{port}", flush=True)
