@@ -5,7 +5,9 @@
 
 Routes:
     GET  /         the page (static/index.html, self-contained: pick or drop an image, set the
-                   score threshold, see the boxes on a canvas and a table of detections)
+                   score threshold, see the boxes on a canvas and a table of detections; it posts
+                   an image once, with score_threshold 0, and a threshold change filters that
+                   answer in the browser, without a request)
     POST /detect   multipart/form-data with the file in field ``image`` and an optional
                    ``score_threshold`` (form field or query parameter, default 0.5) ->
                    {"detections": [{"box": [x1, y1, x2, y2], "label", "class_name", "score"}],
