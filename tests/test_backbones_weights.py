@@ -44,7 +44,8 @@ def test_read_state_dict_round_trip(tmp_path):
     "content, problem",
     [
         (None, "weights file not found"),
-        (b"definitely not a checkpoint", "refused by safe loading"),
+        (b"definitely not a checkpoint", "not a PyTorch weights file (it is a text file)"),
+        (b"\x80\x02not a checkpoint", "refused by safe loading"),
         ("truncated", "cannot read weights file (RuntimeError"),
         ({"a": NotATensor()}, "refused by safe loading (Unsupported global"),
         ([torch.zeros(1)], "not a state dict (a mapping of names to tensors); found list"),

@@ -215,3 +215,17 @@ def test_existing_run_needs_resume(voc_root, tmp_path, capsys):
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "last.pt").write_bytes(b"")
     assert_one_line_error(capsys, main(train_args(voc_root, out)), "--resume")
+
+
+def test_an_image_or_text_file_as_weights_is_named_for_what_it_is(voc_root, tmp_path, capsys):
+    image = voc_root / "JPEGImages" / f"{first_id(voc_root)}.jpg"
+    notes, empty = tmp_path / "notes.txt", tmp_path / "empty.pt"
+    notes.write_text("remember to train\n")
+    empty.write_bytes(b"")
+    for weights, kind in ((image, "it is a JPEG image"), (notes, "it is a text file"), (empty, "the file is empty")):
+        code = main(["predict", "--weights", str(weights), str(image), "--output", str(tmp_path / "p"), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err == f"fasterrcnn: error: {weights}: not a checkpoint ({kind})\n"
+    code = main(["predict", "--weights", str(image), "--preset", "resnet50_fpn", str(image), "--output", str(tmp_path / "p")])
+    assert_one_line_error(capsys, code, f"{image}: not a PyTorch weights file (it is a JPEG image)")

@@ -100,7 +100,7 @@ def test_exif_orientation_6_rotates_image_and_size(tmp_path):
     "name, content, problem",
     [
         ("empty.jpg", b"", "cannot read image"),
-        ("text.jpg", b"this is not an image\n", "cannot read image"),
+        ("text.jpg", b"this is not an image\n", "cannot read image (not an image, or a format Pillow cannot read)"),
         ("missing.jpg", None, "image file not found"),
     ],
 )

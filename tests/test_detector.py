@@ -131,6 +131,15 @@ def test_a_list_of_images_gives_one_list_per_image(detector, image_path, referen
     assert detector.detect([], score_threshold=0.5) == []
 
 
+def test_a_detector_is_called_like_a_model(detector, image_path, reference):
+    assert detector(image_path, score_threshold=0.0) == reference
+    assert detector(image_path) == detector.detect(image_path) == [d for d in reference if d.score >= 0.5]
+    flipped = Image.open(image_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    assert detector([image_path, flipped], 0.0) == detector.detect([image_path, flipped], score_threshold=0.0)
+    with pytest.raises(ValueError, match=r"score_threshold must be a number in \[0, 1\]"):
+        detector(image_path, score_threshold=-1)
+
+
 def test_draw_returns_a_new_picture_of_the_image_size(detector, image_path, reference):
     detections = [d for d in reference if d.score >= 0.5]
     picture = detector.draw(image_path, detections)

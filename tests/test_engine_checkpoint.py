@@ -65,8 +65,13 @@ def test_checkpoint_missing_truncated_and_empty(tmp_path):
     with pytest.raises(DataError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "cut.pt")
     (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(DataError, match="not a readable checkpoint"):
+    with pytest.raises(DataError) as info:
         load_checkpoint(tmp_path / "empty.pt")
+    assert str(info.value) == f"{tmp_path / 'empty.pt'}: not a checkpoint (the file is empty)"
+    (tmp_path / "random.pt").write_bytes(bytes(range(200, 256)))  # not a pickle: no mention of code it could run
+    with pytest.raises(DataError) as info:
+        load_checkpoint(tmp_path / "random.pt")
+    assert str(info.value) == f"{tmp_path / 'random.pt'}: not a checkpoint (it is neither a zip archive nor a pickle)"
     save_checkpoint(tmp_path / "list.pt", [1, 2])
     with pytest.raises(DataError, match="not a fasterrcnn checkpoint"):
         load_checkpoint(tmp_path / "list.pt")

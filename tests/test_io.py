@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from fasterrcnn.io import atomic_save, atomic_write_bytes, atomic_write_text, load_tensors
+from fasterrcnn.errors import DataError
+from fasterrcnn.io import atomic_save, atomic_write_bytes, atomic_write_text, load_tensors, not_a_tensor_file
 
 
 def test_atomic_write_bytes_creates_and_replaces(tmp_path):
@@ -107,3 +108,63 @@ def test_load_tensors_silences_exactly_the_pickle_protocol_warning(tmp_path, mon
         warnings.simplefilter("always")
         assert load_tensors(tmp_path / "w.pt") == {"loaded": str(tmp_path / "w.pt")}
     assert [str(w.message) for w in caught] == ["something else"]
+
+
+def _zip(path, names):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in names:
+            archive.writestr(name, b"x")
+
+
+@pytest.mark.parametrize(
+    "content, kind",
+    [
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "it is a JPEG image"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "it is a PNG image"),
+        (b"GIF89a\x01\x00", "it is a GIF image"),
+        (b"BM\x3a\x00\x00\x00\x00\x00\x00\x00\x36\x00", "it is a BMP image"),
+        (b"RIFF\x24\x00\x00\x00WEBPVP8 ", "it is a WebP image"),
+        (b"II*\x00\x08\x00", "it is a TIFF image"),
+        (b"", "the file is empty"),
+        ("a few words\nof notes\n".encode(), "it is a text file"),
+        ('\ufeff {"model": "résumé"}'.encode(), "it is a JSON file"),
+        (b"<!DOCTYPE html>\n<html><body>Not Found</body></html>", "it is an HTML page"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 9\n", "it is a Git LFS pointer: fetch the file itself with 'git lfs pull'"),
+        (len(b'{"w":{}}').to_bytes(8, "little") + b'{"w":{}}', "it is a safetensors file, which is not read here"),
+        (bytes(range(200, 256)), "it is neither a zip archive nor a pickle"),
+        ("é" * 300, "it is a text file"),  # 600 bytes: the 512-byte sample ends inside no character
+        ("xé" * 300, "it is a text file"),  # the sample ends inside a character
+        (b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.", None),  # the legacy torch.save magic number
+    ],
+)
+def test_not_a_tensor_file_names_what_the_file_plainly_is(tmp_path, content, kind):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    assert not_a_tensor_file(path) == kind
+
+
+def test_not_a_tensor_file_passes_torch_files_and_what_it_cannot_open(tmp_path):
+    import torch
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "new.pt")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert not_a_tensor_file(tmp_path / "new.pt") is None
+    assert not_a_tensor_file(tmp_path / "legacy.pt") is None
+    assert not_a_tensor_file(tmp_path / "missing.pt") is None  # torch.load names the problem
+    _zip(tmp_path / "other.zip", ["readme.txt"])
+    assert not_a_tensor_file(tmp_path / "other.zip") == "it is a zip archive without PyTorch data"
+    _zip(tmp_path / "renamed.zip", ["archive/data.pkl", "archive/data/0"])
+    assert not_a_tensor_file(tmp_path / "renamed.zip") is None
+
+
+def test_load_tensors_names_a_file_that_is_plainly_something_else(tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(photo)
+    with pytest.raises(DataError) as info:
+        load_tensors(photo, what="checkpoint")
+    assert str(info.value) == f"{photo}: not a checkpoint (it is a JPEG image)"
+    assert info.value.path == str(photo)

@@ -95,6 +95,10 @@ def set_threshold(page, value: float) -> None:
     page.dispatch_event("#threshold-number", "change")
 
 
+def canvas_is_blank(page) -> bool:
+    return page.eval_on_selector("#canvas", "c => !c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v !== 0)")
+
+
 def assert_table_matches(page, expected: dict, threshold: float) -> None:
     page.wait_for_selector(f'#detections[data-state="done"][data-threshold="{threshold}"]')
     rows = table_rows(page)
@@ -111,9 +115,10 @@ def assert_table_matches(page, expected: dict, threshold: float) -> None:
 
 def test_the_page_shows_what_the_api_answers(server, page, tmp_path):
     image = write_test_image(tmp_path / "shapes.png")
-    outside = []
+    outside, detects = [], []
     local = (server + "/", "blob:" + server + "/")  # the page, its API, and the picked file's object URL
     page.on("request", lambda request: None if request.url.startswith(local) else outside.append(request.url))
+    page.on("request", lambda request: detects.append(request.url) if request.url == server + "/detect" else None)
     page.goto(server + "/")
     page.wait_for_function("document.getElementById('model').textContent.includes('classes')")
     assert page.text_content("#model") == f"3 classes ({', '.join(CLASS_NAMES)}) on cpu"
@@ -123,19 +128,37 @@ def test_the_page_shows_what_the_api_answers(server, page, tmp_path):
     assert_table_matches(page, api_detect(server, image, 0.1), 0.1)
     assert {int(r["label"]) for r in table_rows(page)} == {1, 2}
     assert page.eval_on_selector("#canvas", "c => [c.height, c.width]") == list(IMAGE_SIZE)
+    drawn_at_01 = int(page.get_attribute("#detections", "data-drawn"))
+    assert drawn_at_01 == len(table_rows(page))
+    assert len(detects) == 1
 
-    set_threshold(page, 0.5)  # a new request: only class 1 is left
+    page.fill("#threshold", "0.5")  # the slider: the last answer is filtered again, no request
+    assert page.input_value("#threshold-number") == "0.5"
     assert_table_matches(page, api_detect(server, image, 0.5), 0.5)
     assert {int(r["label"]) for r in table_rows(page)} == {1}
+    assert 0 < int(page.get_attribute("#detections", "data-drawn")) < drawn_at_01
+    set_threshold(page, 0.1)  # the number box too
+    assert_table_matches(page, api_detect(server, image, 0.1), 0.1)
+    assert len(detects) == 1  # the page's one upload (api_detect's requests are not the page's)
     assert outside == []  # the page fetched nothing from anywhere else
 
 
-def test_a_bad_upload_shows_the_servers_error(server, page, tmp_path):
+def test_a_bad_upload_shows_the_servers_error_and_nothing_of_the_image_before(server, page, tmp_path):
+    image = write_test_image(tmp_path / "shapes.png")
     text = tmp_path / "notes.txt"
     text.write_text("not an image\n")
     page.goto(server + "/")
+    set_threshold(page, 0.1)
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector('#detections[data-state="done"]')
+    assert len(table_rows(page)) > 0 and not canvas_is_blank(page)
+
     page.set_input_files("#file", str(text))
     page.wait_for_selector('#detections[data-state="error"]')
-    assert page.text_content("#status") == "notes.txt: not a readable image (cannot read image (cannot identify image file upload))"
+    assert page.text_content("#status") == "notes.txt: cannot read image (not an image, or a format Pillow cannot read)"
     assert page.eval_on_selector("#status", "s => s.classList.contains('error')")
     assert table_rows(page) == []
+    assert canvas_is_blank(page)  # the picture of shapes.png is gone
+    assert page.get_attribute("#detections", "data-drawn") is None
+    set_threshold(page, 0.5)  # nothing comes back with a threshold change
+    assert table_rows(page) == [] and canvas_is_blank(page)

@@ -243,6 +243,13 @@ class Detector:
         results = [self.as_detections(out, score_threshold) for out in outputs]
         return results if batch else results[0]
 
+    def __call__(
+        self, image: ImageInput | Sequence[ImageInput], score_threshold: float = 0.5
+    ) -> list[Detection] | list[list[Detection]]:
+        """``detector(image)`` is ``detector.detect(image)``: one image or a list, the same arguments and answer,
+        so that a Detector can be called like a model."""
+        return self.detect(image, score_threshold=score_threshold)
+
     def autocast(self) -> torch.autocast:
         """The context the model runs in: ``torch.autocast`` in the ``amp`` dtype, a no-op without ``amp``."""
         return autocast_context(self.device, self.amp_dtype)

@@ -12,7 +12,9 @@ A process killed during a write (SIGKILL, power loss) leaves its temporary file 
 previous file whole; ``remove_temp_files(folder)`` deletes such leftovers when no writer runs.
 
 Reading: ``load_tensors(path)`` is the one ``torch.load`` of the project (``weights_only=True``:
-tensors and plain containers only, a pickle that could run code is refused).
+tensors and plain containers only, a pickle that could run code is refused). A file that is plainly
+something else (an image, text, an empty file, a zip without PyTorch data; ``not_a_tensor_file``) is
+named as such instead of being handed to the unpickler, whose errors would not say so.
 """
 
 from __future__ import annotations
@@ -21,11 +23,21 @@ import os
 import re
 import secrets
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_text", "load_tensors", "remove_temp_files"]
+from fasterrcnn.errors import DataError
+
+__all__ = [
+    "atomic_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_tensors",
+    "not_a_tensor_file",
+    "remove_temp_files",
+]
 
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # .<name>.<12 hex digits>.tmp, see atomic_save
 
@@ -82,8 +94,80 @@ def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def load_tensors(path: str | os.PathLike, map_location="cpu"):
+# File signatures of what is passed as weights by mistake: (leading bytes, what the file is).
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF-", "a PDF document"),
+    (b"\x1f\x8b", "a gzip file"),
+)
+_SNIFF_BYTES = 512
+
+
+def not_a_tensor_file(path: str | os.PathLike) -> str | None:
+    """What the file at ``path`` plainly is when it cannot be a ``torch.save`` file, e.g. "it is a JPEG image",
+    "the file is empty"; None when it may be one (or cannot be opened: ``torch.load`` then says why).
+
+    Looks at the first bytes only: image and document signatures, text (JSON, HTML, a Git LFS pointer),
+    a zip archive without the ``data.pkl`` record that every zip written by ``torch.save`` holds, and
+    other binary data that does not start as a pickle does.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError:
+        return None
+    if not head:
+        return "the file is empty"
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return f"it is {kind}"
+    if head.startswith(b"BM") and head[6:10] == bytes(4):  # signature, file size, reserved zeros
+        return "it is a BMP image"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "it is a WebP image"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None  # e.g. a truncated torch file: torch.load's error says more
+        return None if any(name.endswith("data.pkl") for name in names) else "it is a zip archive without PyTorch data"
+    if head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 100_000_000:  # u64 header size, JSON header
+        return "it is a safetensors file, which is not read here"
+    text = _utf8(head.removeprefix(b"\xef\xbb\xbf"), cut_allowed=len(head) == _SNIFF_BYTES)  # without a BOM
+    if text is None or not all(c.isprintable() or c in "\t\n\r\f\v" for c in text):  # binary
+        # torch.save writes a zip archive, or (legacy format) pickles starting with the PROTO opcode
+        return None if head.startswith(b"\x80") else "it is neither a zip archive nor a pickle"
+    text = text.lstrip()
+    if text.startswith("version https://git-lfs"):
+        return "it is a Git LFS pointer: fetch the file itself with 'git lfs pull'"
+    if text[:15].lower().startswith(("<!doctype html", "<html")):
+        return "it is an HTML page"
+    if text.startswith(("{", "[")):
+        return "it is a JSON file"
+    return "it is a text file"
+
+
+def _utf8(data: bytes, cut_allowed: bool) -> str | None:
+    """``data`` decoded as UTF-8, or None; ``cut_allowed``: a sample whose last character may be cut short."""
+    for cut in range(4 if cut_allowed else 1):
+        try:
+            return data[: len(data) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def load_tensors(path: str | os.PathLike, map_location="cpu", *, what: str = "PyTorch file"):
     """``torch.load(path, map_location=map_location, weights_only=True)``, without torch's warning.
+
+    A file that ``not_a_tensor_file`` recognises raises ``DataError(path, "not a <what> (it is a JPEG image)")``
+    before torch reads it (``what``: the caller's name for the file, e.g. "checkpoint").
 
     Files written with a pickle protocol other than 2 (``torch.save(..., pickle_protocol=4)``, other
     tools) make the safe unpickler warn "Detected pickle protocol N in the checkpoint": it says
@@ -92,6 +176,9 @@ def load_tensors(path: str | os.PathLike, map_location="cpu"):
     """
     import torch  # here, so that writing files does not need torch
 
+    kind = not_a_tensor_file(path)
+    if kind is not None:
+        raise DataError(path, f"not a {what} ({kind})")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return torch.load(path, map_location=map_location, weights_only=True)

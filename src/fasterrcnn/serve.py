@@ -1,10 +1,13 @@
 """``fasterrcnn serve``: a small web app around a ``Detector`` (FastAPI + uvicorn).
 
     fasterrcnn serve --weights runs/x/checkpoints/best.pt [--host 127.0.0.1] [--port 8000]
+    fasterrcnn serve --weights fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --preset resnet50_fpn [--classes coco]
 
 Routes:
     GET  /         the page (static/index.html, self-contained: pick or drop an image, set the
-                   score threshold, see the boxes on a canvas and a table of detections)
+                   score threshold, see the boxes on a canvas and a table of detections; it posts
+                   an image once, with score_threshold 0, and a threshold change filters that
+                   answer in the browser, without a request)
     POST /detect   multipart/form-data with the file in field ``image`` and an optional
                    ``score_threshold`` (form field or query parameter, default 0.5) ->
                    {"detections": [{"box": [x1, y1, x2, y2], "label", "class_name", "score"}],
@@ -15,7 +18,7 @@ Routes:
 Every error answers JSON ``{"error": "..."}`` with a 4xx status: 400 (no ``image`` field, empty
 file, malformed form, bad threshold), 408 (body not received within ``body_timeout`` seconds),
 413 (upload over ``max_upload_bytes`` or image over ``max_image_pixels``), 415 (not
-multipart/form-data), 422 (not a readable image), 404 / 405.
+multipart/form-data), 422 (not a readable image: "photo.jpg: cannot read image (...)"), 404 / 405.
 
 Bounded work per request. The body is counted while it arrives (with or without Content-Length,
 chunked or not) and refused with 413 as soon as it passes the limit; its arrival has a deadline.
@@ -39,6 +42,7 @@ import asyncio
 import io
 import math
 import threading
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,9 +90,9 @@ def _parse_threshold(text: str | None) -> float:
     return value
 
 
-def _unreadable(filename: str, buffer: io.BytesIO, error: DataError) -> _RequestError:
-    problem = error.problem.replace(str(buffer), "upload")  # Pillow names the buffer object
-    return _RequestError(422, f"{filename}: not a readable image ({problem})")
+def _unreadable(filename: str, error: DataError) -> _RequestError:
+    """422 with the decoder's problem, e.g. "photo.jpg: cannot read image (image file is truncated)"."""
+    return _RequestError(422, f"{filename}: {error.problem}")
 
 
 def _check_upload(data: bytes, filename: str, max_image_pixels: int) -> tuple[io.BytesIO, int, int]:
@@ -103,7 +107,7 @@ def _check_upload(data: bytes, filename: str, max_image_pixels: int) -> tuple[io
     try:
         height, width = image_size(buffer)
     except DataError as e:
-        raise _unreadable(filename, buffer, e) from None
+        raise _unreadable(filename, e) from None
     if height * width > max_image_pixels:
         raise _RequestError(413, f"{filename}: the image is {width}x{height}, more than {max_image_pixels} pixels")
     buffer.seek(0)
@@ -188,7 +192,7 @@ def create_app(
             try:
                 return detector.detect(buffer, score_threshold=score_threshold)
             except DataError as e:  # e.g. truncated pixel data behind a valid header
-                raise _unreadable(filename, buffer, e) from None
+                raise _unreadable(filename, e) from None
 
     @app.post("/detect")
     async def detect(request: Request) -> JSONResponse:
@@ -240,15 +244,21 @@ def run(
     device: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     amp: str | None = None,
+    preset: str | None = None,
+    classes: Sequence[str] | str | None = None,
 ) -> None:
-    """Load the checkpoint ``weights`` and serve it on http://host:port until interrupted (``amp``: as Detector's)."""
+    """Load ``weights`` and serve it on http://host:port until interrupted (``amp``: as Detector's).
+
+    ``weights``: a checkpoint written by ``fasterrcnn train``, or with ``preset`` a torchvision detection
+    weights file, whose ``classes`` are "coco" (the default) or the class names (as ``runs.predict``).
+    """
     try:
         import uvicorn
     except ImportError:
         raise ConfigError(_MISSING_DEPENDENCIES) from None
-    from fasterrcnn.detector import Detector
+    from fasterrcnn.runs.inference import _detector
 
-    detector = Detector.from_checkpoint(weights, device=device, amp=amp)
+    detector = _detector(weights, device=device, amp=amp, preset=preset, classes=classes)
     app = create_app(detector, max_upload_bytes=max_upload_bytes)
     where = f"{detector.device}" + ("" if detector.amp_dtype is None else f", {amp}")
     print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {where}) on http://{host}:{port}", flush=True)

@@ -14,12 +14,14 @@ __all__ = [
     "add_data",
     "add_device",
     "add_overwrite",
+    "add_torchvision_weights",
     "class_list",
     "inference_amp",
     "nonnegative_int",
     "positive_float",
     "positive_int",
     "print_skipped",
+    "torchvision_classes",
 ]
 
 
@@ -118,6 +120,27 @@ def class_list(text: str | None) -> list[str] | None:
     if len(set(names)) != len(names):
         raise ConfigError(f"--classes {text!r}: a class name appears twice")
     return names
+
+
+def add_torchvision_weights(p: argparse.ArgumentParser) -> None:
+    """``--preset`` / ``--classes``: read ``--weights`` as a torchvision detection file (predict, serve)."""
+    p.add_argument(
+        "--preset", metavar="NAME",
+        help="read --weights as a torchvision detection file for this preset's model (resnet50_fpn, "
+        "mobilenet_v3_large_fpn, mobilenet_v3_large_320_fpn); the class count is read from the file",
+    )  # fmt: skip
+    p.add_argument(
+        "--classes", metavar="coco|A,B,C",
+        help="with --preset: 'coco' (the built-in names of torchvision's 91-id COCO layout, label = COCO "
+        "category id; the default) or the class names in label order",
+    )  # fmt: skip
+
+
+def torchvision_classes(args: argparse.Namespace) -> list[str] | str | None:
+    """The ``classes`` of ``--classes``: None, "coco" or a list of names; refused without ``--preset``."""
+    if args.classes is not None and args.preset is None:
+        raise ConfigError("--classes goes with --preset: a checkpoint written by 'fasterrcnn train' holds its class names")
+    return args.classes if args.classes in (None, "coco") else class_list(args.classes)
 
 
 def print_skipped(count: int, what: str) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from fasterrcnn.cli.options import BAD_IMAGE_HELP, INFERENCE_AMP_HELP, add_amp, add_common, add_overwrite, class_list, inference_amp
-from fasterrcnn.errors import ConfigError
+from fasterrcnn.cli.options import (
+    BAD_IMAGE_HELP, INFERENCE_AMP_HELP, add_amp, add_common, add_overwrite, add_torchvision_weights, inference_amp,
+    torchvision_classes,
+)  # fmt: skip
 
 
 def add_parser(commands) -> None:
@@ -25,16 +27,7 @@ def add_parser(commands) -> None:
         "--weights", required=True, metavar="FILE",
         help="a checkpoint written by 'fasterrcnn train', or with --preset a torchvision detection state dict (.pth)",
     )  # fmt: skip
-    p.add_argument(
-        "--preset", metavar="NAME",
-        help="read --weights as a torchvision detection file for this preset's model (resnet50_fpn, "
-        "mobilenet_v3_large_fpn, mobilenet_v3_large_320_fpn); the class count is read from the file",
-    )  # fmt: skip
-    p.add_argument(
-        "--classes", metavar="coco|A,B,C",
-        help="with --preset: 'coco' (the built-in names of torchvision's 91-id COCO layout, label = COCO "
-        "category id; the default) or the class names in label order",
-    )  # fmt: skip
+    add_torchvision_weights(p)
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the pictures and detections.json (created)")
     add_overwrite(p, "pictures and detections.json already in --output")
     p.add_argument("--score-threshold", type=float, default=0.5, metavar="X", help="keep detections scoring >= X (default: 0.5)")
@@ -47,9 +40,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from fasterrcnn.runs import predict
 
-    if args.classes is not None and args.preset is None:
-        raise ConfigError("--classes goes with --preset: a checkpoint written by 'fasterrcnn train' holds its class names")
-    classes = args.classes if args.classes in (None, "coco") else class_list(args.classes)
+    classes = torchvision_classes(args)
     result = predict(
         args.weights, args.inputs, output=args.output, overwrite=args.overwrite, score_threshold=args.score_threshold,
         on_bad_image=args.on_bad_image, preset=args.preset, classes=classes, device=args.device,

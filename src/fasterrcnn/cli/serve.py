@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from fasterrcnn.cli.options import INFERENCE_AMP_HELP, add_amp, add_device, inference_amp, positive_int
+from fasterrcnn.cli.options import (
+    INFERENCE_AMP_HELP, add_amp, add_device, add_torchvision_weights, inference_amp, positive_int, torchvision_classes,
+)  # fmt: skip
 from fasterrcnn.serve import DEFAULT_MAX_UPLOAD_BYTES
 
 
@@ -21,9 +23,14 @@ def add_parser(commands) -> None:
         help="serve a checkpoint as a web page and a JSON API",
         description="Serve a checkpoint: GET / is a page to drop an image on and see its detections; "
         "POST /detect (multipart field 'image', optional score_threshold) answers JSON; GET /health. "
+        "With --preset, --weights is a torchvision detection weights file instead (as for 'predict'). "
         "Needs fastapi, uvicorn and python-multipart.",
     )
-    p.add_argument("--weights", required=True, metavar="CKPT", help="a checkpoint written by 'fasterrcnn train'")
+    p.add_argument(
+        "--weights", required=True, metavar="FILE",
+        help="a checkpoint written by 'fasterrcnn train', or with --preset a torchvision detection state dict (.pth)",
+    )  # fmt: skip
+    add_torchvision_weights(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=port, default=8000, help="port to listen on (default: 8000)")
     add_device(p)
@@ -39,5 +46,8 @@ def run(args: argparse.Namespace) -> int:
     """Serve until interrupted (Ctrl-C), then return 0."""
     from fasterrcnn.serve import run as serve
 
-    serve(args.weights, args.host, args.port, device=args.device, max_upload_bytes=args.max_upload_bytes, amp=inference_amp(args))
+    serve(
+        args.weights, args.host, args.port, device=args.device, max_upload_bytes=args.max_upload_bytes,
+        amp=inference_amp(args), preset=args.preset, classes=torchvision_classes(args),
+    )  # fmt: skip
     return 0

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from fasterrcnn.errors import DataError
 
@@ -88,6 +88,8 @@ def _read_error(path, exc: BaseException) -> DataError:
         return DataError(path, "is a directory, not an image file")
     if isinstance(exc, PermissionError):
         return DataError(path, "image file is not readable (permission denied)")
+    if isinstance(exc, UnidentifiedImageError):  # its text repeats the file name (or a buffer's repr)
+        return DataError(path, "cannot read image (not an image, or a format Pillow cannot read)")
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return DataError(path, f"cannot read image ({detail})")
 

@@ -71,7 +71,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise DataError(path, "no such checkpoint file" if not path.exists() else "not a file")
     try:
-        state = load_tensors(path, map_location=map_location)
+        state = load_tensors(path, map_location=map_location, what="checkpoint")
+    except DataError:  # plainly another kind of file (an image, text ...)
+        raise
     except pickle.UnpicklingError as e:
         raise DataError(
             path,

@@ -43,7 +43,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict file safely; DataError (one line) when it is missing, unsafe or not a state dict."""
     path = Path(path)
     try:
-        obj = load_tensors(path, map_location="cpu")
+        obj = load_tensors(path, map_location="cpu", what="PyTorch weights file")
+    except DataError:  # plainly another kind of file (an image, text ...)
+        raise
     except FileNotFoundError:
         raise DataError(path, "weights file not found") from None
     except IsADirectoryError:
