@@ -18,7 +18,7 @@ from PIL import Image
 
 from fasterrcnn.cli import main
 from fasterrcnn.data.transforms import resize_boxes
-from fasterrcnn.data.video import VideoReader, to_rgb
+from fasterrcnn.data.video import VideoReader, VideoWriter, to_rgb
 from fasterrcnn.detector import Detector
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN
@@ -199,3 +199,25 @@ def test_without_pyav_a_video_is_a_one_line_error_saying_how_to_install_it(check
     assert not (tmp_path / "out").exists()  # refused before anything is written
     image = write_test_image(tmp_path / "photo.png")
     assert len(predict(checkpoint, [image], device="cpu", quiet=True).detections[image]) > 0  # images need no PyAV
+
+
+@pytest.mark.parametrize("libx264", [True, False])
+@pytest.mark.parametrize("size", [(96, 128), (97, 129)])
+def test_the_video_writer_keeps_the_size_rate_and_pixels(tmp_path, monkeypatch, libx264, size):
+    if not libx264:  # as in an FFmpeg build without libx264
+        codec = av.codec.Codec
+        monkeypatch.setattr(av.codec, "Codec", lambda name, mode="r": codec("libx264-missing" if name == "libx264" else name, mode))
+    height, width = size
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[10:50, 20:90] = (250, 200, 0)
+    with open(tmp_path / "out.mp4", "wb") as f, VideoWriter(f, width, height, Fraction(30000, 1001)) as writer:
+        for _ in range(3):
+            writer.write(rgb)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        stream = container.streams.video[0]
+        expected = ("h264", "yuv420p" if width % 2 == 0 else "yuv444p") if libx264 else ("mpeg4", "yuv420p")
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == expected
+    with VideoReader(tmp_path / "out.mp4") as video:
+        assert (video.width, video.height, video.rate) == (width, height, Fraction(30000, 1001))
+        decoded = [to_rgb(frame) for _, _, frame in video.frames()]
+    assert len(decoded) == 3 and all(np.abs(frame.astype(int) - rgb).mean() < 3 for frame in decoded)

@@ -136,7 +136,7 @@ class VideoWriter:
         try:
             av.codec.Codec("libx264", "w")
             codec, pixels = "libx264", "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-        except av.error.FFmpegError:  # a build without libx264: mpeg4 takes any size in 4:2:0
+        except ValueError:  # UnknownCodecError, a build without libx264: mpeg4 takes any size in 4:2:0
             codec, pixels = "mpeg4", "yuv420p"
         self._stream = self._container.add_stream(codec, rate=rate)
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pixels
