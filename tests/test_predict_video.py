@@ -115,13 +115,20 @@ def test_a_frame_much_larger_than_the_model_input_is_decoded_reduced(clip):
 
 def test_a_bad_video_is_skipped_with_a_warning_or_stops_the_run(checkpoint, tmp_path, caplog):
     clip = write_clip(tmp_path / "clip.mp4", num_frames=2)
-    garbage, truncated = tmp_path / "garbage.mp4", tmp_path / "truncated.mp4"
+    garbage, truncated, no_frames = tmp_path / "garbage.mp4", tmp_path / "truncated.mp4", tmp_path / "no_frames.avi"
     garbage.write_bytes(b"not a video" * 100)
     truncated.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
-    result = predict(checkpoint, [garbage, truncated, clip], output=tmp_path / "out", device="cpu", quiet=True)
-    assert list(result.videos) == [clip] and [file for file, _ in result.skipped] == [str(garbage), str(truncated)]
+    with av.open(str(no_frames), "w") as out:  # a header, no frame
+        stream = out.add_stream("mpeg4", rate=RATE)
+        stream.width, stream.height = 64, 48
+        out.start_encoding()
+    result = predict(checkpoint, [garbage, truncated, no_frames, clip], output=tmp_path / "out", device="cpu", quiet=True)
+    assert list(result.videos) == [clip] and [file for file, _ in result.skipped] == [str(garbage), str(truncated), str(no_frames)]
     assert f"skipping {garbage}: cannot read video (Invalid data found" in caplog.text and f"skipping {truncated}: cannot read video" in caplog.text
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.jsonl", "clip.mp4", "detections.json", "detections.jsonl"]
+    assert f"skipping {no_frames}: video holds no frame that can be decoded" in caplog.text
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())  # the lines of a broken video's frames read: none
+    assert written == ["clip.jsonl", "clip.mp4", "detections.json", "detections.jsonl", "no_frames.jsonl"]
+    assert (tmp_path / "out" / "no_frames.jsonl").read_text() == ""
     with pytest.raises(DataError, match=f"^{truncated}: cannot read video"):
         predict(checkpoint, [clip, truncated], output=tmp_path / "stop", on_bad_image="error", device="cpu", quiet=True)
     assert len(read_lines(tmp_path / "stop" / "clip.jsonl")) == 2 and (tmp_path / "stop" / "clip.mp4").is_file()

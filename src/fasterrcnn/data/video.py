@@ -85,8 +85,8 @@ class VideoReader:
     def frames(self, stride: int = 1) -> Iterator[tuple[int, float, av.VideoFrame]]:
         """``(index, time, frame)`` of every ``stride``-th frame, in presentation order, decoded one at a time:
         ``index`` counts all decoded frames from 0; ``time`` is the frame's presentation time in seconds
-        (``index / rate`` when the frame has no timestamp). Raises ``DataError`` naming the file and frame
-        at data the decoder cannot read."""
+        (``index / rate`` when the frame has no timestamp). Raises ``DataError`` naming the file (and the
+        frame) at data the decoder cannot read, or when the stream has no frame."""
         av = require_av(self.path)
         index = 0
         decoded = self._container.decode(self._stream)
@@ -94,6 +94,8 @@ class VideoReader:
             try:
                 frame = next(decoded)
             except StopIteration:
+                if index == 0:
+                    raise DataError(self.path, "video holds no frame that can be decoded") from None
                 return
             except (av.error.FFmpegError, OSError) as e:
                 raise DataError(self.path, f"cannot decode frame {index} ({_problem(e)})") from None
@@ -138,7 +140,8 @@ class VideoWriter:
             codec, pixels = "libx264", "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         except ValueError:  # UnknownCodecError, a build without libx264: mpeg4 takes any size in 4:2:0
             codec, pixels = "mpeg4", "yuv420p"
-        self._stream = self._container.add_stream(codec, rate=rate)
+        # MPEG-4 Part 2 takes time bases up to 1/65535; the rate of a variable-rate stream may be an odd fraction
+        self._stream = self._container.add_stream(codec, rate=Fraction(rate).limit_denominator(65535))
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pixels
         if codec == "mpeg4":  # its default 200 kbit/s blurs the drawn labels; ~0.3 bit per pixel keeps them sharp
             self._stream.bit_rate = max(200_000, int(0.3 * width * height * rate))
