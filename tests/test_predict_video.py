@@ -166,7 +166,7 @@ def test_folders_are_searched_recursively_and_their_subfolders_mirrored(checkpoi
     assert main(args) == 0
     captured = capsys.readouterr()
     assert f"skipping folder {earlier}: it holds detections.json" in captured.err
-    assert "detections on 2 images, " in captured.out and " on 3 frames of 1 videos" in captured.out
+    assert " detections on 2 images, " in captured.out and " detections on 3 frames of 1 videos (score >= 0.5); " in captured.out
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["a/img.jpg", "b/deep/Clip.jsonl", "b/deep/Clip.mp4", "b/img.jpg", "detections.json", "detections.jsonl"]
     assert {d["image_id"] for d in json.loads((out / "detections.json").read_text())} == {"a/img", "b/img"}

@@ -67,11 +67,12 @@ def run(args: argparse.Namespace) -> int:
         on_bad_image=args.on_bad_image, frame_stride=args.frame_stride, preset=args.preset, classes=classes, device=args.device,
         amp=inference_amp(args), quiet=args.quiet,
     )  # fmt: skip
-    count = sum(len(found) for found in result.detections.values())
-    read = [f"{count} detections on {len(result.detections)} images"]
+    read = []
+    if result.detections or not result.videos:
+        read.append(f"{sum(len(found) for found in result.detections.values())} detections on {len(result.detections)} images")
     if result.videos:
         frames = [frame for video in result.videos.values() for frame in video.frames]
-        read.append(f"{sum(len(frame.detections) for frame in frames)} on {len(frames)} frames of {len(result.videos)} videos")
+        read.append(f"{sum(len(frame.detections) for frame in frames)} detections on {len(frames)} frames of {len(result.videos)} videos")
     print(f"{', '.join(read)} (score >= {args.score_threshold}); pictures, videos and detections in {result.output}")
     if result.skipped:
         videos = sum(Path(file).suffix.lower() in VIDEO_SUFFIXES for file, _ in result.skipped)

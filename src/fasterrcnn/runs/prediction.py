@@ -58,6 +58,7 @@ __all__ = ["IMAGE_SUFFIXES", "FrameDetections", "PredictInput", "PredictResult",
 logger = logging.getLogger("fasterrcnn")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+INPUT_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 OUTPUT_MARKERS = ("detections.json", "detections.jsonl")  # files that make a folder a predict output folder
 
 
@@ -122,8 +123,7 @@ def _folder_files(root: Path) -> list[Path]:
             subfolders.clear()
             continue
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
-        found.extend(here / name for name in names if not name.startswith(".") and Path(name).suffix.lower() in suffixes)
+        found.extend(here / name for name in names if not name.startswith(".") and Path(name).suffix.lower() in INPUT_SUFFIXES)
     return sorted(found, key=lambda path: path.relative_to(root).parts)
 
 
@@ -136,7 +136,7 @@ def find_inputs(inputs: Sequence[str | Path]) -> list[PredictInput]:
         if path.is_dir():
             files = _folder_files(path)
             if not files:
-                raise DataError(path, f"folder holds no images or videos ({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
+                raise DataError(path, f"folder holds no images or videos ({', '.join(INPUT_SUFFIXES)})")
             entries = [PredictInput(file, file.relative_to(path).with_suffix("").as_posix()) for file in files]
         elif path.is_file():
             entries = [PredictInput(path, path.stem)]
@@ -163,7 +163,7 @@ def _claim_outputs(folder: OutputFolder, inputs: Sequence[str | Path], found: li
 
 def _detect(detector: Detector, image: torch.Tensor, size: tuple[int, int] | None, score_threshold: float):
     """The model's detections scoring >= ``score_threshold`` on ``image`` (CPU tensors), and the same in
-    the pixels of the original image of ``size`` (``detector.in_original_pixels``)."""
+    the pixels of the original image of ``size`` (``fasterrcnn.detector.in_original_pixels``)."""
     import torch
 
     from fasterrcnn.detector import in_original_pixels
