@@ -72,8 +72,8 @@ class FrameDetections(NamedTuple):
 
 @dataclass(frozen=True)
 class VideoResult:
-    """``frames``: per frame processed, its ``FrameDetections``; ``video`` and ``lines``: the annotated video
-    and the JSON Lines written (None without an output folder)."""
+    """``frames``: per frame processed, its ``FrameDetections`` (the detections only: no pixels are kept);
+    ``video`` and ``lines``: the annotated video and the JSON Lines written (None without an output folder)."""
 
     frames: list[FrameDetections]
     video: Path | None = None
