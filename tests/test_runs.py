@@ -246,7 +246,7 @@ def test_predict_never_writes_over_inputs_or_existing_files(trained, voc_root, t
     err = one_line_error(capsys, main(args + ["--output", str(out)]))
     assert "already holds detections.json; pass --overwrite" in err and (out / "detections.json").read_text() == "my own file"
     assert main(args + ["--output", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([*originals, "detections.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*originals, "detections.json", "detections.jsonl"])
 
 
 def test_predict_skips_a_bad_image_and_detections_json_covers_the_images_read(trained, voc_root, tmp_path, capsys):

@@ -12,7 +12,8 @@ claimed before the work starts and never written over an input or an existing fi
 
 from fasterrcnn.runs.demo_run import DemoResult, demo
 from fasterrcnn.runs.folder import OutputFolder, RunFolder
-from fasterrcnn.runs.inference import EvalResult, PredictResult, compress, evaluate, predict
+from fasterrcnn.runs.inference import EvalResult, compress, evaluate
+from fasterrcnn.runs.prediction import PredictResult, VideoResult, predict
 from fasterrcnn.runs.training import RESUMABLE_CHANGES, TrainResult, train
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "PredictResult",
     "RunFolder",
     "TrainResult",
+    "VideoResult",
     "compress",
     "demo",
     "evaluate",

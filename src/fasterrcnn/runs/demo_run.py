@@ -44,7 +44,8 @@ def demo(output: str | Path = "demo_output", *, max_iters: int | None = None, qu
     ``max_iters`` shortens training (the LR step stays at the same fraction of the run).
     """
     from fasterrcnn.data import write_synthetic_voc
-    from fasterrcnn.runs.inference import evaluate, predict
+    from fasterrcnn.runs.inference import evaluate
+    from fasterrcnn.runs.prediction import predict
     from fasterrcnn.runs.training import train
 
     output = Path(output)

@@ -166,15 +166,25 @@ class OutputFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def claim(self, names: Iterable[str], *, overwrite: bool = False, inputs: Iterable[Path] = ()) -> None:
-        """Create the folder and check that it is writable; refuse when a file of ``names`` exists (unless
-        ``overwrite``) or when the folder holds one of the command's ``inputs`` (never written over)."""
+    def claim(
+        self, names: Iterable[str], *, overwrite: bool = False, inputs: Iterable[Path] = (), input_folders: Iterable[Path] = ()
+    ) -> None:
+        """Create the folder and check that it is writable; refuse when a file of ``names`` (relative paths)
+        exists (unless ``overwrite``), when the folder holds one of the command's ``inputs`` (never written
+        over), or when it is or lies inside one of the ``input_folders`` (searched recursively: its outputs
+        would be read as inputs by the next run)."""
         if self.path.exists() and not self.path.is_dir():
             raise DataError(self.path, "is a file, not an output folder")
         folder = self.path.resolve()
-        held = [str(p) for p in inputs if p.resolve().parent == folder]
+        held = [str(p) for p in inputs if folder in p.resolve().parents]
         if held:
-            raise ConfigError(f"--output {self.path} holds input image(s) {_listing(held)}; choose another folder for the outputs")
+            raise ConfigError(f"--output {self.path} holds input file(s) {_listing(held)}; choose another folder for the outputs")
+        around = [str(p) for p in input_folders if p.resolve() == folder or p.resolve() in folder.parents]
+        if around:
+            raise ConfigError(
+                f"--output {self.path} lies inside the input folder {around[0]}, which is searched recursively; "
+                "choose a folder outside the inputs"
+            )
         existing = sorted(name for name in set(names) if (self.path / name).exists())
         if existing and not overwrite:
             raise ConfigError(

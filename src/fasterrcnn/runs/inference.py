@@ -1,10 +1,8 @@
-"""``evaluate``, ``predict`` and ``compress``: what ``fasterrcnn eval``, ``predict`` and ``compress`` do, from Python.
+"""``evaluate`` and ``compress``: what ``fasterrcnn eval`` and ``compress`` do, from Python (``predict``: ``runs.prediction``).
 
-    from fasterrcnn.runs import evaluate, predict
+    from fasterrcnn.runs import evaluate
     result = evaluate("VOCdevkit/VOC2007", weights="runs/voc07/checkpoints/best.pt", output="runs/voc07/eval")
     print(result.metrics["mAP"])
-    found = predict("runs/voc07/checkpoints/best.pt", ["photos/"], output="predictions")
-    for path, detections in found.detections.items(): ...
 
 Outputs are claimed before the work starts (``runs.folder.OutputFolder``): an existing output file is
 refused unless ``overwrite``, an input is never written over, an unwritable folder fails at once.
@@ -14,24 +12,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fasterrcnn.data.bad_images import check_policy
 from fasterrcnn.errors import ConfigError, DataError
-from fasterrcnn.io import atomic_save, atomic_write_text
+from fasterrcnn.io import atomic_write_text
 from fasterrcnn.runs.folder import OutputFolder
 
 if TYPE_CHECKING:
-    from fasterrcnn.detector import Detection, Detector
+    from fasterrcnn.detector import Detector
 
-__all__ = ["IMAGE_SUFFIXES", "EvalResult", "PredictResult", "compress", "evaluate", "image_files", "predict"]
+__all__ = ["EvalResult", "compress", "evaluate"]
 
 logger = logging.getLogger("fasterrcnn")
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -44,16 +39,6 @@ class EvalResult:
     num_images: int
     skipped: int
     output: Path | None
-
-
-@dataclass(frozen=True)
-class PredictResult:
-    """``detections``: per image read, its detections (original pixels); ``skipped``: ``(file, problem)``
-    of the images that could not be read; ``output``: the folder written (or None)."""
-
-    detections: dict[Path, list[Detection]]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    output: Path | None = None
 
 
 def _detector(weights, *, device, amp, preset=None, classes=None) -> Detector:
@@ -151,92 +136,6 @@ def evaluate(
         title=f"{Path(data).name}: {name} {value:.4f} ({metric})", aps=metrics.get("per_class"),
     )  # fmt: skip
     return result
-
-
-def image_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """The image files named by ``inputs`` (files, and the images of folders, sorted); their stems must differ."""
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise DataError(path, f"folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(path, "no such image file or folder")
-    stems: dict[str, Path] = {}
-    for path in files:
-        if path.stem in stems and stems[path.stem] != path:
-            raise ConfigError(f"{stems[path.stem]} and {path} have the same file stem; their outputs would collide")
-        stems[path.stem] = path
-    return list(stems.values())
-
-
-def predict(
-    weights: str | Path | Detector,
-    inputs: Sequence[str | Path],
-    *,
-    output: str | Path | None = None,
-    overwrite: bool = False,
-    score_threshold: float = 0.5,
-    on_bad_image: str = "skip",
-    preset: str | None = None,
-    classes: Sequence[str] | str | None = None,
-    device: str = "auto",
-    amp: str | None = None,
-    quiet: bool = False,
-) -> PredictResult:
-    """Detect objects in image files and folders with a checkpoint, a ``Detector`` or (``preset``) a torchvision file.
-
-    With ``output``: draws each image's detections to ``output/<stem>.jpg`` and writes ``output/detections.json``
-    (a COCO results list, ``image_id`` = file stem, boxes in the image's pixels), which covers every image
-    read even when a later one stops the run. A bad image is skipped with a warning (``on_bad_image="skip"``)
-    or stops the run (``"error"``). An image much larger than the model's input is decoded reduced.
-    """
-    import torch
-
-    from fasterrcnn.detector import Detection, in_original_pixels
-    from fasterrcnn.evaluation import detections_to_results, save_results
-    from fasterrcnn.visualize import draw_detections
-
-    check_policy(on_bad_image)
-    files = image_files(inputs)
-    folder = OutputFolder(output) if output is not None else None
-    if folder is not None:
-        folder.claim([*(f"{p.stem}.jpg" for p in files), "detections.json"], overwrite=overwrite, inputs=files)
-    detector = _detector(weights, device=device, amp=amp, preset=preset, classes=classes)
-    found: dict[Path, list[Detection]] = {}
-    skipped: list[tuple[str, str]] = []
-    results: list[dict] = []
-    try:
-        for path in files:
-            try:
-                image, size = detector.load(path)
-            except DataError as error:
-                if on_bad_image == "error":
-                    raise
-                logger.warning(f"skipping {error}")
-                skipped.append((str(path), error.problem))
-                continue
-            with torch.inference_mode(), detector.autocast():
-                detection = detector.model([image.to(detector.device)])[0]
-            keep = detection["scores"] >= score_threshold
-            detection = {k: v[keep].cpu() for k, v in detection.items()}
-            original = {**detection, "boxes": in_original_pixels(detection["boxes"], image, size)}
-            found[path] = detector.as_detections(original)
-            results.extend(detections_to_results(path.stem, original, detector.class_names, detector.label_to_category_id))
-            if folder is not None:  # drawn on the image as decoded (reduced when it is large)
-                picture = draw_detections(image, detection["boxes"], detection["labels"], detection["scores"], detector.class_names)
-                atomic_save(folder.path / f"{path.stem}.jpg", lambda f: picture.save(f, format="JPEG", quality=92))
-            if not quiet:
-                print(f"{path}: {len(found[path])} detections", flush=True)
-    finally:
-        if folder is not None:
-            save_results(folder.path / "detections.json", results)
-    return PredictResult(found, skipped, folder.path if folder else None)
 
 
 def compress(

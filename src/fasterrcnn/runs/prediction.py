@@ -1,0 +1,314 @@
+"""``predict``: what ``fasterrcnn predict`` does, from Python: detections on image and video files and folders.
+
+    found = predict("runs/voc07/checkpoints/best.pt", ["photos/", "clip.mp4"], output="predictions")
+    for path, detections in found.detections.items(): ...          # images
+    for path, video in found.videos.items(): video.frames[0].detections
+
+Inputs: files, and folders searched recursively for images (``IMAGE_SUFFIXES``) and videos
+(``data.video.VIDEO_SUFFIXES``), any letter case, in sorted order. Hidden files and folders (``.name``) are
+left out, folder links are not followed, and a subfolder that holds ``detections.json`` or
+``detections.jsonl`` (an earlier predict's output) is skipped with a warning, so a run never reads outputs.
+
+Outputs (``output=DIR``), each input at ``NAME``: its path relative to the folder given without its suffix
+(``a/img`` for ``photos/a/img.jpg`` of ``photos/``), or the stem of a file given:
+
+    DIR/NAME.jpg           an image with its detections drawn (on the image as decoded, reduced when large)
+    DIR/NAME.mp4           a video with its detections drawn, same size, rate / frame_stride frames per second;
+                           written under a temporary name and renamed when complete
+    DIR/NAME.jsonl         a video's detections, one line per frame processed, written and flushed frame by frame:
+                           {"frame": index from 0, "time": seconds, "detections": [DETECTION, ...]}
+    DIR/detections.jsonl   the images' detections, one line per image read, written and flushed image by image:
+                           {"image": path, "image_id": NAME, "height", "width", "detections": [DETECTION, ...]}
+    DIR/detections.json    the images' detections as a COCO results list (image_id = NAME), written atomically
+                           at the end, also when a bad image or Ctrl-C stops the run: it covers every image read
+
+DETECTION is ``Detection.to_dict()``: ``{"box": [x1, y1, x2, y2] in the original image's or frame's pixels,
+"label", "class_name", "score"}``. An interrupted run keeps every line written; only the last line may be
+cut, when the process is killed during its write.
+
+Outputs are claimed before the model is loaded (``runs.folder.OutputFolder``): an existing output file is
+refused unless ``overwrite``, ``DIR`` may neither hold an input nor lie inside an input folder, and two
+inputs with the same output name are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from fasterrcnn.data.bad_images import check_policy
+from fasterrcnn.data.video import VIDEO_SUFFIXES
+from fasterrcnn.errors import ConfigError, DataError
+from fasterrcnn.io import atomic_save
+from fasterrcnn.runs.folder import OutputFolder
+from fasterrcnn.runs.inference import _detector
+
+if TYPE_CHECKING:
+    import torch
+
+    from fasterrcnn.detector import Detection, Detector
+
+__all__ = ["IMAGE_SUFFIXES", "FrameDetections", "PredictInput", "PredictResult", "VideoResult", "find_inputs", "predict"]
+
+logger = logging.getLogger("fasterrcnn")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+INPUT_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+OUTPUT_MARKERS = ("detections.json", "detections.jsonl")  # files that make a folder a predict output folder
+
+
+class FrameDetections(NamedTuple):
+    """One processed video frame: ``index`` from 0 among all frames, ``time`` in seconds, its ``detections``."""
+
+    index: int
+    time: float
+    detections: list[Detection]
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """``frames``: per frame processed, its ``FrameDetections`` (the detections only: no pixels are kept);
+    ``video`` and ``lines``: the annotated video and the JSON Lines written (None without an output folder)."""
+
+    frames: list[FrameDetections]
+    video: Path | None = None
+    lines: Path | None = None
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """``detections``: per image read, its detections (original pixels); ``videos``: per video read, its
+    ``VideoResult``; ``skipped``: ``(file, problem)`` of the inputs that could not be read; ``output``:
+    the folder written (or None)."""
+
+    detections: dict[Path, list[Detection]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    output: Path | None = None
+    videos: dict[Path, VideoResult] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PredictInput:
+    """An input file and ``name``, where its outputs go (see the module docstring); ``is_video`` by its suffix."""
+
+    path: Path
+    name: str
+
+    @property
+    def is_video(self) -> bool:
+        return self.path.suffix.lower() in VIDEO_SUFFIXES
+
+    def outputs(self) -> tuple[str, ...]:
+        """Its output files, relative to the output folder."""
+        return (f"{self.name}.mp4", f"{self.name}.jsonl") if self.is_video else (f"{self.name}.jpg",)
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """The image and video files under ``root``, recursively (see the module docstring), sorted by relative path."""
+    found: list[Path] = []
+
+    def unreadable(error: OSError) -> None:
+        logger.warning(f"skipping folder {error.filename}: cannot list it ({error.strerror or error})")
+
+    for folder, subfolders, names in os.walk(root, onerror=unreadable):
+        here = Path(folder)
+        marker = next((m for m in OUTPUT_MARKERS if m in names), None)
+        if here != root and marker is not None:
+            logger.warning(f"skipping folder {here}: it holds {marker}, so it is the output of an earlier predict")
+            subfolders.clear()
+            continue
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found.extend(here / name for name in names if not name.startswith(".") and Path(name).suffix.lower() in INPUT_SUFFIXES)
+    return sorted(found, key=lambda path: path.relative_to(root).parts)
+
+
+def find_inputs(inputs: Sequence[str | Path]) -> list[PredictInput]:
+    """The image and video files named by ``inputs`` (files, and the files of folders searched recursively),
+    each once, in order; ``DataError`` for a missing input or a folder without images or videos."""
+    found: dict[Path, PredictInput] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = _folder_files(path)
+            if not files:
+                raise DataError(path, f"folder holds no images or videos ({', '.join(INPUT_SUFFIXES)})")
+            entries = [PredictInput(file, file.relative_to(path).with_suffix("").as_posix()) for file in files]
+        elif path.is_file():
+            entries = [PredictInput(path, path.stem)]
+        else:
+            raise DataError(path, "no such image or video file or folder")
+        for entry in entries:
+            found.setdefault(entry.path.resolve(), entry)
+    return list(found.values())
+
+
+def _claim_outputs(folder: OutputFolder, inputs: Sequence[str | Path], found: list[PredictInput], overwrite: bool) -> None:
+    """Claim every output of ``found`` in ``folder``; ``ConfigError`` when two inputs would write the same file."""
+    writers: dict[str, Path] = {}
+    for entry in found:
+        for name in entry.outputs():
+            if name in OUTPUT_MARKERS:
+                raise ConfigError(f"{entry.path} would write {name} in --output, the name of the run's own file; rename it")
+            if name in writers:
+                raise ConfigError(f"{writers[name]} and {entry.path} would both write {name} in --output; rename one of them")
+            writers[name] = entry.path
+    input_folders = [Path(item) for item in inputs if Path(item).is_dir()]
+    folder.claim([*writers, *OUTPUT_MARKERS], overwrite=overwrite, inputs=[entry.path for entry in found], input_folders=input_folders)
+
+
+def _detect(detector: Detector, image: torch.Tensor, size: tuple[int, int] | None, score_threshold: float):
+    """The model's detections scoring >= ``score_threshold`` on ``image`` (CPU tensors), and the same in
+    the pixels of the original image of ``size`` (``fasterrcnn.detector.in_original_pixels``)."""
+    import torch
+
+    from fasterrcnn.detector import in_original_pixels
+
+    with torch.inference_mode(), detector.autocast():
+        detection = detector.model([image.to(detector.device)])[0]
+    keep = detection["scores"] >= score_threshold
+    detection = {k: v[keep].cpu() for k, v in detection.items()}
+    return detection, {**detection, "boxes": in_original_pixels(detection["boxes"], image, size)}
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
+def _predict_video(
+    detector: Detector, entry: PredictInput, folder: OutputFolder | None, *, score_threshold: float, frame_stride: int, quiet: bool
+) -> VideoResult:
+    """Detect objects in every ``frame_stride``-th frame of a video; with ``folder``, write its annotated video
+    and JSON Lines (see the module docstring). One decoded frame in memory at a time."""
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
+    from fasterrcnn.data.images import reduction_factor
+    from fasterrcnn.data.video import VideoReader, VideoWriter, to_rgb
+    from fasterrcnn.detector import to_image_tensor
+    from fasterrcnn.visualize import draw_detections
+
+    frames: list[FrameDetections] = []
+    with VideoReader(entry.path) as video:
+        size = (video.height, video.width)
+        transform = getattr(detector.model, "transform", None)
+        reduce = 1 if transform is None else reduction_factor(size, transform.min_size, transform.max_size)
+        total = None if video.num_frames is None else -(-video.num_frames // frame_stride)
+
+        def run(writer: VideoWriter | None, lines) -> None:
+            with tqdm(total=total, desc=entry.path.name, unit="frame", disable=quiet, leave=False) as bar:
+                for index, time, frame in video.frames(frame_stride):
+                    full = to_rgb(frame) if writer is not None or reduce == 1 else None
+                    image = to_image_tensor(full if reduce == 1 else to_rgb(frame, reduce))  # a large frame reduced before any float copy
+                    _, original = _detect(detector, image, size if reduce > 1 else None, score_threshold)
+                    detections = detector.as_detections(original)
+                    frames.append(FrameDetections(index, time, detections))
+                    if lines is not None:
+                        record = {"frame": index, "time": time, "detections": [d.to_dict() for d in detections]}
+                        lines.write(_json_line(record))
+                        lines.flush()
+                    if writer is not None:  # drawn on the full-size frame, boxes in its pixels
+                        drawn = draw_detections(Image.fromarray(full), original["boxes"], original["labels"], original["scores"], detector.class_names)
+                        writer.write(np.asarray(drawn))
+                    bar.update()
+
+        if folder is None:
+            run(None, None)
+            return VideoResult(frames)
+        video_path, lines_path = (folder.path / name for name in entry.outputs())
+        video_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lines_path, "w", encoding="utf-8") as lines:
+
+            def annotate(file) -> None:
+                with VideoWriter(file, video.width, video.height, video.rate / frame_stride) as writer:
+                    run(writer, lines)
+
+            atomic_save(video_path, annotate)
+    return VideoResult(frames, video_path, lines_path)
+
+
+def predict(
+    weights: str | Path | Detector,
+    inputs: Sequence[str | Path],
+    *,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    score_threshold: float = 0.5,
+    on_bad_image: str = "skip",
+    frame_stride: int = 1,
+    preset: str | None = None,
+    classes: Sequence[str] | str | None = None,
+    device: str = "auto",
+    amp: str | None = None,
+    quiet: bool = False,
+) -> PredictResult:
+    """Detect objects in image and video files and folders with a checkpoint, a ``Detector`` or (``preset``)
+    a torchvision file.
+
+    With ``output``, writes the files of the module docstring. Videos need PyAV (``pip install
+    'fasterrcnn[video]'``); ``frame_stride=N`` processes every N-th frame of a video. A bad image or video
+    (missing, truncated, not decodable) is skipped with a warning (``on_bad_image="skip"``) or stops the run
+    (``"error"``). An image or frame much larger than the model's input is decoded reduced (memory stays
+    bounded). Unless ``quiet``, prints one line per image and shows a progress bar over a video's frames.
+    """
+    from fasterrcnn.data.video import require_av
+    from fasterrcnn.evaluation import detections_to_results, save_results
+    from fasterrcnn.visualize import draw_detections
+
+    check_policy(on_bad_image)
+    if isinstance(frame_stride, bool) or not isinstance(frame_stride, int) or frame_stride < 1:
+        raise ConfigError(f"frame_stride must be a whole number >= 1, got {frame_stride!r}")
+    found = find_inputs(inputs)
+    videos = [entry for entry in found if entry.is_video]
+    if videos:
+        require_av(videos[0].path)  # before the long work
+    folder = OutputFolder(output) if output is not None else None
+    if folder is not None:
+        _claim_outputs(folder, inputs, found, overwrite)
+    detector = _detector(weights, device=device, amp=amp, preset=preset, classes=classes)
+    detections: dict[Path, list[Detection]] = {}
+    video_results: dict[Path, VideoResult] = {}
+    skipped: list[tuple[str, str]] = []
+    results: list[dict] = []
+    lines = open(folder.path / "detections.jsonl", "w", encoding="utf-8") if folder is not None else None
+    try:
+        for entry in found:
+            try:
+                if entry.is_video:
+                    video = _predict_video(detector, entry, folder, score_threshold=score_threshold, frame_stride=frame_stride, quiet=quiet)
+                    video_results[entry.path] = video
+                    if not quiet:
+                        count = sum(len(frame.detections) for frame in video.frames)
+                        print(f"{entry.path}: {count} detections on {len(video.frames)} frames", flush=True)
+                    continue
+                image, size = detector.load(entry.path)
+            except DataError as error:
+                if on_bad_image == "error":
+                    raise
+                logger.warning(f"skipping {error}")
+                skipped.append((str(entry.path), error.problem))
+                continue
+            detection, original = _detect(detector, image, size, score_threshold)
+            detections[entry.path] = detector.as_detections(original)
+            results.extend(detections_to_results(entry.name, original, detector.class_names, detector.label_to_category_id))
+            if folder is not None:
+                height, width = size or tuple(image.shape[1:])
+                record = {"image": str(entry.path), "image_id": entry.name, "height": height, "width": width}
+                lines.write(_json_line({**record, "detections": [d.to_dict() for d in detections[entry.path]]}))
+                lines.flush()
+                picture = draw_detections(image, detection["boxes"], detection["labels"], detection["scores"], detector.class_names)
+                target = folder.path / entry.outputs()[0]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                atomic_save(target, lambda f: picture.save(f, format="JPEG", quality=92))
+            if not quiet:
+                print(f"{entry.path}: {len(detections[entry.path])} detections", flush=True)
+    finally:
+        if folder is not None:
+            lines.close()
+            save_results(folder.path / "detections.json", results)
+    return PredictResult(detections, skipped, folder.path if folder else None, video_results)
