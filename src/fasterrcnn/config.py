@@ -139,6 +139,10 @@ class TrainConfig:
     lr_gamma: float = 0.1
     max_iters: int = 70000
     epochs: int | None = None  # when set, max_iters = epochs * batches per epoch (overrides max_iters)
+    # Minutes of training (periodic validation and checkpoints included); None: no budget. When set, the run
+    # ends when they are spent: the iterations that fit are estimated from the measured speed, and warm-up
+    # and lr_steps keep their fractions of max_iters (or of epochs) on that estimate (engine/trainer.py).
+    time: float | None = None
     grad_clip_norm: float | None = None  # clip the global gradient L2 norm to this; None: no clipping
     hflip_prob: float = 0.5
     seed: int = 0  # data order, flips and the model's sampling are a function of (seed, epoch, iteration)
@@ -440,6 +444,7 @@ _TRAIN_RULES: dict[str, tuple[_Rule, ...]] = {
     "lr_gamma": (_above(0),),
     "max_iters": (),  # >= 1 unless epochs is set (_train_relations)
     "epochs": (_at_least(1),),
+    "time": (_above(0),),
     "grad_clip_norm": (_above(0),),
     "hflip_prob": (_UNIT_INTERVAL,),
     "seed": (_seed,),
