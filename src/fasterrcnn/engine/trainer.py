@@ -519,8 +519,7 @@ class Trainer:
         start_iteration, start_clock, start_elapsed = self._session
         self._elapsed = start_elapsed + now - start_clock
         if self._elapsed >= self.budget:
-            if self.max_iters != done:
-                logger.info(f"time budget of {self.budget / 60:g} min spent at iteration {done}")
+            logger.info(f"time budget of {self.budget / 60:g} min spent at iteration {done}")
             self.max_iters = logger.max_iters = done
             return
         measured_from, measured_at = self._timing
