@@ -525,7 +525,7 @@ class Trainer:
         measured_from, measured_at = self._timing
         measured = done - measured_from
         if done >= self.max_iters or (measured >= ESTIMATE_AFTER and measured & (measured - 1) == 0):
-            seconds = (now - measured_at) / measured
+            seconds = max((now - measured_at) / measured, 1e-9)  # per iteration, > 0 even for a coarse clock
             self._retarget(done + int((self.budget - self._elapsed) // seconds), seconds, logger)
         if done == start_iteration + 1:  # the first iteration of a session pays for start-up: measure after it
             self._timing = (done, now)
