@@ -374,15 +374,15 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     whole = train(voc_root, tmp_path / "whole", **{**FAST, "overrides": log}, time=0.4)  # 24 s: 12 iterations of 2 s
     assert whole.iteration == 12 and whole.last.is_file()
     state = load_checkpoint(whole.last)
-    # the speed is measured over iterations 2-5: 12 iterations fit; the step of 900/1200 goes to 9, and
-    # the warm-up (100/1200 of the run: 1 iteration) ends at iteration 5, where the estimate was made
+    # estimated after the first iteration (and again after 4 and 8 more): 12 iterations fit; the step of
+    # 900/1200 goes to 9, the warm-up of 100/1200 to 1 iteration
     assert state["time"] == {"budget": 24.0, "elapsed": 24.0, "max_iters": 12}
-    assert state["scheduler"] == {"iteration": 12, "warmup_iters": 5, "lr_steps": [9]}
+    assert state["scheduler"] == {"iteration": 12, "warmup_iters": 1, "lr_steps": [9]}
     lrs = [r["lr"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if r["type"] == "train"]
-    assert lrs[5:] == pytest.approx([0.02] * 4 + [0.002] * 3)  # iterations 6-12: after warm-up, then the step
+    assert lrs == pytest.approx([0.0002] + [0.02] * 8 + [0.002] * 3)  # 0.01 x lr, then lr, x0.1 from the 10th step
     out = capsys.readouterr().out
     assert "schedule: time budget 0.4 min, 1200 iterations until the speed is measured; warm-up 100 iterations" in out
-    assert "time budget: 12 iterations fit (2 s each, 0.233 of 0.4 min left); warm-up 5 iterations from 0.01 x lr; lr 0.02, x0.1 at 9 -> 0.002" in out
+    assert "time budget: 12 iterations fit (2 s each, 0.367 of 0.4 min left); warm-up 1 iterations from 0.01 x lr; lr 0.02, x0.1 at 9 -> 0.002" in out
     assert "time budget of 0.4 min spent at iteration 12" in out
 
     def interrupt_after_iteration_6(now):
@@ -404,7 +404,7 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     fake_clock()
     longer = train(voc_root, tmp_path / "run", **FAST, resume=True, time=0.6)
     assert longer.iteration == 18
-    assert load_checkpoint(longer.last)["scheduler"] == {"iteration": 18, "warmup_iters": 5, "lr_steps": [9]}
+    assert load_checkpoint(longer.last)["scheduler"] == {"iteration": 18, "warmup_iters": 1, "lr_steps": [9]}
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["train"]["time"] == 0.4 and config["changes"][-1]["changed"] == {"train.time": [0.4, 0.6]}
 

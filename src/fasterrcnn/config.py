@@ -139,10 +139,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     max_iters: int = 70000
     epochs: int | None = None  # when set, max_iters = epochs * batches per epoch (overrides max_iters)
-    # Minutes of training (periodic validation and checkpoints included); None: no budget. When set, the run
-    # ends when they are spent: the iterations that fit are estimated from the measured speed, and warm-up
-    # and lr_steps keep their fractions of max_iters (or of epochs) on that estimate (engine/trainer.py).
-    time: float | None = None
+    time: float | None = None  # minutes of training (validation, checkpoints included), None: no budget; warm-up and lr_steps keep their fractions of the run on the iterations that fit
     grad_clip_norm: float | None = None  # clip the global gradient L2 norm to this; None: no clipping
     hflip_prob: float = 0.5
     seed: int = 0  # data order, flips and the model's sampling are a function of (seed, epoch, iteration)

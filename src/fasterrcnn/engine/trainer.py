@@ -61,9 +61,9 @@ Schedule: ``build_scheduler``'s warm-up and LR steps, in iterations. A trainer g
 
 Time budget (``config.time`` minutes): the run ends when the budget is spent, counted from the first
 iteration of the run (a resumed run continues the time recorded in its checkpoint), periodic validation
-and checkpoint writes included, the final evaluation not. The speed is measured from the second iteration of
-each session; after 4, 8, 16, ... measured iterations (and whenever the current target is reached) the
-target ``max_iters`` becomes the iterations that fit in the time left, and the warm-up and LR steps keep
+and checkpoint writes included, the final evaluation not. After the first iteration of each session (its
+start-up included), after 4, 8, 16, ... iterations measured from the second one, and whenever the current
+target is reached, the target ``max_iters`` becomes the iterations that fit in the time left, and the warm-up and LR steps keep
 their fractions of the configured length on it (``keep_reached``: a step already taken stays). At the
 deadline the loop stops after the current iteration and the run ends as at ``max_iters``. Data-parallel
 processes all read rank 0's clock, so they stop together.
@@ -120,7 +120,7 @@ class TrainingFailed(FasterRCNNError):
         super().__init__("; ".join([f"training stopped at iteration {iteration}: {what}", *notes]))
 
 
-# Time budget: the first estimate of the iterations that fit, after this many measured iterations.
+# Time budget: the iterations that fit are re-estimated after 4, 8, 16, ... iterations measured.
 ESTIMATE_AFTER = 4
 _clock = time.monotonic  # seconds; tests replace it with a fake clock
 
@@ -524,10 +524,11 @@ class Trainer:
             return
         measured_from, measured_at = self._timing
         measured = done - measured_from
-        if done >= self.max_iters or (measured >= ESTIMATE_AFTER and measured & (measured - 1) == 0):
+        first = done == start_iteration + 1  # start-up included: a cautious first estimate, refined below
+        if first or done >= self.max_iters or (measured >= ESTIMATE_AFTER and measured & (measured - 1) == 0):
             seconds = max((now - measured_at) / measured, 1e-9)  # per iteration, > 0 even for a coarse clock
             self._retarget(done + int((self.budget - self._elapsed) // seconds), seconds, logger)
-        if done == start_iteration + 1:  # the first iteration of a session pays for start-up: measure after it
+        if first:  # the first iteration of a session pays for start-up: the speed is measured after it
             self._timing = (done, now)
 
     def _retarget(self, target: int, seconds: float, logger) -> None:

@@ -3,6 +3,7 @@
     from fasterrcnn.runs import train
     result = train("VOCdevkit/VOC2007", "runs/voc07", preset="vgg16", epochs=16, backbone_weights="vgg16.pth")
     result = train("VOCdevkit/VOC2007", "runs/voc07", resume=True)          # continue it
+    result = train("VOCdevkit/VOC2007", "runs/voc07_1h", preset="vgg16", time=60)  # an hour of training
     print(result.best_metric, result.last)
 
 Configuration precedence: the preset (or, with ``resume``, the run's own configuration) < the ``config``
@@ -17,8 +18,9 @@ ends when it is spent, with warm-up and steps at their fractions of the iteratio
 ``engine.trainer``); the length settings then only give the schedule's fractions.
 
 On ``resume`` only the settings in ``RESUMABLE_CHANGES`` may change (a longer run or time budget, other
-logging and checkpoint intervals); nothing is re-scaled (the checkpoint holds the placed schedule); they are recorded in ``config.json`` under ``"changes"`` beside the original
-settings. Any other difference is refused with the list of differences.
+logging and checkpoint intervals) and nothing is re-scaled (the checkpoint holds the placed schedule); the
+changes are recorded in ``config.json`` under ``"changes"`` beside the original settings. Any other
+difference is refused with the list of differences.
 """
 
 from __future__ import annotations
