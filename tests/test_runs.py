@@ -382,7 +382,7 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     assert lrs == pytest.approx([0.0002] + [0.02] * 8 + [0.002] * 3)  # 0.01 x lr, then lr, x0.1 from the 10th step
     out = capsys.readouterr().out
     assert "schedule: time budget 0.4 min, 1200 iterations until the speed is measured; warm-up 100 iterations" in out
-    assert "time budget: 12 iterations fit (2 s each, 0.367 of 0.4 min left); warm-up 1 iterations from 0.01 x lr; lr 0.02, x0.1 at 9 -> 0.002" in out
+    assert "time budget: 12 iterations fit (2 s each, 0.367 of 0.4 min left); warm-up 1 iteration from 0.01 x lr; lr 0.02, x0.1 at 9 -> 0.002" in out
     assert "time budget of 0.4 min spent at iteration 12" in out
 
     def interrupt_after_iteration_6(now):

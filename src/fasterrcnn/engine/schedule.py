@@ -88,7 +88,8 @@ def keep_reached(current: TrainConfig, placed: TrainConfig, done: int) -> TrainC
 def describe_schedule(config: TrainConfig, lr: float) -> str:
     """The warm-up and the LR steps in words, e.g. ``warm-up 100 iterations from 0.01 x lr; lr 0.02, x0.1 at
     900 -> 0.002`` (``lr``: the optimizer's base learning rate)."""
-    warmup = f"warm-up {config.warmup_iters} iterations from {config.warmup_factor:g} x lr" if config.warmup_iters else "no warm-up"
+    n = config.warmup_iters
+    warmup = f"warm-up {n} iteration{'s' if n > 1 else ''} from {config.warmup_factor:g} x lr" if n else "no warm-up"
     steps = "".join(f", x{config.lr_gamma:g} at {step} -> {lr * config.lr_gamma ** (k + 1):g}" for k, step in enumerate(config.lr_steps))
     return f"{warmup}; lr {lr:g}{steps}"
 
