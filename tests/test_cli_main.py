@@ -220,6 +220,20 @@ def test_help_mentions_every_option(capsys):
         assert option in [s for a in subparsers.choices["train"]._actions for s in a.option_strings], option
 
 
+def test_the_demo_schedule_follows_its_length_by_the_general_rule():
+    import fasterrcnn.runs.demo_run as demo
+    from fasterrcnn.config import get_preset
+    from fasterrcnn.engine.schedule import scale_schedule
+
+    assert "lr_steps" not in demo.DEMO_TRAIN and "warmup_iters" not in demo.DEMO_TRAIN
+    tiny = get_preset(demo.DEMO_PRESET).train
+    # the steps the demo used to set by hand: 1500 of 2000, scaled to --max-iters; warm-up 100 up to 2000
+    for max_iters in (2000, 1000, 400, 3):
+        placed = scale_schedule(tiny, max_iters, tiny.max_iters)
+        assert placed.lr_steps == (round(1500 * max_iters / 2000),), max_iters
+    assert scale_schedule(tiny, demo.DEMO_TRAIN["max_iters"], tiny.max_iters).warmup_iters == 100
+
+
 def test_demo_pipeline_with_a_tiny_schedule(tmp_path, monkeypatch, capsys):
     import fasterrcnn.runs.demo_run as demo
 

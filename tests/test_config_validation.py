@@ -142,6 +142,9 @@ def test_ints_are_floats_and_null_is_allowed_where_annotated():
         ("train", dict(lr_gamma=0), "train.lr_gamma = 0: must be > 0"),
         ("train", dict(weight_decay=-1e-4), "train.weight_decay = -0.0001: must be >= 0"),
         ("train", dict(amp_dtype="fp8"), "train.amp_dtype = 'fp8': must be one of bf16, fp16"),
+        ("train", dict(time=0), "train.time = 0: must be > 0"),
+        ("train", dict(time=-1.5), "train.time = -1.5: must be > 0"),
+        ("train", dict(time=float("inf")), "train.time = inf: must be a finite number or null"),
     ],
 )
 def test_range_errors(section, fields, message):

@@ -101,10 +101,32 @@ def test_training_writes_outputs_and_logs(voc_root, tmp_path):
     assert first["loss"] == pytest.approx(first["loss_classifier"] + first["loss_box_reg"])
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["iteration"] == 8 and state["epoch"] == 2 and state["epoch_iteration"] == 2
-    assert state["scheduler"] == {"iteration": 8}
+    assert state["scheduler"] == {"iteration": 8, "warmup_iters": 2, "lr_steps": [5]}
     assert state["class_names"] == list(VOCDataset(voc_root, split="train").classes)
     assert state["config"]["preset"] == "fake"
     assert set(state["rng"]) == {"torch", "python", "numpy", "model_generator"}
+
+
+def test_a_schedule_written_for_another_length_follows_the_run(voc_root, tmp_path):
+    from fasterrcnn.config import get_preset
+
+    tiny = get_preset("tiny").train  # warm-up 100, step 900 of 1200
+    dataset = VOCDataset(voc_root, split="train")  # 6 images: 3 batches of 2
+
+    def placed(fixed=(), **fields):
+        config = replace(tiny, batch_size=2, **fields)
+        trainer = Trainer(
+            FakeDetector(len(dataset.classes)), dataset, config=config, output_dir=tmp_path, preset="fake",
+            class_names=dataset.classes, schedule_length=tiny.max_iters, fixed_schedule=fixed, quiet=True,
+        )  # fmt: skip
+        assert trainer.checkpoint().train_config == trainer.config  # checkpoints record the placed schedule
+        return trainer.config.warmup_iters, trainer.config.lr_steps
+
+    assert placed(max_iters=400) == (33, (300,))
+    assert placed(max_iters=2400) == (100, (1800,))
+    assert placed(epochs=100) == (25, (225,))  # 300 iterations
+    assert placed(fixed=("lr_steps",), max_iters=400, lr_steps=(350,)) == (33, (350,))
+    assert placed(fixed=("warmup_iters", "lr_steps"), max_iters=400) == (100, (900,))
 
 
 def test_epochs_set_the_number_of_iterations(voc_root, tmp_path):

@@ -18,6 +18,7 @@ import fasterrcnn
 from fasterrcnn.cli import main
 from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
 from fasterrcnn.engine.checkpoint import Checkpoint, load_checkpoint
+from fasterrcnn.engine.logging import read_metrics
 from fasterrcnn.engine.trainer import TrainingFailed
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.runs import EvalResult, PredictResult, RunFolder, TrainResult, compress, evaluate, predict, train
@@ -313,3 +314,105 @@ def test_a_runs_config_json_repeats_the_run(trained, voc_root, tmp_path):
     assert repeated["config"] == original["config"]  # preset, model (48-64 px) and training settings
     for name, tensor in original["model"].items():  # same seed, same data, same settings: the same weights
         assert torch.equal(tensor, repeated["model"][name]), name
+
+
+# -- the schedule follows the run's length; a time budget ----------------------------------------------------
+def _schedule(run):
+    train_config = load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]
+    return train_config["warmup_iters"], train_config["lr_steps"]
+
+
+def test_the_presets_schedule_follows_the_runs_length_unless_set(voc_root, tmp_path, capsys):
+    # tiny: warm-up 100, step 900 of 1200 iterations; 2 iterations: step at round(1.5) = 2, warm-up round(0.17) = 0
+    train(voc_root, tmp_path / "iters", **FAST, max_iters=2)
+    assert _schedule(tmp_path / "iters") == (0, [2])
+    assert "schedule: 2 iterations; no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in capsys.readouterr().out
+    # 4 images in batches of 2: 1 epoch = 2 iterations
+    train(voc_root, tmp_path / "epochs", **FAST, epochs=1)
+    assert _schedule(tmp_path / "epochs") == (0, [2])
+    assert "schedule: 2 iterations (1 epochs x 2 batches); no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in capsys.readouterr().out
+    # set by the user (--set or overrides, a config file): kept as given
+    (tmp_path / "warmup.yaml").write_text("train:\n  warmup_iters: 3\n")
+    args = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--output", str(tmp_path / "cli"), "--quiet",
+            "--no-val", "--device", "cpu", "--batch-size", "2", "--max-iters", "2", "--config", str(tmp_path / "warmup.yaml"),
+            "--set", "train.lr_steps=[1]", "--set", "model.min_size=48", "--set", "model.max_size=64"]  # fmt: skip
+    assert main(args) == 0
+    assert _schedule(tmp_path / "cli") == (3, [1])
+    # resuming for longer moves nothing: the checkpoint holds the placed schedule
+    train(voc_root, tmp_path / "iters", **FAST, max_iters=3, resume=True)
+    assert _schedule(tmp_path / "iters") == (0, [2])
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Every reading of the trainer's clock is 2 s after the previous one: one reading per iteration (and one at the start)."""
+    import itertools
+
+    import fasterrcnn.engine.trainer as trainer
+
+    def install(on_reading=None):
+        seconds = itertools.count(0.0, 2.0)
+
+        def clock():
+            now = next(seconds)
+            if on_reading is not None:
+                on_reading(now)
+            return now
+
+        monkeypatch.setattr(trainer, "_clock", clock)
+
+    return install
+
+
+def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_left(voc_root, tmp_path, fake_clock, capsys):
+    import signal
+
+    from fasterrcnn.engine.interrupt import TrainingInterrupted
+
+    fake_clock()
+    log = {**SMALL, "train.log_every": 1}
+    whole = train(voc_root, tmp_path / "whole", **{**FAST, "overrides": log}, time=0.4)  # 24 s: 12 iterations of 2 s
+    assert whole.iteration == 12 and whole.last.is_file()
+    state = load_checkpoint(whole.last)
+    # estimated after the first iteration (and again after 4 and 8 more): 12 iterations fit; the step of
+    # 900/1200 goes to 9, the warm-up of 100/1200 to 1 iteration
+    assert state["time"] == {"budget": 24.0, "elapsed": 24.0, "max_iters": 12}
+    assert state["scheduler"] == {"iteration": 12, "warmup_iters": 1, "lr_steps": [9]}
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if r["type"] == "train"]
+    assert lrs == pytest.approx([0.0002] + [0.02] * 8 + [0.002] * 3)  # 0.01 x lr, then lr, x0.1 from the 10th step
+    out = capsys.readouterr().out
+    assert "schedule: time budget 0.4 min, 1200 iterations until the speed is measured; warm-up 100 iterations" in out
+    assert "time budget: 12 iterations fit (2 s each, 0.367 of 0.4 min left); warm-up 1 iteration from 0.01 x lr; lr 0.02, x0.1 at 9 -> 0.002" in out
+    assert "time budget of 0.4 min spent at iteration 12" in out
+
+    def interrupt_after_iteration_6(now):
+        if now == 12.0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    fake_clock(interrupt_after_iteration_6)
+    with pytest.raises(TrainingInterrupted):
+        train(voc_root, tmp_path / "run", **{**FAST, "overrides": log}, time=0.4)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["time"] == {"budget": 24.0, "elapsed": 12.0, "max_iters": 12}
+    fake_clock()  # a new process: its clock starts anywhere, the 12 s already spent count
+    resumed = train(voc_root, tmp_path / "run", **FAST, resume=True)
+    assert resumed.iteration == 12
+    again = load_checkpoint(resumed.last)
+    assert again["time"] == state["time"] and again["scheduler"] == state["scheduler"]
+    for name, tensor in state["model"].items():  # exactly the uninterrupted run
+        assert torch.equal(tensor, again["model"][name]), name
+    # a longer budget on resume extends the run: 12 s more, 6 iterations; the step taken at 9 stays
+    fake_clock()
+    longer = train(voc_root, tmp_path / "run", **FAST, resume=True, time=0.6)
+    assert longer.iteration == 18
+    assert load_checkpoint(longer.last)["scheduler"] == {"iteration": 18, "warmup_iters": 1, "lr_steps": [9]}
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["time"] == 0.4 and config["changes"][-1]["changed"] == {"train.time": [0.4, 0.6]}
+
+
+def test_the_runs_length_is_given_once(voc_root, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="give the run's length as epochs, max_iters or time, not several"):
+        train(voc_root, tmp_path / "run", **FAST, max_iters=2, time=1.0)
+    base = ["train", "--data", str(voc_root), "--preset", "tiny", "--output", str(tmp_path / "run")]
+    assert "--time: must be a finite number > 0" in one_line_error(capsys, main(base + ["--time", "0"]))
+    assert "not allowed with argument" in one_line_error(capsys, main(base + ["--time", "1", "--epochs", "2"]))
+    assert "train.time = -1: must be > 0" in one_line_error(capsys, main(base + ["--set", "train.time=-1"]))

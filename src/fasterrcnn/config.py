@@ -139,6 +139,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     max_iters: int = 70000
     epochs: int | None = None  # when set, max_iters = epochs * batches per epoch (overrides max_iters)
+    time: float | None = None  # minutes of training (validation, checkpoints included), None: no budget; warm-up and lr_steps keep their fractions of the run on the iterations that fit
     grad_clip_norm: float | None = None  # clip the global gradient L2 norm to this; None: no clipping
     hflip_prob: float = 0.5
     seed: int = 0  # data order, flips and the model's sampling are a function of (seed, epoch, iteration)
@@ -440,6 +441,7 @@ _TRAIN_RULES: dict[str, tuple[_Rule, ...]] = {
     "lr_gamma": (_above(0),),
     "max_iters": (),  # >= 1 unless epochs is set (_train_relations)
     "epochs": (_at_least(1),),
+    "time": (_above(0),),
     "grad_clip_norm": (_above(0),),
     "hflip_prob": (_UNIT_INTERVAL,),
     "seed": (_seed,),

@@ -44,6 +44,11 @@ def add_parser(commands) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive_int, metavar="N", help="train for N passes over the data")
     length.add_argument("--max-iters", type=positive_int, metavar="N", help="train for N iterations (batches)")
+    length.add_argument(
+        "--time", type=positive_float, metavar="MINUTES",
+        help="train for MINUTES of wall-clock time (validation and checkpoints included): the iterations that fit are "
+        "estimated from the measured speed, warm-up and LR steps keep their fractions of the run (train.time)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, metavar="N", help="images per iteration")
     p.add_argument("--lr", type=positive_float, metavar="X", help="base learning rate (after warm-up)")
     p.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradients' global L2 norm to X")
@@ -53,7 +58,7 @@ def add_parser(commands) -> None:
     p.add_argument("--keep-checkpoints", type=nonnegative_int, metavar="N", help="periodic iter_XXXXXXX.pt kept, the newest (default: 3; last.pt and best.pt always)")
     p.add_argument("--log-every", type=positive_int, metavar="N", help="iterations per metrics.jsonl record")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt (a longer run is allowed; other changed settings are refused)")
+    start.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt (a longer run or --time is allowed; other changed settings are refused)")
     start.add_argument("--overwrite", action="store_true", help="delete the training run already in --output and start over (other files are never touched)")
     p.add_argument("--config", metavar="FILE", help='JSON file {"preset": NAME, "model": {...}, "train": {...}} of ModelConfig / TrainConfig fields')
     p.add_argument(
@@ -105,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = train(
         args.data, args.output, preset=args.preset, config=args.config, overrides=overrides_of(args),
-        resume=args.resume, overwrite=args.overwrite, epochs=args.epochs, max_iters=args.max_iters,
+        resume=args.resume, overwrite=args.overwrite, epochs=args.epochs, max_iters=args.max_iters, time=args.time,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, backbone_weights=args.backbone_weights,
         download=True if args.download else None,
         split=args.split, images=args.images, classes=class_list(args.classes), drop_empty=args.drop_empty,

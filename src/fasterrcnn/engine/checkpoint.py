@@ -6,8 +6,9 @@ A checkpoint file holds a dict::
     {"model": state_dict, "config": {"preset": str, "model": dict, "train": dict},
      "class_names": [str, ...], "label_to_category_id": {label: category id} (COCO data only),
      # a training checkpoint (written by the trainer; what --resume needs) adds:
-     "optimizer": state_dict, "scheduler": {"iteration": i}, "iteration": int, "epoch": int,
-     "epoch_iteration": int, "best_metric": float | None, "rng": rng_state(), "scaler": (fp16 only)}
+     "optimizer": state_dict, "scheduler": {"iteration": i, "warmup_iters": w, "lr_steps": [s, ...]},
+     "iteration": int, "epoch": int, "epoch_iteration": int, "best_metric": float | None, "rng": rng_state(),
+     "scaler": (fp16 only), "time": {"budget": s, "elapsed": s, "max_iters": n} (a time budget only)}
 
 ``Checkpoint`` is that dict as an object: ``Checkpoint.read(path)`` loads and checks a file once
 (configurations validated, class names matching the model), and everything that reads checkpoints
@@ -137,7 +138,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
 
 
-TRAINING_KEYS = ("optimizer", "scheduler", "iteration", "epoch", "epoch_iteration", "best_metric", "rng", "scaler")
+TRAINING_KEYS = ("optimizer", "scheduler", "iteration", "epoch", "epoch_iteration", "best_metric", "rng", "scaler", "time")
 
 
 @dataclass

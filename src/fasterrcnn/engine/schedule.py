@@ -5,18 +5,28 @@
     lr(i)     = base_lr * factor(i)
 
 Iteration ``i`` counts optimizer steps already taken, so the first step uses ``factor(0)``
-(= ``warmup_factor`` when warming up). The scheduler's whole state is the iteration, which makes
-resuming exact: the lr of step ``i`` never depends on how the run got there.
+(= ``warmup_factor`` when warming up). The scheduler's state is the iteration (and where the warm-up and
+steps are), which makes resuming exact: the lr of step ``i`` never depends on how the run got there.
+
+A schedule written for a run of ``reference`` iterations follows a run of another length
+(``scale_schedule``): every LR step moves to the same fraction of the run, and the warm-up
+shrinks with a shorter run but never grows beyond its configured length (it guards the first
+updates of a fresh model, whose number does not grow with the run).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 
-__all__ = ["WarmupStepLR", "lr_factor"]
+from fasterrcnn.config import TrainConfig
+
+__all__ = ["SCHEDULE_FIELDS", "WarmupStepLR", "describe_schedule", "keep_reached", "lr_factor", "scale_schedule"]
+
+SCHEDULE_FIELDS = ("warmup_iters", "lr_steps")  # the TrainConfig fields placed in iterations of the run
 
 
 def lr_factor(
@@ -42,11 +52,53 @@ def lr_factor(
     return factor * gamma ** bisect_right(sorted(lr_steps), iteration)
 
 
+def scale_schedule(config: TrainConfig, length: int, reference: int, fields: Collection[str] = SCHEDULE_FIELDS) -> TrainConfig:
+    """``config`` with its ``fields`` (of ``SCHEDULE_FIELDS``), written for a run of ``reference`` iterations,
+    placed on a run of ``length``.
+
+    lr_steps: ``round(step * length / reference)``, kept >= 1 and increasing (two steps never merge: each still
+    multiplies by ``lr_gamma``); warmup_iters: scaled the same way but at most ``config.warmup_iters``.
+    """
+    ratio = length / reference
+    changes = {}
+    if "lr_steps" in fields:
+        steps: list[int] = []
+        for step in config.lr_steps:
+            steps.append(max(round(step * ratio), steps[-1] + 1 if steps else 1))
+        changes["lr_steps"] = tuple(steps)
+    if "warmup_iters" in fields:
+        changes["warmup_iters"] = min(config.warmup_iters, round(config.warmup_iters * ratio))
+    return dataclasses.replace(config, **changes)
+
+
+def keep_reached(current: TrainConfig, placed: TrainConfig, done: int) -> TrainConfig:
+    """``placed``'s schedule, except that what ``current``'s had reached by iteration ``done`` stays where it was.
+
+    For a run whose length is re-estimated during training (a time budget): a warm-up end or LR step at or
+    before ``done`` keeps its iteration, one still ahead moves to ``placed``'s but not before ``done``, so the
+    lr never steps back up and no step is lost.
+    """
+    steps: list[int] = []
+    for now, new in zip(current.lr_steps, placed.lr_steps):
+        steps.append(now if now <= done else max(new, done, steps[-1] + 1 if steps else 1))
+    warmup = current.warmup_iters if current.warmup_iters <= done else max(placed.warmup_iters, done)
+    return dataclasses.replace(placed, warmup_iters=warmup, lr_steps=tuple(steps))
+
+
+def describe_schedule(config: TrainConfig, lr: float) -> str:
+    """The warm-up and the LR steps in words, e.g. ``warm-up 100 iterations from 0.01 x lr; lr 0.02, x0.1 at
+    900 -> 0.002`` (``lr``: the optimizer's base learning rate)."""
+    n = config.warmup_iters
+    warmup = f"warm-up {n} iteration{'s' if n > 1 else ''} from {config.warmup_factor:g} x lr" if n else "no warm-up"
+    steps = "".join(f", x{config.lr_gamma:g} at {step} -> {lr * config.lr_gamma ** (k + 1):g}" for k, step in enumerate(config.lr_steps))
+    return f"{warmup}; lr {lr:g}{steps}"
+
+
 class WarmupStepLR:
     """Sets ``optimizer``'s learning rates to ``base_lr * lr_factor(iteration)``.
 
-    Like ``torch.optim.lr_scheduler.LambdaLR``, but the state is only ``iteration`` (the number of
-    optimizer steps taken): call ``step()`` after each ``optimizer.step()``. The base learning rates
+    Like ``torch.optim.lr_scheduler.LambdaLR``, but the state is ``iteration`` (the number of optimizer
+    steps taken) with the warm-up and steps (``place`` moves them): call ``step()`` after each ``optimizer.step()``. The base learning rates
     are the param groups' ``lr`` when the scheduler is created.
     """
 
@@ -85,11 +137,19 @@ class WarmupStepLR:
         self.iteration += 1
         self._apply()
 
-    def state_dict(self) -> dict[str, int]:
-        return {"iteration": self.iteration}
+    def place(self, warmup_iters: int, lr_steps: Sequence[int]) -> None:
+        """Move the warm-up end and the LR steps (a run whose length is re-estimated: ``scale_schedule``)."""
+        self.warmup_iters, self.lr_steps = int(warmup_iters), tuple(int(s) for s in lr_steps)
+        self._apply()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "warmup_iters": self.warmup_iters, "lr_steps": list(self.lr_steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The iteration, and the warm-up and steps when the state has them (checkpoints before them: the config's)."""
         self.iteration = int(state["iteration"])
+        if "lr_steps" in state:
+            self.place(state["warmup_iters"], state["lr_steps"])
         self._apply()
 
     def _apply(self) -> None:

@@ -54,6 +54,20 @@ anchors (``rpn_batch_size_per_image``) and RoIs (``box_batch_size_per_image``, t
 has fewer candidate proposals), the processes' padded batches have the same size, and BatchNorm
 statistics are synchronised (``sync_bn``) or frozen.
 
+Schedule: ``build_scheduler``'s warm-up and LR steps, in iterations. A trainer given ``schedule_length``
+(the run length they were written for, e.g. the preset's max_iters) places them on its own run length
+(``engine.schedule.scale_schedule``), except the fields in ``fixed_schedule`` (set by the user); its
+``config`` (checkpoints, config.json) then holds the placed values. The schedule is printed when training starts.
+
+Time budget (``config.time`` minutes): the run ends when the budget is spent, counted from the first
+iteration of the run (a resumed run continues the time recorded in its checkpoint), periodic validation
+and checkpoint writes included, the final evaluation not. After the first iteration of each session (its
+start-up included), after 4, 8, 16, ... iterations measured from the second one, and whenever the current
+target is reached, the target ``max_iters`` becomes the iterations that fit in the time left, and the warm-up and LR steps keep
+their fractions of the configured length on it (``keep_reached``: a step already taken stays). At the
+deadline the loop stops after the current iteration and the run ends as at ``max_iters``. Data-parallel
+processes all read rank 0's clock, so they stop together.
+
 Mixed precision (``amp``): the forward runs under ``torch.autocast`` in bfloat16 (CUDA or CPU) or
 float16 (CUDA, with a ``GradScaler`` whose state is checkpointed); the model keeps anchors, box
 coding, NMS and the losses in float32. Validation runs in float32 (``fasterrcnn eval --amp`` measures
@@ -62,10 +76,11 @@ the mixed-precision detections).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +91,7 @@ from fasterrcnn.config import TrainConfig, check_config
 from fasterrcnn.device import autocast_context, autocast_dtype
 from fasterrcnn.engine.checkpoint import Checkpoint, CheckpointFolder, get_rng_state, set_rng_state, weights_are_finite
 from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
-from fasterrcnn.engine.schedule import WarmupStepLR
+from fasterrcnn.engine.schedule import SCHEDULE_FIELDS, WarmupStepLR, describe_schedule, keep_reached, scale_schedule
 from fasterrcnn.errors import ConfigError, DataError, FasterRCNNError
 
 __all__ = [
@@ -103,6 +118,11 @@ class TrainingFailed(FasterRCNNError):
         self.checkpoint = checkpoint
         what = str(cause) if isinstance(cause, FasterRCNNError) else f"{type(cause).__name__}: {cause}"
         super().__init__("; ".join([f"training stopped at iteration {iteration}: {what}", *notes]))
+
+
+# Time budget: the iterations that fit are re-estimated after 4, 8, 16, ... iterations measured.
+ESTIMATE_AFTER = 4
+_clock = time.monotonic  # seconds; tests replace it with a fake clock
 
 
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
@@ -176,6 +196,9 @@ class Trainer:
             from ``engine.validation.validation_losses``, are drawn in loss.png).
         device, num_workers, quiet: where to train, data-loading processes, plain log lines.
             In a data-parallel run, ``device`` is this process's (``engine.distributed.init_distributed``).
+        schedule_length: the run length (iterations) that ``config``'s warm-up and lr_steps were written for;
+            when given they are placed on this run's length, except the ``fixed_schedule`` fields. None: as given.
+        clock: seconds from an arbitrary origin for the time budget (default: ``time.monotonic``).
     """
 
     def __init__(
@@ -192,6 +215,9 @@ class Trainer:
         device: str | torch.device = "cpu",
         num_workers: int = 0,
         quiet: bool = False,
+        schedule_length: int | None = None,
+        fixed_schedule: Collection[str] = (),
+        clock: Callable[[], float] | None = None,
     ) -> None:
         from fasterrcnn.data.loader import build_loader
         from fasterrcnn.engine import distributed
@@ -228,6 +254,13 @@ class Trainer:
         self.loader.batch_sampler.set_epoch(0)
         self.batches_per_epoch = len(self.loader.batch_sampler)
         self.max_iters = config.max_iters if config.epochs is None else config.epochs * self.batches_per_epoch
+        if schedule_length is not None and schedule_length != self.max_iters:
+            free = [name for name in SCHEDULE_FIELDS if name not in fixed_schedule]
+            self.config = config = scale_schedule(config, self.max_iters, schedule_length, free)
+        self.configured_length = self.max_iters  # with a time budget: max_iters is re-estimated, this is not
+        self.budget = None if config.time is None else config.time * 60.0  # seconds
+        self.clock = clock if clock is not None else _clock
+        self._elapsed = 0.0  # seconds of the budget spent (before this session too)
         self.lr = config.lr * self.world_size if config.scale_lr else config.lr  # linear scaling rule
         self.optimizer = build_optimizer(self.model, config, lr=self.lr)
         self.scheduler = build_scheduler(self.optimizer, config)
@@ -274,6 +307,8 @@ class Trainer:
         }
         if self.scaler is not None:
             training["scaler"] = self.scaler.state_dict()
+        if self.budget is not None:
+            training["time"] = {"budget": self.budget, "elapsed": self._elapsed, "max_iters": self.max_iters}
         return Checkpoint(
             model=self.model.state_dict(),
             preset=self.preset,
@@ -312,6 +347,10 @@ class Trainer:
             epoch_iteration=int(state.get("epoch_iteration", 0)),
             best_metric=state.get("best_metric"),
         )
+        if "time" in state:  # time already spent counts; a run given a budget on resume starts counting now
+            self._elapsed = float(state["time"]["elapsed"])
+            if self.budget is not None:
+                self.max_iters = int(state["time"]["max_iters"])
         rng = state["rng"]
         set_rng_state(rng)
         if self.model_generator is not None and "model_generator" in rng:
@@ -342,6 +381,8 @@ class Trainer:
                 quiet=self.quiet,
             )
         try:
+            self._start_budget()
+            logger.info(self._describe_schedule())
             if self.state.iteration >= self.max_iters:
                 logger.info(f"already trained for {self.state.iteration} iterations (max {self.max_iters})")
             with StopRequest() as self._stop:
@@ -407,6 +448,8 @@ class Trainer:
                 self.scheduler.step()
                 state.iteration += 1
                 state.epoch_iteration += 1
+                if self.budget is not None:
+                    self._track_budget(logger)
                 seconds = time.perf_counter() - start
                 if finite:
                     nonfinite = 0
@@ -432,6 +475,75 @@ class Trainer:
                 start = time.perf_counter()
             state.epoch += 1
             state.epoch_iteration = 0
+
+    # -- schedule and time budget -----------------------------------------------------------------------
+    def _describe_schedule(self) -> str:
+        """One line: the run's length (iterations, epochs x batches or the time budget), warm-up and LR steps."""
+        if self.budget is not None:
+            spent = f", {self._elapsed / 60:.3g} min spent" if self._elapsed else ""
+            length = f"time budget {self.budget / 60:g} min{spent}, {self.max_iters} iterations until the speed is measured"
+        elif self.config.epochs is not None:
+            length = f"{self.max_iters} iterations ({self.config.epochs} epochs x {self.batches_per_epoch} batches)"
+        else:
+            length = f"{self.max_iters} iterations"
+        return f"schedule: {length}; {describe_schedule(self._placed(), self.lr)}"
+
+    def _placed(self) -> TrainConfig:
+        """The config with the scheduler's warm-up and LR steps (re-placed under a time budget)."""
+        return dataclasses.replace(self.config, warmup_iters=self.scheduler.warmup_iters, lr_steps=self.scheduler.lr_steps)
+
+    def _read_clock(self) -> float:
+        """``clock()``; rank 0's on every process of a data-parallel run, so that all decide alike."""
+        now = self.clock()
+        if self.world_size == 1:
+            return now
+        from fasterrcnn.engine import distributed
+
+        mine = torch.tensor([now if self.is_main else 0.0], dtype=torch.float64, device=self.device)
+        return float(distributed.all_reduce_sum(mine))
+
+    def _start_budget(self) -> None:
+        """Start this session's clock; a budget already spent ends the run where it is."""
+        if self.budget is None:
+            return
+        self._session = (self.state.iteration, self._read_clock(), self._elapsed)  # iteration, clock, elapsed at start
+        self._timing = self._session[:2]  # (iteration, clock) the speed is measured from
+        if self._elapsed >= self.budget:
+            self.max_iters = self.state.iteration
+        elif self.max_iters <= self.state.iteration:  # a longer budget given on resume: run until it is measured
+            self.max_iters = self.state.iteration + 1
+
+    def _track_budget(self, logger) -> None:
+        """After each iteration: the elapsed time; the deadline, or a new estimate of the iterations that fit."""
+        done, now = self.state.iteration, self._read_clock()
+        start_iteration, start_clock, start_elapsed = self._session
+        self._elapsed = start_elapsed + now - start_clock
+        if self._elapsed >= self.budget:
+            logger.info(f"time budget of {self.budget / 60:g} min spent at iteration {done}")
+            self.max_iters = logger.max_iters = done
+            return
+        measured_from, measured_at = self._timing
+        measured = done - measured_from
+        first = done == start_iteration + 1  # start-up included: a cautious first estimate, refined below
+        if first or done >= self.max_iters or (measured >= ESTIMATE_AFTER and measured & (measured - 1) == 0):
+            seconds = max((now - measured_at) / measured, 1e-9)  # per iteration, > 0 even for a coarse clock
+            self._retarget(done + int((self.budget - self._elapsed) // seconds), seconds, logger)
+        if first:  # the first iteration of a session pays for start-up: the speed is measured after it
+            self._timing = (done, now)
+
+    def _retarget(self, target: int, seconds: float, logger) -> None:
+        """Make ``target`` the run's length and place the schedule's fractions on it."""
+        done = self.state.iteration
+        if target == self.max_iters:
+            return
+        placed = keep_reached(self._placed(), scale_schedule(self.config, target, self.configured_length), done)
+        self.scheduler.place(placed.warmup_iters, placed.lr_steps)
+        self.max_iters = logger.max_iters = target
+        left = (self.budget - self._elapsed) / 60
+        logger.info(
+            f"time budget: {target} iterations fit ({seconds:.3g} s each, {left:.3g} of {self.budget / 60:g} min left); "
+            + describe_schedule(placed, self.lr)
+        )
 
     def _next_batch(self, batches):
         """The loader's next batch, or None at the end of the epoch.

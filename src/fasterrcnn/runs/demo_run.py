@@ -20,7 +20,8 @@ DEMO_SEED = 0
 DEMO_NUM_TRAIN = 400  # synthetic training images
 DEMO_NUM_TEST = 100  # held-out test images (VOC mAP@0.5 is measured on them)
 DEMO_IMAGE_SIZE = (256, 256)  # (height, width) of the synthetic images
-DEMO_TRAIN = {"max_iters": 2000, "lr_steps": [1500], "checkpoint_every": 500, "log_every": 20}  # TrainConfig overrides
+# TrainConfig overrides; the preset's warm-up and LR step follow max_iters (its step 900 of 1200 -> 1500 of 2000)
+DEMO_TRAIN = {"max_iters": 2000, "checkpoint_every": 500, "log_every": 20}
 DEMO_NUM_PICTURES = 8  # test images drawn with their detections
 DEMO_SCORE_THRESHOLD = 0.5  # detections drawn in the pictures
 DEMO_PARTS = ("data", "train", "eval", "predictions")  # what the demo writes in its folder
@@ -41,7 +42,7 @@ class DemoResult:
 def demo(output: str | Path = "demo_output", *, max_iters: int | None = None, quiet: bool = False) -> DemoResult:
     """Run the demo in ``output``: new, empty, or an earlier demo's folder (whose parts it replaces).
 
-    ``max_iters`` shortens training (the LR step stays at the same fraction of the run).
+    ``max_iters`` shortens training (the preset's LR step and warm-up follow it, as in any run).
     """
     from fasterrcnn.data import write_synthetic_voc
     from fasterrcnn.runs.inference import evaluate
@@ -54,7 +55,7 @@ def demo(output: str | Path = "demo_output", *, max_iters: int | None = None, qu
         raise ConfigError(f"{output} holds files that are not the demo's ({', '.join(foreign[:3])}); choose another folder")
     schedule = dict(DEMO_TRAIN)
     if max_iters is not None:
-        schedule = {**schedule, "max_iters": max_iters, "lr_steps": [round(s * max_iters / DEMO_TRAIN["max_iters"]) for s in DEMO_TRAIN["lr_steps"]]}
+        schedule["max_iters"] = max_iters
     start = time.perf_counter()
     data, run_dir, eval_dir, pictures_dir = (output / part for part in DEMO_PARTS)
 

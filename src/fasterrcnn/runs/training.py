@@ -3,14 +3,24 @@
     from fasterrcnn.runs import train
     result = train("VOCdevkit/VOC2007", "runs/voc07", preset="vgg16", epochs=16, backbone_weights="vgg16.pth")
     result = train("VOCdevkit/VOC2007", "runs/voc07", resume=True)          # continue it
+    result = train("VOCdevkit/VOC2007", "runs/voc07_1h", preset="vgg16", time=60)  # an hour of training
     print(result.best_metric, result.last)
 
 Configuration precedence: the preset (or, with ``resume``, the run's own configuration) < the ``config``
 file < ``overrides`` (``{"train.lr": 0.01, "model.rpn_nms_thresh": 0.6}``) < the keyword arguments that
-name a training field (``epochs``, ``max_iters``, ``batch_size``, ``lr``, ``seed``).
-On ``resume`` only the settings in ``RESUMABLE_CHANGES`` may change (a longer run, other logging and
-checkpoint intervals); they are recorded in ``config.json`` under ``"changes"`` beside the original
-settings. Any other difference is refused with the list of differences.
+name a training field (``epochs``, ``max_iters``, ``time``, ``batch_size``, ``lr``, ``seed``).
+
+Schedule: when a new run's length (max_iters, or epochs x batches per epoch) differs from the preset's
+max_iters, the preset's warm-up and LR steps follow it (``engine.schedule.scale_schedule``: steps at the same
+fractions, the warm-up shortened but never lengthened); a ``warmup_iters`` or ``lr_steps`` set in the config
+file or the overrides is kept as given. ``time`` (minutes) trains for a wall-clock budget instead: the run
+ends when it is spent, with warm-up and steps at their fractions of the iterations that fit (see
+``engine.trainer``); the length settings then only give the schedule's fractions.
+
+On ``resume`` only the settings in ``RESUMABLE_CHANGES`` may change (a longer run or time budget, other
+logging and checkpoint intervals) and nothing is re-scaled (the checkpoint holds the placed schedule); the
+changes are recorded in ``config.json`` under ``"changes"`` beside the original settings. Any other
+difference is refused with the list of differences.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ __all__ = ["RESUMABLE_CHANGES", "TrainResult", "train"]
 
 # TrainConfig fields that may differ on resume: they change how long the run is, or what it writes and
 # when, not the trajectory of the weights up to the checkpoint.
-RESUMABLE_CHANGES = ("max_iters", "epochs", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "max_nonfinite_steps")
+RESUMABLE_CHANGES = ("max_iters", "epochs", "time", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "max_nonfinite_steps")
 
 
 @dataclass(frozen=True)
@@ -64,13 +74,24 @@ def resolve_run_config(
 ):
     """(preset name, ModelConfig, TrainConfig) from the preset or ``base`` (a checkpoint's config, read from
     ``base_source``) < ``config_file`` < ``overrides``, checked once (``config.resolve``)."""
+    return _resolve(preset, base, base_source, config_file, overrides)[:3]
+
+
+def _resolve(preset, base, base_source, config_file, overrides):
+    """``resolve_run_config``'s configs, and the schedule fields the user set (in the file or the overrides)."""
     from fasterrcnn.config import load_config_file, resolve
+    from fasterrcnn.engine.schedule import SCHEDULE_FIELDS
 
     nested = _nest(overrides)
-    if "max_iters" in nested["train"] and "epochs" not in nested["train"]:
-        nested["train"]["epochs"] = None  # a length given in iterations replaces one in epochs
+    train = nested["train"]
+    if "max_iters" in train and "epochs" not in train:
+        train["epochs"] = None  # a length given in iterations replaces one in epochs
+    if ("max_iters" in train or "epochs" in train) and "time" not in train:
+        train["time"] = None  # ... and a time budget
     file = load_config_file(config_file) if config_file is not None else None
-    return resolve(preset, base=base, file=file, overrides=nested, base_source=base_source, file_source=config_file)
+    name, model_config, train_config = resolve(preset, base=base, file=file, overrides=nested, base_source=base_source, file_source=config_file)
+    user_set = [key for key in SCHEDULE_FIELDS if key in train or key in (file or {}).get("train", {})]
+    return name, model_config, train_config, user_set
 
 
 def _resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list]:
@@ -124,6 +145,7 @@ def train(
     overwrite: bool = False,
     epochs: int | None = None,
     max_iters: int | None = None,
+    time: float | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
     seed: int | None = None,
@@ -149,6 +171,8 @@ def train(
     ``overwrite`` deletes an earlier run's files there first. The folder is locked while training.
     ``backbone_weights``: a file, or the name of a registered ImageNet file (``fasterrcnn.pretrained``),
     downloaded into the cache when ``download`` allows it (None: when ``FASTERRCNN_DOWNLOAD=1``).
+    The run's length: ``epochs``, ``max_iters`` or ``time`` (minutes of wall-clock training, see the module
+    docstring), at most one of them; none: the configuration's.
     Validation uses ``val_data`` (or the ``val_split`` of a VOC root) unless ``validate`` is False.
     Any exception during training first writes ``last.pt`` (``engine.trainer.TrainingFailed``).
     Started by torchrun, every process calls it (data parallel); rank 0 owns the folder.
@@ -159,11 +183,9 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the folder, --overwrite deletes it: choose one")
     folder = RunFolder(output)
-    length = {"epochs": epochs} if epochs is not None else {}
-    if max_iters is not None:
-        if epochs is not None:
-            raise ConfigError("give the run's length as epochs or as max_iters, not both")
-        length = {"max_iters": max_iters}
+    length = {key: value for key, value in (("epochs", epochs), ("max_iters", max_iters), ("time", time)) if value is not None}
+    if len(length) > 1:
+        raise ConfigError(f"give the run's length as epochs, max_iters or time, not several (got {', '.join(length)})")
     flags = {"batch_size": batch_size, "lr": lr, "seed": seed, **length}
     overrides = {**(overrides or {}), **{f"train.{k}": v for k, v in flags.items() if v is not None}}
     options = dict(
@@ -182,7 +204,7 @@ def train(
 def _train(folder: RunFolder, data, preset, config_file, overrides, resume, backbone_weights, options: dict) -> TrainResult:
     import torch
 
-    from fasterrcnn.config import replace, to_dict
+    from fasterrcnn.config import get_preset, replace, to_dict
     from fasterrcnn.data import RandomHorizontalFlip, build_dataset
     from fasterrcnn.engine import distributed
     from fasterrcnn.engine.checkpoint import Checkpoint
@@ -201,8 +223,8 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         base = checkpoint.config
         if class_names is None and checkpoint.label_to_category_id is None:
             class_names = list(checkpoint.class_names)
-    preset_name, model_config, train_config = resolve_run_config(
-        preset, base=base, base_source=folder.checkpoints.last if resume else None, config_file=config_file, overrides=overrides
+    preset_name, model_config, train_config, user_schedule = _resolve(
+        preset, base, folder.checkpoints.last if resume else None, config_file, overrides
     )
 
     flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
@@ -245,6 +267,8 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         model, dataset, config=train_config, output_dir=folder.path, preset=preset_name, class_names=dataset.classes,
         label_to_category_id=dataset.label_to_category_id, evaluate=evaluate, device=device,
         num_workers=options["num_workers"], quiet=options["quiet"],
+        # a new run's preset schedule follows its length; a resumed one keeps its checkpoint's
+        schedule_length=None if resume else get_preset(preset_name).train.max_iters, fixed_schedule=user_schedule,
     )  # fmt: skip
     if checkpoint is not None:
         trainer.resume(checkpoint, folder.checkpoints.last)
@@ -266,8 +290,9 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
             record.setdefault("changes", []).append({"iteration": trainer.state.iteration, "changed": changes})
         folder.write_config(record)
         print(
-            f"training {preset_name} on {len(dataset)} images ({len(dataset.classes)} classes) for {trainer.max_iters} "
-            f"iterations on {device}" + (f", resuming at {trainer.state.iteration}" if resume else "")
+            f"training {preset_name} on {len(dataset)} images ({len(dataset.classes)} classes) for "
+            + (f"{train_config.time:g} minutes" if train_config.time is not None else f"{trainer.max_iters} iterations")
+            + f" on {device}" + (f", resuming at {trainer.state.iteration}" if resume else "")
             + ("" if val_dataset is not None else "; no validation set")
             + "".join(f"; {key} {old!r} -> {new!r}" for key, (old, new) in changes.items()),
             flush=True,
