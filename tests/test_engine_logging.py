@@ -50,3 +50,15 @@ def test_the_terms_show_from_the_width_that_leaves_the_bar_10_cells(bar):
     in_a_file = render(bar, None)
     assert TERMS in render(bar, len(in_a_file) + 1)
     assert TERMS not in render(bar, len(in_a_file))
+
+
+def test_a_new_run_length_moves_the_bar_total_and_the_eta(tmp_path, monkeypatch):
+    """A time budget re-estimates the run's length: the bar counts to the new total."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with MetricsLogger(tmp_path, max_iters=20_000, log_every=1000) as logger:
+        for iteration in range(1, 1201):
+            logger.log_step(iteration, 13, 0.02, LOSSES, 0.6)
+        logger._bar._time = lambda: logger._bar.start_t + 5100.0
+        logger.set_max_iters(2400)
+        assert logger.max_iters == 2400
+        assert render(logger._bar, None).startswith("epoch 13  50%|#####     | 1200/2400 [1:25:00<1:25:00, loss 0.853")

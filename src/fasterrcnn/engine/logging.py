@@ -110,6 +110,13 @@ class MetricsLogger:
         if not quiet:
             self._bar = _TrainingBar(total=max_iters, initial=start_iteration, dynamic_ncols=True, file=sys.stderr)
 
+    def set_max_iters(self, max_iters: int) -> None:
+        """A new run length (a time budget's estimate): the ETA, the last record and the bar's total follow it."""
+        self.max_iters = max_iters
+        if self._bar is not None:
+            self._bar.total = max_iters
+            self._bar.refresh()
+
     # -- train ---------------------------------------------------------------------------------------
     def log_step(self, iteration: int, epoch: int, lr: float, losses: dict[str, float], seconds: float) -> None:
         """One optimizer step done (``iteration`` >= 1); ``losses`` includes the total ``loss``."""

@@ -168,7 +168,7 @@ class _NullLogger:
     def log_step(self, *args, **kwargs) -> None:
         pass
 
-    log_skip = log_eval = info = log_step
+    log_skip = log_eval = info = set_max_iters = log_step
 
     def close(self) -> None:
         pass
@@ -520,7 +520,8 @@ class Trainer:
         self._elapsed = start_elapsed + now - start_clock
         if self._elapsed >= self.budget:
             logger.info(f"time budget of {self.budget / 60:g} min spent at iteration {done}")
-            self.max_iters = logger.max_iters = done
+            self.max_iters = done
+            logger.set_max_iters(done)
             return
         measured_from, measured_at = self._timing
         measured = done - measured_from
@@ -538,7 +539,8 @@ class Trainer:
             return
         placed = keep_reached(self._placed(), scale_schedule(self.config, target, self.configured_length), done)
         self.scheduler.place(placed.warmup_iters, placed.lr_steps)
-        self.max_iters = logger.max_iters = target
+        self.max_iters = target
+        logger.set_max_iters(target)
         left = (self.budget - self._elapsed) / 60
         logger.info(
             f"time budget: {target} iterations fit ({seconds:.3g} s each, {left:.3g} of {self.budget / 60:g} min left); "
