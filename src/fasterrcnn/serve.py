@@ -256,9 +256,9 @@ def run(
         import uvicorn
     except ImportError:
         raise ConfigError(_MISSING_DEPENDENCIES) from None
-    from fasterrcnn.runs.inference import _detector
+    from fasterrcnn.runs.inference import load_detector
 
-    detector = _detector(weights, device=device, amp=amp, preset=preset, classes=classes)
+    detector = load_detector(weights, device=device, amp=amp, preset=preset, classes=classes)
     app = create_app(detector, max_upload_bytes=max_upload_bytes)
     where = f"{detector.device}" + ("" if detector.amp_dtype is None else f", {amp}")
     print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {where}) on http://{host}:{port}", flush=True)

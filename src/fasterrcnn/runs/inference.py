@@ -24,7 +24,7 @@ from fasterrcnn.runs.folder import OutputFolder
 if TYPE_CHECKING:
     from fasterrcnn.detector import Detector
 
-__all__ = ["EvalResult", "compress", "evaluate"]
+__all__ = ["EvalResult", "compress", "evaluate", "load_detector"]
 
 logger = logging.getLogger("fasterrcnn")
 
@@ -41,7 +41,7 @@ class EvalResult:
     output: Path | None
 
 
-def _detector(weights, *, device, amp, preset=None, classes=None) -> Detector:
+def load_detector(weights, *, device, amp, preset=None, classes=None) -> Detector:
     """A Detector from a Detector, a checkpoint path, or (with ``preset``) a torchvision detection file."""
     from fasterrcnn.detector import Detector
 
@@ -93,7 +93,7 @@ def evaluate(
     if folder is not None and main:  # before the long work
         folder.claim(["metrics.json", "pr_curves.png", *(["detections.json"] if weights is not None else [])], overwrite=overwrite)
     if weights is not None:
-        detector = _detector(weights, device=device, amp=amp)
+        detector = load_detector(weights, device=device, amp=amp)
         if classes is not None and list(classes) != list(detector.class_names):
             raise ConfigError(f"classes differ from the checkpoint's classes ({', '.join(detector.class_names)})")
         transform = getattr(detector.model, "transform", None)  # a huge image is decoded reduced to about its input size

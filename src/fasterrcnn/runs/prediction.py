@@ -46,7 +46,7 @@ from fasterrcnn.data.video import VIDEO_SUFFIXES
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.io import atomic_save
 from fasterrcnn.runs.folder import OutputFolder
-from fasterrcnn.runs.inference import _detector
+from fasterrcnn.runs.inference import load_detector
 
 if TYPE_CHECKING:
     import torch
@@ -270,7 +270,7 @@ def predict(
     folder = OutputFolder(output) if output is not None else None
     if folder is not None:
         _claim_outputs(folder, inputs, found, overwrite)
-    detector = _detector(weights, device=device, amp=amp, preset=preset, classes=classes)
+    detector = load_detector(weights, device=device, amp=amp, preset=preset, classes=classes)
     detections: dict[Path, list[Detection]] = {}
     video_results: dict[Path, VideoResult] = {}
     skipped: list[tuple[str, str]] = []
