@@ -31,7 +31,7 @@ def test_table_has_a_row_per_class_and_a_total():
     assert lines[2].split() == ["cat", "6", "4", "0.7500", "0.5000", "0.6000"]
     assert lines[3].split() == ["dog", "0", "5", "0.0000", "-", "-"]
     assert lines[5].split() == ["all", "6", "9", "0.3333", "0.5000", "0.6000"]  # 3 right of 9 detections, of 6 boxes
-    assert lines[6].startswith("precision / recall: detections scoring >= 0.5 matched at IoU >= 0.5")
+    assert lines[6] == "precision, recall: detections scoring >= 0.5, matched at IoU >= 0.5; AP (voc): all detections; -: undefined"
     coco = {"metric": "coco", "AP": 0.4, "AP50": 0.7, "per_class": {"cat": 0.4}, "per_class_ap50": {"cat": 0.7}}
     lines = format_per_class_table(per_class_rows(coco, MATRIX, ["cat", "dog"]), coco).splitlines()
     assert lines[0].split()[-2:] == ["AP@[.5:.95]", "AP50"] and lines[5].split()[-2:] == ["0.4000", "0.7000"]

@@ -18,8 +18,9 @@ eval record under ``val/<loss name>`` (beside ``train/<loss name>``); at every e
 precision / recall curves go under ``pr_curve/<class>`` and the sample picture (``engine/report.py``)
 under ``eval/samples``.
 
-``DIR/results.csv`` holds one row per evaluation (``results_rows``), rewritten at every evaluation and,
-on resume, without the rows after the resume iteration.
+``DIR/results.csv`` holds one row per evaluation (``results_rows``), rewritten at every evaluation; it is
+written when the logger starts too (only a header in a new run; on resume, without the rows after the
+resume iteration).
 """
 
 from __future__ import annotations
@@ -181,9 +182,8 @@ class MetricsLogger:
         kept = [r for r in read_metrics(self.path) if r.get("iteration", 0) <= start_iteration] if start_iteration else []
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.records: list[dict[str, Any]] = kept
-        self.results_path = self.output_dir / "results.csv"
-        if self.results_path.exists():  # resume: the rows after start_iteration go, with their records
-            atomic_write_text(self.results_path, results_csv(results_rows(kept)))
+        self.results_path = self.output_dir / "results.csv"  # resume: the rows after start_iteration go, with their records
+        atomic_write_text(self.results_path, results_csv(results_rows(kept)))
         self._file = open(self.path, "a", encoding="utf-8")
         self._writer = SummaryWriter(
             log_dir=str(self.output_dir / "tb"), purge_step=start_iteration + 1 if start_iteration else None

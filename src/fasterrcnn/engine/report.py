@@ -78,8 +78,8 @@ def format_per_class_table(rows: Sequence[Mapping[str, Any]], metrics: Mapping[s
             continue
         lines.append(f"{row['class']:<{width}}  " + "  ".join(_cell(row[k], w) for k, w in zip(keys, widths)))
     lines.append(
-        f"precision / recall: detections scoring >= {score_threshold:g} matched at IoU >= {IOU_THRESHOLD:g}; "
-        f"AP ({metrics.get('metric', 'voc')}): all detections; '-': no ground truth or no detections"
+        f"precision, recall: detections scoring >= {score_threshold:g}, matched at IoU >= {IOU_THRESHOLD:g}; "
+        f"AP ({metrics.get('metric', 'voc')}): all detections; -: undefined"
     )
     return "\n".join(lines)
 
@@ -123,7 +123,7 @@ def _rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["class"], lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
+        writer.writerow({k: ("" if math.isnan(v) else f"{v:.6g}") if isinstance(v, float) else v for k, v in row.items()})
     return buffer.getvalue()
 
 

@@ -57,12 +57,16 @@ def plot_pr_curves(
     _save_png(figure, path)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
     """(iterations, values) of the records that have ``key`` with a numeric value."""
     points = [
         (float(r["iteration"]), float(r[key]))
         for r in records
-        if "iteration" in r and isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+        if "iteration" in r and _number(r.get(key))
     ]
     return [p[0] for p in points], [p[1] for p in points]
 
@@ -76,8 +80,9 @@ def plot_results(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) 
     One small panel per loss (``"loss"``, the total, first): the training values (keys starting with
     ``"loss"``) as a solid line and the validation values (the same key with a ``"val_"`` prefix, one
     marker per evaluation) dashed, in the same colour; then a panel with the metrics of
-    ``METRIC_KEYS`` found in the records, and one with ``"lr"``. All against iteration; records without
-    ``"iteration"`` are skipped. A single legend above the panels says which line is which.
+    ``METRIC_KEYS`` found in the records, and one with ``"lr"``. All against iteration, on the same x
+    range; records without ``"iteration"`` are skipped. A single legend above the panels says which
+    line is which.
     """
     from matplotlib.lines import Line2D
 
@@ -119,7 +124,9 @@ def plot_results(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) 
         grid[index].set_title("learning rate", fontsize="medium")
         grid[index].set_ylim(bottom=0.0)
         index += 1
+    last = max((float(r["iteration"]) for r in records if _number(r.get("iteration"))), default=1.0)
     for axes in grid[:index]:
+        axes.set_xlim(0.0, last * 1.02)
         axes.set_xlabel("iteration", fontsize="small")
         axes.tick_params(labelsize="small")
         axes.grid(True, alpha=0.3)
