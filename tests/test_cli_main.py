@@ -14,6 +14,7 @@ from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
 from fasterrcnn.data.voc import VOCDataset
 from fasterrcnn.engine.checkpoint import load_checkpoint
 from fasterrcnn.engine.logging import read_metrics
+from fasterrcnn.engine.report import REPORT_FILES
 
 SMALL = ["--set", "model.min_size=64", "--set", "model.max_size=96", "--batch-size", "2", "--quiet"]
 COCO_CATEGORY_IDS = [10, 20, 30, 40, 50]
@@ -61,7 +62,7 @@ def voc_run(voc_root, tmp_path_factory):
 
 def test_train_writes_the_run_folder(voc_run, voc_root):
     assert sorted(os.listdir(voc_run / "checkpoints")) == ["best.pt", "iter_0000002.pt", "iter_0000004.pt", "last.pt"]
-    for name in ("config.json", "metrics.jsonl", "loss.png"):
+    for name in ("config.json", "metrics.jsonl", "results.png", "confusion_matrix.png", "samples.jpg"):
         assert (voc_run / name).stat().st_size > 0, name
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(voc_run / "tb"))
     config = json.loads((voc_run / "config.json").read_text())
@@ -91,7 +92,12 @@ def test_eval_weights_then_detections(voc_run, voc_root, tmp_path, capsys):
     assert metrics["metric"] == "voc" and 0.0 <= metrics["mAP"] <= 1.0
     assert set(metrics["per_class"]) | set(metrics["classes_without_gt"]) == set(SYNTHETIC_CLASSES)
     assert (out / "pr_curves.png").stat().st_size > 0
+    assert sorted(os.listdir(out)) == sorted(["metrics.json", "pr_curves.png", "detections.json", *REPORT_FILES])
     assert "mAP" in printed and all(name in printed for name in metrics["per_class"])
+    table = printed.splitlines()
+    assert table[0].split() == ["class", "instances", "detections", "precision", "recall", "AP@0.5"]
+    per_class = (out / "per_class.csv").read_text().splitlines()
+    assert len(per_class) == 1 + len(SYNTHETIC_CLASSES) and per_class[0].startswith("class,instances,detections,")
     detections = json.loads((out / "detections.json").read_text())
     assert {d["image_id"] for d in detections} <= set(VOCDataset(voc_root, split="test").ids)
 
@@ -239,6 +245,7 @@ def test_demo_pipeline_with_a_tiny_schedule(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(demo, "DEMO_NUM_TRAIN", 4)
     monkeypatch.setattr(demo, "DEMO_NUM_TEST", 2)
+    monkeypatch.setattr(demo, "DEMO_NUM_VAL", 2)
     monkeypatch.setattr(demo, "DEMO_IMAGE_SIZE", (48, 48))
     monkeypatch.setattr(demo, "DEMO_TRAIN", {"max_iters": 2, "lr_steps": [1], "batch_size": 2})
     monkeypatch.setattr(demo, "DEMO_NUM_PICTURES", 2)
@@ -248,7 +255,14 @@ def test_demo_pipeline_with_a_tiny_schedule(tmp_path, monkeypatch, capsys):
     assert f"test mAP@0.5 = {metrics['mAP']:.4f}" in out and str(tmp_path / "predictions") in out
     assert metrics["metric"] == "voc" and metrics["num_images"] == 2
     assert len(list((tmp_path / "predictions").glob("*.jpg"))) == 2
-    assert (tmp_path / "train" / "checkpoints" / "last.pt").is_file() and (tmp_path / "train" / "loss.png").is_file()
+    assert (tmp_path / "train" / "checkpoints" / "last.pt").is_file()
+    # the demo validates during training (on its val split, not the test images): results.csv has a row per validation
+    rows = (tmp_path / "train" / "results.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["iteration", "epoch", "lr"] and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert (tmp_path / "train" / "results.png").is_file()
+    for name in REPORT_FILES:
+        assert (tmp_path / "train" / name).is_file() and (tmp_path / "eval" / name).is_file(), name
+    assert str(tmp_path / "train") in out and "results.csv" in out and "confusion_matrix.png" in out
     assert (tmp_path / "data" / "ImageSets" / "Main" / "test.txt").is_file()
 
 

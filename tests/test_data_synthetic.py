@@ -57,6 +57,16 @@ def test_same_seed_same_bytes_other_seed_differs(voc, tmp_path):
     assert files(fewer)["Annotations/000001.xml"] == files(voc)["Annotations/000001.xml"]
 
 
+def test_a_validation_split_comes_after_the_others(voc, tmp_path):
+    root = write_synthetic_voc(tmp_path / "val", num_train=16, num_test=6, num_val=3, seed=0)
+    split = lambda name: (root / "ImageSets" / "Main" / f"{name}.txt").read_text().split()  # noqa: E731
+    val = [f"{i:06d}" for i in range(22, 25)]
+    assert split("val") == val and split("trainval") == split("train") + val
+    written = files(root)
+    assert all(written[name] == data for name, data in files(voc).items() if not name.startswith("ImageSets"))
+    assert len(VOCDataset(root, split="val", classes=SYNTHETIC_CLASSES)) == 3
+
+
 def test_rendered_boxes_are_tight_separated_and_objects_contrast():
     rng = np.random.default_rng(5)
     for _ in range(10):

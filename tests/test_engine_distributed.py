@@ -142,7 +142,8 @@ def test_only_rank_zero_writes(runs):
     assert [r["iteration"] for r in read_metrics(two / "metrics.jsonl")] == [1, 2, 3, 4, 4]  # 4 train + 1 eval, once
     assert len([n for n in os.listdir(two / "tb") if n.startswith("events.out.tfevents")]) == 1
     assert sorted(os.listdir(two / "checkpoints")) == ["best.pt", "last.pt"]
-    assert (two / "loss.png").stat().st_size > 0
+    assert (two / "results.png").stat().st_size > 0
+    assert len((two / "results.csv").read_text().splitlines()) == 2 and (two / "confusion_matrix.csv").is_file()
 
 
 @needs_gloo

@@ -6,7 +6,7 @@ import pytest
 
 from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
 from fasterrcnn.data.voc import VOCDataset
-from fasterrcnn.engine.evaluator import default_metric, evaluate_results, format_per_class_table, headline
+from fasterrcnn.engine.evaluator import default_metric, evaluate_results, headline
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.evaluation import detections_to_results
 
@@ -53,11 +53,5 @@ def test_results_of_another_dataset_are_a_value_error(dataset):
         evaluate_results([], dataset, metric="map")
 
 
-def test_default_metric_and_table(dataset):
+def test_default_metric(dataset):
     assert default_metric(dataset) == "voc"
-    metrics = {"metric": "voc", "mAP": 0.5, "per_class": {"circle": 0.25, "square": 0.75}, "classes_without_gt": ["star"]}
-    table = format_per_class_table(metrics).splitlines()
-    assert table[0].split() == ["class", "AP@0.5"]
-    assert table[2].split() == ["circle", "0.2500"] and table[3].split() == ["square", "0.7500"]
-    assert table[4].split() == ["star", "no", "ground", "truth"]
-    assert table[-1].split() == ["mAP", "0.5000", "(voc)"]

@@ -1,13 +1,103 @@
-"""fasterrcnn.engine.logging: the training progress bar stays readable in an 80-column terminal."""
+"""fasterrcnn.engine.logging: results.csv rows from metrics records, what an evaluation sends to TensorBoard,
+and a training progress bar that stays readable in an 80-column terminal."""
 
 from __future__ import annotations
 
 import io
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from fasterrcnn.engine.logging import MetricsLogger
+from fasterrcnn.engine.logging import MetricsLogger, pr_curve_arrays, read_metrics, results_csv, results_rows
+from fasterrcnn.engine.report import EvaluationReport
+
+
+def train(iteration, epoch, lr, loss, cls):
+    return {"type": "train", "iteration": iteration, "epoch": epoch, "lr": lr, "loss": loss, "loss_classifier": cls, "time": 0.1}
+
+
+RECORDS = [
+    train(2, 0, 0.01, 4.0, 1.0),
+    train(4, 0, 0.01, 2.0, 0.5),
+    {"type": "skip", "iteration": 5, "epoch": 0, "losses": {"loss": None}, "consecutive": 1},
+    train(5, 1, 0.02, 1.0, 0.25),  # the last record of a run: covers 1 iteration
+    {"type": "eval", "iteration": 5, "mAP": 0.5, "metric": "voc", "per_class": {"a": 0.5}, "val_loss": 3.0, "val_loss_classifier": 0.75},
+    train(8, 1, 0.002, 0.5, 0.125),
+    {"type": "eval", "iteration": 8, "AP": 0.25, "AP50": 0.5, "AP75": None, "metric": "coco"},
+    {"type": "eval", "iteration": 9, "mAP": 0.75},  # no train record since the last evaluation
+]
+
+
+def test_results_rows_average_the_train_records_since_the_last_evaluation():
+    rows = results_rows(RECORDS)
+    assert rows == [
+        # weights 2, 2, 1: (4*2 + 2*2 + 1*1) / 5 and (1*2 + 0.5*2 + 0.25*1) / 5
+        {"iteration": 5, "epoch": 1, "lr": 0.02, "loss": 13 / 5, "loss_classifier": 3.25 / 5, "val_loss": 3.0,
+         "val_loss_classifier": 0.75, "mAP": 0.5},
+        {"iteration": 8, "epoch": 1, "lr": 0.002, "loss": 0.5, "loss_classifier": 0.125, "AP": 0.25, "AP50": 0.5},
+        {"iteration": 9, "epoch": 1, "lr": 0.002, "mAP": 0.75},
+    ]  # fmt: skip
+    assert results_rows([{"type": "eval", "iteration": 3, "mAP": 0.1}]) == [{"iteration": 3, "epoch": None, "lr": None, "mAP": 0.1}]
+    assert results_rows(RECORDS[:4]) == []
+
+
+def test_results_csv_text():
+    text = results_csv(results_rows(RECORDS))
+    assert text.splitlines() == [
+        "iteration,epoch,lr,loss,loss_classifier,val_loss,val_loss_classifier,mAP,AP,AP50",
+        "5,1,0.02,2.6,0.65,3,0.75,0.5,,",
+        "8,1,0.002,0.5,0.125,,,,0.25,0.5",
+        "9,1,0.002,,,,,0.75,,",
+    ]
+    assert results_csv([]) == "iteration\n"
+
+
+def test_pr_curve_arrays_for_tensorboard():
+    arrays = pr_curve_arrays([0.25, 0.5, 0.5, 1.0], [1.0, 1.0, 0.5, 0.8], instances=4)
+    assert arrays["recall"].tolist() == [1.0, 0.5, 0.5, 0.25]  # lowest threshold (most detections) first
+    assert arrays["precision"].tolist() == [0.8, 0.5, 1.0, 1.0]
+    assert arrays["true_positive_counts"].tolist() == [4.0, 2.0, 2.0, 1.0]
+    assert arrays["false_positive_counts"].tolist() == pytest.approx([1.0, 2.0, 0.0, 0.0])
+    assert arrays["false_negative_counts"].tolist() == [0.0, 2.0, 2.0, 3.0]
+    assert arrays["true_negative_counts"].tolist() == [0.0] * 4 and arrays["num_thresholds"] == 4
+    many = pr_curve_arrays(np.linspace(0, 1, 1000), np.ones(1000), instances=10)
+    assert many["num_thresholds"] == 101 and many["recall"][0] == 1.0 and many["recall"][-1] == 0.0
+
+
+def test_evaluations_write_results_csv_pr_curves_and_samples_and_resume_drops_later_rows(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    samples = Image.new("RGB", (40, 20), (255, 0, 0))
+    report = EvaluationReport(("a",), {}, np.zeros((2, 2), np.int64), [{"class": "a", "instances": 2}], samples)
+    metrics = {"mAP": 0.5, "metric": "voc", "per_class": {"a": 0.5}, "pr_curves": {"a": ([0.5, 1.0], [1.0, 0.5])}}
+    with MetricsLogger(tmp_path, max_iters=10, log_every=2, quiet=True) as logger:
+        for iteration in range(1, 7):
+            logger.log_step(iteration, 0, 0.01, {"loss": float(iteration)}, 0.1)
+            if iteration % 3 == 0:
+                logger.log_eval(iteration, {**metrics, "mAP": iteration / 10}, report)
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    # train records at 2, 4, 6 (means 1.5, 3.5, 5.5): row 3 has record 2's, row 6 the mean of records 4 and 6
+    assert lines == ["iteration,epoch,lr,loss,mAP", "3,0,0.01,1.5,0.3", "6,0,0.01,4.5,0.6"]
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0, "images": 0})
+    events.Reload()
+    assert events.Tags()["tensors"] == ["pr_curve/a"]
+    curve = events.Tensors("pr_curve/a")
+    assert [e.step for e in curve] == [3, 6]
+    from tensorboard.util import tensor_util
+
+    data = tensor_util.make_ndarray(curve[0].tensor_proto)  # rows: tp, fp, tn, fn, precision, recall
+    assert data[:, 0].tolist() == [2.0, 2.0, 0.0, 0.0, 0.5, 1.0]
+    assert [e.step for e in events.Images("eval/samples")] == [3, 6]
+    assert (events.Images("eval/samples")[0].width, events.Images("eval/samples")[0].height) == (40, 20)
+
+    # resumed at iteration 4: the row of iteration 6 goes, with its records
+    with MetricsLogger(tmp_path, max_iters=10, start_iteration=4, quiet=True):
+        pass
+    assert (tmp_path / "results.csv").read_text().splitlines() == lines[:2]
+    assert [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [2, 3, 4]
 
 LOSSES = {"loss": 0.853, "loss_objectness": 0.101, "loss_rpn_box_reg": 0.05, "loss_classifier": 0.501, "loss_box_reg": 0.201}
 ESSENTIAL = "| 1200/20000 [1:25:00<22:11:40, loss 0.853 lr 2.0e-02"

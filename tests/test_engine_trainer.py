@@ -89,7 +89,8 @@ def test_training_writes_outputs_and_logs(voc_root, tmp_path):
     summary = trainer.train()
     assert summary["iteration"] == 8 and summary["epoch"] == 2  # 3 batches per epoch: 8 = 3 + 3 + 2
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["iter_0000004.pt", "iter_0000008.pt", "last.pt"]
-    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert (tmp_path / "results.png").stat().st_size > 0  # drawn at the end without any evaluation
+    assert (tmp_path / "results.csv").read_text() == "iteration\n" and not (tmp_path / "per_class.csv").exists()
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [2, 4, 6, 8]

@@ -116,8 +116,8 @@ def test_training_logs_validation_losses_and_they_do_not_change_the_run(voc_root
     from fasterrcnn.evaluation import plots
 
     drawn = []
-    original_plot = plots.plot_losses
-    monkeypatch.setattr(plots, "plot_losses", lambda records, path: (drawn.append(list(records)), original_plot(records, path)))
+    original_plot = plots.plot_results
+    monkeypatch.setattr(plots, "plot_results", lambda records, path: (drawn.append(list(records)), original_plot(records, path)))
     common = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--seed", "7", "--log-every", "1", *SMALL]
     validated = common + ["--eval-every", "2", "--checkpoint-every", "2"]
     assert main(validated + ["--output", str(tmp_path / "full"), "--max-iters", "4"]) == 0
@@ -140,8 +140,8 @@ def test_training_logs_validation_losses_and_they_do_not_change_the_run(voc_root
     assert [e.step for e in events.Scalars("val/loss_classifier")] == [2, 4]
     assert [e.value for e in events.Scalars("val/loss")] == pytest.approx([r["val_loss"] for r in evals])
 
-    assert drawn and (tmp_path / "full" / "loss.png").stat().st_size > 0
-    last_plot = drawn[-1]  # loss.png at the end: the training losses and the validation losses
+    assert drawn and (tmp_path / "full" / "results.png").stat().st_size > 0
+    last_plot = drawn[-1]  # results.png at the end: the training losses and the validation losses
     assert {k for r in last_plot for k in r if k.startswith("val_loss")} == VAL_KEYS
     assert {k for r in last_plot for k in r if k.startswith("loss")} == {"loss", *LOSSES}
 

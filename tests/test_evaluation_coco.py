@@ -89,6 +89,7 @@ def test_evaluate_coco_equals_pycocotools(tmp_path, seed):
     for k, name in enumerate(["car", "person"]):
         p = precision[:, :, k, 0, 2]
         assert out["per_class"][name] == float(np.mean(p[p > -1]))
+        assert out["per_class_ap50"][name] == float(np.mean(precision[0, :, k, 0, 2]))  # IoU 0.5: the first threshold
         recall, prec = out["pr_curves"][name]
         assert recall == [float(r) for r in np.linspace(0, 1, 101)]
         assert prec == [float(v) for v in precision[0, :, k, 0, 2]]

@@ -19,6 +19,7 @@ from fasterrcnn.cli import main
 from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
 from fasterrcnn.engine.checkpoint import Checkpoint, load_checkpoint
 from fasterrcnn.engine.logging import read_metrics
+from fasterrcnn.engine.report import REPORT_FILES
 from fasterrcnn.engine.trainer import TrainingFailed
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.runs import EvalResult, PredictResult, RunFolder, TrainResult, compress, evaluate, predict, train
@@ -59,6 +60,8 @@ def test_train_evaluate_predict_compress_from_python(trained, voc_root, tmp_path
     assert isinstance(result, EvalResult) and result.metric == "voc" and result.num_images == 2
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["mAP"] == pytest.approx(result.metrics["mAP"]) and written["data"]["split"] == "test"
+    assert sorted(os.listdir(tmp_path / "eval")) == sorted(["metrics.json", "pr_curves.png", "detections.json", *REPORT_FILES])
+    assert result.report.rows[0]["class"] == SYNTHETIC_CLASSES[0] and result.report.table().startswith("class")
     assert evaluate(voc_root, weights=trained.last, device="cpu", quiet=True).metrics["mAP"] == result.metrics["mAP"]  # no output: nothing written
 
     images = sorted((voc_root / "JPEGImages").iterdir())[:2]
@@ -123,7 +126,7 @@ def test_a_folder_with_a_run_is_refused_unless_resume_or_overwrite(trained, voc_
     (run / "checkpoints" / "last.pt").unlink()  # an earlier run whose last.pt is gone: still a run
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     code = main(["train", "--data", str(voc_root), "--preset", "tiny", "--output", str(run), "--max-iters", "1"])
-    assert "already holds a training run (checkpoints, config.json, loss.png (+2 more)); pass --resume" in one_line_error(capsys, code)
+    assert "already holds a training run (checkpoints, config.json, metrics.jsonl (+3 more)); pass --resume" in one_line_error(capsys, code)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000001.pt"]
 

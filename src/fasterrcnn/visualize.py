@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["class_color", "draw_detections", "to_pil_image"]
+__all__ = ["class_color", "compare_grid", "draw_detections", "to_pil_image"]
 
 _GOLDEN_RATIO = 0.618033988749895
 
@@ -85,4 +85,38 @@ def draw_detections(
         draw.rectangle([tag_x, tag_y, tag_x + text_w, tag_y + text_h], fill=color)
         brightness = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
         draw.text((tag_x + 2 - left, tag_y + 2 - top), text, fill=(0, 0, 0) if brightness > 140 else (255, 255, 255), font=font)
+    return canvas
+
+
+def compare_grid(
+    pairs: Sequence[tuple[Image.Image, Image.Image]],
+    *,
+    titles: tuple[str, str] = ("ground truth", "predictions"),
+    columns: int = 2,
+    tile_height: int = 256,
+) -> Image.Image:
+    """One RGB picture of image pairs side by side (e.g. ground truth | predictions), ``columns`` pairs a row.
+
+    Every image is scaled to ``tile_height`` pixels high (aspect kept) under a caption from ``titles``;
+    the pairs are laid out row by row on a white background, further apart than the two images of a pair.
+    """
+    if not pairs:
+        raise ValueError("compare_grid needs at least one pair of images")
+    gap, caption = 8, max(14, tile_height // 14)
+    font = ImageFont.load_default(size=caption - 4)
+    scaled = [
+        [image.convert("RGB").resize((max(1, round(image.width * tile_height / image.height)), tile_height)) for image in pair]
+        for pair in pairs
+    ]
+    pair_width = max(left.width + gap + right.width for left, right in scaled)
+    rows = (len(scaled) + columns - 1) // columns
+    cell_w, cell_h = pair_width + 4 * gap, caption + tile_height + 2 * gap
+    canvas = Image.new("RGB", (min(columns, len(scaled)) * cell_w - 2 * gap, rows * cell_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for k, (left, right) in enumerate(scaled):
+        x, y = (k % columns) * cell_w + gap, (k // columns) * cell_h + gap
+        for image, title in ((left, titles[0]), (right, titles[1])):
+            draw.text((x, y), title, fill=(0, 0, 0), font=font)
+            canvas.paste(image, (x, y + caption))
+            x += image.width + gap
     return canvas

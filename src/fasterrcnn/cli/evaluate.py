@@ -12,8 +12,9 @@ def add_parser(commands) -> None:
         "eval",
         help="evaluate a checkpoint or a detections file",
         description="Evaluate a checkpoint (--weights) or a results file (--detections) on a dataset. Prints a "
-        "per-class AP table and writes DIR/metrics.json (mAP / AP, AP50, AP75 and per-class APs), "
-        "DIR/pr_curves.png and, with --weights, DIR/detections.json (existing ones only with --overwrite). "
+        "per-class table (instances, detections, precision, recall, AP) and writes DIR/metrics.json (mAP / AP, AP50, "
+        "AP75 and per-class APs), DIR/pr_curves.png, DIR/confusion_matrix.png and .csv, DIR/per_class.csv and, with "
+        "--weights, DIR/detections.json and DIR/samples.jpg (existing ones only with --overwrite). "
         "Started by torchrun, the processes share the images (one GPU each) and rank 0 writes.",
     )
     source = p.add_mutually_exclusive_group(required=True)
@@ -25,8 +26,12 @@ def add_parser(commands) -> None:
         help="voc (VOC AP@0.5, area under the curve), voc07 (11-point) or coco (AP@[.5:.95] by pycocotools) "
         "(default: voc for VOC data, coco for COCO data)",
     )  # fmt: skip
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for metrics.json and pr_curves.png (created)")
-    add_overwrite(p, "metrics.json, pr_curves.png and detections.json in --output")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for metrics.json, the plots and tables (created)")
+    add_overwrite(p, "the files eval writes in --output")
+    p.add_argument(
+        "--score-threshold", type=float, default=0.5, metavar="X",
+        help="the confusion matrix, precision and recall count detections scoring >= X (default: 0.5; AP uses all)",
+    )  # fmt: skip
     p.add_argument("--classes", metavar="A,B,C", help="--detections on VOC data: the class names in category-id order (default: inferred from the data)")
     p.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="images per forward pass (default: 1)")
     add_amp(p, *INFERENCE_AMP_HELP)
@@ -36,19 +41,20 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fasterrcnn.engine import distributed
-    from fasterrcnn.engine.evaluator import format_per_class_table, headline
+    from fasterrcnn.engine.evaluator import headline
     from fasterrcnn.runs import evaluate
 
     result = evaluate(
         args.data, weights=args.weights, detections=args.detections, output=args.output, overwrite=args.overwrite,
         split=args.split, images=args.images, classes=class_list(args.classes), metric=args.metric,
         batch_size=args.batch_size, device=args.device, amp=inference_amp(args), num_workers=args.num_workers,
-        on_bad_image=args.on_bad_image, quiet=args.quiet,
+        on_bad_image=args.on_bad_image, quiet=args.quiet, score_threshold=args.score_threshold,
     )  # fmt: skip
     if not distributed.is_main_process():
         return 0
     name, value = headline(result.metrics)
-    print(format_per_class_table(result.metrics))
-    print(f"{name} ({result.metric}): {value:.4f}; wrote {result.output / 'metrics.json'} and {result.output / 'pr_curves.png'}")
+    print(result.report.table())
+    written = "metrics.json, per_class.csv, confusion_matrix.png / .csv, pr_curves.png" + (", samples.jpg, detections.json" if args.weights else "")
+    print(f"{name} ({result.metric}): {value:.4f}; wrote {written} in {result.output}")
     print_skipped(result.skipped, "evaluated")
     return 0

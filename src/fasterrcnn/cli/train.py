@@ -23,7 +23,8 @@ def add_parser(commands) -> None:
         "train",
         help="train a detector",
         description="Train a Faster R-CNN. Writes DIR/config.json, DIR/checkpoints/{last,best,iter_XXXXXXX}.pt, "
-        "DIR/metrics.jsonl, TensorBoard events in DIR/tb/ and DIR/loss.png. DIR must be new or empty (--resume "
+        "DIR/metrics.jsonl, TensorBoard events in DIR/tb/, DIR/results.csv and DIR/results.png (one row / point per "
+        "evaluation) and the last evaluation's DIR/confusion_matrix.png, DIR/per_class.csv and DIR/samples.jpg. DIR must be new or empty (--resume "
         "continues the run in it, --overwrite replaces it) and is locked while training. Configuration precedence: "
         "preset < --config FILE < --set key=value < explicit flags. Several GPUs or machines: start it with "
         "'torchrun --nproc_per_node=N -m fasterrcnn train ...' (--batch-size is per process; see the README).",
@@ -122,6 +123,6 @@ def run(args: argparse.Namespace) -> int:
     if result.metrics is not None:
         name, value = headline(result.metrics)
         print(f"validation {name} ({result.metrics.get('metric')}) at iteration {result.iteration}: {value:.4f}; best {result.best_metric:.4f}")
-    print(f"checkpoints in {result.last.parent}, metrics in {result.run_dir / 'metrics.jsonl'}, loss curves in {result.run_dir / 'loss.png'}")
+    print(f"checkpoints in {result.last.parent}, metrics in {result.run_dir / 'metrics.jsonl'}, results in {result.run_dir / 'results.csv'} and {result.run_dir / 'results.png'}")
     print_skipped(result.skipped, "trained on")
     return 0

@@ -1,8 +1,9 @@
 """A built-in synthetic detection set: coloured shapes on textured backgrounds, as a VOC folder.
 
-``write_synthetic_voc(root, num_train=..., num_test=...)`` writes ``Annotations/*.xml`` (VOC
-format, 1-based inclusive coordinates, ``<size>``), ``JPEGImages/*.jpg`` (quality 95) and
-``ImageSets/Main/{train,test,trainval}.txt`` (trainval = train), readable by ``VOCDataset``.
+``write_synthetic_voc(root, num_train=..., num_test=..., num_val=...)`` writes ``Annotations/*.xml``
+(VOC format, 1-based inclusive coordinates, ``<size>``), ``JPEGImages/*.jpg`` (quality 95) and
+``ImageSets/Main/{train,test,trainval}.txt`` (trainval = train + val, as in VOC), plus ``val.txt``
+when ``num_val`` > 0, readable by ``VOCDataset``.
 
 Every image has 1-6 objects of the classes ``SYNTHETIC_CLASSES`` (sorted, so a split that holds
 every class infers the same class order), in varied colours, sizes (20-110 px at 256 x 256,
@@ -206,25 +207,29 @@ def _size_spec(value) -> tuple[int, int]:
     return low, high
 
 
-def write_synthetic_voc(root, *, num_train: int, num_test: int, image_size=(256, 256), seed: int = 0) -> Path:
+def write_synthetic_voc(root, *, num_train: int, num_test: int, num_val: int = 0, image_size=(256, 256), seed: int = 0) -> Path:
     """Write the synthetic set as a VOC folder at ``root`` and return ``root`` as a Path.
 
     ``image_size = (height, width)``; each of the two may be an int or an inclusive ``(min, max)``
     range drawn per image, e.g. ``((192, 320), (192, 320))``. Image ids are ``000000``,
-    ``000001`` ... with the ``num_train`` training images first, then the ``num_test`` test images.
+    ``000001`` ... with the ``num_train`` training images first, then the ``num_test`` test images,
+    then the ``num_val`` validation images (so the train and test images do not depend on ``num_val``).
     """
     root = Path(root)
     height_range, width_range = (_size_spec(v) for v in image_size)
     for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    ids = [f"{i:06d}" for i in range(num_train + num_test)]
+    ids = [f"{i:06d}" for i in range(num_train + num_test + num_val)]
     for i, image_id in enumerate(ids):
         rng = np.random.default_rng([seed, i])
         size = (int(rng.integers(height_range[0], height_range[1] + 1)), int(rng.integers(width_range[0], width_range[1] + 1)))
         pixels, objects = render_image(rng, size)
         Image.fromarray(pixels).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
         _annotation_xml(image_id, size, objects).write(root / "Annotations" / f"{image_id}.xml", encoding="unicode")
-    splits = {"train": ids[:num_train], "test": ids[num_train:], "trainval": ids[:num_train]}
+    val = ids[num_train + num_test :]
+    splits = {"train": ids[:num_train], "test": ids[num_train : num_train + num_test], "trainval": ids[:num_train] + val}
+    if num_val:
+        splits["val"] = val
     for split, split_ids in splits.items():
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
     return root

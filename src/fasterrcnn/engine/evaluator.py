@@ -31,7 +31,6 @@ __all__ = [
     "default_metric",
     "evaluate_model",
     "evaluate_results",
-    "format_per_class_table",
     "headline",
     "run_inference",
 ]
@@ -202,27 +201,6 @@ def evaluate_model(
     if isinstance(outcome, Exception):
         raise outcome
     return results, outcome
-
-
-def format_per_class_table(metrics: Mapping[str, Any]) -> str:
-    """A plain-text table: one row per class with its AP, then the headline number(s)."""
-    per_class = metrics.get("per_class", {})
-    without_gt = list(metrics.get("classes_without_gt", []))
-    names = list(per_class) + [n for n in without_gt if n not in per_class]
-    width = max([len("class")] + [len(n) for n in names])
-    column = "AP@[.5:.95]" if metrics.get("metric") == "coco" else "AP@0.5"
-    lines = [f"{'class':<{width}}  {column}", f"{'-' * width}  {'-' * len(column)}"]
-    for name in names:
-        ap = per_class.get(name)
-        lines.append(f"{name:<{width}}  " + (f"{ap:.4f}" if ap is not None and name not in without_gt else "no ground truth"))
-    lines.append(f"{'-' * width}  {'-' * len(column)}")
-    if metrics.get("metric") == "coco":
-        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-            if key in metrics:
-                lines.append(f"{key:<{width}}  {metrics[key]:.4f}")
-    else:
-        lines.append(f"{'mAP':<{width}}  {metrics['mAP']:.4f}  ({metrics.get('metric', 'voc')})")
-    return "\n".join(lines)
 
 
 def _coco_ground_truth(ground_truth: Sequence[Mapping[str, Any]], class_names: Sequence[str]):

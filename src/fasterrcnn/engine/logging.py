@@ -14,12 +14,20 @@
 ``log_every`` iterations (and at the last one); their losses and ``time`` (seconds per iteration)
 are means over the iterations since the previous record. TensorBoard scalars go to ``DIR/tb/``
 under ``train/<name>`` and ``eval/<name>``, and the validation losses ``val_<loss name>`` of an
-eval record under ``val/<loss name>`` (beside ``train/<loss name>``).
+eval record under ``val/<loss name>`` (beside ``train/<loss name>``); at every evaluation the per-class
+precision / recall curves go under ``pr_curve/<class>`` and the sample picture (``engine/report.py``)
+under ``eval/samples``.
+
+``DIR/results.csv`` holds one row per evaluation (``results_rows``), rewritten at every evaluation; it is
+written when the logger starts too (only a header in a new run; on resume, without the rows after the
+resume iteration).
 """
 
 from __future__ import annotations
 
+import csv
 import datetime
+import io
 import json
 import math
 import sys
@@ -30,7 +38,9 @@ from tqdm import tqdm
 
 from fasterrcnn.io import atomic_write_text
 
-__all__ = ["MetricsLogger", "json_safe", "read_metrics"]
+__all__ = ["MetricsLogger", "json_safe", "pr_curve_arrays", "read_metrics", "results_csv", "results_rows"]
+
+RESULTS_METRICS = ("mAP", "AP", "AP50", "AP75")  # the metric columns of results.csv, when an evaluation has them
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -46,6 +56,79 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def results_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per ``eval`` record of ``records`` (metrics.jsonl's), in order: what results.csv holds.
+
+    A row has ``iteration``; ``epoch`` and ``lr`` of the last train record at or before it (None when
+    there is none); every training loss (``loss*``) as the mean of the train records since the previous
+    evaluation, each weighted by the iterations it covers (its iteration minus the previous train
+    record's); then the eval record's validation losses (``val_loss*``) and metrics (``RESULTS_METRICS``).
+    A value missing from the records is missing from the row.
+    """
+    rows: list[dict[str, Any]] = []
+    window: list[tuple[int, dict[str, Any]]] = []  # (iterations covered, train record) since the last evaluation
+    last_train: dict[str, Any] | None = None
+    for record in records:
+        if record.get("type") == "train":
+            window.append((record["iteration"] - (last_train["iteration"] if last_train else 0), record))
+            last_train = record
+        elif record.get("type") == "eval":
+            row: dict[str, Any] = {
+                "iteration": record["iteration"],
+                "epoch": last_train.get("epoch") if last_train else None,
+                "lr": last_train.get("lr") if last_train else None,
+            }
+            names = [k for _, r in window for k in r if k.startswith("loss")]
+            for name in dict.fromkeys(names):
+                weighted = [(w, r[name]) for w, r in window if _number(r.get(name))]
+                total = sum(w for w, _ in weighted)
+                if total > 0:
+                    row[name] = sum(w * v for w, v in weighted) / total
+            row.update({k: v for k, v in record.items() if k.startswith("val_loss") and _number(v)})
+            row.update({k: record[k] for k in RESULTS_METRICS if _number(record.get(k))})
+            rows.append(row)
+            window = []
+    return rows
+
+
+def results_csv(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as CSV text: the columns in order of first appearance, floats to 6 significant digits,
+    a missing value empty."""
+    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["iteration"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(k) is None else f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in columns])
+    return buffer.getvalue()
+
+
+def pr_curve_arrays(recall, precision, instances: int, points: int = 101) -> dict[str, Any]:
+    """A precision / recall curve (recall increasing, as the evaluators return it) as the keyword arguments
+    of TensorBoard's ``add_pr_curve_raw``: at most ``points`` points, lowest threshold (highest recall) first.
+
+    TensorBoard wants counts too; they are derived from recall x ``instances`` (true positives, false
+    negatives) and precision (false positives); a detector has no true negatives (0).
+    """
+    import numpy as np
+
+    recall = np.asarray(recall, dtype=np.float64)[::-1]
+    precision = np.asarray(precision, dtype=np.float64)[::-1]
+    if len(recall) > points:
+        keep = np.unique(np.linspace(0, len(recall) - 1, points).round().astype(np.int64))
+        recall, precision = recall[keep], precision[keep]
+    tp = recall * instances
+    fp = np.divide(tp * (1.0 - precision), precision, out=np.zeros_like(tp), where=precision > 0)
+    return {
+        "true_positive_counts": tp, "false_positive_counts": fp, "true_negative_counts": np.zeros_like(tp),
+        "false_negative_counts": instances - tp, "precision": precision, "recall": recall, "num_thresholds": len(recall),
+    }  # fmt: skip
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -100,6 +183,8 @@ class MetricsLogger:
         kept = [r for r in read_metrics(self.path) if r.get("iteration", 0) <= start_iteration] if start_iteration else []
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.records: list[dict[str, Any]] = kept
+        self.results_path = self.output_dir / "results.csv"  # resume: the rows after start_iteration go, with their records
+        atomic_write_text(self.results_path, results_csv(results_rows(kept)))
         self._file = open(self.path, "a", encoding="utf-8")
         self._writer = SummaryWriter(
             log_dir=str(self.output_dir / "tb"), purge_step=start_iteration + 1 if start_iteration else None
@@ -163,8 +248,9 @@ class MetricsLogger:
         self.info(f"iteration {iteration}: non-finite loss ({shown}); step skipped ({consecutive} in a row)")
 
     # -- eval ----------------------------------------------------------------------------------------
-    def log_eval(self, iteration: int, metrics: dict[str, Any]) -> None:
-        """Evaluation results at ``iteration``: scalars, ``metric`` and ``per_class`` are recorded."""
+    def log_eval(self, iteration: int, metrics: dict[str, Any], report=None) -> None:
+        """Evaluation results at ``iteration``: scalars, ``metric`` and ``per_class`` are recorded, results.csv
+        rewritten; ``pr_curves`` and (with an ``engine.report.EvaluationReport``) the samples go to TensorBoard."""
         record = {"type": "eval", "iteration": iteration}
         for k, v in metrics.items():
             if isinstance(v, (int, float, str)) and not isinstance(v, bool):
@@ -172,6 +258,7 @@ class MetricsLogger:
             elif k == "per_class":
                 record[k] = {name: float(ap) for name, ap in v.items()}
         self._write(record)
+        atomic_write_text(self.results_path, results_csv(results_rows(self.records)))
         for k, v in record.items():
             if k not in ("type", "iteration") and isinstance(v, (int, float)):
                 # validation losses beside train/<loss>: val_loss_classifier -> val/loss_classifier
@@ -180,6 +267,14 @@ class MetricsLogger:
         for name, ap in record.get("per_class", {}).items():
             if ap is not None and math.isfinite(ap):
                 self._writer.add_scalar(f"eval_per_class/{name}", ap, iteration)
+        instances = {row["class"]: row["instances"] for row in report.rows} if report is not None else metrics.get("num_gt", {})
+        for name, (recall, precision) in metrics.get("pr_curves", {}).items():
+            if len(recall):
+                self._writer.add_pr_curve_raw(f"pr_curve/{name}", **pr_curve_arrays(recall, precision, instances.get(name, 0)), global_step=iteration)
+        if report is not None and report.samples is not None:
+            import numpy as np
+
+            self._writer.add_image("eval/samples", np.asarray(report.samples), iteration, dataformats="HWC")
         headline = ", ".join(
             f"{k} {record[k]:.4f}" for k in ("mAP", "AP", "AP50", "AP75", "val_loss") if isinstance(record.get(k), float)
         )

@@ -26,7 +26,11 @@ Output folder::
     DIR/checkpoints/iter_XXXXXXX.pt   the same checkpoints, the newest keep_checkpoints kept
     DIR/checkpoints/best.pt           the checkpoint with the best validation mAP (COCO: AP)
     DIR/metrics.jsonl, DIR/tb/        see engine/logging.py
-    DIR/loss.png                      loss curves, redrawn at every evaluation and at the end
+    DIR/results.csv                   one row per evaluation (engine/logging.py)
+    DIR/results.png                   losses (train and validation) and metrics, redrawn at every
+                                      evaluation and at the end (evaluation/plots.py plot_results)
+    DIR/confusion_matrix.png, .csv,   the latest evaluation's report (engine/report.py), when
+    DIR/per_class.csv, samples.jpg    ``evaluate`` returns one under "report"
 
 Exact resume: the data order and the augmentation of every sample are functions of
 ``(seed, epoch, index)`` (``data.loader.build_loader``); the batches of the current epoch that were
@@ -193,7 +197,9 @@ class Trainer:
         label_to_category_id: COCO data: label -> the JSON's category id (stored in checkpoints).
         evaluate: optional ``evaluate(model) -> metrics`` for periodic validation (the metrics
             dict has ``mAP`` or ``AP``, see ``engine.evaluator``; its ``val_loss*`` entries, e.g.
-            from ``engine.validation.validation_losses``, are drawn in loss.png).
+            from ``engine.validation.validation_losses``, are drawn in results.png; an
+            ``engine.report.EvaluationReport`` under ``"report"`` is written to the run folder and
+            taken out of the metrics).
         device, num_workers, quiet: where to train, data-loading processes, plain log lines.
             In a data-parallel run, ``device`` is this process's (``engine.distributed.init_distributed``).
         schedule_length: the run length (iterations) that ``config``'s warm-up and lr_steps were written for;
@@ -654,19 +660,24 @@ class Trainer:
         from fasterrcnn.engine.evaluator import headline
 
         distributed.broadcast_buffers(self.model)  # every process evaluates rank 0's weights
-        metrics = self.evaluate(self.model)
+        metrics = dict(self.evaluate(self.model))
+        report = metrics.pop("report", None)  # confusion matrix, per-class table, samples (rank 0)
         self.model.train()
         self.last_metrics = metrics
-        logger.log_eval(self.state.iteration, metrics)
+        logger.log_eval(self.state.iteration, metrics, report)
+        if report is not None and self.is_main:
+            report.write(self.output_dir)
+            if self.state.iteration >= self.max_iters:  # the final evaluation: its table in the log
+                logger.info(report.table())
         _, value = headline(metrics)
         if math.isfinite(value) and (self.state.best_metric is None or value > self.state.best_metric):
             self.state.best_metric = value
             self.save("best.pt")
 
     def _plot_losses(self, logger) -> None:
-        from fasterrcnn.evaluation.plots import plot_losses
+        from fasterrcnn.evaluation.plots import plot_results
 
         if not self.is_main:
             return
-        # train records' losses, and the validation losses (val_loss*) of the eval records, dashed
-        plot_losses([r for r in logger.records if r.get("type") in ("train", "eval")], self.output_dir / "loss.png")
+        # train records' losses, and the validation losses (val_loss*) and metrics of the eval records
+        plot_results([r for r in logger.records if r.get("type") in ("train", "eval")], self.output_dir / "results.png")

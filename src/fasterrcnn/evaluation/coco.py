@@ -59,6 +59,8 @@ def evaluate_coco(coco_gt: COCO, results: Sequence[Mapping[str, Any]]) -> dict:
         as floats (``COCOeval.stats``; -1 where no ground truth is in range), plus
         ``"per_class"``: {category name: AP@[.5:.95], area all, 100 detections} for categories
         with ground truth (mean of the valid entries of ``eval["precision"]``),
+        ``"per_class_ap50"``: {category name: AP@0.5} for the same categories (mean over the
+        recall thresholds at IoU 0.5),
         ``"classes_without_gt"``: [names] of the other categories,
         ``"pr_curves"``: {category name: (recall thresholds list, precision list)} at IoU 0.5,
         area all, 100 detections, ``"summary"``: pycocotools' 12 summary lines (list of str).
@@ -85,6 +87,7 @@ def evaluate_coco(coco_gt: COCO, results: Sequence[Mapping[str, Any]]) -> dict:
     recall_thresholds = [float(r) for r in params.recThrs]
 
     per_class: dict[str, float] = {}
+    per_class_ap50: dict[str, float] = {}
     pr_curves: dict[str, tuple[list[float], list[float]]] = {}
     classes_without_gt: list[str] = []
     for k, category_id in enumerate(params.catIds):
@@ -95,11 +98,14 @@ def evaluate_coco(coco_gt: COCO, results: Sequence[Mapping[str, Any]]) -> dict:
             classes_without_gt.append(name)
             continue
         per_class[name] = float(np.mean(valid))
+        at_50 = precision[iou_50, :, k, area_all, max_dets]  # [R]
+        per_class_ap50[name] = float(np.mean(at_50[at_50 > -1])) if (at_50 > -1).any() else 0.0
         pr_curves[name] = (list(recall_thresholds), [float(v) for v in precision[iou_50, :, k, area_all, max_dets]])
 
     metrics: dict[str, Any] = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}
     metrics.update(
         per_class=per_class,
+        per_class_ap50=per_class_ap50,
         classes_without_gt=classes_without_gt,
         pr_curves=pr_curves,
         summary=summary.getvalue().splitlines(),

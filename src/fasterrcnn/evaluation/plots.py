@@ -1,4 +1,4 @@
-"""PNG plots: precision/recall curves per class and training loss curves.
+"""PNG plots: precision/recall curves per class, a training run's results and confusion matrices.
 
 Figures are drawn with matplotlib's ``Figure`` and the Agg canvas directly (no ``pyplot``, no
 global backend or figure state) and written atomically with ``fasterrcnn.io.atomic_save``.
@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from fasterrcnn.io import atomic_save
 
-__all__ = ["plot_losses", "plot_pr_curves"]
+__all__ = ["plot_confusion_matrix", "plot_pr_curves", "plot_results"]
 
 
 def _save_png(figure: Figure, path: str | os.PathLike) -> None:
@@ -57,54 +57,117 @@ def plot_pr_curves(
     _save_png(figure, path)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
     """(iterations, values) of the records that have ``key`` with a numeric value."""
     points = [
         (float(r["iteration"]), float(r[key]))
         for r in records
-        if "iteration" in r and isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+        if "iteration" in r and _number(r.get(key))
     ]
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_losses(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Loss curves against iteration from metrics records, written to ``path`` (PNG).
+METRIC_KEYS = ("mAP", "AP", "AP50", "AP75")  # drawn in the metric panel of results.png, when present
 
-    Every key starting with ``"loss"`` (training, solid lines) or ``"val_loss"`` (validation,
-    dashed, one marker per record) is one curve; records without ``"iteration"`` or without the
-    key are skipped for that curve. A ``"lr"`` key is drawn on a second y axis (dotted grey).
-    Keys are drawn in order of first appearance.
+
+def plot_results(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """A training run at a glance, from its metrics records, written to ``path`` (PNG).
+
+    One small panel per loss (``"loss"``, the total, first): the training values (keys starting with
+    ``"loss"``) as a solid line and the validation values (the same key with a ``"val_"`` prefix, one
+    marker per evaluation) dashed, in the same colour; then a panel with the metrics of
+    ``METRIC_KEYS`` found in the records, and one with ``"lr"``. All against iteration, on the same x
+    range; records without ``"iteration"`` are skipped. A single legend above the panels says which
+    line is which.
     """
-    keys: list[str] = []
+    from matplotlib.lines import Line2D
+
+    losses: list[str] = []
     for record in records:
-        keys.extend(k for k in record if k not in keys and (k.startswith("loss") or k.startswith("val_loss")))
-
-    figure = Figure(figsize=(9, 5))
-    axes = figure.add_subplot()
-    for key in keys:
-        iterations, values = _series(records, key)
-        if key.startswith("val_loss"):
-            axes.plot(iterations, values, label=key, linestyle="--", marker="o", markersize=3)
-        else:
-            axes.plot(iterations, values, label=key, linewidth=1.0)
-    axes.set_xlabel("iteration")
-    axes.set_ylabel("loss")
-    axes.set_title("Training losses")
-    axes.grid(True, alpha=0.3)
-    handles, labels = axes.get_legend_handles_labels()
-
-    top_axes = axes
-    lr_iterations, lr_values = _series(records, "lr")
-    if lr_values:
-        top_axes = axes.twinx()
-        top_axes.plot(lr_iterations, lr_values, label="lr", color="grey", linestyle=":", linewidth=1.0)
-        top_axes.set_ylabel("learning rate")
-        top_axes.set_ylim(bottom=0.0)
-        lr_handles, lr_labels = top_axes.get_legend_handles_labels()
-        handles, labels = handles + lr_handles, labels + lr_labels
-    if handles:
-        # On the topmost axes so that no curve is drawn over it.
-        top_axes.legend(handles, labels, loc="upper right", fontsize="small", framealpha=0.9)
+        for key in record:
+            name = key[len("val_") :] if key.startswith("val_loss") else key
+            if name.startswith("loss") and name not in losses:
+                losses.append(name)
+    losses.sort(key=lambda name: name != "loss")  # the total first, the others in order of appearance
+    metrics = [key for key in METRIC_KEYS if _series(records, key)[1]]
+    has_lr = bool(_series(records, "lr")[1])
+    panels = len(losses) + bool(metrics) + has_lr
+    columns = min(4, max(panels, 1))
+    rows = max(1, -(-panels // columns))
+    figure = Figure(figsize=(3.4 * columns, 2.7 * rows + 0.5), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False).ravel()
+    colors = [f"C{i % 10}" for i in range(len(losses) + len(metrics))]
+    for axes, name, color in zip(grid, losses, colors):
+        axes.plot(*_series(records, name), color=color, linewidth=1.0)
+        axes.plot(*_series(records, f"val_{name}"), color=color, linestyle="--", marker="o", markersize=3)
+        axes.set_title(name, fontsize="medium")
+        axes.set_ylim(bottom=0.0)
+    handles = [
+        Line2D([], [], color="black", linewidth=1.0, label="train"),
+        Line2D([], [], color="black", linestyle="--", marker="o", markersize=3, label="validation"),
+    ]
+    index = len(losses)
+    if metrics:
+        axes = grid[index]
+        for key, color in zip(metrics, colors[len(losses) :]):
+            axes.plot(*_series(records, key), color=color, marker="o", markersize=3)
+            handles.append(Line2D([], [], color=color, marker="o", markersize=3, label=key))
+        axes.set_title("validation " + " / ".join(metrics), fontsize="medium")
+        axes.set_ylim(0.0, 1.0)
+        index += 1
+    if has_lr:
+        grid[index].plot(*_series(records, "lr"), color="grey", linewidth=1.0)
+        grid[index].set_title("learning rate", fontsize="medium")
+        grid[index].set_ylim(bottom=0.0)
+        index += 1
+    last = max((float(r["iteration"]) for r in records if _number(r.get("iteration"))), default=1.0)
+    for axes in grid[:index]:
+        axes.set_xlim(0.0, last * 1.02)
+        axes.set_xlabel("iteration", fontsize="small")
+        axes.tick_params(labelsize="small")
+        axes.grid(True, alpha=0.3)
+    for axes in grid[index:]:
+        axes.set_axis_off()
+    if panels:
+        figure.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize="small", frameon=False)
     else:
-        axes.text(0.5, 0.5, "no loss records", ha="center", va="center", transform=axes.transAxes)
+        grid[0].text(0.5, 0.5, "no records", ha="center", va="center", transform=grid[0].transAxes)
+    _save_png(figure, path)
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[float]], labels: Sequence[str], path: str | os.PathLike, *, title: str | None = None
+) -> None:
+    """A confusion matrix [N, N] as a heat map with its counts, written to ``path`` (PNG).
+
+    Rows are the true classes, columns the predicted ones, ``labels`` naming both (background last in
+    ``evaluation/confusion.py``'s matrices). Colours are the counts divided by their row's sum (the
+    share of each true class's boxes that went where), so that rare and common classes read alike.
+    """
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=np.int64)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    n = len(labels)
+    side = min(4.0 + 0.45 * n, 24.0)
+    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true class's boxes (row)")
+    if n <= 30:  # the counts stay legible up to about 30 classes
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    color = "white" if shares[i, j] > 0.5 else "black"
+                    axes.text(j, i, str(counts[i, j]), ha="center", va="center", color=color, fontsize="medium" if n <= 12 else "small")
+    axes.set_xticks(range(n), labels, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center", fontsize="medium" if n <= 12 else "small")
+    axes.set_yticks(range(n), labels, fontsize="medium" if n <= 12 else "small")
+    axes.set_xlabel("predicted (background: a false positive)")
+    axes.set_ylabel("true (background: missed)")
+    axes.set_title(title or "Confusion matrix")
     _save_png(figure, path)

@@ -6,7 +6,8 @@ files it creates in that run, or files it is told to replace (``overwrite``), ne
     DIR/.lock              held (flock) by the process training in DIR; holds its PID
     DIR/config.json        the run's settings, the data and every accepted change on --resume
     DIR/checkpoints/       last.pt, best.pt, the newest iter_XXXXXXX.pt (engine.checkpoint.CheckpointFolder)
-    DIR/metrics.jsonl, DIR/tb/, DIR/loss.png    engine/logging.py, evaluation/plots.py
+    DIR/metrics.jsonl, DIR/tb/, DIR/results.csv, DIR/results.png    engine/logging.py, evaluation/plots.py
+    DIR/confusion_matrix.png, .csv, DIR/per_class.csv, DIR/samples.jpg    the last evaluation's (engine/report.py)
     DIR/error.log          the traceback of a run that ended with an unexpected exception
 
 ``OutputFolder`` is the folder of ``eval`` and ``predict``: its files are claimed before the long work
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fasterrcnn.engine.checkpoint import CheckpointFolder
+from fasterrcnn.engine.report import REPORT_FILES
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.io import atomic_write_text, remove_temp_files
 
@@ -32,7 +34,8 @@ __all__ = ["OutputFolder", "RunFolder", "RunLock"]
 
 logger = logging.getLogger("fasterrcnn")
 
-RUN_ENTRIES = ("config.json", "checkpoints", "metrics.jsonl", "tb", "loss.png", "error.log")
+# loss.png: the figure of runs written before results.png, so that --overwrite replaces such a run too
+RUN_ENTRIES = ("config.json", "checkpoints", "metrics.jsonl", "tb", "results.csv", "results.png", *REPORT_FILES, "loss.png", "error.log")
 LOCK_NAME = ".lock"
 
 

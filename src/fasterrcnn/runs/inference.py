@@ -22,7 +22,8 @@ from fasterrcnn.io import atomic_write_text
 from fasterrcnn.runs.folder import OutputFolder
 
 if TYPE_CHECKING:
-    from fasterrcnn.detector import Detector
+    from fasterrcnn.detector import Detection, Detector
+    from fasterrcnn.engine.report import EvaluationReport
 
 __all__ = ["EvalResult", "compress", "evaluate", "load_detector"]
 
@@ -32,13 +33,15 @@ logger = logging.getLogger("fasterrcnn")
 @dataclass(frozen=True)
 class EvalResult:
     """``metrics``: the evaluator's dict (``mAP`` or ``AP``, ``per_class``, ...); ``metric``: which one;
-    ``num_images`` scored; ``skipped``: bad images left out; ``output``: the folder written (or None)."""
+    ``num_images`` scored; ``skipped``: bad images left out; ``output``: the folder written (or None);
+    ``report``: the confusion matrix, per-class table and samples (``engine.report``; None off rank 0)."""
 
     metrics: dict[str, Any]
     metric: str
     num_images: int
     skipped: int
     output: Path | None
+    report: EvaluationReport | None = None
 
 
 def load_detector(weights, *, device, amp, preset=None, classes=None) -> Detector:
@@ -71,16 +74,21 @@ def evaluate(
     num_workers: int = 0,
     on_bad_image: str = "skip",
     quiet: bool = False,
+    score_threshold: float = 0.5,
 ) -> EvalResult:
     """Score a checkpoint (``weights``: a path or a ``Detector``) or a COCO results file (``detections``) on ``data``.
 
-    With ``output``, writes ``metrics.json``, ``pr_curves.png`` and (``weights``) ``detections.json`` there.
-    Started by torchrun, the processes share the images and rank 0 scores and writes.
+    With ``output``, writes ``metrics.json``, ``pr_curves.png``, ``confusion_matrix.png`` / ``.csv`` and
+    ``per_class.csv`` there, and with ``weights`` ``detections.json`` and ``samples.jpg`` (ground truth |
+    predictions). The confusion matrix and the per-class precision / recall count the detections scoring
+    ``>= score_threshold`` (``engine/report.py``). Started by torchrun, the processes share the images and
+    rank 0 scores and writes.
     """
     from fasterrcnn.data import build_dataset
     from fasterrcnn.engine import distributed
     from fasterrcnn.engine.evaluator import evaluate_model, evaluate_results, headline
     from fasterrcnn.engine.logging import json_safe
+    from fasterrcnn.engine.report import NUM_SAMPLES, REPORT_FILES, build_report
     from fasterrcnn.evaluation import load_results, save_results
     from fasterrcnn.evaluation.plots import plot_pr_curves
 
@@ -91,7 +99,8 @@ def evaluate(
     device = distributed.init_distributed(device)  # torchrun: this process's device, process group joined
     main = distributed.is_main_process()
     if folder is not None and main:  # before the long work
-        folder.claim(["metrics.json", "pr_curves.png", *(["detections.json"] if weights is not None else [])], overwrite=overwrite)
+        written = ["metrics.json", "pr_curves.png", *REPORT_FILES, *(["detections.json"] if weights is not None else [])]
+        folder.claim([name for name in written if weights is not None or name != "samples.jpg"], overwrite=overwrite)
     if weights is not None:
         detector = load_detector(weights, device=device, amp=amp)
         if classes is not None and list(classes) != list(detector.class_names):
@@ -120,9 +129,14 @@ def evaluate(
             hint = "" if classes or dataset.label_to_category_id is not None else "; --classes gives the class list of the category ids"
             raise DataError(detections, f"does not fit {data} ({e}){hint}") from None
         source = {"detections": str(detections)}
-    result = EvalResult(metrics, metric, len(dataset), len(dataset.skipped), folder.path if folder else None)
+    report = None
+    if main:  # samples need the images, which a results file's data set may not have
+        num_samples = NUM_SAMPLES if weights is not None else 0
+        report = build_report(results, dataset, metrics, class_names=dataset.classes, score_threshold=score_threshold, num_samples=num_samples)
+    result = EvalResult(metrics, metric, len(dataset), len(dataset.skipped), folder.path if folder else None, report)
     if folder is None or not main:
         return result
+    report.write(folder.path)
     if weights is not None:
         save_results(folder.path / "detections.json", results)
     name, value = headline(metrics)

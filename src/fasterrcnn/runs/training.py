@@ -209,6 +209,7 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
     from fasterrcnn.engine import distributed
     from fasterrcnn.engine.checkpoint import Checkpoint
     from fasterrcnn.engine.evaluator import evaluate_model
+    from fasterrcnn.engine.report import build_report
     from fasterrcnn.engine.trainer import Trainer
     from fasterrcnn.engine.validation import validation_losses
     from fasterrcnn.modeling.faster_rcnn import FasterRCNN
@@ -255,13 +256,15 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         num_workers, quiet = options["num_workers"], options["quiet"]
 
         def evaluate(model):
-            metrics = evaluate_model(
+            results, metrics = evaluate_model(
                 model, val_dataset, metric=metric, class_names=dataset.classes,
                 label_to_category_id=dataset.label_to_category_id, num_workers=num_workers, device=device, progress=not quiet,
-            )[1]  # fmt: skip
+            )  # fmt: skip
             # val_loss, val_loss_objectness, ...: logged and drawn beside the training losses
             losses = validation_losses(model, val_dataset, num_workers=num_workers, device=device, seed=train_config.seed, progress=not quiet)
-            return {**metrics, **losses}
+            # confusion matrix, per-class table, samples: the trainer writes them and takes them out of the metrics
+            report = build_report(results, val_dataset, metrics, class_names=dataset.classes) if main_process else None
+            return {**metrics, **losses, "report": report}
 
     trainer = Trainer(
         model, dataset, config=train_config, output_dir=folder.path, preset=preset_name, class_names=dataset.classes,
