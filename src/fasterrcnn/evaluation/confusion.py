@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fasterrcnn.ops.boxes import box_iou
+
 __all__ = ["IOU_THRESHOLD", "SCORE_THRESHOLD", "confusion_matrix", "per_class_counts"]
 
 IOU_THRESHOLD = 0.5
@@ -41,18 +43,6 @@ def _array(value: Any, dtype, shape: tuple[int, ...]) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=dtype).reshape(shape)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU [K, D] of xyxy boxes a [K,4] and b [D,4] (continuous pixels, width = x2 - x1)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
 
 
 def confusion_matrix(
@@ -92,7 +82,7 @@ def confusion_matrix(
             if len(labels) and not ((labels >= 1) & (labels <= num_classes)).all():
                 raise ValueError(f"image {image_id!r}: labels {sorted(set(labels.tolist()))} outside 1..{num_classes}")
 
-        iou = _iou(gt_boxes, det_boxes)  # [K, D]
+        iou = box_iou(torch.from_numpy(gt_boxes), torch.from_numpy(det_boxes)).numpy()  # [K, D], float64
         gt_index, det_index = np.nonzero(iou >= iou_threshold)  # candidates, row-major: (gt, det) order
         order = np.argsort(-iou[gt_index, det_index], kind="stable")
         gt_taken = np.zeros(len(gt_labels), bool)
