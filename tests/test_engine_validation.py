@@ -119,6 +119,9 @@ def test_training_logs_validation_losses_and_they_do_not_change_the_run(voc_root
     original_plot = plots.plot_results
     monkeypatch.setattr(plots, "plot_results", lambda records, path: (drawn.append(list(records)), original_plot(records, path)))
     common = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--seed", "7", "--log-every", "1", *SMALL]
+    # a schedule of its own: the preset's would be placed on each run's length, and the 2-iteration run
+    # resumed to 4 below must have the 4-iteration run's schedule
+    common += ["--set", "train.warmup_iters=1", "--set", "train.lr_steps=[3]"]
     validated = common + ["--eval-every", "2", "--checkpoint-every", "2"]
     assert main(validated + ["--output", str(tmp_path / "full"), "--max-iters", "4"]) == 0
 
