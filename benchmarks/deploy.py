@@ -2,12 +2,15 @@
 
     python benchmarks/deploy.py                                   # resnet50_fpn, mobilenet_v3_large_fpn at 480x640
     python benchmarks/deploy.py --presets tiny --size 256x256 --repeat 5 --threads 2
+    python benchmarks/deploy.py --compile                         # + torch.compile'd backbone (minutes)
 
 Random weights (seeded), one random image, batch 1, median of ``--repeat`` timed runs after one warm-up.
 Columns: eager float32 with the checkpoint's layers ("eager f32") and with BatchNorm folded
 ("eager f32 fused", what ``Detector`` runs), eager bf16 autocast (fused), the exported ONNX file in
 onnxruntime, and the OpenVINO IR in f32 and bf16 (its default on CPUs with bf16 units). torchvision's
-model and its export are timed too when a working torchvision is importable. Never asserts timings.
+model and its export are timed too when a working torchvision is importable. ``--compile`` adds the fused
+model with its backbone through ``torch.compile`` (inductor, needs a C++ compiler; "compile s" is the
+first call). Never asserts timings.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def torchvision_available() -> bool:
     return True
 
 
-def time_preset(preset: str, size: tuple[int, int], repeat: int, threads: int, folder: Path) -> dict[str, float]:
+def time_preset(preset: str, size: tuple[int, int], repeat: int, threads: int, folder: Path, compile: bool = False) -> dict[str, float]:
     import onnxruntime as ort
     import openvino as ov
 
@@ -62,6 +65,13 @@ def time_preset(preset: str, size: tuple[int, int], repeat: int, threads: int, f
         row["eager f32 fused"] = median_ms(lambda: fused([image]), repeat)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             row["eager bf16 fused"] = median_ms(lambda: fused([image]), repeat)
+        if compile:
+            compiled = copy.deepcopy(fused)
+            compiled.backbone = torch.compile(compiled.backbone)
+            start = time.perf_counter()
+            compiled([image])
+            row["compile s"] = time.perf_counter() - start
+            row["eager f32 fused compiled"] = median_ms(lambda: compiled([image]), repeat)
     names = [str(i) for i in range(model.num_classes)]
     start = time.perf_counter()
     export_model(model, folder / f"{preset}.onnx", names)
@@ -95,15 +105,16 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="480x640", help="HxW of the image")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile on the backbone")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
-            rows[preset] = time_preset(preset, size, args.repeat, args.threads, Path(tmp))
+            rows[preset] = time_preset(preset, size, args.repeat, args.threads, Path(tmp), args.compile)
     columns = list(dict.fromkeys(c for row in rows.values() for c in row))
-    print(f"# {args.size}, batch 1, {args.threads} threads, median of {args.repeat} (ms; export in s)")
+    print(f"# {args.size}, batch 1, {args.threads} threads, median of {args.repeat} (ms; export and compile in s)")
     print("| preset | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for preset, row in rows.items():
