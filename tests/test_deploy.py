@@ -9,7 +9,7 @@ import torch
 
 import torchvision_reference as reference
 from fasterrcnn.config import PRESETS, get_preset, to_dict
-from fasterrcnn.deploy.export import export_model, read_metadata
+from fasterrcnn.deploy.export import export_model, onnx_to_openvino, read_metadata
 from fasterrcnn.deploy.graph import DeployGraph, resized_size
 from fasterrcnn.deploy.runtime import load_exported
 from fasterrcnn.detector import Detector
@@ -90,7 +90,7 @@ def exported(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     names = [f"class{i}" for i in range(model.num_classes)]
     export_model(model, folder / "model.onnx", names)
-    export_model(model, folder / "model.xml", names, format="openvino")
+    onnx_to_openvino(folder / "model.onnx", folder / "model.xml")  # export_model's graph, traced once
     return request.param, model, folder
 
 
@@ -170,6 +170,13 @@ def test_detector_and_commands_run_an_exported_model(tiny_checkpoint, tmp_path, 
     onnx_path = tmp_path / "tiny.onnx"
     args = parser.parse_args(["export", "--weights", str(tiny_checkpoint), "--output", str(onnx_path)])
     assert args.func(args) == 0 and "wrote" in capsys.readouterr().out
+    xml_path = tmp_path / "tiny.xml"  # export's OpenVINO IR is the ONNX graph converted (the parity cases convert)
+    args = parser.parse_args(["export", "--weights", str(tiny_checkpoint), "--output", str(xml_path)])
+    assert args.func(args) == 0
+    converted = onnx_to_openvino(onnx_path, tmp_path / "converted" / "tiny.xml")
+    assert converted == [tmp_path / "converted" / "tiny.xml", tmp_path / "converted" / "tiny.bin"]
+    assert converted[1].read_bytes() == xml_path.with_suffix(".bin").read_bytes()
+    assert read_metadata(converted[0]) == read_metadata(xml_path) == read_metadata(onnx_path)
     eager = Detector.from_checkpoint(tiny_checkpoint, device="cpu")
     unfused = Detector.from_checkpoint(tiny_checkpoint, device="cpu", fuse=False)
     assert set(unfused.model.state_dict()) == set(torch.load(tiny_checkpoint, weights_only=True)["model"])

@@ -29,7 +29,7 @@ import torch
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.io import atomic_write_bytes
 
-__all__ = ["EXPORT_FORMATS", "OPSET", "export_checkpoint", "export_model", "read_metadata"]
+__all__ = ["EXPORT_FORMATS", "OPSET", "export_checkpoint", "export_model", "onnx_to_openvino", "read_metadata"]
 
 EXPORT_FORMATS = ("onnx", "openvino")
 OPSET = 17
@@ -118,6 +118,13 @@ def _write_openvino(onnx_data: bytes, path: Path, meta: dict[str, str]) -> list[
         tmp_xml.with_suffix(".bin").replace(bin_path)  # the weights first: an .xml is never left without them
         tmp_xml.replace(path)
     return [path, bin_path]
+
+
+def onnx_to_openvino(onnx_path: str | Path, path: str | Path) -> list[Path]:
+    """Write the OpenVINO IR (``path``, ``.xml`` + ``.bin``) of an ``.onnx`` file this module exported, with its
+    metadata: the same graph as ``export_model(..., format="openvino")`` without tracing the model again."""
+    onnx_path = Path(onnx_path)
+    return _write_openvino(onnx_path.read_bytes(), Path(path), read_metadata(onnx_path))
 
 
 def export_checkpoint(checkpoint: str | Path, path: str | Path, *, format: str | None = None, opset: int = OPSET) -> list[Path]:
