@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 import torchvision_reference as reference
 from fasterrcnn.config import PRESETS, get_preset, to_dict
-from fasterrcnn.deploy.export import export_model, onnx_to_openvino, read_metadata
+from fasterrcnn.deploy.export import export_checkpoint, export_files, export_model, onnx_to_openvino, read_metadata
 from fasterrcnn.deploy.graph import DeployGraph, resized_size
 from fasterrcnn.deploy.runtime import load_exported
 from fasterrcnn.detector import Detector
@@ -191,3 +192,17 @@ def test_detector_and_commands_run_an_exported_model(tiny_checkpoint, tmp_path, 
     assert len(list((tmp_path / "pred").glob("*.jpg"))) == 4
     assert main(["eval", "--weights", str(onnx_path), "--data", str(voc), "--output", str(tmp_path / "eval"), "--quiet"]) == 0
     assert "mAP" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+def test_export_creates_its_folder_and_never_replaces_a_file_unasked(tiny_checkpoint, tmp_path, capsys):
+    from fasterrcnn.cli import main
+
+    written = export_checkpoint(tiny_checkpoint, tmp_path / "new" / "folder" / "tiny.onnx")  # folders created
+    assert written == [tmp_path / "new" / "folder" / "tiny.onnx"] and written[0].stat().st_size > 0
+    weights = tmp_path / "tiny.bin"
+    weights.write_bytes(b"someone else's file")
+    assert main(["export", "--weights", str(tiny_checkpoint), "--output", str(tmp_path / "tiny.xml")]) == 2
+    assert re.search(rf"{re.escape(str(weights))} exists; pass --overwrite", capsys.readouterr().err)
+    assert weights.read_bytes() == b"someone else's file" and not (tmp_path / "tiny.xml").exists()
+    assert export_files(tmp_path / "m.onnx", "openvino") == ("openvino", [tmp_path / "m.onnx", tmp_path / "m.bin"])
+    assert export_files(tmp_path / "m.xml") == ("openvino", [tmp_path / "m.xml", tmp_path / "m.bin"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from fasterrcnn.cli.options import add_overwrite
 
@@ -30,13 +29,15 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export ``args.weights`` to ``args.output``; prints one line per file written."""
-    from fasterrcnn.deploy.export import export_checkpoint
+    from fasterrcnn.deploy.export import export_checkpoint, export_files
     from fasterrcnn.errors import ConfigError
 
     if args.device != "cpu":
         raise ConfigError(f"--device {args.device!r}: the export runs on the CPU (the exported graph runs anywhere its runtime does)")
-    if Path(args.output).exists() and not args.overwrite:
-        raise ConfigError(f"{args.output} exists; pass --overwrite to replace it or choose another --output")
+    existing = [str(path) for path in export_files(args.output, args.format)[1] if path.exists()]
+    if existing and not args.overwrite:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise ConfigError(f"{' and '.join(existing)} {verb}; pass --overwrite to replace or choose another --output")
     start = time.perf_counter()
     written = export_checkpoint(args.weights, args.output, format=args.format)
     seconds = time.perf_counter() - start

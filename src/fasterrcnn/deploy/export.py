@@ -29,7 +29,7 @@ import torch
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.io import atomic_write_bytes
 
-__all__ = ["EXPORT_FORMATS", "OPSET", "export_checkpoint", "export_model", "onnx_to_openvino", "read_metadata"]
+__all__ = ["EXPORT_FORMATS", "OPSET", "export_checkpoint", "export_files", "export_model", "onnx_to_openvino", "read_metadata"]
 
 EXPORT_FORMATS = ("onnx", "openvino")
 OPSET = 17
@@ -95,6 +95,7 @@ def export_model(model, path: str | Path, class_names: Sequence[str], *, format:
     model = copy.deepcopy(model).float().cpu().eval()
     data = onnx_bytes(model, class_names, opset)
     if format == "onnx":
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
         return [path]
     return _write_openvino(data, path, metadata(model, class_names))
@@ -127,13 +128,20 @@ def onnx_to_openvino(onnx_path: str | Path, path: str | Path) -> list[Path]:
     return _write_openvino(onnx_path.read_bytes(), Path(path), read_metadata(onnx_path))
 
 
+def export_files(path: str | Path, format: str | None = None) -> tuple[str, list[Path]]:
+    """The format (``format``, or from ``path``'s suffix: ``.xml`` is openvino, anything else onnx) and the
+    files an export to ``path`` writes: ``[path]``, or ``[path, path.bin]`` for OpenVINO IR."""
+    path = Path(path)
+    format = format or ("openvino" if path.suffix == ".xml" else "onnx")
+    return format, [path, path.with_suffix(".bin")] if format == "openvino" else [path]
+
+
 def export_checkpoint(checkpoint: str | Path, path: str | Path, *, format: str | None = None, opset: int = OPSET) -> list[Path]:
     """Export the model of a training checkpoint (``fasterrcnn train`` / ``compress``); ``format`` defaults
     from ``path``'s suffix (``.xml``: openvino, else onnx). Raises DataError naming a bad checkpoint."""
     from fasterrcnn.detector import Detector
 
-    if format is None:
-        format = "openvino" if Path(path).suffix == ".xml" else "onnx"
+    format, _ = export_files(path, format)
     detector = Detector.from_checkpoint(checkpoint, device="cpu", fuse=False)
     return export_model(detector.model, path, detector.class_names, format=format, opset=opset)
 
