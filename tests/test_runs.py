@@ -353,8 +353,10 @@ def fake_clock(monkeypatch):
 
     import fasterrcnn.engine.trainer as trainer
 
-    def install(on_reading=None):
-        seconds = itertools.count(0.0, 2.0)
+    def install(on_reading=None, increments=None):
+        """``increments``: the seconds between readings instead (an iterable; e.g. a slow first iteration)."""
+        steps = itertools.repeat(2.0) if increments is None else iter(increments)
+        seconds = itertools.accumulate(itertools.chain([0.0], steps))
 
         def clock():
             now = next(seconds)
@@ -379,7 +381,7 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     state = load_checkpoint(whole.last)
     # estimated after the first iteration (and again after 4 and 8 more): 12 iterations fit; the step of
     # 900/1200 goes to 9, the warm-up of 100/1200 to 1 iteration
-    assert state["time"] == {"budget": 24.0, "elapsed": 24.0, "max_iters": 12}
+    assert state["time"] == {"budget": 24.0, "elapsed": 24.0, "max_iters": 12, "fixed": []}
     assert state["scheduler"] == {"iteration": 12, "warmup_iters": 1, "lr_steps": [9]}
     lrs = [r["lr"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if r["type"] == "train"]
     assert lrs == pytest.approx([0.0002] + [0.02] * 8 + [0.002] * 3)  # 0.01 x lr, then lr, x0.1 from the 10th step
@@ -395,7 +397,7 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     fake_clock(interrupt_after_iteration_6)
     with pytest.raises(TrainingInterrupted):
         train(voc_root, tmp_path / "run", **{**FAST, "overrides": log}, time=0.4)
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["time"] == {"budget": 24.0, "elapsed": 12.0, "max_iters": 12}
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["time"] == {"budget": 24.0, "elapsed": 12.0, "max_iters": 12, "fixed": []}
     fake_clock()  # a new process: its clock starts anywhere, the 12 s already spent count
     resumed = train(voc_root, tmp_path / "run", **FAST, resume=True)
     assert resumed.iteration == 12
@@ -410,6 +412,26 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     assert load_checkpoint(longer.last)["scheduler"] == {"iteration": 18, "warmup_iters": 1, "lr_steps": [9]}
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["train"]["time"] == 0.4 and config["changes"][-1]["changed"] == {"train.time": [0.4, 0.6]}
+
+
+def test_a_slow_start_never_ends_a_time_budget_and_a_finished_one_stays_finished(voc_root, tmp_path, fake_clock, capsys):
+    """The first iteration pays for start-up (20 s here): its estimate (nothing more fits) must not end the
+    run; the speed measured after it (3 s per iteration) does. Steps set by the user are kept as given."""
+    import itertools
+
+    fake_clock(increments=itertools.chain([20.0], itertools.repeat(3.0)))
+    overrides = {**SMALL, "train.lr_steps": [3]}
+    result = train(voc_root, tmp_path / "run", **{**FAST, "overrides": overrides}, time=0.5)  # 30 s
+    # after iteration 1 (20 s): one more; after 2 (23 s): 2 more fit; after 4 (29 s): none
+    assert result.iteration == 4
+    state = load_checkpoint(result.last)
+    assert state["time"] == {"budget": 30.0, "elapsed": 29.0, "max_iters": 4, "fixed": ["lr_steps"]}
+    assert state["scheduler"]["lr_steps"] == [3]  # as given, not placed on the estimated length
+    assert "time budget: 2 iterations fit (20 s each" in capsys.readouterr().out
+    fake_clock()
+    again = train(voc_root, tmp_path / "run", **FAST, resume=True)  # the same budget: nothing left to train
+    assert again.iteration == 4
+    assert load_checkpoint(again.last)["time"] == state["time"]
 
 
 def test_the_runs_length_is_given_once(voc_root, tmp_path, capsys):

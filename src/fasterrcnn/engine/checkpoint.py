@@ -8,7 +8,8 @@ A checkpoint file holds a dict::
      # a training checkpoint (written by the trainer; what --resume needs) adds:
      "optimizer": state_dict, "scheduler": {"iteration": i, "warmup_iters": w, "lr_steps": [s, ...]},
      "iteration": int, "epoch": int, "epoch_iteration": int, "best_metric": float | None, "rng": rng_state(),
-     "scaler": (fp16 only), "time": {"budget": s, "elapsed": s, "max_iters": n} (a time budget only)}
+     "scaler": (fp16 only), "time": {"budget": s, "elapsed": s, "max_iters": n, "fixed": schedule fields set by the user}
+     (a time budget only)}
 
 ``Checkpoint`` is that dict as an object: ``Checkpoint.read(path)`` loads and checks a file once
 (configurations validated, class names matching the model), and everything that reads checkpoints

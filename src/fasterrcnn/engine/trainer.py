@@ -178,6 +178,10 @@ class _NullLogger:
         pass
 
 
+def _iterations(count: int) -> str:
+    return f"{count} iteration{'' if count == 1 else 's'}"
+
+
 def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
 
@@ -260,13 +264,15 @@ class Trainer:
         self.loader.batch_sampler.set_epoch(0)
         self.batches_per_epoch = len(self.loader.batch_sampler)
         self.max_iters = config.max_iters if config.epochs is None else config.epochs * self.batches_per_epoch
+        self.fixed_schedule = sorted(set(fixed_schedule))  # set by the user: never placed, under a time budget either
+        free = [name for name in SCHEDULE_FIELDS if name not in self.fixed_schedule]
         if schedule_length is not None and schedule_length != self.max_iters:
-            free = [name for name in SCHEDULE_FIELDS if name not in fixed_schedule]
             self.config = config = scale_schedule(config, self.max_iters, schedule_length, free)
         self.configured_length = self.max_iters  # with a time budget: max_iters is re-estimated, this is not
         self.budget = None if config.time is None else config.time * 60.0  # seconds
         self.clock = clock if clock is not None else _clock
         self._elapsed = 0.0  # seconds of the budget spent (before this session too)
+        self._budget_before: float | None = None  # the resumed checkpoint's budget, seconds
         self.lr = config.lr * self.world_size if config.scale_lr else config.lr  # linear scaling rule
         self.optimizer = build_optimizer(self.model, config, lr=self.lr)
         self.scheduler = build_scheduler(self.optimizer, config)
@@ -314,7 +320,9 @@ class Trainer:
         if self.scaler is not None:
             training["scaler"] = self.scaler.state_dict()
         if self.budget is not None:
-            training["time"] = {"budget": self.budget, "elapsed": self._elapsed, "max_iters": self.max_iters}
+            training["time"] = {
+                "budget": self.budget, "elapsed": self._elapsed, "max_iters": self.max_iters, "fixed": self.fixed_schedule,
+            }  # fmt: skip
         return Checkpoint(
             model=self.model.state_dict(),
             preset=self.preset,
@@ -355,6 +363,8 @@ class Trainer:
         )
         if "time" in state:  # time already spent counts; a run given a budget on resume starts counting now
             self._elapsed = float(state["time"]["elapsed"])
+            self._budget_before = float(state["time"]["budget"])
+            self.fixed_schedule = sorted({*self.fixed_schedule, *state["time"].get("fixed", ())})
             if self.budget is not None:
                 self.max_iters = int(state["time"]["max_iters"])
         rng = state["rng"]
@@ -487,11 +497,11 @@ class Trainer:
         """One line: the run's length (iterations, epochs x batches or the time budget), warm-up and LR steps."""
         if self.budget is not None:
             spent = f", {self._elapsed / 60:.3g} min spent" if self._elapsed else ""
-            length = f"time budget {self.budget / 60:g} min{spent}, {self.max_iters} iterations until the speed is measured"
+            length = f"time budget {self.budget / 60:g} min{spent}, {_iterations(self.max_iters)} until the speed is measured"
         elif self.config.epochs is not None:
-            length = f"{self.max_iters} iterations ({self.config.epochs} epochs x {self.batches_per_epoch} batches)"
+            length = f"{_iterations(self.max_iters)} ({self.config.epochs} epochs x {self.batches_per_epoch} batches)"
         else:
-            length = f"{self.max_iters} iterations"
+            length = _iterations(self.max_iters)
         return f"schedule: {length}; {describe_schedule(self._placed(), self.lr)}"
 
     def _placed(self) -> TrainConfig:
@@ -516,8 +526,8 @@ class Trainer:
         self._timing = self._session[:2]  # (iteration, clock) the speed is measured from
         if self._elapsed >= self.budget:
             self.max_iters = self.state.iteration
-        elif self.max_iters <= self.state.iteration:  # a longer budget given on resume: run until it is measured
-            self.max_iters = self.state.iteration + 1
+        elif self.max_iters <= self.state.iteration and (self._budget_before is None or self.budget > self._budget_before):
+            self.max_iters = self.state.iteration + 1  # a budget given or grown on resume: run until it is measured
 
     def _track_budget(self, logger) -> None:
         """After each iteration: the elapsed time; the deadline, or a new estimate of the iterations that fit."""
@@ -534,7 +544,10 @@ class Trainer:
         first = done == start_iteration + 1  # start-up included: a cautious first estimate, refined below
         if first or done >= self.max_iters or (measured >= ESTIMATE_AFTER and measured & (measured - 1) == 0):
             seconds = max((now - measured_at) / measured, 1e-9)  # per iteration, > 0 even for a coarse clock
-            self._retarget(done + int((self.budget - self._elapsed) // seconds), seconds, logger)
+            target = done + int((self.budget - self._elapsed) // seconds)
+            if first:  # start-up is in this estimate: only a speed measured after it may end the run
+                target = max(target, done + 1)
+            self._retarget(target, seconds, logger)
         if first:  # the first iteration of a session pays for start-up: the speed is measured after it
             self._timing = (done, now)
 
@@ -543,13 +556,14 @@ class Trainer:
         done = self.state.iteration
         if target == self.max_iters:
             return
-        placed = keep_reached(self._placed(), scale_schedule(self.config, target, self.configured_length), done)
+        free = [name for name in SCHEDULE_FIELDS if name not in self.fixed_schedule]
+        placed = keep_reached(self._placed(), scale_schedule(self.config, target, self.configured_length, free), done)
         self.scheduler.place(placed.warmup_iters, placed.lr_steps)
         self.max_iters = target
         logger.set_max_iters(target)
         left = (self.budget - self._elapsed) / 60
         logger.info(
-            f"time budget: {target} iterations fit ({seconds:.3g} s each, {left:.3g} of {self.budget / 60:g} min left); "
+            f"time budget: {_iterations(target)} fit ({seconds:.3g} s each, {left:.3g} of {self.budget / 60:g} min left); "
             + describe_schedule(placed, self.lr)
         )
 

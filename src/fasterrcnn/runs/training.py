@@ -294,7 +294,7 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         folder.write_config(record)
         print(
             f"training {preset_name} on {len(dataset)} images ({len(dataset.classes)} classes) for "
-            + (f"{train_config.time:g} minutes" if train_config.time is not None else f"{trainer.max_iters} iterations")
+            + (f"{train_config.time:g} minute{'' if train_config.time == 1 else 's'}" if train_config.time is not None else f"{trainer.max_iters} iterations")
             + f" on {device}" + (f", resuming at {trainer.state.iteration}" if resume else "")
             + ("" if val_dataset is not None else "; no validation set")
             + "".join(f"; {key} {old!r} -> {new!r}" for key, (old, new) in changes.items()),
