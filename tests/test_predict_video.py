@@ -129,6 +129,10 @@ def test_a_bad_video_is_skipped_with_a_warning_or_stops_the_run(checkpoint, tmp_
     written = sorted(p.name for p in (tmp_path / "out").iterdir())  # the lines of a broken video's frames read: none
     assert written == ["clip.jsonl", "clip.mp4", "detections.json", "detections.jsonl", "no_frames.jsonl"]
     assert (tmp_path / "out" / "no_frames.jsonl").read_text() == ""
+    stale = tmp_path / "out" / "no_frames.mp4"  # as an earlier run with a readable no_frames.avi wrote it
+    stale.write_bytes(b"an earlier run's video")
+    predict(checkpoint, [no_frames], output=tmp_path / "out", overwrite=True, device="cpu", quiet=True)
+    assert not stale.exists()  # replaced by nothing: it would sit beside this run's lines of the same name
     with pytest.raises(DataError, match=f"^{truncated}: cannot read video"):
         predict(checkpoint, [clip, truncated], output=tmp_path / "stop", on_bad_image="error", device="cpu", quiet=True)
     assert len(read_lines(tmp_path / "stop" / "clip.jsonl")) == 2 and (tmp_path / "stop" / "clip.mp4").is_file()

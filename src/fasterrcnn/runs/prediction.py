@@ -222,6 +222,7 @@ def _predict_video(
             return VideoResult(frames)
         video_path, lines_path = (folder.path / name for name in entry.outputs())
         video_path.parent.mkdir(parents=True, exist_ok=True)
+        video_path.unlink(missing_ok=True)  # an earlier run's (claimed with overwrite): never beside this run's lines
         with open(lines_path, "w", encoding="utf-8") as lines:
 
             def annotate(file) -> None:
