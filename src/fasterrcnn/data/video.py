@@ -128,8 +128,9 @@ class VideoWriter:
     (a binary file object open for writing and seekable, e.g. from ``io.atomic_save``); a context manager,
     the encoder is flushed and the file completed on leaving.
 
-    The codec is H.264 (libx264, constant quality: browsers and players show it; 4:2:0 chroma, or 4:4:4 for an
-    odd width or height, which 4:2:0 cannot hold), or MPEG-4 Part 2 where PyAV's FFmpeg lacks libx264.
+    The codec is H.264 (libx264, constant quality) in 4:2:0 chroma, which browsers and players show; an odd
+    width or height, which 4:2:0 cannot hold, gets 4:4:4 (desktop players such as VLC and ffplay show it,
+    browsers do not). Where PyAV's FFmpeg lacks libx264: MPEG-4 Part 2.
     """
 
     def __init__(self, file: BinaryIO, width: int, height: int, rate: Fraction):
