@@ -52,6 +52,12 @@ def test_results_csv_text():
         "9,1,0.002,,,,,0.75,,",
     ]
     assert results_csv([]) == "iteration\n"
+    # an evaluation before the first train record: its row has no training loss, the columns keep their groups
+    first = results_csv(results_rows([{"type": "eval", "iteration": 1, "mAP": 0.5, "val_loss": 2.0}, *RECORDS]))
+    assert first.splitlines()[:2] == [
+        "iteration,epoch,lr,loss,loss_classifier,val_loss,val_loss_classifier,mAP,AP,AP50",
+        "1,,,,,2,,0.5,,",
+    ]
 
 
 def test_pr_curve_arrays_for_tensorboard():

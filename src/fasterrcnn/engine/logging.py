@@ -97,10 +97,17 @@ def results_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _column_group(name: str) -> int:
+    if name in ("iteration", "epoch", "lr"):
+        return 0
+    return 1 if name.startswith("loss") else 2 if name.startswith("val_loss") else 3
+
+
 def results_csv(rows: list[dict[str, Any]]) -> str:
-    """``rows`` as CSV text: the columns in order of first appearance, floats to 6 significant digits,
-    a missing value empty."""
-    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["iteration"]
+    """``rows`` as CSV text, floats to 6 significant digits, a missing value empty. The columns are grouped as
+    ``results_rows`` makes a row (iteration, epoch, lr; training losses; validation losses; metrics), in order
+    of first appearance within a group, so a first row without training losses shifts no column."""
+    columns = sorted(dict.fromkeys(k for row in rows for k in row), key=_column_group) or ["iteration"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
