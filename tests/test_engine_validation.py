@@ -186,3 +186,19 @@ def test_the_global_rng_and_the_models_generator_are_left_as_they_were(val_set):
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.equal(model.generator.get_state(), generator_state)
     assert model.training
+
+
+def test_every_evaluation_row_has_the_training_losses_up_to_it(voc_root, tmp_path):
+    """Evaluations off the log_every grid (every 2 iterations, records every 3) still get a train record
+    just before them, so each results.csv row has the training losses since the previous row."""
+    import csv
+
+    args = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--seed", "7", *SMALL]
+    assert main(args + ["--log-every", "3", "--eval-every", "2", "--max-iters", "4", "--output", str(tmp_path / "run")]) == 0
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["iteration"] for r in records if r["type"] == "train"] == [2, 3, 4]
+    rows = list(csv.DictReader((tmp_path / "run" / "results.csv").open()))
+    assert [row["iteration"] for row in rows] == ["2", "4"]
+    train = {r["iteration"]: r for r in records if r["type"] == "train"}
+    assert float(rows[0]["loss"]) == pytest.approx(train[2]["loss"], rel=1e-5)
+    assert float(rows[1]["loss"]) == pytest.approx((train[3]["loss"] + train[4]["loss"]) / 2, rel=1e-5)  # 1 iteration each

@@ -210,8 +210,12 @@ class MetricsLogger:
             self._bar.refresh()
 
     # -- train ---------------------------------------------------------------------------------------
-    def log_step(self, iteration: int, epoch: int, lr: float, losses: dict[str, float], seconds: float) -> None:
-        """One optimizer step done (``iteration`` >= 1); ``losses`` includes the total ``loss``."""
+    def log_step(
+        self, iteration: int, epoch: int, lr: float, losses: dict[str, float], seconds: float, *, record: bool = False
+    ) -> None:
+        """One optimizer step done (``iteration`` >= 1); ``losses`` includes the total ``loss``. A train record
+        (the mean since the last one) is written every ``log_every`` iterations, at the end, and when ``record``
+        (an evaluation follows: results.csv pairs its row with the training losses up to it)."""
         self._window.append((losses, seconds))
         self._run_seconds += seconds
         self._run_iters += 1
@@ -220,7 +224,7 @@ class MetricsLogger:
             self._bar.set_postfix_str(f"loss {losses['loss']:.3f} lr {lr:.1e}", refresh=False)
             self._bar.terms = " ".join(f"{_BAR_NAMES.get(k, k)} {v:.3f}" for k, v in losses.items() if k != "loss")
             self._bar.update(iteration - self._bar.n)
-        if iteration % self.log_every and iteration != self.max_iters:
+        if iteration % self.log_every and iteration != self.max_iters and not record:
             return
         n = len(self._window)
         names = list(self._window[-1][0])

@@ -467,9 +467,11 @@ class Trainer:
                 if self.budget is not None:
                     self._track_budget(logger)
                 seconds = time.perf_counter() - start
+                evaluating = bool(config.eval_every and self.evaluate is not None and state.iteration % config.eval_every == 0)
                 if finite:
                     nonfinite = 0
-                    logger.log_step(state.iteration, state.epoch, lr, {"loss": sum(values.values()), **values}, seconds)
+                    losses = {"loss": sum(values.values()), **values}
+                    logger.log_step(state.iteration, state.epoch, lr, losses, seconds, record=evaluating)
                 else:
                     nonfinite += 1
                     logger.log_skip(state.iteration, state.epoch, {"loss": sum(values.values()), **values}, nonfinite)
@@ -478,7 +480,7 @@ class Trainer:
                             f"the loss (or its gradient) was not finite for {nonfinite} consecutive iterations "
                             "(try a lower --lr or --grad-clip); the skipped steps left the weights as they were"
                         )
-                if config.eval_every and self.evaluate is not None and state.iteration % config.eval_every == 0:
+                if evaluating:
                     self._evaluate(logger)
                     self._plot_losses(logger)
                 if state.iteration % config.checkpoint_every == 0:
