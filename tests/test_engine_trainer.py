@@ -233,17 +233,21 @@ class StoppedWithItsWorker(VOCDataset):
         return super().__getitem__(index)
 
 
+def trainer_with_a_worker(dataset: VOCDataset, tmp_path) -> Trainer:
+    """A trainer of ``dataset`` whose batches come from one data-loading worker process."""
+    torch.manual_seed(0)
+    return Trainer(
+        FakeDetector(len(dataset.classes)), dataset, config=replace(CONFIG, hflip_prob=0.0), output_dir=tmp_path,
+        preset="fake", class_names=dataset.classes, num_workers=1, quiet=True,
+    )  # fmt: skip
+
+
 def test_a_signal_that_also_ends_the_workers_stops_before_the_missing_batch(voc_root, tmp_path):
     import signal
 
     from fasterrcnn.engine.trainer import TrainingInterrupted
 
-    dataset = StoppedWithItsWorker(voc_root, split="train")
-    torch.manual_seed(0)
-    trainer = Trainer(
-        FakeDetector(len(dataset.classes)), dataset, config=replace(CONFIG, hflip_prob=0.0), output_dir=tmp_path,
-        preset="fake", class_names=dataset.classes, num_workers=1, quiet=True,
-    )  # fmt: skip
+    trainer = trainer_with_a_worker(StoppedWithItsWorker(voc_root, split="train"), tmp_path)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGCHLD)}
     with pytest.raises(TrainingInterrupted) as info:
         trainer.train()
@@ -281,12 +285,7 @@ def test_a_worker_ending_after_the_stop_is_not_reported_as_a_crash(voc_root, tmp
 
     from fasterrcnn.engine.trainer import TrainingInterrupted
 
-    dataset = OutlivedByItsWorker(voc_root, split="train")
-    torch.manual_seed(0)
-    trainer = Trainer(
-        FakeDetector(len(dataset.classes)), dataset, config=replace(CONFIG, hflip_prob=0.0), output_dir=tmp_path,
-        preset="fake", class_names=dataset.classes, num_workers=1, quiet=True,
-    )  # fmt: skip
+    trainer = trainer_with_a_worker(OutlivedByItsWorker(voc_root, split="train"), tmp_path)
     with pytest.raises(TrainingInterrupted) as info:
         trainer.train()
     assert info.value.signum == signal.SIGTERM

@@ -24,7 +24,7 @@ import torch
 
 from fasterrcnn.config import TrainConfig
 
-__all__ = ["SCHEDULE_FIELDS", "WarmupStepLR", "describe_schedule", "keep_reached", "lr_factor", "scale_schedule"]
+__all__ = ["SCHEDULE_FIELDS", "WarmupStepLR", "describe_schedule", "iterations", "keep_reached", "lr_factor", "scale_schedule"]
 
 SCHEDULE_FIELDS = ("warmup_iters", "lr_steps")  # the TrainConfig fields placed in iterations of the run
 
@@ -85,11 +85,16 @@ def keep_reached(current: TrainConfig, placed: TrainConfig, done: int) -> TrainC
     return dataclasses.replace(placed, warmup_iters=warmup, lr_steps=tuple(steps))
 
 
+def iterations(count: int) -> str:
+    """``count`` iterations in words: "1 iteration", "300 iterations"."""
+    return f"{count} iteration{'' if count == 1 else 's'}"
+
+
 def describe_schedule(config: TrainConfig, lr: float) -> str:
     """The warm-up and the LR steps in words, e.g. ``warm-up 100 iterations from 0.01 x lr; lr 0.02, x0.1 at
     900 -> 0.002`` (``lr``: the optimizer's base learning rate)."""
     n = config.warmup_iters
-    warmup = f"warm-up {n} iteration{'s' if n > 1 else ''} from {config.warmup_factor:g} x lr" if n else "no warm-up"
+    warmup = f"warm-up {iterations(n)} from {config.warmup_factor:g} x lr" if n else "no warm-up"
     steps = "".join(f", x{config.lr_gamma:g} at {step} -> {lr * config.lr_gamma ** (k + 1):g}" for k, step in enumerate(config.lr_steps))
     return f"{warmup}; lr {lr:g}{steps}"
 

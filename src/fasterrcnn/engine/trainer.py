@@ -95,7 +95,7 @@ from fasterrcnn.config import TrainConfig, check_config
 from fasterrcnn.device import autocast_context, autocast_dtype
 from fasterrcnn.engine.checkpoint import Checkpoint, CheckpointFolder, get_rng_state, set_rng_state, weights_are_finite
 from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
-from fasterrcnn.engine.schedule import SCHEDULE_FIELDS, WarmupStepLR, describe_schedule, keep_reached, scale_schedule
+from fasterrcnn.engine.schedule import SCHEDULE_FIELDS, WarmupStepLR, describe_schedule, iterations, keep_reached, scale_schedule
 from fasterrcnn.errors import ConfigError, DataError, FasterRCNNError
 
 __all__ = [
@@ -176,10 +176,6 @@ class _NullLogger:
 
     def close(self) -> None:
         pass
-
-
-def _iterations(count: int) -> str:
-    return f"{count} iteration{'' if count == 1 else 's'}"
 
 
 def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
@@ -265,9 +261,8 @@ class Trainer:
         self.batches_per_epoch = len(self.loader.batch_sampler)
         self.max_iters = config.max_iters if config.epochs is None else config.epochs * self.batches_per_epoch
         self.fixed_schedule = sorted(set(fixed_schedule))  # set by the user: never placed, under a time budget either
-        free = [name for name in SCHEDULE_FIELDS if name not in self.fixed_schedule]
         if schedule_length is not None and schedule_length != self.max_iters:
-            self.config = config = scale_schedule(config, self.max_iters, schedule_length, free)
+            self.config = config = scale_schedule(config, self.max_iters, schedule_length, self.free_schedule)
         self.configured_length = self.max_iters  # with a time budget: max_iters is re-estimated, this is not
         self.budget = None if config.time is None else config.time * 60.0  # seconds
         self.clock = clock if clock is not None else _clock
@@ -468,13 +463,13 @@ class Trainer:
                     self._track_budget(logger)
                 seconds = time.perf_counter() - start
                 evaluating = bool(config.eval_every and self.evaluate is not None and state.iteration % config.eval_every == 0)
+                losses = {"loss": sum(values.values()), **values}
                 if finite:
                     nonfinite = 0
-                    losses = {"loss": sum(values.values()), **values}
                     logger.log_step(state.iteration, state.epoch, lr, losses, seconds, record=evaluating)
                 else:
                     nonfinite += 1
-                    logger.log_skip(state.iteration, state.epoch, {"loss": sum(values.values()), **values}, nonfinite)
+                    logger.log_skip(state.iteration, state.epoch, losses, nonfinite)
                     if nonfinite >= config.max_nonfinite_steps:
                         raise NonFiniteLossError(
                             f"the loss (or its gradient) was not finite for {nonfinite} consecutive iterations "
@@ -499,12 +494,17 @@ class Trainer:
         """One line: the run's length (iterations, epochs x batches or the time budget), warm-up and LR steps."""
         if self.budget is not None:
             spent = f", {self._elapsed / 60:.3g} min spent" if self._elapsed else ""
-            length = f"time budget {self.budget / 60:g} min{spent}, {_iterations(self.max_iters)} until the speed is measured"
+            length = f"time budget {self.budget / 60:g} min{spent}, {iterations(self.max_iters)} until the speed is measured"
         elif self.config.epochs is not None:
-            length = f"{_iterations(self.max_iters)} ({self.config.epochs} epochs x {self.batches_per_epoch} batches)"
+            length = f"{iterations(self.max_iters)} ({self.config.epochs} epochs x {self.batches_per_epoch} batches)"
         else:
-            length = _iterations(self.max_iters)
+            length = iterations(self.max_iters)
         return f"schedule: {length}; {describe_schedule(self._placed(), self.lr)}"
+
+    @property
+    def free_schedule(self) -> list[str]:
+        """The schedule fields placed on the run's length: those not in ``fixed_schedule``."""
+        return [name for name in SCHEDULE_FIELDS if name not in self.fixed_schedule]
 
     def _placed(self) -> TrainConfig:
         """The config with the scheduler's warm-up and LR steps (re-placed under a time budget)."""
@@ -558,14 +558,13 @@ class Trainer:
         done = self.state.iteration
         if target == self.max_iters:
             return
-        free = [name for name in SCHEDULE_FIELDS if name not in self.fixed_schedule]
-        placed = keep_reached(self._placed(), scale_schedule(self.config, target, self.configured_length, free), done)
+        placed = keep_reached(self._placed(), scale_schedule(self.config, target, self.configured_length, self.free_schedule), done)
         self.scheduler.place(placed.warmup_iters, placed.lr_steps)
         self.max_iters = target
         logger.set_max_iters(target)
         left = (self.budget - self._elapsed) / 60
         logger.info(
-            f"time budget: {_iterations(target)} fit ({seconds:.3g} s each, {left:.3g} of {self.budget / 60:g} min left); "
+            f"time budget: {iterations(target)} fit ({seconds:.3g} s each, {left:.3g} of {self.budget / 60:g} min left); "
             + describe_schedule(placed, self.lr)
         )
 
