@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fasterrcnn.errors import DataError
+from fasterrcnn.paths import TEMP_FILE, create_new
 
 __all__ = [
     "atomic_save",
@@ -39,7 +41,7 @@ __all__ = [
     "remove_temp_files",
 ]
 
-_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # .<name>.<12 hex digits>.tmp, see atomic_save
+_TEMP_NAME = re.compile(f"^{TEMP_FILE}$")  # .<name>.<12 hex digits>.tmp, see atomic_save
 
 
 def atomic_save(path: str | os.PathLike, writer: Callable[[BinaryIO], object]) -> None:
@@ -51,8 +53,9 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[BinaryIO], object]) -
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # Mode 0o666 filtered by the umask, like open(path, "wb") (tempfile.mkstemp would give 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    # Mode 0o666 filtered by the umask, like open(path, "wb") (tempfile.mkstemp would give 0o600); a new
+    # file, never a link's target; the rename replaces a link at ``path`` itself, never writes through it.
+    fd = create_new(tmp, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             writer(f)
@@ -77,20 +80,28 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     atomic_write_bytes(path, text.encode(encoding))
 
 
-def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
+def remove_temp_files(folder: str | os.PathLike, *, name: str | None = None, older_than: float | None = None) -> list[Path]:
     """Delete the temporary files of ``atomic_save`` writes that never finished in ``folder``.
 
-    Call it only when nothing writes into ``folder`` (e.g. before resuming a run). Returns the
-    removed paths (none when the folder does not exist).
+    Call it only when nothing writes into ``folder`` (e.g. before resuming a run), or give ``older_than``
+    (seconds since the file was last written) to spare a write in progress; ``name``: only those of writes
+    to ``folder / name``. Links are never followed. Returns the removed paths (none when the folder does
+    not exist).
     """
+    import time
+
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for path in sorted(folder.iterdir()):
-        if _TEMP_NAME.match(path.name) and path.is_file():
-            path.unlink(missing_ok=True)
-            removed.append(path)
+        if not _TEMP_NAME.match(path.name) or (name is not None and not path.name.startswith(f".{name}.")):
+            continue
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or (older_than is not None and time.time() - info.st_mtime < older_than):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
     return removed
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fasterrcnn.errors import ConfigError, DataError
-from fasterrcnn.io import atomic_save
+from fasterrcnn.io import atomic_save, remove_temp_files
 
 __all__ = ["COCO_DETECTOR", "IMAGENET_BACKBONE", "PRETRAINED", "PretrainedFile", "cache_dir", "download_file", "imagenet_file_for", "resolve_weights", "warn_untrained_backbone"]
 
@@ -47,6 +47,7 @@ logger = logging.getLogger("fasterrcnn")
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.pth$")  # torch.hub's convention: <name>-<sha256 prefix>.pth
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30.0  # per network operation (connect, each read), not for the whole download
+_STALE_S = 4 * _TIMEOUT_S  # a partial download untouched this long is a killed download's leftover
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,9 @@ def download_file(entry: PretrainedFile, folder: str | os.PathLike, *, progress:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(target.parent, f"cannot create the weights folder ({e.strerror or e})") from None
+    # the hidden partial file of an earlier download that was killed (SIGKILL, power loss); a download in
+    # progress writes at least every _TIMEOUT_S (or fails), so a file untouched for longer is a leftover
+    remove_temp_files(target.parent, name=entry.filename, older_than=_STALE_S)
     expected = entry.hash_prefix
     request = urllib.request.Request(entry.url, headers={"User-Agent": "fasterrcnn"})
 

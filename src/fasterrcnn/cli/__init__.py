@@ -50,9 +50,9 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 user error, 130 / 143 interrupted by SIGINT / SIGTERM).
+    """Run the command line; returns the exit code (0 ok, 2 user error, 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP).
 
-    ``train`` stopped by SIGINT or SIGTERM first writes ``checkpoints/last.pt`` at the current
+    ``train`` stopped by SIGINT, SIGTERM or SIGHUP first writes ``checkpoints/last.pt`` at the current
     iteration and prints where it is and the command that resumes (``engine/interrupt.py``); so does
     ``train`` ended by any other error (``engine.trainer.TrainingFailed``).
     """

@@ -17,7 +17,7 @@ def add_parser(commands) -> None:
         f"of {DEMO_IMAGE_SIZE[1]}x{DEMO_IMAGE_SIZE[0]} px) in DIR/data, train the '{DEMO_PRESET}' preset on the CPU "
         f"for {DEMO_TRAIN['max_iters']} iterations in DIR/train (validating on the val images), evaluate it on the "
         f"test split (VOC mAP@0.5) in DIR/eval and draw its detections on {DEMO_NUM_PICTURES} test images in DIR/predictions. DIR is new, empty "
-        "or an earlier demo's (which it replaces).",
+        "or an earlier demo's (recognised by the DIR/.fasterrcnn-demo file the demo writes), which it replaces.",
     )
     p.add_argument("--output", default="demo_output", metavar="DIR", help="folder for everything the demo writes (default: demo_output)")
     p.add_argument("--max-iters", type=positive_int, metavar="N", help=f"train for N iterations (default: {DEMO_TRAIN['max_iters']}); fewer is faster and less accurate")

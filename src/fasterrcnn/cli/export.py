@@ -6,6 +6,7 @@ Parse, call ``deploy.export.export_checkpoint``, print; see docs/deployment.md f
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from fasterrcnn.cli.options import add_overwrite
@@ -31,10 +32,14 @@ def run(args: argparse.Namespace) -> int:
     """Export ``args.weights`` to ``args.output``; prints one line per file written."""
     from fasterrcnn.deploy.export import export_checkpoint, export_files
     from fasterrcnn.errors import ConfigError
+    from fasterrcnn.paths import check_output_file
 
     if args.device != "cpu":
         raise ConfigError(f"--device {args.device!r}: the export runs on the CPU (the exported graph runs anywhere its runtime does)")
-    existing = [str(path) for path in export_files(args.output, args.format)[1] if path.exists()]
+    files = export_files(args.output, args.format)[1]
+    for path in files:  # before the work: never the checkpoint exported (NAME.bin beside NAME.xml included), never a folder
+        check_output_file(path, overwrite=True, inputs=[args.weights])
+    existing = [str(path) for path in files if os.path.lexists(path)]
     if existing and not args.overwrite:
         verb = "exists" if len(existing) == 1 else "exist"
         raise ConfigError(f"{' and '.join(existing)} {verb}; pass --overwrite to replace or choose another --output")

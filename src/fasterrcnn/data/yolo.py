@@ -89,6 +89,33 @@ def find_data_yaml(path) -> Path | None:
     return None
 
 
+def _entry_path(root: Path, item: str) -> Path:
+    """Where a split entry of ``data.yaml`` points (``../x`` relative to the root also read as ``x`` when only that exists)."""
+    path = root / item
+    if not path.exists() and item.startswith("../") and (root / item[3:]).exists():
+        path = root / item[3:]
+    return path
+
+
+def split_folders(data, split: str) -> list[Path]:
+    """The folders that the ``split`` of the YOLO set ``data`` reads its images from, recursively ([] for a set
+    of another format, or one whose data.yaml does not read: building the data set says what is wrong); a
+    command's outputs must not land there, where the next run would read them as images."""
+    yaml_path = find_data_yaml(data)
+    if yaml_path is None:
+        return []
+    try:
+        entries = read_data_yaml(yaml_path)
+    except DataError:
+        return []
+    if split not in entries and split == "trainval":
+        split = "train"
+    entry, path = entries.get(split), entries.get("path")
+    root = yaml_path.parent if path in (None, "") else yaml_path.parent / str(path)
+    items = entry if isinstance(entry, list) else [entry]
+    return [folder for item in items if isinstance(item, str) and (folder := _entry_path(root, item)).is_dir()]
+
+
 def label_path(image_path) -> Path:
     """The label file of an image: the last ``images`` folder of its path becomes ``labels``, suffix ``.txt``."""
     parts = list(Path(image_path).with_suffix(".txt").parts)
@@ -250,9 +277,7 @@ class YOLODataset(torch.utils.data.Dataset):
         for item in entries:
             if not isinstance(item, str):
                 raise DataError(self.yaml_path, f"{self.split}: {item!r} is not a folder, list file or image path")
-            path = self.root / item
-            if not path.exists() and item.startswith("../") and (self.root / item[3:]).exists():
-                path = self.root / item[3:]
+            path = _entry_path(self.root, item)
             if path.is_dir():
                 images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
                 if not images:

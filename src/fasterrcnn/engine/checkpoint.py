@@ -33,6 +33,7 @@ import torch
 from fasterrcnn.config import ModelConfig, TrainConfig, config_from_checkpoint, to_dict
 from fasterrcnn.errors import DataError
 from fasterrcnn.io import atomic_save, load_tensors
+from fasterrcnn.paths import WriteError, disk_full
 
 __all__ = [
     "TRAINING_KEYS",
@@ -55,12 +56,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(path, lambda f: torch.save(state, f))
-    except OSError as e:
-        raise DataError(path, f"cannot write checkpoint ({e.strerror or e})") from None
-    except RuntimeError as e:  # torch's zip writer: "[enforce fail at inline_container.cc] ... file write failed"
-        if "write" not in str(e):
-            raise
-        raise DataError(path, f"cannot write checkpoint (the disk is full or the file system refused it: {_reason(e)})") from None
+    except Exception as e:
+        # A full disk or a file-size limit, found in the chain: torch's zip writer wraps the file's OSError in
+        # RuntimeErrors that do not say so ("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598").
+        full = disk_full(e)
+        if full is not None:
+            raise WriteError(path, f"cannot write checkpoint (the disk is full or the file system refused it: {full.strerror or full})") from None
+        if isinstance(e, OSError):
+            raise WriteError(path, f"cannot write checkpoint ({e.strerror or e})") from None
+        if isinstance(e, RuntimeError) and ("write" in str(e) or "inline_container" in str(e)):  # torch's writer failed
+            raise WriteError(path, f"cannot write checkpoint (the disk is full or the file system refused it: {_reason(e)})") from None
+        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

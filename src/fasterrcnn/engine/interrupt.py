@@ -1,12 +1,13 @@
-"""Stopping training cleanly on SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler's time limit).
+"""Stopping training cleanly on SIGINT (Ctrl-C), SIGTERM (``kill``, a scheduler's time limit) or SIGHUP (the
+terminal closed, an ssh session dropped).
 
-While ``Trainer.train`` runs its loop, ``StopRequest`` replaces the handlers of both signals (in
+While ``Trainer.train`` runs its loop, ``StopRequest`` replaces the handlers of these signals (in
 the main thread only; a signal whose handler is ``SIG_IGN`` -- e.g. SIGINT of a background job of
 a script -- stays ignored) and restores the previous handlers afterwards. The first signal only
 sets ``signum``; the trainer finishes the current iteration, writes ``checkpoints/last.pt``
 (atomically, like every checkpoint) and raises ``TrainingInterrupted``. ``fasterrcnn train`` turns
 that into one line saying where the checkpoint is and how to resume, and exit code ``128 + signal
-number``: 130 for SIGINT, 143 for SIGTERM, the shell convention for "ended by this signal", so
+number``: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, the shell convention for "ended by this signal", so
 that scripts and schedulers see that the run did not finish. A second signal raises
 ``KeyboardInterrupt`` at once (a checkpoint being written is then abandoned and the previous one
 stays whole).
@@ -30,7 +31,8 @@ from pathlib import Path
 
 __all__ = ["StopRequest", "TrainingInterrupted"]
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal was closed (or an ssh session dropped); ends the run as SIGTERM does (exit code 129)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -47,12 +49,12 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        """``128 + signal number`` (130 for SIGINT, 143 for SIGTERM)."""
+        """``128 + signal number`` (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP)."""
         return 128 + self.signum
 
 
 class StopRequest:
-    """``with StopRequest() as stop:`` -- ``stop.signum`` is the first SIGINT / SIGTERM received, or None."""
+    """``with StopRequest() as stop:`` -- ``stop.signum`` is the first SIGINT / SIGTERM / SIGHUP received, or None."""
 
     def __init__(self) -> None:
         self.signum: int | None = None

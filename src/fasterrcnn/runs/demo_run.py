@@ -5,15 +5,23 @@ The demo must end in <= 10 minutes on 2 CPU cores with test mAP@0.5 >= 0.90. Its
 ``DEMO_EVALUATIONS`` validations on the ``DEMO_NUM_VAL`` held-out validation images (their mAP and losses
 make the rows of ``train/results.csv``) and one pass over the test images; the model's hyper-parameters
 are the tiny preset's (config.py).
+
+The demo writes only into a new or empty folder, or into an earlier demo's: one holding ``DEMO_MARKER``,
+the file the demo writes there first, and nothing else than what the demo writes (``DEMO_PARTS``: the
+synthetic set in ``data/`` by its layout, the run in ``train/`` by ``runs.folder.RUN_LAYOUT``; the
+evaluation and the pictures replace only their own files). Entry names alone never make a folder the
+demo's: a user's VOC set in ``DIR/data`` is refused.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fasterrcnn.errors import ConfigError
+from fasterrcnn.errors import ConfigError, DataError
+from fasterrcnn.paths import FILE, owned_entries
 
 __all__ = ["DEMO_PARTS", "DemoResult", "demo"]
 
@@ -29,6 +37,13 @@ DEMO_TRAIN = {"max_iters": 2000, "checkpoint_every": 500, "log_every": 20}
 DEMO_NUM_PICTURES = 8  # test images drawn with their detections
 DEMO_SCORE_THRESHOLD = 0.5  # detections drawn in the pictures
 DEMO_PARTS = ("data", "train", "eval", "predictions")  # what the demo writes in its folder
+DEMO_MARKER = ".fasterrcnn-demo"  # written first: what makes a folder an earlier demo's output
+# the synthetic VOC set of data.synthetic.write_synthetic_voc
+DEMO_DATA_LAYOUT = {
+    "Annotations": {r"\d{6}\.xml": FILE},
+    "JPEGImages": {r"\d{6}\.jpg": FILE},
+    "ImageSets": {"Main": {r"(train|val|test|trainval)\.txt": FILE}},
+}
 
 
 @dataclass(frozen=True)
@@ -53,10 +68,12 @@ def demo(output: str | Path = "demo_output", *, max_iters: int | None = None, qu
     from fasterrcnn.runs.prediction import predict
     from fasterrcnn.runs.training import train
 
+    from fasterrcnn.io import atomic_write_text
+
     output = Path(output)
-    foreign = sorted(p.name for p in output.iterdir() if p.name not in DEMO_PARTS) if output.is_dir() else []
-    if foreign:
-        raise ConfigError(f"{output} holds files that are not the demo's ({', '.join(foreign[:3])}); choose another folder")
+    _check_folder(output)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / DEMO_MARKER, "written by 'fasterrcnn demo': the next demo in this folder replaces what it wrote\n")
     schedule = dict(DEMO_TRAIN)
     if max_iters is not None:
         schedule["max_iters"] = max_iters
@@ -84,3 +101,29 @@ def demo(output: str | Path = "demo_output", *, max_iters: int | None = None, qu
     images = [root / "JPEGImages" / f"{image_id}.jpg" for image_id in test_ids]
     predict(result.last, images, output=pictures_dir, overwrite=True, score_threshold=DEMO_SCORE_THRESHOLD, device="cpu", quiet=True)
     return DemoResult(evaluation.metrics["mAP"], root, run_dir, eval_dir, pictures_dir, time.perf_counter() - start)
+
+
+def _check_folder(output: Path) -> None:
+    """Refuse ``output`` unless it is new, empty, or an earlier demo's holding only what the demo writes."""
+    from fasterrcnn.runs.folder import RunFolder
+
+    if not output.is_dir():
+        if os.path.lexists(output):
+            raise DataError(output, "is a file, not a folder for the demo")
+        return
+    names = sorted(p.name for p in output.iterdir())
+    if not names:
+        return
+    marker = output / DEMO_MARKER
+    if not marker.is_file() or marker.is_symlink():
+        raise ConfigError(
+            f"{output} is not empty and not an earlier demo's folder (no {DEMO_MARKER} in it); the demo writes into a new "
+            "or empty folder or its own: choose another --output"
+        )
+    foreign = [name for name in names if name not in (*DEMO_PARTS, DEMO_MARKER)]
+    foreign += [name for name in DEMO_PARTS if (output / name).is_symlink() or (os.path.lexists(output / name) and not (output / name).is_dir())]
+    foreign += [f"data/{name}" for name in owned_entries(output / "data", DEMO_DATA_LAYOUT)[1]] if not foreign else []
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise ConfigError(f"{output} holds files the demo did not write ({shown}); move them out or choose another --output")
+    RunFolder(output / "train").prepare(resume=False, overwrite=True)  # the earlier run: only a run's files

@@ -12,6 +12,11 @@ files it creates in that run, or files it is told to replace (``overwrite``), ne
 
 ``OutputFolder`` is the folder of ``eval`` and ``predict``: its files are claimed before the long work
 starts (the folder is created and written to once, existing files are refused unless ``overwrite``).
+
+What may be written, replaced or deleted is decided by ``fasterrcnn.paths``: no link in a folder a command
+owns is followed (the lock, the write probe and every output are opened with ``O_NOFOLLOW``), and ``train
+--overwrite`` deletes only the files a run writes (``RUN_LAYOUT``), after the new run's configuration,
+data and model were accepted.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
+import re
+import secrets
 import socket
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ from fasterrcnn.engine.checkpoint import CheckpointFolder
 from fasterrcnn.engine.report import REPORT_FILES
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.io import atomic_write_text, remove_temp_files
+from fasterrcnn.paths import FILE, TEMP_FILE, check_inside, create_new, owned_entries, remove_owned
 
 __all__ = ["OutputFolder", "RunFolder", "RunLock"]
 
@@ -37,6 +45,20 @@ logger = logging.getLogger("fasterrcnn")
 # loss.png: the figure of runs written before results.png, so that --overwrite replaces such a run too
 RUN_ENTRIES = ("config.json", "checkpoints", "metrics.jsonl", "tb", "results.csv", "results.png", *REPORT_FILES, "loss.png", "error.log")
 LOCK_NAME = ".lock"
+PROBE_PREFIX = ".write-test-"
+# What a run writes, so what --overwrite may delete: its files, its checkpoints, its TensorBoard event files
+# (and the temporary files of writes that a killed process left). Anything else, links included, is refused.
+RUN_FOLDERS = {
+    "checkpoints": {r"last\.pt|best\.pt|iter_\d{7,}\.pt": FILE, TEMP_FILE: FILE},
+    "tb": {r"events\.out\.tfevents\..+": FILE},
+}
+RUN_LAYOUT = {
+    **{re.escape(name): RUN_FOLDERS.get(name, FILE) for name in RUN_ENTRIES},
+    TEMP_FILE: FILE,
+    re.escape(PROBE_PREFIX) + ".+": FILE,
+    re.escape(LOCK_NAME): FILE,  # held while the run is prepared: never deleted (see RunFolder.clear)
+}
+_LOCK_TEXT = re.compile(r"\d+ on [^\s]*")  # what RunLock writes: "<PID> on <host>"
 
 
 def _listing(names: list[str], limit: int = 3) -> str:
@@ -45,11 +67,13 @@ def _listing(names: list[str], limit: int = 3) -> str:
 
 
 def check_writable(folder: Path) -> None:
-    """Create ``folder`` (and parents) and write a probe file in it, so a command fails before its long work."""
+    """Create ``folder`` (and parents) and write a probe file in it, so a command fails before its long work.
+
+    The probe is a new file (``O_EXCL | O_NOFOLLOW``) under a random name: nothing planted there is written."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
+        probe = folder / f"{PROBE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        os.close(create_new(probe))
         probe.unlink()
     except OSError as e:
         raise DataError(folder, f"cannot write into this folder ({e.strerror or e})") from None
@@ -59,27 +83,47 @@ class RunLock:
     """An exclusive ``flock`` on ``DIR/.lock`` while a process trains in DIR.
 
     A second process is refused with the holder's PID. The kernel releases the lock when its holder dies,
-    so a lock left by a dead process (its PID still in the file) is taken over, with a warning.
+    so a lock left by a dead process (its PID still in the file) is taken over, with a warning. A ``.lock``
+    that is a link, not a regular file, or holds anything but a PID line is not this project's: refused,
+    never opened through the link, emptied or shown.
     """
 
     def __init__(self, folder: Path):
         self.path = folder / LOCK_NAME
         self._fd: int | None = None
 
+    def _open(self) -> int:
+        def refuse(problem: str):
+            return DataError(self.path, f"{problem}; it is not a fasterrcnn lock, so it is left as it is: remove it or choose another --output")
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            if self.path.is_symlink():
+                raise refuse("is a symbolic link") from None
+            raise DataError(self.path, f"cannot open the run's lock ({e.strerror or e})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise refuse("is not a regular file")
+        return fd
+
     def __enter__(self) -> "RunLock":
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if text and not _LOCK_TEXT.fullmatch(text):
+            os.close(fd)
+            raise DataError(self.path, "holds something other than a PID line; it is not a fasterrcnn lock, so it is left as it is: remove it or choose another --output")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise ConfigError(
-                f"{self.path.parent} is in use by another training (PID {holder}); wait for it to end or choose another --output"
+                f"{self.path.parent} is in use by another training (PID {text or 'unknown'}); wait for it to end or choose another --output"
             ) from None
         previous = os.pread(fd, 200, 0).decode(errors="replace").strip()
-        if previous:
+        if _LOCK_TEXT.fullmatch(previous):
             logger.warning(f"{self.path}: taking over the lock left by PID {previous}, which is no longer running")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}".encode(), 0)
@@ -110,7 +154,7 @@ class RunFolder:
             return []
         if not self.path.is_dir():
             raise DataError(self.path, "is a file, not a folder for a training run")
-        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME and not p.name.startswith(".write-test-"))
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME and not p.name.startswith(PROBE_PREFIX))
 
     def run_files(self) -> list[str]:
         """The names of a run's files present in the folder."""
@@ -122,10 +166,12 @@ class RunFolder:
         return RunLock(self.path)
 
     def prepare(self, *, resume: bool, overwrite: bool) -> None:
-        """Check the folder before training starts; call it holding the lock.
+        """Check the folder before training starts; call it holding the lock. Deletes nothing.
 
-        A new run needs an empty or new folder; ``overwrite`` first deletes an earlier run's files (and only
-        those); ``resume`` needs ``checkpoints/last.pt``. Files that are not a run's are never touched.
+        A new run needs an empty or new folder; ``overwrite`` needs a folder holding nothing but an earlier run's
+        files (``RUN_LAYOUT``), which ``clear`` deletes once the new run is accepted; ``resume`` needs
+        ``checkpoints/last.pt``. Files that are not a run's are never touched, and the run's ``checkpoints/`` and
+        ``tb/`` are never written through a link.
         """
         foreign = [name for name in self._entries() if name not in RUN_ENTRIES]
         if foreign:
@@ -133,6 +179,13 @@ class RunFolder:
                 f"{self.path} holds files that are not a training run's ({_listing(foreign)}); "
                 "choose an empty or new --output"
             )
+        for name in RUN_ENTRIES:
+            if name in RUN_FOLDERS:
+                target = self.path / name
+                if target.is_symlink() or (target.exists() and not target.is_dir()):
+                    raise DataError(target, "is a link or a file, not a folder of this run; a run never writes through links: remove it or choose another --output")
+            else:
+                check_inside(self.path, name)
         if resume:
             if not self.checkpoints.last.is_file():
                 raise DataError(self.checkpoints.last, "no checkpoint to resume from (train without --resume first)")
@@ -144,12 +197,22 @@ class RunFolder:
                 f"{self.path} already holds a training run ({_listing(present)}); pass --resume to continue it, "
                 "--overwrite to delete it and start over, or choose another --output"
             )
-        for name in present:
-            target = self.path / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
+        self._owned()
+
+    def _owned(self) -> list[Path]:
+        """The earlier run's files and folders (``RUN_LAYOUT``); ConfigError when the folder holds anything else."""
+        owned, foreign = owned_entries(self.path, RUN_LAYOUT)
+        if foreign:
+            raise ConfigError(
+                f"{self.path} holds files that fasterrcnn did not write ({_listing(foreign)}), so --overwrite would delete "
+                "them; move them out or choose another --output"
+            )
+        return [path for path in owned if path != self.path / LOCK_NAME]
+
+    def clear(self) -> None:
+        """Delete an earlier run's files (``RUN_LAYOUT``; ``prepare(overwrite=True)`` checked them): call it once the
+        new run was accepted (configuration, data, model), so a refused run deletes nothing."""
+        remove_owned(self._owned())
 
     def read_config(self) -> dict[str, Any]:
         """``config.json`` as written by ``write_config`` ({} when absent or unreadable: the checkpoint has the settings)."""
@@ -173,7 +236,8 @@ class OutputFolder:
         self, names: Iterable[str], *, overwrite: bool = False, inputs: Iterable[Path] = (), input_folders: Iterable[Path] = ()
     ) -> None:
         """Create the folder and check that it is writable; refuse when a file of ``names`` (relative paths)
-        exists (unless ``overwrite``), when the folder holds one of the command's ``inputs`` (never written
+        exists (a link included; unless ``overwrite``), is a folder, lies below a link or a file, or is the folder
+        of another name, when the folder holds one of the command's ``inputs`` (never written
         over), or when it is or lies inside one of the ``input_folders`` (searched recursively: its outputs
         would be read as inputs by the next run)."""
         if self.path.exists() and not self.path.is_dir():
@@ -188,7 +252,14 @@ class OutputFolder:
                 f"--output {self.path} lies inside the input folder {around[0]}, which is searched recursively; "
                 "choose a folder outside the inputs"
             )
-        existing = sorted(name for name in set(names) if (self.path / name).exists())
+        names = set(names)
+        nested = sorted(name for name in names if any(parent.as_posix() in names for parent in Path(name).parents))
+        if nested:
+            parent = next(p.as_posix() for p in Path(nested[0]).parents if p.as_posix() in names)
+            raise ConfigError(f"--output {self.path}: {parent} would be both a file and the folder of {nested[0]}; rename an input")
+        for name in sorted(names):  # before the work: never through a link, never over a folder
+            check_inside(self.path, name)
+        existing = sorted(name for name in names if os.path.lexists(self.path / name))
         if existing and not overwrite:
             raise ConfigError(
                 f"--output {self.path} already holds {_listing(existing)}; pass --overwrite to replace them or choose another folder"

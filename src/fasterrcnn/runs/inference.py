@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fasterrcnn.data.bad_images import check_policy
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.io import atomic_write_text
+from fasterrcnn.paths import check_output_file
 from fasterrcnn.runs.folder import OutputFolder
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def evaluate(
     rank 0 scores and writes.
     """
     from fasterrcnn.data import build_dataset
+    from fasterrcnn.data.yolo import split_folders
     from fasterrcnn.engine import distributed
     from fasterrcnn.engine.evaluator import evaluate_model, evaluate_results, headline
     from fasterrcnn.engine.logging import json_safe
@@ -98,9 +100,10 @@ def evaluate(
     folder = OutputFolder(output) if output is not None else None
     device = distributed.init_distributed(device)  # torchrun: this process's device, process group joined
     main = distributed.is_main_process()
-    if folder is not None and main:  # before the long work
+    if folder is not None and main:  # before the long work; never among a YOLO split's images (read recursively)
         written = ["metrics.json", "pr_curves.png", *REPORT_FILES, *(["detections.json"] if weights is not None else [])]
-        folder.claim([name for name in written if weights is not None or name != "samples.jpg"], overwrite=overwrite)
+        names = [name for name in written if weights is not None or name != "samples.jpg"]
+        folder.claim(names, overwrite=overwrite, input_folders=split_folders(data, split))
     if weights is not None:
         detector = load_detector(weights, device=device, amp=amp)
         if classes is not None and list(classes) != list(detector.class_names):
@@ -168,8 +171,7 @@ def compress(
     output = Path(output)
     if output.resolve() == Path(weights).resolve():
         raise ConfigError("--output must differ from --weights (the trained checkpoint is kept)")
-    if output.exists() and not overwrite:
-        raise ConfigError(f"{output} exists; pass --overwrite to replace it or choose another --output")
+    check_output_file(output, overwrite=overwrite, inputs=[weights])  # not a folder, not the weights through a link
     checkpoint = Checkpoint.read(weights)
     model = checkpoint.build_model()
     box_head = model.roi_heads.box_head

@@ -45,6 +45,7 @@ from fasterrcnn.data.bad_images import check_policy
 from fasterrcnn.data.video import VIDEO_SUFFIXES
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.io import atomic_save
+from fasterrcnn.paths import WriteError, open_replacing, writing
 from fasterrcnn.runs.folder import OutputFolder
 from fasterrcnn.runs.inference import load_detector
 
@@ -210,8 +211,9 @@ def _predict_video(
                     frames.append(FrameDetections(index, time, detections))
                     if lines is not None:
                         record = {"frame": index, "time": time, "detections": [d.to_dict() for d in detections]}
-                        lines.write(_json_line(record))
-                        lines.flush()
+                        with writing(lines_path, "the video's detections"):
+                            lines.write(_json_line(record))
+                            lines.flush()
                     if writer is not None:  # drawn on the full-size frame, boxes in its pixels
                         drawn = draw_detections(Image.fromarray(full), original["boxes"], original["labels"], original["scores"], detector.class_names)
                         writer.write(np.asarray(drawn))
@@ -223,13 +225,14 @@ def _predict_video(
         video_path, lines_path = (folder.path / name for name in entry.outputs())
         video_path.parent.mkdir(parents=True, exist_ok=True)
         video_path.unlink(missing_ok=True)  # an earlier run's (claimed with overwrite): never beside this run's lines
-        with open(lines_path, "w", encoding="utf-8") as lines:
+        with open_replacing(lines_path) as lines:
 
             def annotate(file) -> None:
                 with VideoWriter(file, video.width, video.height, video.rate / frame_stride) as writer:
                     run(writer, lines)
 
-            atomic_save(video_path, annotate)
+            with writing(video_path, "the annotated video"):
+                atomic_save(video_path, annotate)
     return VideoResult(frames, video_path, lines_path)
 
 
@@ -276,7 +279,8 @@ def predict(
     video_results: dict[Path, VideoResult] = {}
     skipped: list[tuple[str, str]] = []
     results: list[dict] = []
-    lines = open(folder.path / "detections.jsonl", "w", encoding="utf-8") if folder is not None else None
+    lines_path = folder.path / "detections.jsonl" if folder is not None else None
+    lines = open_replacing(lines_path) if folder is not None else None  # a link there is replaced, never written through
     try:
         for entry in found:
             try:
@@ -288,6 +292,8 @@ def predict(
                         print(f"{entry.path}: {count} detections on {len(video.frames)} frames", flush=True)
                     continue
                 image, size = detector.load(entry.path)
+            except WriteError:  # an output, not a bad input: never skipped
+                raise
             except DataError as error:
                 if on_bad_image == "error":
                     raise
@@ -300,16 +306,20 @@ def predict(
             if folder is not None:
                 height, width = size or tuple(image.shape[1:])
                 record = {"image": str(entry.path), "image_id": entry.name, "height": height, "width": width}
-                lines.write(_json_line({**record, "detections": [d.to_dict() for d in detections[entry.path]]}))
-                lines.flush()
+                with writing(lines_path, "the detections"):
+                    lines.write(_json_line({**record, "detections": [d.to_dict() for d in detections[entry.path]]}))
+                    lines.flush()
                 picture = draw_detections(image, detection["boxes"], detection["labels"], detection["scores"], detector.class_names)
                 target = folder.path / entry.outputs()[0]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                atomic_save(target, lambda f: picture.save(f, format="JPEG", quality=92))
+                with writing(target, "the picture"):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_save(target, lambda f: picture.save(f, format="JPEG", quality=92))
             if not quiet:
                 print(f"{entry.path}: {len(detections[entry.path])} detections", flush=True)
     finally:
         if folder is not None:
-            lines.close()
-            save_results(folder.path / "detections.json", results)
+            with writing(lines_path, "the detections"):
+                lines.close()
+            with writing(folder.path / "detections.json", "the detections"):
+                save_results(folder.path / "detections.json", results)
     return PredictResult(detections, skipped, folder.path if folder else None, video_results)

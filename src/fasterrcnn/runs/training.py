@@ -168,7 +168,8 @@ def train(
     """Train a Faster R-CNN on ``data`` (a VOC root or a COCO instances JSON) into the run folder ``output``.
 
     ``output`` must be new or empty; ``resume`` continues the run in it from ``checkpoints/last.pt``;
-    ``overwrite`` deletes an earlier run's files there first. The folder is locked while training.
+    ``overwrite`` deletes an earlier run's files there (only the files a run writes, and only once the new
+    run's configuration, data and model were accepted). The folder is locked while training.
     ``backbone_weights``: a file, or the name of a registered ImageNet file (``fasterrcnn.pretrained``),
     downloaded into the cache when ``download`` allows it (None: when ``FASTERRCNN_DOWNLOAD=1``).
     The run's length: ``epochs``, ``max_iters`` or ``time`` (minutes of wall-clock training, see the module
@@ -191,7 +192,7 @@ def train(
     options = dict(
         split=split, images=images, classes=classes, drop_empty=drop_empty, val_data=val_data, val_split=val_split,
         val_images=val_images, validate=validate, metric=metric, device=device, num_workers=num_workers,
-        on_bad_image=on_bad_image, quiet=quiet, download=download,
+        on_bad_image=on_bad_image, quiet=quiet, download=download, overwrite=overwrite,
     )  # fmt: skip
     distributed.init_distributed(device)  # torchrun: join the process group (a no-op otherwise)
     if not distributed.is_main_process():  # rank 0 owns the folder; the others train beside it
@@ -251,6 +252,8 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         warn_untrained_backbone(model_config.backbone, backbone_weights)
     torch.manual_seed(train_config.seed)  # weight initialisation
     model = FasterRCNN.from_config(model_config, backbone_weights=None if resume else backbone_weights, download=options["download"])
+    if options["overwrite"] and main_process:  # the new run is accepted: only now the earlier one's files go
+        folder.clear()
     evaluate = None
     if val_dataset is not None:
         num_workers, quiet = options["num_workers"], options["quiet"]
