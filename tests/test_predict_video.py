@@ -155,6 +155,46 @@ def test_an_interrupted_video_keeps_its_lines_and_leaves_no_partial_video(checkp
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.jsonl", "detections.json", "detections.jsonl"]
 
 
+def test_overwrite_replaces_a_link_under_a_videos_output_names_never_its_target(checkpoint, clip, tmp_path):
+    before = clip.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clip.jsonl").symlink_to(clip)  # the video's lines and its annotated video: links to the input itself
+    (out / "clip.mp4").symlink_to(clip)
+    predict(checkpoint, [clip], output=out, overwrite=True, device="cpu", quiet=True)
+    assert clip.read_bytes() == before
+    assert not (out / "clip.jsonl").is_symlink() and len(read_lines(out / "clip.jsonl")) == NUM_FRAMES
+    assert not (out / "clip.mp4").is_symlink()
+
+
+def test_a_video_past_the_file_size_limit_is_one_line(checkpoint, clip, tmp_path, monkeypatch, capsys):
+    import resource
+    import signal
+
+    import fasterrcnn.runs.prediction as prediction
+
+    save = prediction.atomic_save
+
+    def limited(path, writer):  # no file may grow past 1 KB while the video is written (SIGXFSZ ignored: EFBIG)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
+        try:
+            return save(path, writer)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+
+    monkeypatch.setattr(prediction, "atomic_save", limited)
+    out = tmp_path / "out"
+    args = ["predict", "--weights", str(checkpoint), str(clip), "--output", str(out), "--quiet", "--device", "cpu"]
+    code = main([*args, "--score-threshold", "1"])  # no detections: the lines stay short, the video does not fit
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err == f"fasterrcnn: error: {out / 'clip.mp4'}: cannot write the annotated video (the file size limit or quota is reached: File too large)"
+    assert not (out / "clip.mp4").exists()
+
+
 def test_folders_are_searched_recursively_and_their_subfolders_mirrored(checkpoint, tmp_path, capsys):
     root = tmp_path / "photos"
     for sub in ("a", "b", ".cache"):

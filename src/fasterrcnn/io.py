@@ -19,6 +19,7 @@ named as such instead of being handed to the unpickler, whose errors would not s
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
@@ -58,7 +59,7 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[BinaryIO], object]) -
     fd = create_new(tmp, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            writer(f)
+            writer(_ThroughWrite(f))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -68,6 +69,22 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[BinaryIO], object]) -
         except FileNotFoundError:
             pass
         raise
+
+
+class _ThroughWrite:
+    """The temporary file as a writer sees it: everything but ``fileno``, so that a writer that would write to the
+    descriptor itself goes through ``write``. Pillow's encoder ignores a short ``write(2)`` (what a file-size
+    limit, and a disk filling up mid-write, give) and leaves a truncated picture without an error; the buffered
+    ``write`` writes the rest, which raises ``OSError(ENOSPC / EFBIG)``."""
+
+    def __init__(self, file: BinaryIO):
+        self._file = file
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("fileno")
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
