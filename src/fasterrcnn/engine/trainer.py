@@ -97,6 +97,7 @@ from fasterrcnn.engine.checkpoint import Checkpoint, CheckpointFolder, get_rng_s
 from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
 from fasterrcnn.engine.schedule import SCHEDULE_FIELDS, WarmupStepLR, describe_schedule, iterations, keep_reached, scale_schedule
 from fasterrcnn.errors import ConfigError, DataError, FasterRCNNError
+from fasterrcnn.io import atomic_write_text
 
 __all__ = [
     "NonFiniteLossError",
@@ -608,7 +609,7 @@ class Trainer:
         if not isinstance(error, FasterRCNNError):  # not the user's to fix: keep the traceback for a report
             log = self.output_dir / "error.log"
             try:
-                log.write_text("".join(traceback.format_exception(error)))
+                atomic_write_text(log, "".join(traceback.format_exception(error)))  # a link there is replaced, never written through
                 notes.append(f"traceback in {log}")
             except OSError:
                 pass
