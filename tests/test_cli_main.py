@@ -264,6 +264,8 @@ def test_demo_pipeline_with_a_tiny_schedule(tmp_path, monkeypatch, capsys):
         assert (tmp_path / "train" / name).is_file() and (tmp_path / "eval" / name).is_file(), name
     assert str(tmp_path / "train") in out and "results.csv" in out and "confusion_matrix.png" in out
     assert (tmp_path / "data" / "ImageSets" / "Main" / "test.txt").is_file()
+    assert (tmp_path / demo.DEMO_MARKER).is_file()  # what makes the folder the demo's: a next demo may replace it
+    demo._check_folder(tmp_path)
 
 
 def test_predict_with_a_torchvision_detection_file(tmp_path):

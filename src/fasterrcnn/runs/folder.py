@@ -197,7 +197,8 @@ class RunFolder:
                 f"{self.path} already holds a training run ({_listing(present)}); pass --resume to continue it, "
                 "--overwrite to delete it and start over, or choose another --output"
             )
-        self._owned()
+        if present:
+            self._owned()  # what --overwrite will delete: refused now if the folder holds anything else
 
     def _owned(self) -> list[Path]:
         """The earlier run's files and folders (``RUN_LAYOUT``); ConfigError when the folder holds anything else."""
