@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import signal
 
 import pytest
@@ -113,8 +114,7 @@ def test_the_write_probe_never_writes_through_a_link(tmp_path):
 
 
 def test_train_overwrite_deletes_only_what_a_run_writes_and_only_once_the_run_is_accepted(trained, voc_root, tmp_path, capsys):
-    run = tmp_path / "run"
-    train(voc_root, run, **FAST, max_iters=1)
+    run = shutil.copytree(trained.run_dir, tmp_path / "run")  # an earlier run
     (run / "checkpoints" / "my_model_v3.ckpt").write_text("mine")
     (run / "tb" / "mylogs").mkdir()
     err = one_line_error(capsys, main(train_args(voc_root, run, "--max-iters", "1", "--overwrite")))
@@ -136,8 +136,7 @@ def test_train_overwrite_deletes_only_what_a_run_writes_and_only_once_the_run_is
 
 def test_a_runs_tb_or_checkpoints_that_is_a_link_is_refused_in_one_line(trained, voc_root, tmp_path, capsys):
     target = victim(tmp_path)
-    run = tmp_path / "run"
-    train(voc_root, run, **FAST, max_iters=1)
+    run = shutil.copytree(trained.run_dir, tmp_path / "run")
     for name in ("tb", "checkpoints"):
         kept = tmp_path / f"{name}.kept"
         (run / name).rename(kept)
