@@ -5,7 +5,9 @@
     print(result.metrics["mAP"])
 
 Outputs are claimed before the work starts (``runs.folder.OutputFolder``): an existing output file is
-refused unless ``overwrite``, an input is never written over, an unwritable folder fails at once.
+refused unless ``overwrite``, an input is never written over, an unwritable folder fails at once, an output
+name that is a folder is refused, and ``eval``'s folder may not lie among the images of a YOLO split (read
+recursively, its pictures would be scored by the next evaluation). ``compress`` never replaces its weights.
 """
 
 from __future__ import annotations

@@ -28,7 +28,10 @@ cut, when the process is killed during its write.
 
 Outputs are claimed before the model is loaded (``runs.folder.OutputFolder``): an existing output file is
 refused unless ``overwrite``, ``DIR`` may neither hold an input nor lie inside an input folder, and two
-inputs with the same output name are refused.
+inputs with the same output name (or one whose name is the folder of another's) are refused, as is an output
+name that is a folder or lies below a link. A link under an output's name is replaced itself, never written
+through (``fasterrcnn.paths``). A write that fails (a full disk, ``ulimit -f``) ends the run with a
+``paths.WriteError`` naming the file, whatever ``on_bad_image`` says.
 """
 
 from __future__ import annotations
