@@ -29,8 +29,10 @@ $(VENV)/.installed: $(VENV)/.runtime
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
+# Two worker processes, one per core of the 2-core machines CI runs on; a test file's tests stay together
+# (--dist loadfile), so its module fixtures (trained runs, exported models) are built once.
 test: venv browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The end-to-end page test drives Debian's chromium through Playwright (never `playwright
 # install`: no browser downloads here). Without root or apt, that one test is skipped with a reason.
