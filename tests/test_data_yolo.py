@@ -84,11 +84,15 @@ def test_names_mapping_nc_and_split_choice(tmp_path):
 @pytest.mark.parametrize(
     "yaml, problem",
     [
-        ("train: [a\n", "YAML does not parse (expected ',' or ']', but got '<stream end>' at line 2 column 1)"),
+        ("train: [a\n", "not valid YAML (line 2 column 1: expected ',' or ']', but got '<stream end>')"),
         ("- a\n- b\n", "is not a YOLO data.yaml (expected a mapping with train, val and names)"),
         ("train: images/train\n", "needs 'names': the class names, a list or a mapping {index: name}"),
         ("train: images/train\nnames: {0: a, 2: b}\n", "'names' keys must be the class indices 0..1, got [0, 2]"),
+        ("train: images/train\nnames: {0: a, x: b}\n", "'names' keys must be the class indices 0..1, got [0, 'x']"),
         ("train: images/train\nnames: [a, a]\n", "'names' lists a class twice: ['a', 'a']"),
+        # an alias bomb (each level 9 times the one before) is refused at its first alias, never expanded
+        ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nnames: [*b, *b]\n",
+         "not valid YAML (line 2 column 8: found the alias *a: aliases are not read here, write the value out)"),
         ("train: images/train\nnc: 3\nnames: [a, b]\n", "nc is 3 but 'names' has 2 classes"),
     ],
 )
