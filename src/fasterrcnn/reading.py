@@ -73,7 +73,7 @@ def _size(limit: int) -> str:
     return f"{limit // MiB} MiB" if limit >= MiB else f"{limit} bytes"
 
 
-def check_regular_file(path: str | os.PathLike, what: str = "file") -> os.stat_result:
+def check_regular_file(path: str | os.PathLike) -> os.stat_result:
     """``os.stat(path)`` (links followed) when it is a regular file; else ``DataError`` saying what it is.
 
     Raises FileNotFoundError / PermissionError (OSError) as ``os.stat`` does, for the caller to word.
@@ -81,7 +81,7 @@ def check_regular_file(path: str | os.PathLike, what: str = "file") -> os.stat_r
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
         kind = next((name for test, name in _KINDS.items() if test(info.st_mode)), "not a regular file")
-        raise DataError(path, f"is {kind}, not a {what}")
+        raise DataError(path, f"is {kind}, not a regular file")
     return info
 
 
@@ -91,7 +91,7 @@ def read_bytes(path: str | os.PathLike, limit: int, what: str = "file") -> bytes
     ``DataError(path, ...)``: not a regular file, or larger than ``limit``. OSError (missing, unreadable)
     propagates for the caller to word.
     """
-    info = check_regular_file(path, what)
+    info = check_regular_file(path)
     if info.st_size > limit:
         raise DataError(path, f"{what} is {info.st_size / MiB:.0f} MiB, more than the {_size(limit)} any real one needs")
     with open(path, "rb") as f:
