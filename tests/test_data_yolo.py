@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -155,6 +156,28 @@ def test_skip_policy_keeps_the_good_images(tmp_path, caplog):
     with pytest.raises(DataError) as info:
         YOLODataset(path, on_bad_image="skip")
     assert str(info.value).startswith(f"{path}: none of its 3 images can be used (the first: ")
+
+
+@pytest.mark.timeout(30)  # the old code opened the named pipe and waited for a writer forever
+def test_label_files_that_are_not_regular_or_too_large_skip_their_image(tmp_path):
+    names = ("good", "pipe", "zero", "huge", "binary")
+    path = write_yolo(tmp_path, {f"{name}.png": ((8, 8), "0 0.5 0.5 0.5 0.5") for name in names})
+    labels = tmp_path / "labels" / "train"
+    for name in names[1:]:
+        (labels / f"{name}.txt").unlink()
+    os.mkfifo(labels / "pipe.txt")
+    os.symlink("/dev/zero", labels / "zero.txt")  # read without a bound: gigabytes, then MemoryError
+    with open(labels / "huge.txt", "wb") as f:  # sparse: no disk space used
+        f.truncate(20 * 2**20)
+    (labels / "binary.txt").write_bytes(b"0 0.5 0.5 0.5 \xff\n")
+    dataset = YOLODataset(path, on_bad_image="skip")
+    assert dataset.ids == ["good"]
+    assert dataset.skipped == [
+        (str(labels / "binary.txt"), "label file is not UTF-8 text (byte 14)"),
+        (str(labels / "huge.txt"), "label file is 20 MiB, more than the 16 MiB any real one needs"),
+        (str(labels / "pipe.txt"), "is a named pipe (FIFO), not a regular file"),
+        (str(labels / "zero.txt"), "is a character device, not a regular file"),
+    ]
 
 
 def test_image_lists_root_path_and_exported_parent_paths(tmp_path):

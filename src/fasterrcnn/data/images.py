@@ -23,7 +23,10 @@ A file that is missing, empty, truncated, not an image, or whose EXIF block is m
 damaged input (``OSError``, ``SyntaxError``, ``struct.error``, ``IndexError`` ...); every one of them
 becomes a ``DataError``. Pillow decodes lazily, so the pixels are forced (``.load()``) inside the ``try``.
 An image over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, twice over) is refused
-from its header, before decoding.
+from its header, before decoding. So that the header can be trusted, only the ``FORMATS`` whose header
+states the image's size are read (JPEG, PNG, GIF, BMP, TIFF, WebP, PPM): an ICO / CUR / ICNS icon
+(Pillow decodes an ICO's largest image when it opens it) is refused from its first bytes, and a path
+that is not a regular file (a named pipe would block the open) is refused from ``os.stat``.
 
 Memory. 8-bit images become float32 through one tensor allocation (no NumPy float temporaries).
 ``load_image(path, reduce=f)`` decodes an image at ``1/f`` of its size (``f`` a power of two, each
@@ -85,7 +88,7 @@ _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82"}
 # The formats read: those whose header gives the image's size without decoding it. Pillow's ICO (and CUR)
 # reader decodes the largest image of the file when it opens it, so a 400 KB icon holding a 13000x13000 PNG
 # would be decoded whole before any size check: such containers are not read.
-FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM")
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM")
 _CONTAINER_SIGNATURES = {b"\x00\x00\x01\x00": "an ICO icon", b"\x00\x00\x02\x00": "a CUR cursor", b"icns": "an ICNS icon"}
 
 
