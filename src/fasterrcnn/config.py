@@ -320,6 +320,13 @@ def from_dict(cls, data: dict[str, Any], *, source: str | Path | None = None):
     return config
 
 
+def check_score_threshold(value) -> float:
+    """``value`` if it is a score threshold (a number in [0, 1]; not NaN), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"score threshold must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def replace(config, **overrides):
     """``dataclasses.replace`` with a clear ConfigError for unknown fields (values are not checked: see ``check_config``)."""
     _check_known(type(config), overrides, None)
