@@ -345,3 +345,52 @@ def test_a_checkpoint_with_a_huge_input_size_is_refused(untrained_weights, voc_r
     image = voc_root / "JPEGImages" / f"{first_id(voc_root)}.jpg"
     code = main(["predict", "--weights", str(weights), str(image), "--output", str(tmp_path / "p"), "--quiet"])
     assert_one_line_error(capsys, code, weights, "model.min_size = 100000: must be <= 8192")
+
+
+@pytest.fixture(scope="module")
+def trained_run(pristine, tmp_path_factory):
+    """A run folder after one training iteration: config.json, metrics.jsonl, checkpoints/last.pt."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    args = train_args(pristine, out)
+    args[args.index("--max-iters") + 1] = "1"
+    assert main(args + ["--set", "train.log_every=1"]) == 0
+    return out
+
+
+def tamper_state(change):
+    def tamper(run):
+        path = run / "checkpoints" / "last.pt"
+        state = torch.load(path, weights_only=True)
+        change(state)
+        torch.save(state, path)
+
+    return tamper
+
+
+def first_buffer(state):
+    return next(iter(state["optimizer"]["state"].values()))
+
+
+@pytest.mark.parametrize(
+    "tamper, problem",
+    [
+        (lambda run: (run / "config.json").write_text('{"preset": "tiny", "lr": NaN}'), "config.json: holds NaN or Infinity"),
+        (lambda run: (run / "config.json").write_text('{"preset": "tiny", "changes": "none"}'), "config.json: 'changes' must be a list"),
+        (lambda run: (run / "metrics.jsonl").write_text('[1, 2]\n{"iteration": 1}\n'), "metrics.jsonl: line 1: expected a JSON object (one record), got list"),
+        (lambda run: (run / "metrics.jsonl").write_bytes(b'{"iteration": 1, "x": "\xff"}\n'), "metrics.jsonl: metrics file is not UTF-8 text (byte 23)"),
+        (tamper_state(lambda s: first_buffer(s).update(momentum_buffer=torch.zeros(3))), "optimizer state 'momentum_buffer' is [3] for a parameter of shape"),
+        (tamper_state(lambda s: s["scheduler"].update(iteration="one")), "scheduler.iteration is 'one', expected a finite number"),
+        (tamper_state(lambda s: s.update(iteration=-5)), "iteration is -5, expected a whole number >= 0"),
+        (tamper_state(lambda s: s.update(best_metric="high")), "best_metric is 'high', expected a finite number or None"),
+        (tamper_state(lambda s: s["rng"].update(torch=torch.zeros(3))), "holds a training state that does not fit"),
+        (tamper_state(lambda s: s["rng"].update(python="x")), "holds a training state that does not fit"),
+        (tamper_state(lambda s: s["optimizer"].update(param_groups=[])), "holds a training state that does not fit"),
+    ],
+)  # fmt: skip
+def test_resume_from_tampered_run_files_is_one_line(trained_run, tmp_path, capsys, tamper, problem):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    tamper(run)
+    args = train_args(run.parent / "unused", run, "--resume")
+    args[args.index("--data") + 1] = json.loads((trained_run / "config.json").read_text())["data"]["train"]["path"]
+    assert_one_line_error(capsys, main(args), problem)
