@@ -90,6 +90,7 @@ def test_names_mapping_nc_and_split_choice(tmp_path):
         ("train: images/train\n", "needs 'names': the class names, a list or a mapping {index: name}"),
         ("train: images/train\nnames: {0: a, 2: b}\n", "'names' keys must be the class indices 0..1, got [0, 2]"),
         ("train: images/train\nnames: {0: a, x: b}\n", "'names' keys must be the class indices 0..1, got [0, 'x']"),
+        ("train: images/train\nnames: [a]\nnc: 1%s\n" % ("0" * 5000), "not valid YAML (Exceeds the limit (4300 digits) for integer string conversion: value has 5001 digits)"),
         ("train: images/train\nnames: [a, a]\n", "'names' lists a class twice: ['a', 'a']"),
         # an alias bomb (each level 9 times the one before) is refused at its first alias, never expanded
         ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nnames: [*b, *b]\n",

@@ -187,5 +187,5 @@ def parse_yaml(text: str, path: str | os.PathLike, loader=None) -> Any:
         raise DataError(path, f"not valid YAML ({where}{problem})") from None
     except RecursionError:
         raise DataError(path, "not valid YAML (nested too deeply to read)") from None
-    except ValueError as e:  # an integer of more than 4300 digits
-        raise DataError(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    except ValueError as e:  # an integer of more than 4300 digits, a timestamp that is no date ...
+        raise DataError(path, f"not valid YAML ({str(e).split(';')[0].strip() or type(e).__name__})") from None
