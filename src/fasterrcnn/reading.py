@@ -56,7 +56,7 @@ LIST_BYTES = 256 * MiB  # a list of image ids or paths: VOC split files, YOLO im
 CONFIG_BYTES = 16 * MiB  # config files, data.yaml, a run's config.json with its history (LVIS names: 30 KB)
 COCO_JSON_BYTES = 4096 * MiB  # a COCO instances file (COCO train2017: 448 MB, Objects365: ~2 GB)
 RESULTS_BYTES = 4096 * MiB  # detections in COCO results form (5000 images x 100 detections: ~50 MB)
-METRICS_BYTES = 1024 * MiB  # a run's metrics.jsonl (a record every 20 of 1M iterations: ~30 MB)
+METRICS_BYTES = 256 * MiB  # a run's metrics.jsonl (a record every 20 of 1M iterations: ~30 MB)
 
 MAX_INT_DIGITS = 300  # a JSON integer with more digits reads as infinity (a float holds up to ~1.8e308)
 
@@ -174,8 +174,8 @@ def yaml_loader():
 def parse_yaml(text: str, path: str | os.PathLike, loader=None) -> Any:
     """The YAML document ``text`` (read from ``path``) as plain data, with ``loader`` (default: ``yaml_loader()``'s).
 
-    ``DataError(path, "not valid YAML (line N: problem)")`` for a document that does not parse, uses an
-    alias, or nests too deeply.
+    ``DataError(path, "not valid YAML (line N column M: problem)")`` for a document that does not parse, uses
+    an alias, or nests too deeply.
     """
     yaml, base = yaml_loader()
     try:
@@ -183,7 +183,7 @@ def parse_yaml(text: str, path: str | os.PathLike, loader=None) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
         raise DataError(path, f"not valid YAML ({where}{problem})") from None
     except RecursionError:
         raise DataError(path, "not valid YAML (nested too deeply to read)") from None

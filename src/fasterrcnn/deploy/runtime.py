@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from fasterrcnn.errors import DataError
 from fasterrcnn.reading import JSONError, check_regular_file, loads_json
 
-__all__ = ["EXPORTED_SUFFIXES", "ExportedModel", "ModelOutputError", "check_exported_file", "load_exported"]
+__all__ = ["EXPORTED_SUFFIXES", "ExportedModel", "ModelOutputError", "load_exported"]
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 
@@ -108,7 +108,7 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
     path = Path(path)
     if not path.exists():
         raise DataError(path, "no such file")
-    check_exported_file(path)
+    _check_exported_file(path)
     try:
         meta = read_metadata(path)
         _checked_metadata(meta, path)  # before the runtime compiles the graph
@@ -154,7 +154,7 @@ def runtime_problem(error: Exception) -> str:
 ONNX_BYTES = 2**31  # a protobuf (an .onnx without external data) holds at most 2 GiB
 
 
-def check_exported_file(path: Path) -> None:
+def _check_exported_file(path: Path) -> None:
     """Refuse, before a runtime reads it, an exported file that ``fasterrcnn export`` cannot have written:
     not a regular file, an ONNX graph under an ``.xml`` name (or XML under ``.onnx``), an OpenVINO ``.xml``
     without its ``.bin``, an ``.onnx`` over 2 GiB (``read_metadata`` then refuses external data). DataError
