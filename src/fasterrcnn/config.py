@@ -560,9 +560,13 @@ class _Problem:
     rule: str
 
     def text(self, source: str | Path | None = None) -> str:
-        value = repr(self.value)
-        value = value if len(value) <= 80 else f"{value[:60]}... ({len(value)} characters)"
-        return f"{self.section}.{self.field} = {value}: {self.rule}{_in(source)}"
+        return f"{self.section}.{self.field} = {_shown(self.value)}: {self.rule}{_in(source)}"
+
+
+def _shown(value) -> str:
+    """``repr(value)`` for an error message, cut after 60 characters (a value may be a file's worth of data)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _in(source: str | Path | None) -> str:
@@ -639,7 +643,7 @@ def _check_layout(data, source: str | Path | None, *, required: tuple[str, ...] 
     if missing:
         raise fail(f"missing {', '.join(missing)}")
     if "preset" in data and not isinstance(data["preset"], str):
-        raise fail(f"'preset' must be a preset name, got {data['preset']!r}")
+        raise fail(f"'preset' must be a preset name, got {_shown(data['preset'])}")
     for section in ("model", "train"):
         if not isinstance(data.get(section, {}), dict):
             raise fail(f"'{section}' must be a mapping of {section} fields")
