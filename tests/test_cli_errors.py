@@ -276,7 +276,7 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a
         ("digits.json", '{"model": {"box_detections_per_img": 1%s}}' % ("0" * 5000), "model.box_detections_per_img = inf: must be an integer"),
         ("overflow.json", '{"train": {"lr": 1%s}}' % ("0" * 400), "train.lr = inf: must be a finite number"),
         ("deep.json", '{"model": %s}' % ("[" * 20000 + "]" * 20000), "JSON nested too deeply to read"),
-        ("deep.yaml", "model: %s\n" % ("[" * 3000 + "]" * 3000), "not valid YAML (nested too deeply to read)"),
+        ("deep.yaml", "model: %s\n" % ("[" * 1500 + "]" * 1500), "not valid YAML (nested too deeply to read)"),
     ],
 )  # fmt: skip
 def test_hostile_config_files_are_one_line_errors(voc_root, tmp_path, capsys, name, text, problem):
