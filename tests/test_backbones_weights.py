@@ -304,3 +304,14 @@ def test_files_of_other_pickle_protocols_warn_nothing(tmp_path, recwarn):
     with pytest.raises(DataError, match="refused by safe loading"):
         read_state_dict(path)
     assert [str(w.message) for w in recwarn] == []
+
+
+@pytest.mark.timeout(30)  # the old code opened the named pipe to sniff it and waited for a writer forever
+def test_a_named_pipe_as_weights_is_refused_before_it_is_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "weights.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError) as info:
+        read_state_dict(fifo)
+    assert str(info.value) == f"{fifo}: is a named pipe (FIFO), not a regular file"

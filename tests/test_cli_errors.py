@@ -229,3 +229,170 @@ def test_an_image_or_text_file_as_weights_is_named_for_what_it_is(voc_root, tmp_
         assert err == f"fasterrcnn: error: {weights}: not a checkpoint ({kind})\n"
     code = main(["predict", "--weights", str(image), "--preset", "resnet50_fpn", str(image), "--output", str(tmp_path / "p")])
     assert_one_line_error(capsys, code, f"{image}: not a PyTorch weights file (it is a JPEG image)")
+
+
+# -- Hostile input: each of these ended in a traceback, a hang or unbounded memory -------------------------------
+def assert_usage_error(capsys, code, *fragments):
+    """An option refused by the parser: one line ``fasterrcnn CMD: error: argument ...``, exit 2."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and ": error: argument" in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+@pytest.mark.timeout(60)  # the old code opened the named pipe and waited for a writer forever
+def test_predict_skips_a_named_pipe_in_a_folder(untrained_weights, voc_root, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(voc_root / "JPEGImages" / f"{first_id(voc_root)}.jpg", photos / "a.jpg")
+    os.mkfifo(photos / "b.jpg")
+    code = main(["predict", "--weights", str(untrained_weights), str(photos), "--output", str(tmp_path / "p"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"fasterrcnn: WARNING: skipping {photos / 'b.jpg'}: is a named pipe (FIFO), not a regular file" in err.splitlines()
+    assert [json.loads(line)["image_id"] for line in (tmp_path / "p" / "detections.jsonl").read_text().splitlines()] == ["a"]
+    code = main(["predict", "--weights", str(untrained_weights), str(photos / "b.jpg"), "--output", str(tmp_path / "q"), "--on-bad-image", "error"])
+    assert_one_line_error(capsys, code, f"{photos / 'b.jpg'}: is a named pipe (FIFO), not a regular file")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1.5"])
+def test_score_threshold_outside_0_1_is_refused(untrained_weights, voc_root, tmp_path, capsys, value):
+    image = voc_root / "JPEGImages" / f"{first_id(voc_root)}.jpg"
+    code = main(["predict", "--weights", str(untrained_weights), str(image), "--output", str(tmp_path / "p"), "--score-threshold", value])
+    assert_usage_error(capsys, code, "--score-threshold: must be a number in [0, 1]")
+    code = main(["eval", "--weights", str(untrained_weights), "--data", str(voc_root), "--output", str(tmp_path / "e"), "--score-threshold", value])
+    assert_usage_error(capsys, code, "--score-threshold: must be a number in [0, 1]")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\npreset: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+
+
+@pytest.mark.parametrize(
+    "name, text, problem",
+    [
+        ("bomb.yaml", BOMB, "not valid YAML (line 2 column 8: found the alias *a: aliases are not read here, write the value out)"),
+        ("digits.json", '{"model": {"box_detections_per_img": 1%s}}' % ("0" * 5000), "model.box_detections_per_img = inf: must be an integer"),
+        ("overflow.json", '{"train": {"lr": 1%s}}' % ("0" * 400), "train.lr = inf: must be a finite number"),
+        ("deep.json", '{"model": %s}' % ("[" * 20000 + "]" * 20000), "JSON nested too deeply to read"),
+        ("deep.yaml", "model: %s\n" % ("[" * 1500 + "]" * 1500), "not valid YAML (nested too deeply to read)"),
+    ],
+)  # fmt: skip
+def test_hostile_config_files_are_one_line_errors(voc_root, tmp_path, capsys, name, text, problem):
+    config = tmp_path / name
+    config.write_text(text)
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "out", "--config", str(config))), problem)
+
+
+def test_hostile_set_values_and_sizes_are_one_line_errors(voc_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    cases = [
+        (["--set", "model.min_size=1" + "0" * 5000], "model.min_size = inf: must be an integer"),
+        (["--set", "train.lr=1" + "0" * 400], "train.lr = inf: must be a finite number"),
+        (["--set", "model.image_mean=" + "[" * 20000 + "]" * 20000], "--set model.image_mean: JSON nested too deeply to read"),
+        (["--set", "model.representation_size=100000000"], "model.representation_size = 100000000: must be <= 16384"),
+        (["--set", "model.min_size=100000", "--set", "model.max_size=100000"], "model.min_size = 100000: must be <= 8192"),
+    ]
+    for extra, problem in cases:
+        assert_one_line_error(capsys, main(train_args(voc_root, out, *extra)), problem)
+    args = train_args(voc_root, out, "--time", "1e300")
+    del args[args.index("--max-iters") : args.index("--max-iters") + 2]
+    assert_one_line_error(capsys, main(args), "train.time = 1e+300: must be <= 14400.0")
+    assert not (out / "checkpoints").exists()
+
+
+def test_an_allocation_failure_is_one_line(voc_root, tmp_path, capsys, monkeypatch):
+    from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 400000000000 bytes.")
+
+    monkeypatch.setattr(FasterRCNN, "from_config", allocate)
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "out")), "out of memory (", "not enough memory: you tried to allocate 400000000000 bytes")
+
+
+def test_torchrun_variables_that_do_not_fit_are_one_line(voc_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "out")), "environment variable WORLD_SIZE='abc' is not an integer")
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    assert_one_line_error(capsys, main(train_args(voc_root, tmp_path / "out")), "environment variable MASTER_ADDR is not set")
+
+
+@pytest.mark.parametrize(
+    "mapping, problem",
+    [
+        ([1, 2, 3], "label_to_category_id is a list, expected a mapping {label: category id}"),
+        ("1,2,3", "label_to_category_id is a str, expected a mapping {label: category id}"),
+        ({1: 10, 2: 20}, "label_to_category_id must map each label 1..5 to an integer category id"),
+        ({1: 10, 2: 20, 3: 30, 4: 40, 5: "x"}, "label_to_category_id must map each label 1..5 to an integer category id"),
+    ],
+)
+def test_a_checkpoint_with_bad_category_ids_is_refused(untrained_weights, voc_root, tmp_path, capsys, mapping, problem):
+    state = torch.load(untrained_weights, weights_only=True)
+    weights = tmp_path / "coco.pt"
+    torch.save({**state, "label_to_category_id": mapping}, weights)
+    image = voc_root / "JPEGImages" / f"{first_id(voc_root)}.jpg"
+    code = main(["predict", "--weights", str(weights), str(image), "--output", str(tmp_path / "p"), "--quiet"])
+    assert_one_line_error(capsys, code, f"{weights}: checkpoint's {problem}")
+
+
+def test_a_checkpoint_with_a_huge_input_size_is_refused(untrained_weights, voc_root, tmp_path, capsys):
+    state = torch.load(untrained_weights, weights_only=True)
+    state["config"]["model"].update(min_size=100000, max_size=100000)
+    weights = tmp_path / "huge.pt"
+    torch.save(state, weights)
+    image = voc_root / "JPEGImages" / f"{first_id(voc_root)}.jpg"
+    code = main(["predict", "--weights", str(weights), str(image), "--output", str(tmp_path / "p"), "--quiet"])
+    assert_one_line_error(capsys, code, weights, "model.min_size = 100000: must be <= 8192")
+
+
+@pytest.fixture(scope="module")
+def trained_run(pristine, tmp_path_factory):
+    """A run folder after one training iteration: config.json, metrics.jsonl, checkpoints/last.pt."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    args = train_args(pristine, out)
+    args[args.index("--max-iters") + 1] = "1"
+    assert main(args + ["--set", "train.log_every=1"]) == 0
+    return out
+
+
+def tamper_state(change):
+    def tamper(run):
+        path = run / "checkpoints" / "last.pt"
+        state = torch.load(path, weights_only=True)
+        change(state)
+        torch.save(state, path)
+
+    return tamper
+
+
+def first_buffer(state):
+    return next(iter(state["optimizer"]["state"].values()))
+
+
+@pytest.mark.parametrize(
+    "tamper, problem",
+    [
+        (lambda run: (run / "config.json").write_text('{"preset": "tiny", "lr": NaN}'), "config.json: holds NaN or Infinity"),
+        (lambda run: (run / "config.json").write_text('{"preset": "tiny", "changes": "none"}'), "config.json: 'changes' must be a list"),
+        (lambda run: (run / "metrics.jsonl").write_text('[1, 2]\n{"iteration": 1}\n'), "metrics.jsonl: line 1: expected a JSON object (one record), got list"),
+        (lambda run: (run / "metrics.jsonl").write_bytes(b'{"iteration": 1, "x": "\xff"}\n'), "metrics.jsonl: metrics file is not UTF-8 text (byte 23)"),
+        (tamper_state(lambda s: first_buffer(s).update(momentum_buffer=torch.zeros(3))), "optimizer state 'momentum_buffer' is [3] for a parameter of shape"),
+        (tamper_state(lambda s: s["scheduler"].update(iteration="one")), "scheduler.iteration is 'one', expected a finite number"),
+        (tamper_state(lambda s: s.update(iteration=-5)), "iteration is -5, expected a whole number >= 0"),
+        (tamper_state(lambda s: s.update(best_metric="high")), "best_metric is 'high', expected a finite number or None"),
+        (tamper_state(lambda s: s["rng"].update(torch=torch.zeros(3))), "holds a training state that does not fit"),
+        (tamper_state(lambda s: s["rng"].update(python="x")), "holds a training state that does not fit"),
+        (tamper_state(lambda s: s["optimizer"].update(param_groups=[])), "holds a training state that does not fit"),
+    ],
+)  # fmt: skip
+def test_resume_from_tampered_run_files_is_one_line(trained_run, tmp_path, capsys, tamper, problem):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    tamper(run)
+    args = train_args(run.parent / "unused", run, "--resume")
+    args[args.index("--data") + 1] = json.loads((trained_run / "config.json").read_text())["data"]["train"]["path"]
+    assert_one_line_error(capsys, main(args), problem)

@@ -96,7 +96,7 @@ def annotation(data, ann_id):
     "change, problem",
     [
         (lambda d: image_entry(d, 2).update(width=float("inf")), "image 2 has width/height inf/50, expected positive whole numbers"),
-        (lambda d: image_entry(d, 2).update(height=10**400), "image 2 has width/height 20/1" + "0" * 400 + ", expected"),
+        (lambda d: image_entry(d, 2).update(height=10**400), "image 2 has width/height 20/inf, expected"),
         (lambda d: image_entry(d, 2).update(width=20.5), "image 2 has width/height 20.5/50"),
         (lambda d: image_entry(d, 2).update(width=True), "image 2 has width/height True/50"),
         (lambda d: image_entry(d, 2).update(file_name=7), "image 2 has file_name 7, expected a file name"),
@@ -154,7 +154,7 @@ def test_coco_deeply_nested_json_is_a_one_line_error(tmp_path):
     path.write_text('{"images": ' + "[" * 200_000 + "]" * 200_000 + ', "categories": []}')
     with pytest.raises(DataError) as info:
         COCODataset(path)
-    assert str(info.value) == f"{path}: is not a COCO instances file (JSON nested too deeply to read)"
+    assert str(info.value) == f"{path}: JSON nested too deeply to read"
 
 
 def test_coco_images_folder_is_the_one_holding_most_images(tmp_path):

@@ -170,7 +170,7 @@ def test_annotations_of_unknown_images_are_skipped_with_a_count(tmp_path, caplog
 @pytest.mark.parametrize(
     "content, problem",
     [
-        ("{not json", "is not valid JSON"),
+        ("{not json", "not valid JSON"),
         ("[1, 2]", "is not a COCO instances file"),
         (json.dumps({"images": [], "annotations": []}), "is not a COCO instances file"),
         (json.dumps(coco_json(annotations=[{"id": 1, "image_id": 5, "caption": "a dog"}])), "lacks image_id"),

@@ -1,17 +1,21 @@
 """Untrusted image files in data sets: a malformed EXIF block goes through the bad-image policy in every
-command, and a huge image is decoded reduced (boxes scaled to it, detections scored in the file's pixels)."""
+command, a huge image is decoded reduced (boxes scaled to it, detections scored in the file's pixels), and a
+named pipe or an icon (whose size only decoding tells) is refused before Pillow reads it."""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import struct
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from fasterrcnn.data import VOCDataset, build_dataset
-from fasterrcnn.data.images import load_image
+from fasterrcnn.data.images import check_image, image_size, load_image
 from fasterrcnn.errors import DataError
 
 
@@ -151,3 +155,40 @@ def test_detections_on_a_reduced_image_are_scored_in_the_files_pixels(large_voc)
     assert reduced[0]["small"] == whole[0]["small"]
     assert reduced[0]["large"] == pytest.approx([125 * 2001 / 501, 94 * 1501 / 376, 125 * 2001 / 501, 94 * 1501 / 376], rel=1e-6)
     assert whole[1] == 1.0 and reduced[1] == 1.0
+
+
+# -- Files that are not what they seem: a named pipe, an icon holding a huge PNG --------------------------------
+@pytest.mark.timeout(30)  # opening a named pipe blocks until a writer comes: the old code hung here
+def test_a_named_pipe_is_refused_before_it_is_opened(tmp_path):
+    fifo = tmp_path / "b.jpg"
+    os.mkfifo(fifo)
+    for read in (load_image, image_size, check_image):
+        with pytest.raises(DataError) as info:
+            read(fifo)
+        assert str(info.value) == f"{fifo}: is a named pipe (FIFO), not a regular file"
+
+
+def icon_holding_png(size) -> bytes:
+    """An ICO file whose one entry (declared 16x16) is a PNG of ``size`` (w, h): Pillow decodes it on open."""
+    buffer = io.BytesIO()
+    Image.new("L", size).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22) + png
+
+
+def test_an_icon_is_refused_without_decoding_it(tmp_path, monkeypatch):
+    ico = icon_holding_png((3000, 3000))  # 9 Mpx in a 9 KB file
+    assert len(ico) < 20_000
+    path = tmp_path / "icon.jpg"  # the name does not matter: the bytes do
+    path.write_bytes(ico)
+    decoded = []
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: decoded.append(self.size))
+    problem = "is an ICO icon, which is not read (its size is known only by decoding it): convert it to PNG or JPEG"
+    for read in (load_image, image_size, check_image):
+        with pytest.raises(DataError) as info:
+            read(path)
+        assert str(info.value) == f"{path}: {problem}"
+    with pytest.raises(DataError) as info:
+        load_image(io.BytesIO(ico))  # an upload (serve, Detector.detect)
+    assert info.value.problem == problem
+    assert decoded == []  # refused from its first bytes, the PNG never decoded

@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -84,11 +85,16 @@ def test_names_mapping_nc_and_split_choice(tmp_path):
 @pytest.mark.parametrize(
     "yaml, problem",
     [
-        ("train: [a\n", "YAML does not parse (expected ',' or ']', but got '<stream end>' at line 2 column 1)"),
+        ("train: [a\n", "not valid YAML (line 2 column 1: expected ',' or ']', but got '<stream end>')"),
         ("- a\n- b\n", "is not a YOLO data.yaml (expected a mapping with train, val and names)"),
         ("train: images/train\n", "needs 'names': the class names, a list or a mapping {index: name}"),
         ("train: images/train\nnames: {0: a, 2: b}\n", "'names' keys must be the class indices 0..1, got [0, 2]"),
+        ("train: images/train\nnames: {0: a, x: b}\n", "'names' keys must be the class indices 0..1, got [0, 'x']"),
+        ("train: images/train\nnames: [a]\nnc: 1%s\n" % ("0" * 5000), "not valid YAML (Exceeds the limit (4300 digits) for integer string conversion: value has 5001 digits)"),
         ("train: images/train\nnames: [a, a]\n", "'names' lists a class twice: ['a', 'a']"),
+        # an alias bomb (each level 9 times the one before) is refused at its first alias, never expanded
+        ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nnames: [*b, *b]\n",
+         "not valid YAML (line 2 column 8: found the alias *a: aliases are not read here, write the value out)"),
         ("train: images/train\nnc: 3\nnames: [a, b]\n", "nc is 3 but 'names' has 2 classes"),
     ],
 )
@@ -151,6 +157,28 @@ def test_skip_policy_keeps_the_good_images(tmp_path, caplog):
     with pytest.raises(DataError) as info:
         YOLODataset(path, on_bad_image="skip")
     assert str(info.value).startswith(f"{path}: none of its 3 images can be used (the first: ")
+
+
+@pytest.mark.timeout(30)  # the old code opened the named pipe and waited for a writer forever
+def test_label_files_that_are_not_regular_or_too_large_skip_their_image(tmp_path):
+    names = ("good", "pipe", "zero", "huge", "binary")
+    path = write_yolo(tmp_path, {f"{name}.png": ((8, 8), "0 0.5 0.5 0.5 0.5") for name in names})
+    labels = tmp_path / "labels" / "train"
+    for name in names[1:]:
+        (labels / f"{name}.txt").unlink()
+    os.mkfifo(labels / "pipe.txt")
+    os.symlink("/dev/zero", labels / "zero.txt")  # read without a bound: gigabytes, then MemoryError
+    with open(labels / "huge.txt", "wb") as f:  # sparse: no disk space used
+        f.truncate(20 * 2**20)
+    (labels / "binary.txt").write_bytes(b"0 0.5 0.5 0.5 \xff\n")
+    dataset = YOLODataset(path, on_bad_image="skip")
+    assert dataset.ids == ["good"]
+    assert dataset.skipped == [
+        (str(labels / "binary.txt"), "label file is not UTF-8 text (byte 14)"),
+        (str(labels / "huge.txt"), "label file is 20 MiB, more than the 16 MiB any real one needs"),
+        (str(labels / "pipe.txt"), "is a named pipe (FIFO), not a regular file"),
+        (str(labels / "zero.txt"), "is a character device, not a regular file"),
+    ]
 
 
 def test_image_lists_root_path_and_exported_parent_paths(tmp_path):

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import torchvision_reference as reference
 from fasterrcnn.config import PRESETS, get_preset, to_dict
@@ -14,6 +15,7 @@ from fasterrcnn.deploy.export import export_checkpoint, export_files, export_mod
 from fasterrcnn.deploy.graph import DeployGraph, resized_size
 from fasterrcnn.deploy.runtime import load_exported
 from fasterrcnn.detector import Detector
+from fasterrcnn.errors import DataError
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 from fasterrcnn.modeling.fuse import fuse_batchnorm
 from fasterrcnn.modeling.transform import resize_image
@@ -206,3 +208,113 @@ def test_export_creates_its_folder_and_never_replaces_a_file_unasked(tiny_checkp
     assert weights.read_bytes() == b"someone else's file" and not (tmp_path / "tiny.xml").exists()
     assert export_files(tmp_path / "m.onnx", "openvino") == ("openvino", [tmp_path / "m.onnx", tmp_path / "m.bin"])
     assert export_files(tmp_path / "m.xml") == ("openvino", [tmp_path / "m.xml", tmp_path / "m.bin"])
+
+
+# -- Exported files that fasterrcnn export never writes: one line naming the file, never a traceback -------------
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_checkpoint, tmp_path_factory):
+    return export_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "tiny.onnx")[0]
+
+
+def with_metadata(source, path, **changes):
+    """A copy of the .onnx ``source`` at ``path`` with metadata entries changed (None: removed)."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    entries = {entry.key: entry.value for entry in proto.metadata_props} | changes
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {k: v for k, v in entries.items() if v is not None})
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, problem",
+    [
+        (dict(class_names="circle, cross"), "the metadata's class_names is not valid JSON (line 1 column 1: Expecting value)"),
+        (dict(class_names='{"circle": 1}'), "the metadata's class_names is not a list of class names"),
+        (dict(class_names="[1, 2, 3, 4, 5]"), "the metadata's class_names is not a list of class names"),
+        (dict(class_names="[" * 20000 + "]" * 20000), "the metadata's class_names is JSON nested too deeply to read"),
+        (dict(config="[256, 512]"), "the metadata's config is a list, expected a mapping of model fields"),
+        (dict(config='{"min_size": "256", "max_size": 512}'), "the metadata's config has min_size '256' and max_size 512, expected whole numbers"),
+        (dict(config='{"min_size": -3, "max_size": 512}'), "the metadata's config has min_size -3 and max_size 512"),
+        (dict(config='{"min_size": 100000, "max_size": 100000}'), "the metadata's config has min_size 100000 and max_size 100000"),
+        (dict(config=None), "no config in the file's metadata (not written by fasterrcnn export)"),
+    ],
+)  # fmt: skip
+def test_malformed_export_metadata_is_one_line(tiny_onnx, tmp_path, changes, problem):
+    path = with_metadata(tiny_onnx, tmp_path / "tampered.onnx", **changes)
+    with pytest.raises(DataError) as info:
+        Detector.from_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: {problem}")
+
+
+def test_graph_outputs_out_of_range_or_misshaped_are_one_line(tiny_onnx, tmp_path, capsys):
+    import onnx
+
+    from fasterrcnn.cli import main
+    from fasterrcnn.deploy.runtime import ExportedModel, ModelOutputError
+
+    proto = onnx.load(str(tiny_onnx))  # labels + 7: outside the 5 classes
+    output = next(o for o in proto.graph.output if o.name == "labels")
+    producer = next(node for node in proto.graph.node if "labels" in node.output)
+    producer.output[list(producer.output).index("labels")] = "labels_raw"
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(7, dtype=np.int64), "seven"))
+    proto.graph.node.append(onnx.helper.make_node("Add", ["labels_raw", "seven"], [output.name]))
+    shifted = tmp_path / "shifted.onnx"
+    onnx.save(proto, str(shifted))
+    image = torch.rand(3, 240, 300, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(ModelOutputError, match=rf"^{re.escape(str(shifted))}: the graph answered labels 8\.\.12, outside 1\.\.5 \(its 5 classes\)$"):
+        Detector.from_checkpoint(shifted).detect(image, 0.0)
+    picture = tmp_path / "picture.png"
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(picture)
+    code = main(["predict", "--weights", str(shifted), str(picture), "--output", str(tmp_path / "p"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"fasterrcnn: error: {shifted}: the graph answered labels 8..12") and len(err.splitlines()) == 1
+
+    meta = read_metadata(tiny_onnx)
+    boxes, labels, scores = np.zeros((2, 4), np.float32), np.array([1, 2]), np.array([0.9, 0.8], np.float32)
+    cases = [
+        ((boxes, np.array([1, -3]), scores), "the graph answered labels -3..1, outside 1..5 (its 5 classes)"),
+        ((boxes, np.array([0, 1]), scores), "the graph answered labels 0..1, outside 1..5 (its 5 classes)"),
+        ((boxes[:, :3], labels, scores), "the graph answered shapes [2, 3], [2], [2], expected [D, 4], [D], [D]"),
+        ((boxes, labels, scores[:1]), "the graph answered shapes [2, 4], [2], [1], expected [D, 4], [D], [D]"),
+        ((boxes, labels), "the graph answered 2 outputs, expected boxes, labels and scores"),
+        ((boxes, labels.astype(np.float32), scores), "the graph answered float32 boxes, float32 labels and float32 scores"),
+    ]
+    for outputs, problem in cases:
+        model = ExportedModel(lambda image, outputs=outputs: outputs, meta, tiny_onnx)
+        with pytest.raises(ModelOutputError) as info:
+            model([image])
+        assert str(info.value) == f"{tiny_onnx}: {problem}"
+
+
+def test_a_file_of_the_other_format_or_with_external_data_is_named(tiny_onnx, tmp_path):
+    import onnx
+
+    as_xml = tmp_path / "model.xml"
+    as_xml.write_bytes(tiny_onnx.read_bytes())
+    as_xml.with_suffix(".bin").write_bytes(b"")
+    with pytest.raises(DataError, match=r"model\.xml: not an OpenVINO model file \(an ONNX model: name it \.onnx\)$"):
+        Detector.from_checkpoint(as_xml)
+    broken = tmp_path / "broken.xml"
+    broken.write_text('<?xml version="1.0"?>\n<net name="x" version="11"><layers><layer id="0" type="Bogus"/></layers></net>\n')
+    broken.with_suffix(".bin").write_bytes(b"")
+    with pytest.raises(DataError) as info:  # OpenVINO's own error, without its source-file lines
+        Detector.from_checkpoint(broken)
+    assert str(info.value) == f"{broken}: not a loadable exported model (Converting input model: node <layer> is missing mandatory attribute: version at offset 58)"
+    broken.with_suffix(".bin").unlink()
+    with pytest.raises(DataError, match=r"broken\.xml: its weights file broken\.bin is missing"):
+        Detector.from_checkpoint(broken)
+    as_onnx = tmp_path / "model.onnx"
+    as_onnx.write_bytes(broken.read_bytes())
+    with pytest.raises(DataError, match=r"model\.onnx: not an ONNX model \(it is XML: an OpenVINO model is named NAME\.xml\)$"):
+        Detector.from_checkpoint(as_onnx)
+
+    external = tmp_path / "external" / "model.onnx"
+    external.parent.mkdir()
+    onnx.save(onnx.load(str(tiny_onnx)), str(external), save_as_external_data=True, location="weights.data", size_threshold=0)
+    with open(external.parent / "weights.data", "r+b") as f:
+        f.truncate(8 * 2**30)  # sparse: 8 GiB that the runtime would read into memory
+    with pytest.raises(DataError, match=r"model\.onnx: its weights are in external data files, which fasterrcnn export never writes"):
+        Detector.from_checkpoint(external)

@@ -370,6 +370,26 @@ def test_helpers_in_a_single_process(monkeypatch):
         distributed.init_distributed("cuda:1")
 
 
+def test_torchrun_variables_that_do_not_fit_are_one_line_errors(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    with pytest.raises(ConfigError, match=r"^environment variable WORLD_SIZE='abc' is not an integer \(start the job with torchrun\)$"):
+        distributed.launched_by_torchrun()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ConfigError, match=r"RANK=2, WORLD_SIZE=2, LOCAL_RANK=0 do not fit together"):
+        distributed.init_distributed("cpu")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ConfigError, match=r"^environment variable MASTER_ADDR is not set \(start the job with torchrun, which sets it\)$"):
+        distributed.init_distributed("cpu")
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    monkeypatch.setenv("MASTER_PORT", "http")
+    with pytest.raises(ConfigError, match=r"^environment variable MASTER_PORT='http' is not an integer"):
+        distributed.init_distributed("cpu")
+    assert not distributed.is_distributed()
+
+
 def test_cpu_sync_batchnorm_is_batchnorm_in_one_process():
     torch.manual_seed(0)
     body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())

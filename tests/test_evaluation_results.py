@@ -96,7 +96,11 @@ GOOD = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}
     "content, problem",
     [
         ('{"image_id": 1}', "expected a JSON list of detections, got dict"),
-        ("[1, 2", "not a JSON file"),
+        ("[1, 2", "not valid JSON (line 1 column 6"),
+        # hostile JSON: Python's own ValueError, OverflowError and RecursionError become one-line errors
+        ('[{"image_id": 1, "category_id": 1%s, "bbox": [0, 0, 1, 1], "score": 1}]' % ("0" * 5000), "entry 0: category_id must be an integer"),
+        ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1%s}]' % ("0" * 400), "entry 0: score must be a finite number"),
+        ("[" * 20000 + "]" * 20000, "JSON nested too deeply to read"),
         (json.dumps([GOOD, "x"]), "entry 1: expected an object, got str"),
         (json.dumps([GOOD, {k: v for k, v in GOOD.items() if k != "score"}]), "entry 1: missing key(s) score"),
         (json.dumps([{"image_id": 1}]), "entry 0: missing key(s) category_id, bbox, score"),
@@ -125,7 +129,7 @@ def test_load_results_missing_file(tmp_path):
     path = tmp_path / "missing.json"
     with pytest.raises(DataError) as info:
         load_results(path)
-    assert str(info.value).startswith(f"{path}: cannot read results file")
+    assert str(info.value) == f"{path}: results file not found"
 
 
 def test_load_results_accepts_integer_coordinates_and_extra_keys(tmp_path):

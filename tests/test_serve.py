@@ -17,6 +17,7 @@ from PIL import Image
 from test_detector import CLASS_NAMES, IMAGE_SIZE, write_predictable_checkpoint, write_test_image
 
 from fasterrcnn.detector import Detection, Detector
+from fasterrcnn import serve
 from fasterrcnn.serve import DEFAULT_MAX_UPLOAD_BYTES, create_app, index_html
 
 with warnings.catch_warnings():
@@ -227,6 +228,7 @@ def test_fasterrcnn_serve_is_a_subcommand_of_the_cli(tmp_path, monkeypatch, caps
 
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    monkeypatch.setattr(serve, "check_port", lambda host, port: None)  # 8000 and 9123 may be in use on this machine
     checkpoint = write_predictable_checkpoint(tmp_path / "model.pt")
     assert main(["serve", "--weights", str(checkpoint), "--port", "9123", "--device", "cpu"]) == 0
     assert (served["host"], served["port"]) == ("127.0.0.1", 9123)
@@ -249,6 +251,7 @@ def test_serve_reads_a_torchvision_file_with_a_preset_as_predict_does(tmp_path, 
 
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    monkeypatch.setattr(serve, "check_port", lambda host, port: None)  # 8000 may be in use on this machine
     weights = tmp_path / "fasterrcnn_tiny.pth"
     torch.save(predictable_model().state_dict(), weights)
     expected = Detector.from_torchvision("tiny", weights, classes=CLASS_NAMES, device="cpu").detect(Image.open(io.BytesIO(png)))
@@ -382,3 +385,51 @@ def test_connections_sending_half_a_request_are_closed_after_the_deadlines(png):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # a whole request is answered
             conn.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
             assert read_answer(conn)[0] == 200
+
+
+def test_a_port_in_use_is_one_line_before_serving(tmp_path, capsys, monkeypatch):
+    import socket
+
+    import uvicorn
+
+    from fasterrcnn.cli import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: pytest.fail("uvicorn started"))
+    checkpoint = write_predictable_checkpoint(tmp_path / "model.pt")
+    with socket.socket() as other:  # another program listening on the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert main(["serve", "--weights", str(checkpoint), "--port", str(port), "--device", "cpu"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no "serving on ..."
+    assert err == f"fasterrcnn: error: port {port} on 127.0.0.1 is in use by another program: stop it or choose another --port\n"
+
+
+def test_an_icon_upload_is_refused_without_decoding_it(client):
+    from test_data_untrusted_images import icon_holding_png
+
+    answer = post_image(client, icon_holding_png((3000, 3000)), "favicon.ico", "image/x-icon")
+    assert_error(answer, 422, r"^favicon.ico: is an ICO icon, which is not read \(its size is known only by decoding it\)")
+
+
+def test_model_faults_answer_json_500(png):
+    from pathlib import Path
+
+    import numpy as np
+
+    from fasterrcnn.deploy.runtime import ExportedModel
+
+    meta = {"class_names": '["thing"]', "config": '{"min_size": 64, "max_size": 64}'}
+    outputs = (np.zeros((1, 4), np.float32), np.array([7]), np.array([0.9], np.float32))
+    model = ExportedModel(lambda image: outputs, meta, Path("model.onnx"))
+    with TestClient(create_app(Detector(model, model.class_names, device="cpu"))) as client:
+        assert_error(post_image(client, png), 500, r"^model.onnx: the graph answered labels 7\.\.7, outside 1\.\.1 \(its 1 classes\)$")
+        assert client.get("/health").json()["status"] == "ok"
+
+    class Broken(BlockingDetector):
+        def detect(self, image, score_threshold=0.5):
+            raise TypeError("unsupported operand")
+
+    with TestClient(create_app(Broken()), raise_server_exceptions=False) as client:
+        assert_error(post_image(client, png), 500, r"^internal error \(TypeError: unsupported operand\)$")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fasterrcnn.errors import ConfigError, DataError
+from fasterrcnn.reading import CONFIG_BYTES, JSONError, loads_json, parse_yaml, read_text, yaml_loader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,6 +45,13 @@ PIXEL_FORMATS = ("rgb01", "caffe_bgr255")
 BOX_POOLERS = ("roi_pool", "roi_align", "multiscale_roi_align")
 AMP_DTYPES = ("bf16", "fp16")
 SEED_MAX = 2**64 - 1  # torch.manual_seed takes seeds in [0, 2**64 - 1] (negative ones alias large ones)
+# Upper bounds of sizes that allocate memory in proportion (a typo such as 1e8 would end in an allocation failure):
+MAX_CLASSES = 100_000  # num_classes (LVIS: 1203, ImageNet-21k: 21841)
+MAX_IMAGE_SIDE = 8192  # min_size, max_size: pixels of the model's input side (a 8192x8192 input is 800 MB of float32)
+MAX_REPRESENTATION_SIZE = 16_384  # representation_size: the box head's width (VGG16's fc6: 4096)
+MAX_PER_IMAGE = 1_000_000  # proposals, sampled boxes and detections per image (the paper: 12000 proposals)
+MAX_BATCH_SIZE = 4096  # images per batch
+MAX_TIME = 14_400.0  # train.time in minutes: 10 days
 
 
 @dataclass(frozen=True)
@@ -312,23 +320,17 @@ def from_dict(cls, data: dict[str, Any], *, source: str | Path | None = None):
     return config
 
 
+def check_score_threshold(value) -> float:
+    """``value`` if it is a score threshold (a number in [0, 1]; not NaN), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"score threshold must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def replace(config, **overrides):
     """``dataclasses.replace`` with a clear ConfigError for unknown fields (values are not checked: see ``check_config``)."""
     _check_known(type(config), overrides, None)
     return dataclasses.replace(config, **overrides)
-
-
-def load_json(path: str | Path) -> dict[str, Any]:
-    """Read a JSON config file as data (never executed); errors name the file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise DataError(path, f"cannot read config file ({e.strerror or e})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
 # -- Validation ----------------------------------------------------------------------------------------
@@ -338,6 +340,10 @@ _Rule = Callable[[Any], "str | None"]
 
 def _at_least(low) -> _Rule:
     return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _at_most(high) -> _Rule:
+    return lambda v: None if v <= high else f"must be <= {high}"
 
 
 def _above(low) -> _Rule:
@@ -388,50 +394,50 @@ _SCORE_THRESHOLD = _within(0, 1, open_high=True)  # scores are in (0, 1): a thre
 # Every field with its rules beyond its type (checked first: see _fits); () means any value of the type.
 _MODEL_RULES: dict[str, tuple[_Rule, ...]] = {
     "backbone": (_one_of(tuple(BACKBONES)),),
-    "num_classes": (_at_least(1),),
+    "num_classes": (_at_least(1), _at_most(MAX_CLASSES)),
     "trainable_backbone_layers": (_at_least(0),),  # and at most the backbone's stages (_model_relations)
-    "min_size": (_at_least(1),),
-    "max_size": (_at_least(1),),
+    "min_size": (_at_least(1), _at_most(MAX_IMAGE_SIDE)),
+    "max_size": (_at_least(1), _at_most(MAX_IMAGE_SIDE)),
     "pixel_format": (_one_of(PIXEL_FORMATS),),
     "image_mean": (),
     "image_std": (_each(_above(0)),),  # a divisor
-    "size_divisible": (_at_least(1),),
+    "size_divisible": (_at_least(1), _at_most(MAX_IMAGE_SIDE)),
     "anchor_sizes": (_levels, _each(_above(0))),
     "aspect_ratios": (_levels, _each(_above(0))),  # height / width
-    "rpn_pre_nms_top_n_train": (_at_least(1),),  # per feature map
-    "rpn_post_nms_top_n_train": (_at_least(1),),  # per image, may exceed pre (fewer boxes survive then)
-    "rpn_pre_nms_top_n_test": (_at_least(1),),
-    "rpn_post_nms_top_n_test": (_at_least(1),),
+    "rpn_pre_nms_top_n_train": (_at_least(1), _at_most(MAX_PER_IMAGE)),  # per feature map
+    "rpn_post_nms_top_n_train": (_at_least(1), _at_most(MAX_PER_IMAGE)),  # per image, may exceed pre (fewer boxes survive then)
+    "rpn_pre_nms_top_n_test": (_at_least(1), _at_most(MAX_PER_IMAGE)),
+    "rpn_post_nms_top_n_test": (_at_least(1), _at_most(MAX_PER_IMAGE)),
     "rpn_nms_thresh": (_UNIT_INTERVAL,),
     "rpn_fg_iou_thresh": (_UNIT_INTERVAL,),
     "rpn_bg_iou_thresh": (_UNIT_INTERVAL,),
-    "rpn_batch_size_per_image": (_at_least(1),),
+    "rpn_batch_size_per_image": (_at_least(1), _at_most(MAX_PER_IMAGE)),
     "rpn_positive_fraction": (_FRACTION,),
     "rpn_score_thresh": (_SCORE_THRESHOLD,),
     "rpn_min_size": (_at_least(0),),
     "rpn_ignore_cross_boundary": (),
     "rpn_smooth_l1_beta": (_at_least(0),),  # 0: L1
     "box_pooler": (_one_of(BOX_POOLERS),),
-    "box_pool_size": (_at_least(1),),
+    "box_pool_size": (_at_least(1), _at_most(64)),
     "box_sampling_ratio": (),  # <= 0: adaptive
     "box_aligned": (),
     "box_fg_iou_thresh": (_UNIT_INTERVAL,),
     "box_bg_iou_thresh": (_UNIT_INTERVAL,),
     "box_bg_iou_low": (_UNIT_INTERVAL,),
-    "box_batch_size_per_image": (_at_least(1),),
+    "box_batch_size_per_image": (_at_least(1), _at_most(MAX_PER_IMAGE)),
     "box_positive_fraction": (_FRACTION,),
     "box_reg_weights": (_each(_above(0)),),  # decoding divides by them
     "box_score_thresh": (_SCORE_THRESHOLD,),
     "box_nms_thresh": (_UNIT_INTERVAL,),
-    "box_detections_per_img": (_at_least(1),),
+    "box_detections_per_img": (_at_least(1), _at_most(MAX_PER_IMAGE)),
     "box_min_size": (_at_least(0),),
     "box_smooth_l1_beta": (_at_least(0),),
-    "representation_size": (_at_least(1),),
+    "representation_size": (_at_least(1), _at_most(MAX_REPRESENTATION_SIZE)),
     "box_head_ranks": (_each(_at_least(1)),),  # upper bounds depend on the layers: modeling/low_rank.py checks them
 }
 
 _TRAIN_RULES: dict[str, tuple[_Rule, ...]] = {
-    "batch_size": (_at_least(1),),
+    "batch_size": (_at_least(1), _at_most(MAX_BATCH_SIZE)),
     "lr": (_above(0),),
     "momentum": (_within(0, 1, open_high=True),),
     "weight_decay": (_at_least(0),),
@@ -441,7 +447,7 @@ _TRAIN_RULES: dict[str, tuple[_Rule, ...]] = {
     "lr_gamma": (_above(0),),
     "max_iters": (),  # >= 1 unless epochs is set (_train_relations)
     "epochs": (_at_least(1),),
-    "time": (_above(0),),
+    "time": (_above(0), _at_most(MAX_TIME)),  # at most 10 days
     "grad_clip_norm": (_above(0),),
     "hflip_prob": (_UNIT_INTERVAL,),
     "seed": (_seed,),
@@ -554,7 +560,13 @@ class _Problem:
     rule: str
 
     def text(self, source: str | Path | None = None) -> str:
-        return f"{self.section}.{self.field} = {self.value!r}: {self.rule}{_in(source)}"
+        return f"{self.section}.{self.field} = {_shown(self.value)}: {self.rule}{_in(source)}"
+
+
+def _shown(value) -> str:
+    """``repr(value)`` for an error message, cut after 60 characters (a value may be a file's worth of data)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _in(source: str | Path | None) -> str:
@@ -631,7 +643,7 @@ def _check_layout(data, source: str | Path | None, *, required: tuple[str, ...] 
     if missing:
         raise fail(f"missing {', '.join(missing)}")
     if "preset" in data and not isinstance(data["preset"], str):
-        raise fail(f"'preset' must be a preset name, got {data['preset']!r}")
+        raise fail(f"'preset' must be a preset name, got {_shown(data['preset'])}")
     for section in ("model", "train"):
         if not isinstance(data.get(section, {}), dict):
             raise fail(f"'{section}' must be a mapping of {section} fields")
@@ -640,13 +652,13 @@ def _check_layout(data, source: str | Path | None, *, required: tuple[str, ...] 
 
 @functools.cache
 def _yaml_loader():
-    """PyYAML's SafeLoader (plain data: no tags that build objects), reading ``1e-4`` as a float as JSON does.
+    """``reading.yaml_loader``'s (plain data, no aliases), reading ``1e-4`` as a float as JSON does.
 
     YAML 1.1 wants a dot in a float (``1.0e-4``); without this resolver ``lr: 1e-4`` would be the string "1e-4".
     """
-    import yaml
+    yaml, base = yaml_loader()
 
-    class Loader(yaml.SafeLoader):
+    class Loader(base):
         pass
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
@@ -663,25 +675,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, f"cannot read config file ({getattr(e, 'strerror', None) or e})") from None
+        text = read_text(path, CONFIG_BYTES, "config file")
+    except OSError as e:
+        raise DataError(path, f"cannot read config file ({e.strerror or e})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
-            yaml, loader = _yaml_loader()
+            _, loader = _yaml_loader()
         except ImportError:
             raise DataError(path, "reading YAML needs PyYAML (pip install pyyaml); or write the file as JSON") from None
-        try:
-            data = yaml.load(text, Loader=loader)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"line {mark.line + 1}: " if mark is not None else ""
-            raise DataError(path, f"not valid YAML ({where}{getattr(e, 'problem', None) or e})") from None
+        data = parse_yaml(text, path, loader)
     else:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"not valid JSON (line {e.lineno}: {e.msg})") from None
+            data = loads_json(text)
+        except JSONError as e:
+            raise DataError(path, e.problem) from None
     if isinstance(data, dict) and set(_RUN_RECORD_KEYS) & set(data):
         data = {key: value for key, value in data.items() if key not in _RUN_RECORD_KEYS}
     return _check_layout(data, path)
@@ -700,8 +707,10 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or section not in overrides or not name:
             raise ConfigError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE")
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
+            value = loads_json(text)
+        except JSONError as e:
+            if not e.syntax:
+                raise ConfigError(f"--set {key.strip()}: {e.problem}") from None
             value = text
         overrides[section][name] = value
     return overrides

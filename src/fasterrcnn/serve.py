@@ -18,7 +18,10 @@ Routes:
 Every error answers JSON ``{"error": "..."}`` with a 4xx status: 400 (no ``image`` field, empty
 file, malformed form, bad threshold), 408 (body not received within ``body_timeout`` seconds),
 413 (upload over ``max_upload_bytes`` or image over ``max_image_pixels``), 415 (not
-multipart/form-data), 422 (not a readable image: "photo.jpg: cannot read image (...)"), 404 / 405.
+multipart/form-data), 422 (not a readable image: "photo.jpg: cannot read image (...)"), 404 / 405;
+and with 500 when the model is at fault (an exported graph answering labels outside its classes or
+mis-shaped outputs: "model.onnx: the graph answered ...") or on any unexpected error.
+``run`` checks that the port is free before it loads the model (one line, exit 2, when it is not).
 
 Bounded work per request. The body is counted while it arrives (with or without Content-Length,
 chunked or not) and refused with 413 as soon as it passes the limit; its arrival has a deadline.
@@ -39,8 +42,10 @@ line stays quick and works without them for the other commands.
 # No ``from __future__ import annotations``: FastAPI reads the route functions' annotations
 # (``request: Request``), which are imported inside ``create_app``.
 import asyncio
+import errno
 import io
 import math
+import socket
 import threading
 from collections.abc import Sequence
 from importlib import resources
@@ -153,6 +158,7 @@ def create_app(
         from starlette.exceptions import HTTPException
     except ImportError:
         raise ConfigError(_MISSING_DEPENDENCIES) from None
+    from fasterrcnn.deploy.runtime import ModelOutputError
 
     if max_upload_bytes < 1:
         raise ConfigError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
@@ -173,6 +179,11 @@ def create_app(
     async def request_error(request, exc: _RequestError):
         return error(exc.status, exc.message)
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request, exc: Exception):  # still a JSON answer (the server logs the traceback)
+        detail = " ".join(str(exc).split())[:300]
+        return error(500, f"internal error ({type(exc).__name__}{': ' + detail if detail else ''})")
+
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
@@ -191,6 +202,8 @@ def create_app(
         with model_lock:  # one forward pass at a time
             try:
                 return detector.detect(buffer, score_threshold=score_threshold)
+            except ModelOutputError as e:  # the model file's fault, not the upload's
+                raise _RequestError(500, str(e)) from None
             except DataError as e:  # e.g. truncated pixel data behind a valid header
                 raise _unreadable(filename, e) from None
 
@@ -258,11 +271,30 @@ def run(
         raise ConfigError(_MISSING_DEPENDENCIES) from None
     from fasterrcnn.runs.inference import load_detector
 
+    check_port(host, port)  # before the model is loaded, and before "serving on" is printed
     detector = load_detector(weights, device=device, amp=amp, preset=preset, classes=classes)
     app = create_app(detector, max_upload_bytes=max_upload_bytes)
     where = f"{detector.device}" + ("" if detector.amp_dtype is None else f", {amp}")
     print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {where}) on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", **uvicorn_options())
+
+
+def check_port(host: str, port: int) -> None:
+    """ConfigError unless a server can listen on ``host``:``port`` now (a socket is bound there and closed,
+    with SO_REUSEADDR as uvicorn binds it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, OverflowError, UnicodeError) as e:
+        raise ConfigError(f"--host {host} --port {port}: not an address to listen on ({e})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use by another program: stop it or choose another --port") from None
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
 
 
 def uvicorn_options(header_timeout: float = DEFAULT_HEADER_TIMEOUT, keep_alive: int = DEFAULT_KEEP_ALIVE) -> dict:

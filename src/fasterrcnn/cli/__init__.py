@@ -77,11 +77,23 @@ def main(argv: list[str] | None = None) -> int:
             return e.exit_code
         print(f"fasterrcnn: error: {message}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:  # an allocation that failed: sizes beyond this machine's memory
+        if isinstance(e, RuntimeError) and not _out_of_memory(e):
+            raise
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        print(f"fasterrcnn: error: out of memory ({detail}); use smaller sizes (images, batch, model) or another device", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("fasterrcnn: interrupted", file=sys.stderr)
         return 130
     finally:
         _leave_process_group()
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """Whether torch's RuntimeError says that an allocation failed (CPU: "not enough memory", CUDA: "out of memory")."""
+    text = str(error)
+    return "not enough memory" in text or "out of memory" in text.lower()
 
 
 def _leave_process_group() -> None:

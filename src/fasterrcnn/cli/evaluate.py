@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fasterrcnn.cli.options import INFERENCE_AMP_HELP, add_amp, add_common, add_data, add_overwrite, class_list, inference_amp, positive_int, print_skipped
+from fasterrcnn.cli.options import INFERENCE_AMP_HELP, add_amp, add_common, add_data, add_overwrite, class_list, inference_amp, positive_int, print_skipped, score_threshold
 
 
 def add_parser(commands) -> None:
@@ -29,7 +29,7 @@ def add_parser(commands) -> None:
     p.add_argument("--output", required=True, metavar="DIR", help="folder for metrics.json, the plots and tables (created)")
     add_overwrite(p, "the files eval writes in --output")
     p.add_argument(
-        "--score-threshold", type=float, default=0.5, metavar="X",
+        "--score-threshold", type=score_threshold, default=0.5, metavar="X",
         help="the confusion matrix, precision and recall count detections scoring >= X (default: 0.5; AP uses all)",
     )  # fmt: skip
     p.add_argument("--classes", metavar="A,B,C", help="--detections on VOC data: the class names in category-id order (default: inferred from the data)")

@@ -21,6 +21,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "print_skipped",
+    "score_threshold",
     "torchvision_classes",
 ]
 
@@ -50,6 +51,13 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def score_threshold(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {value}")
     return value
 
 

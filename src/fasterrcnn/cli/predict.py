@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fasterrcnn.cli.options import (
     BAD_IMAGE_HELP, INFERENCE_AMP_HELP, add_amp, add_common, add_overwrite, add_torchvision_weights, inference_amp,
-    positive_int, torchvision_classes,
+    positive_int, score_threshold, torchvision_classes,
 )  # fmt: skip
 
 
@@ -38,7 +38,7 @@ def add_parser(commands) -> None:
     add_torchvision_weights(p)
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the pictures, videos and detections (created)")
     add_overwrite(p, "pictures, videos and detections already in --output")
-    p.add_argument("--score-threshold", type=float, default=0.5, metavar="X", help="keep detections scoring >= X (default: 0.5)")
+    p.add_argument("--score-threshold", type=score_threshold, default=0.5, metavar="X", help="keep detections scoring >= X (default: 0.5)")
     p.add_argument("--frame-stride", type=positive_int, default=1, metavar="N", help="process every N-th frame of a video (default: 1)")
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip", help=BAD_IMAGE_HELP + "; a video alike")
     add_amp(p, *INFERENCE_AMP_HELP)

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 from pathlib import Path
@@ -58,22 +57,13 @@ from fasterrcnn.data.bad_images import BadImages
 from fasterrcnn.data.images import DEFAULT_REDUCE_TO, check_image, load_annotated_image
 from fasterrcnn.data.transforms import resize_boxes
 from fasterrcnn.errors import DataError
+from fasterrcnn.reading import COCO_JSON_BYTES, load_json
 
 logger = logging.getLogger("fasterrcnn")
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(path, "COCO annotation file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except RecursionError:
-        raise DataError(path, "is not a COCO instances file (JSON nested too deeply to read)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"cannot read file ({exc})") from None
+    data = load_json(path, COCO_JSON_BYTES, "COCO annotation file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
         raise DataError(path, "is not a COCO instances file (needs 'images' and 'categories' lists)")
     if not isinstance(data.setdefault("annotations", []), list):

@@ -23,7 +23,10 @@ A file that is missing, empty, truncated, not an image, or whose EXIF block is m
 damaged input (``OSError``, ``SyntaxError``, ``struct.error``, ``IndexError`` ...); every one of them
 becomes a ``DataError``. Pillow decodes lazily, so the pixels are forced (``.load()``) inside the ``try``.
 An image over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, twice over) is refused
-from its header, before decoding.
+from its header, before decoding. So that the header can be trusted, only the ``FORMATS`` whose header
+states the image's size are read (JPEG, PNG, GIF, BMP, TIFF, WebP, PPM): an ICO / CUR / ICNS icon
+(Pillow decodes an ICO's largest image when it opens it) is refused from its first bytes, and a path
+that is not a regular file (a named pipe would block the open) is refused from ``os.stat``.
 
 Memory. 8-bit images become float32 through one tensor allocation (no NumPy float temporaries).
 ``load_image(path, reduce=f)`` decodes an image at ``1/f`` of its size (``f`` a power of two, each
@@ -59,6 +62,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fasterrcnn.errors import DataError
+from fasterrcnn.reading import check_regular_file
 
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # the orientations that swap width and height
@@ -79,6 +83,30 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}  # colour type -> Pillow's mode at 8 bits
 _PNG_STRIP_BYTES = 8 * 2**20  # full-size bytes of a strip of a PNG decoded reduced
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82"}
+
+
+# The formats read: those whose header gives the image's size without decoding it. Pillow's ICO (and CUR)
+# reader decodes the largest image of the file when it opens it, so a 400 KB icon holding a 13000x13000 PNG
+# would be decoded whole before any size check: such containers are not read.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM")
+_CONTAINER_SIGNATURES = {b"\x00\x00\x01\x00": "an ICO icon", b"\x00\x00\x02\x00": "a CUR cursor", b"icns": "an ICNS icon"}
+
+
+def _open(path) -> Image.Image:
+    """``Image.open(path, formats=FORMATS)``: a path that is not a regular file (a named pipe would block
+    the open) and an icon container are refused before Pillow reads them (``DataError``)."""
+    if isinstance(path, (str, os.PathLike)):
+        check_regular_file(path)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    else:
+        start = path.tell()
+        head = path.read(4)
+        path.seek(start)
+    kind = _CONTAINER_SIGNATURES.get(head)
+    if kind is not None:
+        raise DataError(path, f"is {kind}, which is not read (its size is known only by decoding it): convert it to PNG or JPEG")
+    return Image.open(path, formats=FORMATS)
 
 
 def _read_error(path, exc: BaseException) -> DataError:
@@ -196,7 +224,7 @@ def load_image(path, *, apply_exif: bool = True, reduce: int = 1) -> torch.Tenso
             warnings.simplefilter("ignore", UserWarning)
             if reduce > 1:  # decoded reduced: large images are what this is for (the hard limit still holds)
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with _open(path) as im:
                 orientation = _orientation(im) if apply_exif else 1
                 array = _to_rgb_array(_oriented(_decode(im, reduce), orientation))
     except DataError:
@@ -376,12 +404,12 @@ def check_image(path, size: tuple[int, int] | None = None, annotation=None) -> t
     ``DataError(path, problem)``: missing, empty (0 bytes), not an image, truncated, wrong size.
     """
     try:
-        if os.stat(path).st_size == 0:
+        if check_regular_file(path).st_size == 0:
             raise DataError(path, "image file is empty (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # nothing is decompressed here
-            with Image.open(path) as im:
+            with _open(path) as im:
                 stored, oriented = _header_sizes(im)
                 if size is not None and stored == oriented:  # the size cannot tell the grids apart
                     _warn_ambiguous_orientation(path, _orientation(im), annotation)
@@ -434,8 +462,10 @@ def _read_header_sizes(path) -> tuple[tuple[int, int], tuple[int, int]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # nothing is decompressed here
-            with Image.open(path) as im:
+            with _open(path) as im:
                 return _header_sizes(im)
+    except DataError:
+        raise
     except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
         raise _read_error(path, exc) from None
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from fasterrcnn.errors import ConfigError, DataError
+from fasterrcnn.reading import check_regular_file
 
 if TYPE_CHECKING:
     import av
@@ -68,7 +69,7 @@ class VideoReader:
         av = require_av(path)
         self.path = path
         try:
-            if os.stat(path).st_size == 0:
+            if check_regular_file(path).st_size == 0:  # a named pipe would block the open
                 raise DataError(path, "video file is empty (0 bytes)")
             self._container = av.open(os.fspath(path))
         except (av.error.FFmpegError, OSError) as e:

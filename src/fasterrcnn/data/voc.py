@@ -54,6 +54,7 @@ from fasterrcnn.data.bad_images import BadImages
 from fasterrcnn.data.images import DEFAULT_REDUCE_TO, check_image, load_annotated_image
 from fasterrcnn.data.transforms import resize_boxes
 from fasterrcnn.errors import ConfigError, DataError
+from fasterrcnn.reading import ANNOTATION_BYTES, LIST_BYTES, read_bytes, read_text
 
 logger = logging.getLogger("fasterrcnn")
 
@@ -151,9 +152,9 @@ class VOCDataset(torch.utils.data.Dataset):
         if not split_file.is_file():
             raise DataError(split_file, f"split file of split {split!r} not found")
         try:
-            lines = split_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(split_file, f"cannot read split file ({exc})") from None
+            lines = read_text(split_file, LIST_BYTES, "split file").splitlines()
+        except OSError as exc:
+            raise DataError(split_file, f"cannot read split file ({exc.strerror or exc})") from None
         # VOC's per-class split files have "<id> <flag>"; the image id is the first field.
         listed = [line.split()[0] for line in lines if line.strip()]
         if not listed:  # else training stops at once and evaluation scores 0 images
@@ -204,14 +205,13 @@ class VOCDataset(torch.utils.data.Dataset):
     def _parse(self, image_id: str) -> _Record:
         xml_path = self.root / "Annotations" / f"{image_id}.xml"
         try:
-            tree = ET.parse(xml_path)
+            annotation = ET.fromstring(read_bytes(xml_path, ANNOTATION_BYTES, "annotation file"))
         except FileNotFoundError:
             raise DataError(xml_path, "annotation file not found") from None
         except ET.ParseError as exc:
             raise DataError(xml_path, f"XML does not parse ({exc})") from None
         except OSError as exc:
-            raise DataError(xml_path, f"cannot read annotation file ({exc})") from None
-        annotation = tree.getroot()
+            raise DataError(xml_path, f"cannot read annotation file ({exc.strerror or exc})") from None
         if annotation.tag != "annotation":
             raise DataError(xml_path, f"root element is <{annotation.tag}>, expected <annotation> (not a VOC annotation)")
 

@@ -2,7 +2,7 @@
 
 Shape shorthand: K objects in one image.
 
-``data.yaml`` (read with ``yaml.safe_load``)::
+``data.yaml`` (read with ``reading.parse_yaml``: PyYAML's safe loader, no aliases)::
 
     path: .            # optional data root, relative to this file's folder (default: its folder)
     train: images/train        # a folder of images (searched recursively), a .txt list of image
@@ -57,6 +57,7 @@ from fasterrcnn.data.bad_images import BadImages
 from fasterrcnn.data.images import DEFAULT_REDUCE_TO, check_image, load_annotated_image
 from fasterrcnn.data.transforms import resize_boxes
 from fasterrcnn.errors import DataError
+from fasterrcnn.reading import ANNOTATION_BYTES, CONFIG_BYTES, LIST_BYTES, parse_yaml, read_text
 
 logger = logging.getLogger("fasterrcnn")
 
@@ -128,26 +129,22 @@ def label_path(image_path) -> Path:
 
 def read_data_yaml(yaml_path) -> dict:
     """The parsed ``data.yaml``: a mapping with ``names`` as a tuple of class names in index order."""
-    import yaml
-
     yaml_path = Path(yaml_path)
     try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8-sig"))  # -sig: a leading BOM is dropped
+        text = read_text(yaml_path, CONFIG_BYTES, "data.yaml")
     except FileNotFoundError:
         raise DataError(yaml_path, "data.yaml not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(yaml_path, f"cannot read file ({exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise DataError(yaml_path, f"YAML does not parse ({problem}{where})") from None
+    except OSError as exc:
+        raise DataError(yaml_path, f"cannot read file ({exc.strerror or exc})") from None
+    data = parse_yaml(text, yaml_path)
     if not isinstance(data, dict):
         raise DataError(yaml_path, "is not a YOLO data.yaml (expected a mapping with train, val and names)")
     names = data.get("names")
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise DataError(yaml_path, f"'names' keys must be the class indices 0..{len(names) - 1}, got {sorted(names, key=str)}")
+        if not all(_is_index(key) for key in names) or sorted(names) != list(range(len(names))):
+            keys = sorted(names, key=str)
+            shown = ", ".join(map(repr, keys[:10])) + (", ..." if len(keys) > 10 else "")
+            raise DataError(yaml_path, f"'names' keys must be the class indices 0..{len(names) - 1}, got [{shown}]")
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DataError(yaml_path, "needs 'names': the class names, a list or a mapping {index: name}")
@@ -159,6 +156,10 @@ def read_data_yaml(yaml_path) -> dict:
     if "nc" in data and data["nc"] != len(names):
         raise DataError(yaml_path, f"nc is {data['nc']!r} but 'names' has {len(names)} classes")
     return {**data, "names": names}
+
+
+def _is_index(key) -> bool:
+    return isinstance(key, int) and not isinstance(key, bool)
 
 
 def _number(text: str, label_file: Path, line: int) -> float:
@@ -293,9 +294,9 @@ class YOLODataset(torch.utils.data.Dataset):
 
     def _listed(self, list_file: Path) -> list[tuple[Path, str]]:
         try:
-            lines = list_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(list_file, f"cannot read image list ({exc})") from None
+            lines = read_text(list_file, LIST_BYTES, "image list").splitlines()
+        except OSError as exc:
+            raise DataError(list_file, f"cannot read image list ({exc.strerror or exc})") from None
         found = []
         for line in lines:
             if line.strip():
@@ -310,11 +311,11 @@ class YOLODataset(torch.utils.data.Dataset):
         height, width = check_image(image_path)
         labels = label_path(image_path)
         try:
-            text = labels.read_text(encoding="utf-8-sig")
+            text = read_text(labels, ANNOTATION_BYTES, "label file")
         except FileNotFoundError:
             text = ""  # an image without objects
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(labels, f"cannot read label file ({exc})") from None
+        except OSError as exc:
+            raise DataError(labels, f"cannot read label file ({exc.strerror or exc})") from None
         boxes, classes = [], []
         num_clipped = num_dropped = 0
         for line, content in enumerate(text.splitlines(), start=1):

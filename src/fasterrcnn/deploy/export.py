@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from fasterrcnn.errors import ConfigError
+from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.io import atomic_write_bytes
 
 __all__ = ["EXPORT_FORMATS", "OPSET", "export_checkpoint", "export_files", "export_model", "onnx_to_openvino", "read_metadata"]
@@ -157,4 +157,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
+    # External data (weights in files beside the graph, read by the runtime whatever their size): never written here.
+    tensors = [*proto.graph.initializer, *(a.t for node in proto.graph.node for a in node.attribute if a.HasField("t"))]
+    if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in tensors):
+        raise DataError(path, "its weights are in external data files, which fasterrcnn export never writes (export the checkpoint again)")
     return {entry.key: entry.value for entry in proto.metadata_props}

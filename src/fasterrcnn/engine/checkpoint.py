@@ -220,13 +220,15 @@ class Checkpoint:
         if len(class_names) != model_config.num_classes:
             raise DataError(path, f"checkpoint has {len(class_names)} class names for {model_config.num_classes} classes")
         label_to_category_id = state.get("label_to_category_id")
+        if label_to_category_id is not None:
+            label_to_category_id = _category_ids(label_to_category_id, len(class_names), path)
         return cls(
             model=state["model"],
             preset=preset,
             model_config=model_config,
             train_config=train_config,
             class_names=tuple(class_names),
-            label_to_category_id=None if label_to_category_id is None else {int(k): int(v) for k, v in label_to_category_id.items()},
+            label_to_category_id=label_to_category_id,
             training={key: state[key] for key in TRAINING_KEYS if key in state},
             source=Path(path),
         )
@@ -235,6 +237,19 @@ class Checkpoint:
     def read(cls, path: str | Path) -> "Checkpoint":
         """Load (``load_checkpoint``, on the CPU) and check (``from_state``) the checkpoint at ``path``."""
         return cls.from_state(load_checkpoint(path, map_location="cpu"), path)
+
+
+def _category_ids(value: Any, num_classes: int, path: str | Path) -> dict[int, int]:
+    """A checkpoint's ``label_to_category_id`` as ``{label: category id}`` for every label 1..C; DataError naming ``path`` else."""
+    if not isinstance(value, dict):
+        raise DataError(path, f"checkpoint's label_to_category_id is a {type(value).__name__}, expected a mapping {{label: category id}}")
+    try:
+        ids = {int(k): int(v) for k, v in value.items() if not isinstance(k, bool) and not isinstance(v, bool)}
+    except (TypeError, ValueError, OverflowError):
+        ids = {}
+    if len(ids) != len(value) or sorted(ids) != list(range(1, num_classes + 1)):
+        raise DataError(path, f"checkpoint's label_to_category_id must map each label 1..{num_classes} to an integer category id")
+    return ids
 
 
 def weights_are_finite(module: torch.nn.Module) -> bool:

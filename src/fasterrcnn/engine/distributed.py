@@ -55,7 +55,7 @@ __all__ = [
 # -- the process group ----------------------------------------------------------------------------------
 def launched_by_torchrun() -> bool:
     """True in a process started by torchrun with more than one process in the job."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return "WORLD_SIZE" in os.environ and _env_int("WORLD_SIZE") > 1
 
 
 def _env_int(name: str) -> int:
@@ -79,6 +79,8 @@ def init_distributed(device: str | torch.device | None = "auto", *, timeout_minu
     if not launched_by_torchrun():
         return resolve_device(device)
     rank, world_size, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK")
+    if not 0 <= rank < world_size or local_rank < 0:
+        raise ConfigError(f"environment variables RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank} do not fit together (start the job with torchrun)")
     if device is not None and str(device) not in ("auto", "cpu", "cuda"):
         raise ConfigError(
             f"--device {device}: under torchrun every process uses its own GPU (cuda:LOCAL_RANK); "
@@ -100,6 +102,9 @@ def init_distributed(device: str | torch.device | None = "auto", *, timeout_minu
     else:
         result, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
+        if not os.environ.get("MASTER_ADDR"):  # env:// rendezvous needs both; torch's error would be a traceback
+            raise ConfigError("environment variable MASTER_ADDR is not set (start the job with torchrun, which sets it)")
+        _env_int("MASTER_PORT")
         dist.init_process_group(
             backend,
             init_method="env://",

@@ -36,7 +36,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fasterrcnn.errors import DataError
 from fasterrcnn.io import atomic_write_text
+from fasterrcnn.reading import METRICS_BYTES, JSONError, loads_json, read_text
 
 __all__ = ["MetricsLogger", "json_safe", "pr_curve_arrays", "read_metrics", "results_csv", "results_rows"]
 
@@ -44,17 +46,30 @@ RESULTS_METRICS = ("mAP", "AP", "AP50", "AP75")  # the metric columns of results
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file (a torn last line, from a killed run, is dropped)."""
+    """The records of a ``metrics.jsonl`` file (a torn last line, from a killed run, is dropped).
+
+    A line that is not a JSON object (the file edited by hand, or not UTF-8) is a DataError naming the file and line.
+    """
     records = []
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = read_text(path, METRICS_BYTES, "metrics file").splitlines()
     except FileNotFoundError:
         return records
-    for line in lines:
+    except OSError as e:
+        raise DataError(path, f"cannot read metrics file ({e.strerror or e})") from None
+    for number, line in enumerate(lines, start=1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            record = loads_json(line)
+        except JSONError as e:
+            if number == len(lines) and e.syntax:  # torn by a killed run
+                continue
+            raise DataError(path, f"line {number}: {e.problem}") from None
+        if not isinstance(record, dict):
+            raise DataError(path, f"line {number}: expected a JSON object (one record), got {type(record).__name__}")
+        iteration = record.get("iteration", 0)
+        if isinstance(iteration, bool) or not isinstance(iteration, int):
+            raise DataError(path, f"line {number}: 'iteration' is {type(iteration).__name__}, expected a whole number")
+        records.append(record)
     return records
 
 

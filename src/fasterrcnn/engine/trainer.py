@@ -136,6 +136,29 @@ def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}... ({type(value).__name__})"
+
+
+def _same_layout(value: Any, reference: Any, what: str) -> None:
+    """Raise TypeError unless ``value`` (from a checkpoint) is laid out like ``reference`` (a fresh state dict):
+    mappings where it has mappings (their common keys alike), lists of finite numbers where it has lists or numbers."""
+    if isinstance(reference, Mapping):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{what} is {_short(value)}, expected a mapping")
+        for key in reference.keys() & value.keys():
+            _same_layout(value[key], reference[key], f"{what}.{key}")
+    elif isinstance(reference, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{what} is {_short(value)}, expected a list")
+        for item in value:
+            _same_layout(item, reference[0] if reference else 0, f"{what}[]")
+    elif isinstance(reference, (int, float)) and not isinstance(reference, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise TypeError(f"{what} is {_short(value)}, expected a finite number")
+
+
 @dataclass
 class TrainState:
     """Where training stands. ``iteration``: batches processed; ``epoch_iteration``: of them, in ``epoch``."""
@@ -340,29 +363,46 @@ class Trainer:
                 f"was trained on classes {', '.join(checkpoint.class_names)}, "
                 f"the training data has {', '.join(self.class_names)}",
             )
-        state = checkpoint.training
         load_state_dict_strictly(self.model, checkpoint.model, path, "this model")
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
+            self._restore(checkpoint.training)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(path, f"does not fit this model / configuration ({first_line})") from None
+            raise DataError(path, f"holds a training state that does not fit this model / configuration ({first_line})") from None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's training state; a value of the wrong type or shape raises (``resume`` names the file)."""
+        _same_layout(state["scheduler"], self.scheduler.state_dict(), "scheduler")
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # torch does not check the shapes of the optimizer's buffers
+            for param in group["params"]:
+                for name, value in self.optimizer.state.get(param, {}).items():
+                    if not isinstance(value, torch.Tensor) or (value.ndim and value.shape != param.shape):
+                        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                        raise ValueError(f"optimizer state {name!r} is {shape} for a parameter of shape {list(param.shape)}")
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
+            _same_layout(state["scaler"], self.scaler.state_dict(), "scaler")
             self.scaler.load_state_dict(state["scaler"])
-        self._saved_at = int(state["iteration"])
-        self.state = TrainState(
-            iteration=int(state["iteration"]),
-            epoch=int(state["epoch"]),
-            epoch_iteration=int(state.get("epoch_iteration", 0)),
-            best_metric=state.get("best_metric"),
-        )
+        counts = {"iteration": state["iteration"], "epoch": state["epoch"], "epoch_iteration": state.get("epoch_iteration", 0)}
+        for key, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{key} is {_short(value)}, expected a whole number >= 0")
+        best = state.get("best_metric")
+        if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or not math.isfinite(best)):
+            raise ValueError(f"best_metric is {_short(best)}, expected a finite number or None")
+        self._saved_at = counts["iteration"]
+        self.state = TrainState(iteration=counts["iteration"], epoch=counts["epoch"], epoch_iteration=counts["epoch_iteration"], best_metric=best)
         if "time" in state:  # time already spent counts; a run given a budget on resume starts counting now
-            self._elapsed = float(state["time"]["elapsed"])
-            self._budget_before = float(state["time"]["budget"])
-            self.fixed_schedule = sorted({*self.fixed_schedule, *state["time"].get("fixed", ())})
+            spent = state["time"]
+            numbers = [spent["elapsed"], spent["budget"], spent["max_iters"]]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in numbers):
+                raise ValueError(f"time is {_short(spent)}, expected finite numbers >= 0")
+            self._elapsed = float(spent["elapsed"])
+            self._budget_before = float(spent["budget"])
+            self.fixed_schedule = sorted({*self.fixed_schedule, *spent.get("fixed", ())})
             if self.budget is not None:
-                self.max_iters = int(state["time"]["max_iters"])
+                self.max_iters = int(spent["max_iters"])
         rng = state["rng"]
         set_rng_state(rng)
         if self.model_generator is not None and "model_generator" in rng:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from fasterrcnn.errors import DataError
 from fasterrcnn.io import atomic_write_text
+from fasterrcnn.reading import RESULTS_BYTES, load_json
 
 __all__ = ["detections_to_results", "load_results", "results_to_detections", "save_results"]
 
@@ -123,13 +124,7 @@ def load_results(path: str | os.PathLike) -> list[dict]:
             ``bbox`` that is not 4 finite numbers with ``w, h >= 0``, a non-numeric ``score``, or a
             non-integer ``category_id`` (message ``"path: entry 12: ..."``, one line).
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-    except OSError as e:
-        raise DataError(path, f"cannot read results file: {e.strerror or e}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"not a JSON file: {e}") from e
+    results = load_json(path, RESULTS_BYTES, "results file")
     if not isinstance(results, list):
         raise DataError(path, f"expected a JSON list of detections, got {type(results).__name__}")
     for i, entry in enumerate(results):

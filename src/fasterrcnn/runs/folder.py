@@ -37,6 +37,7 @@ from fasterrcnn.engine.report import REPORT_FILES
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.io import atomic_write_text, remove_temp_files
 from fasterrcnn.paths import FILE, TEMP_FILE, check_inside, create_new, owned_entries, remove_owned
+from fasterrcnn.reading import CONFIG_BYTES, load_json
 
 __all__ = ["OutputFolder", "RunFolder", "RunLock"]
 
@@ -216,12 +217,23 @@ class RunFolder:
         remove_owned(self._owned())
 
     def read_config(self) -> dict[str, Any]:
-        """``config.json`` as written by ``write_config`` ({} when absent or unreadable: the checkpoint has the settings)."""
-        try:
-            record = json.loads(self.config_file.read_text())
-        except (OSError, ValueError):
+        """``config.json`` as written by ``write_config`` ({} when absent: the checkpoint has the settings).
+
+        A file edited into something ``write_config`` would not write (not a JSON object, NaN or Infinity,
+        ``changes`` not a list) is a DataError naming it, so that resuming never half-rewrites it.
+        """
+        if not self.config_file.exists():
             return {}
-        return record if isinstance(record, dict) else {}
+        record = load_json(self.config_file, CONFIG_BYTES, "run configuration")
+        if not isinstance(record, dict):
+            raise DataError(self.config_file, f"expected a JSON object (the run's configuration), got {type(record).__name__}")
+        if not isinstance(record.get("changes", []), list):
+            raise DataError(self.config_file, f"'changes' must be a list of the changes made on resuming, got {type(record['changes']).__name__}")
+        try:
+            json.dumps(record, allow_nan=False)
+        except ValueError:
+            raise DataError(self.config_file, "holds NaN or Infinity, which a run's configuration never does") from None
+        return record
 
     def write_config(self, record: dict[str, Any]) -> None:
         atomic_write_text(self.config_file, json.dumps(record, indent=2, allow_nan=False) + "\n")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fasterrcnn.config import check_score_threshold
 from fasterrcnn.data.bad_images import check_policy
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.io import atomic_write_text
@@ -99,6 +100,7 @@ def evaluate(
     if (weights is None) == (detections is None):
         raise ConfigError("evaluate a checkpoint (weights) or a results file (detections): give one of them")
     check_policy(on_bad_image)
+    check_score_threshold(score_threshold)
     folder = OutputFolder(output) if output is not None else None
     device = distributed.init_distributed(device)  # torchrun: this process's device, process group joined
     main = distributed.is_main_process()

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from fasterrcnn.config import check_score_threshold
 from fasterrcnn.data.bad_images import check_policy
 from fasterrcnn.data.video import VIDEO_SUFFIXES
 from fasterrcnn.errors import ConfigError, DataError
@@ -142,7 +143,7 @@ def find_inputs(inputs: Sequence[str | Path]) -> list[PredictInput]:
             if not files:
                 raise DataError(path, f"folder holds no images or videos ({', '.join(INPUT_SUFFIXES)})")
             entries = [PredictInput(file, file.relative_to(path).with_suffix("").as_posix()) for file in files]
-        elif path.is_file():
+        elif path.exists():  # a file; one that is not a regular file (a named pipe) is refused when read
             entries = [PredictInput(path, path.stem)]
         else:
             raise DataError(path, "no such image or video file or folder")
@@ -268,6 +269,7 @@ def predict(
     from fasterrcnn.visualize import draw_detections
 
     check_policy(on_bad_image)
+    check_score_threshold(score_threshold)
     if isinstance(frame_stride, bool) or not isinstance(frame_stride, int) or frame_stride < 1:
         raise ConfigError(f"frame_stride must be a whole number >= 1, got {frame_stride!r}")
     found = find_inputs(inputs)

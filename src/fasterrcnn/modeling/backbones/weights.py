@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from fasterrcnn.errors import DataError
 from fasterrcnn.io import load_tensors
+from fasterrcnn.reading import check_regular_file
 
 _SHOWN = 3  # how many offending keys an error message names
 
@@ -43,13 +44,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict file safely; DataError (one line) when it is missing, unsafe or not a state dict."""
     path = Path(path)
     try:
+        check_regular_file(path)  # a named pipe would block the read
         obj = load_tensors(path, map_location="cpu", what="PyTorch weights file")
     except DataError:  # plainly another kind of file (an image, text ...)
         raise
     except FileNotFoundError:
         raise DataError(path, "weights file not found") from None
-    except IsADirectoryError:
-        raise DataError(path, "is a folder, not a weights file") from None
     except pickle.UnpicklingError as e:
         raise DataError(path, f"not a plain PyTorch weights file, refused by safe loading ({_reason(e)})") from None
     except Exception as e:  # truncated zip, random bytes, permission denied...
