@@ -247,8 +247,11 @@ def test_a_huge_photo_is_decoded_reduced_and_answered_in_its_own_pixels(detector
     out = tmp_path / "pred"
     assert main(["predict", str(big), "--weights", str(weights), "--output", str(out), "--score-threshold", "0", "--quiet", "--device", "cpu"]) == 0
     results = json.loads((out / "detections.json").read_text())
-    assert len(results) == len(detections)
-    expected = sorted((d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]) for d in detections)
+    # predict's model comes from the checkpoint as from_checkpoint builds it (BatchNorm folded): at score 0 its
+    # float sums may keep other near-tied boxes through NMS than the fixture's model, so compare with that one
+    loaded = Detector.from_checkpoint(weights, device="cpu").detect(big, score_threshold=0.0)
+    assert len(results) == len(loaded) > 0
+    expected = sorted((d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]) for d in loaded)
     for got, want in zip(sorted(tuple(r["bbox"]) for r in results), expected):
         assert got == pytest.approx(want, abs=1e-2)
     assert Image.open(out / "big.jpg").size == (500, 375)  # the picture is drawn at the decoded size
