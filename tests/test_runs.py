@@ -264,7 +264,7 @@ def test_predict_skips_a_bad_image_and_detections_json_covers_the_images_read(tr
     ids = {d["image_id"] for d in json.loads((tmp_path / "skip" / "detections.json").read_text())}
     assert ids <= {images[0].stem, images[1].stem} and sorted(p.name for p in (tmp_path / "skip").glob("*.jpg")) == [images[0].name, images[1].name]
 
-    code = main(args + ["--output", str(tmp_path / "stop"), "--on-bad-image", "error"])
+    code = main(args + ["--output", str(tmp_path / "stop"), "--on-bad-image", "error", "--precision", "f32"])  # no "precision auto" line
     assert str(bad) in one_line_error(capsys, code)
     stopped = json.loads((tmp_path / "stop" / "detections.json").read_text())
     assert {d["image_id"] for d in stopped} <= {images[0].stem} and [p.name for p in (tmp_path / "stop").glob("*.jpg")] == [images[0].name]
@@ -441,3 +441,47 @@ def test_the_runs_length_is_given_once(voc_root, tmp_path, capsys):
     assert "--time: must be a finite number > 0" in one_line_error(capsys, main(base + ["--time", "0"]))
     assert "not allowed with argument" in one_line_error(capsys, main(base + ["--time", "1", "--epochs", "2"]))
     assert "train.time = -1: must be > 0" in one_line_error(capsys, main(base + ["--set", "train.time=-1"]))
+
+
+# -- benchmark -------------------------------------------------------------------------------------------------
+def test_benchmark_scores_and_times_each_path_and_says_why_one_cannot_run(trained, voc_root, tmp_path, monkeypatch):
+    """The eager f32 row scores as evaluate does; bf16 is refused on a CPU without bf16 instructions (conftest) and
+    runs on one with them; the ONNX file scores as the eager model (same weights, float32); CSV written."""
+    from fasterrcnn.runs import benchmark_table
+
+    reference = evaluate(voc_root, weights=trained.last, device="cpu", precision="f32", quiet=True).metrics["mAP"]
+    out = tmp_path / "bench.csv"
+    rows = fasterrcnn.benchmark(trained.last, voc_root, output=out, paths=("eager f32", "eager bf16", "onnxruntime f32", "openvino int8"), quiet=True)
+    assert [(row.path, row.available) for row in rows] == [("eager f32", True), ("eager bf16", False), ("onnxruntime f32", True), ("openvino int8", False)]
+    eager, bf16, onnx, int8 = rows
+    assert eager.map == pytest.approx(reference, abs=1e-6) and onnx.map == pytest.approx(reference, abs=1e-3)
+    assert eager.median_ms > 0 and eager.images_per_s == pytest.approx(1000 / eager.median_ms)
+    assert (eager.file_mib, eager.export_s) == (None, None) and onnx.file_mib > 0 and onnx.export_s > 0
+    assert bf16.why == "this CPU has no bf16 instructions (avx512_bf16 or AMX)" and bf16.map is None
+    assert int8.why.startswith("no int8 file given")
+    lines = out.read_text().splitlines()
+    assert lines[0] == "path,available,why,map,median_ms,images_per_s,file_mib,export_s" and len(lines) == 5
+    assert lines[2].startswith("eager bf16,False,this CPU has no bf16 instructions") and lines[2].endswith(",,,,,")
+    table = benchmark_table(rows).splitlines()
+    assert table[0].split() == ["path", "mAP", "median", "ms", "images/s", "file", "MiB", "export", "s", "available"]
+    assert table[2].startswith("eager bf16") and table[2].endswith("no: this CPU has no bf16 instructions (avx512_bf16 or AMX)")
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    (bf16,) = fasterrcnn.benchmark(trained.last, voc_root, paths=("eager bf16",), quiet=True)
+    assert bf16.available and 0 <= bf16.map <= 1
+
+
+def test_benchmark_command_prints_the_table_and_refuses_what_it_cannot_do(trained, voc_root, tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    args = ["benchmark", "--weights", str(trained.last), "--data", str(voc_root), "--paths", "eager f32", "--output", str(out), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("path") and printed[1].startswith("eager f32") and printed[1].endswith("yes") and printed[2] == f"wrote {out}"
+    assert one_line_error(capsys, main(args)) == f"fasterrcnn: error: {out} exists; pass --overwrite to replace it or choose another --output"
+    assert one_line_error(capsys, main(args[:5] + ["--paths", "eager f16"])) == (
+        "fasterrcnn: error: unknown benchmark path(s) 'eager f16'; choose from eager f32, eager bf16, onnxruntime f32, openvino f32, openvino bf16, openvino int8"
+    )
+    missing = tmp_path / "missing.xml"
+    assert one_line_error(capsys, main(args[:5] + ["--int8", str(missing)])) == (
+        f"fasterrcnn: error: --int8 {missing}: no such file (write one with 'fasterrcnn export --int8')"
+    )
