@@ -485,3 +485,59 @@ def test_benchmark_command_prints_the_table_and_refuses_what_it_cannot_do(traine
     assert one_line_error(capsys, main(args[:5] + ["--int8", str(missing)])) == (
         f"fasterrcnn: error: --int8 {missing}: no such file (write one with 'fasterrcnn export --int8')"
     )
+
+
+# -- int8 export -----------------------------------------------------------------------------------------------
+def test_int8_export_quantizes_the_backbone_only_and_scores_it_against_float32(trained, voc_root, tmp_path, capsys, monkeypatch):
+    """export --int8: one OpenVINO file whose FakeQuantize nodes all lie in the backbone (proposals, NMS, RoI pooling
+    and box decoding stay float), marked int8, loaded by Detector as int8; the held-out scores of float32 and int8."""
+    import openvino as ov
+
+    from fasterrcnn import Detector
+    from fasterrcnn.deploy.export import read_metadata
+
+    out = tmp_path / "int8.xml"
+    args = ["export", "--weights", str(trained.last), "--output", str(out), "--int8", "--calibration", str(voc_root), "--calibration-images", "3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"quantizing the backbone on 3 images of {voc_root} (train)"
+    reference = evaluate(voc_root, weights=trained.last, device="cpu", precision="f32", quiet=True).metrics["mAP"]
+    assert printed[-1].startswith(f"voc on 2 held-out images: float32 {reference:.4f}, int8 ")
+    quantized = [op.get_friendly_name() for op in ov.Core().read_model(str(out)).get_ops() if op.get_type_name() == "FakeQuantize"]
+    # the backbone's layers, and its input (the padded image: the first convolution's input quantizer)
+    assert quantized and all(name.startswith("/backbone/") or name == "/Pad/fq_output_0" for name in quantized)
+    assert read_metadata(out)["precision"] == "int8"
+    detector = Detector.from_checkpoint(out)
+    assert detector.precision == "int8" and repr(detector.model).endswith(", int8)")
+    result = evaluate(voc_root, weights=out, device="cpu", quiet=True, output=tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["precision"] == "int8"
+    assert printed[-1].endswith(f"int8 {result.metrics['mAP']:.4f}")
+    with pytest.raises(ConfigError, match="is an int8 model: run it with precision int8 or auto$"):
+        Detector.from_checkpoint(out, precision="f32")
+    assert one_line_error(capsys, main(args)).endswith("exist; pass --overwrite to replace or choose another --output")
+    assert one_line_error(capsys, main(args[:4] + [str(tmp_path / "m.onnx"), "--int8", "--calibration", str(voc_root)])) == (
+        f"fasterrcnn: error: an int8 model is written as OpenVINO IR: --output NAME.xml, got {tmp_path / 'm.onnx'}"
+    )
+    assert one_line_error(capsys, main(args[:6] + ["--overwrite"])) == (
+        "fasterrcnn: error: --int8 needs --calibration DATA: images of your data to quantize on (e.g. the training set)"
+    )
+    monkeypatch.setitem(sys.modules, "nncf", None)  # not installed
+    assert one_line_error(capsys, main(args + ["--overwrite"])) == "fasterrcnn: error: int8 export needs NNCF: pip install 'fasterrcnn[int8]'"
+
+
+def test_an_exported_file_runs_in_the_precisions_its_runtime_has(trained, tmp_path, monkeypatch):
+    """ONNX: f32 only; OpenVINO: f32, bf16, and auto follows the CPU; int8 only for an int8 file."""
+    from fasterrcnn import Detector
+    from fasterrcnn.deploy.export import onnx_to_openvino
+    from fasterrcnn.runs import export
+
+    onnx = export(trained.last, tmp_path / "m.onnx").files[0]
+    xml = onnx_to_openvino(onnx, tmp_path / "m.xml")[0]
+    assert Detector.from_checkpoint(onnx).precision == "f32" and Detector.from_checkpoint(xml).precision == "f32"
+    assert Detector.from_checkpoint(xml, precision="bf16").precision == "bf16"
+    with pytest.raises(ConfigError, match=r"m.onnx: onnxruntime runs float32 only; precision bf16 needs an OpenVINO .xml or a checkpoint$"):
+        Detector.from_checkpoint(onnx, precision="bf16")
+    with pytest.raises(ConfigError, match=r"m.xml is not an int8 model; write one with 'fasterrcnn export --int8'$"):
+        Detector.from_checkpoint(xml, precision="int8")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert Detector.from_checkpoint(xml).precision == "bf16" and Detector.from_checkpoint(onnx).precision == "f32"

@@ -18,7 +18,7 @@ The model's BatchNorm is folded into its convolutions first (``modeling.fuse``).
 
 int8 (``export_model(..., calibration=images)``, OpenVINO only): NNCF's post-training quantization of the
 backbone (with its FPN: every node under ``/backbone/``), its weights to int8 and int8 activations at its
-layers' inputs, from the statistics of the calibration images. Everything else stays float: resizing and
+layers' inputs (the first one: the padded image), from the statistics of the calibration images. Everything else stays float: resizing and
 normalization, the RPN head, anchor decoding, proposal selection, NMS, RoI pooling, the box head and the
 detections' decoding (quantizing the whole graph gives a model OpenVINO refuses to compile, and int8 scores
 and box deltas would move the detections most). It stays one file, loaded like any other.
