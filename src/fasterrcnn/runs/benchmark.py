@@ -98,6 +98,7 @@ def benchmark(
     runtimes' CPU threads (default: as they are)."""
     from fasterrcnn.data import build_dataset
     from fasterrcnn.deploy.export import export_model, onnx_to_openvino
+    from fasterrcnn.deploy.runtime import load_exported
     from fasterrcnn.detector import Detector
     from fasterrcnn.device import bf16_support
     from fasterrcnn.engine.evaluator import evaluate_model, headline
@@ -122,6 +123,10 @@ def benchmark(
     metric = metric or dataset.default_metric
     bf16, bf16_why = bf16_support(torch.device("cpu"))
     rows: list[BenchmarkRow] = []
+
+    def exported(file: Path, precision: str) -> Detector:
+        model = load_exported(file, threads=threads, precision=precision)
+        return Detector(model, model.class_names, device="cpu")
 
     def measure(path: str, detector: Detector, file: Path | None = None, export_s: float | None = None) -> None:
         timed = _Timed(detector.model)
@@ -152,7 +157,7 @@ def benchmark(
                 measure(path, eager if path == "eager f32" else Detector(eager.model, eager.class_names, device="cpu", precision="bf16"))
                 continue
             if path == "openvino int8":
-                measure(path, Detector.from_checkpoint(int8, precision="int8"), Path(int8))
+                measure(path, exported(Path(int8), "int8"), Path(int8))
                 continue
             if onnx_file is None:
                 onnx_file = Path(tmp) / "model.onnx"
@@ -160,14 +165,14 @@ def benchmark(
                 export_model(eager.model, onnx_file, eager.class_names)
                 export_s = time.perf_counter() - start
             if path.startswith("onnxruntime"):
-                measure(path, Detector.from_checkpoint(onnx_file, precision="f32"), onnx_file, export_s)
+                measure(path, exported(onnx_file, "f32"), onnx_file, export_s)
                 continue
             xml = Path(tmp) / "model.xml"
             if not xml.exists():
                 start = time.perf_counter()
                 onnx_to_openvino(onnx_file, xml)
                 convert_s = time.perf_counter() - start
-            measure(path, Detector.from_checkpoint(xml, precision=path.split()[1]), xml, export_s + convert_s)
+            measure(path, exported(xml, path.split()[1]), xml, export_s + convert_s)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output, _csv(rows))
