@@ -7,15 +7,15 @@ Inference precision (``resolve_precision``): ``"f32"``; ``"bf16"`` / ``"fp16"``,
 ``torch.autocast`` in that dtype; ``"int8"``, an OpenVINO file written by ``fasterrcnn export --int8``; or
 ``"auto"``: bf16 where the device multiplies in bf16 (a CUDA GPU that supports it; a CPU with the
 avx512_bf16 instructions or AMX units, asked of torch at run time: ``bf16_support``), else f32. ``auto`` is
-decided by the capability, not by a timed trial: bf16 autocast measured faster than f32 on every preset on
-a CPU with avx512_bf16 (docs/deployment.md), and 2-10x slower on CPUs without it.
+decided by the capability, not by a timed trial: bf16 autocast measured faster than f32 on the presets
+measured on a CPU with avx512_bf16 (docs/deployment.md), and several times slower on a CPU without it.
 """
 
 from __future__ import annotations
 
-import torch
-
 import logging
+
+import torch
 
 from fasterrcnn.errors import ConfigError
 
