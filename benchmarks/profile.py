@@ -22,7 +22,8 @@ each node given to the stage its traced name belongs to (``/backbone/body/...``,
 others to proposals and post-processing, which OpenVINO does not tell apart). Variants (``--variants``) of
 the eager f32 model: ``channels_last`` (the backbone's weights and input in channels-last memory order),
 ``frozen`` (the backbone through ``torch.jit.freeze`` + ``optimize_for_inference``: oneDNN weight prepacking
-and conv fusion). Never asserts timings.
+and conv fusion); ``openvino int8`` is ``export --int8``'s graph (the backbone quantized, calibrated here on
+random images: its speed, not its accuracy). Never asserts timings.
 """
 
 from __future__ import annotations
@@ -141,7 +142,11 @@ def main() -> None:
     parser.add_argument("--size", default="480x640", help="HxW of the image")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--variants", default="eager,eager bf16,openvino f32,openvino bf16", help="columns, comma-separated: eager, eager bf16, channels_last, frozen, openvino f32, openvino bf16")
+    parser.add_argument(
+        "--variants", default="eager,eager bf16,openvino f32,openvino bf16",
+        help="columns, comma-separated: eager, eager bf16, channels_last, frozen, openvino f32, openvino bf16, openvino int8",
+    )  # fmt: skip
+    parser.add_argument("--calibration", type=int, default=8, help="random images that calibrate the int8 variant (needs NNCF)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
@@ -164,10 +169,13 @@ def main() -> None:
                     fr = frozen(model, size)
                     runs[variant] = lambda fr=fr: eager_stages(fr, image, None)
                 elif variant.startswith("openvino"):
-                    xml = Path(tmp) / f"{preset}.xml"
-                    if not xml.exists():
-                        export_model(model, xml, [str(i) for i in range(model.num_classes)], format="openvino")
                     hint = variant.split()[1]
+                    xml = Path(tmp) / f"{preset}_{'int8' if hint == 'int8' else 'f32'}.xml"
+                    if not xml.exists():  # int8: calibrated on random images (the speed is what is measured here)
+                        g = torch.Generator().manual_seed(1)
+                        calibration = [torch.rand(3, *size, generator=g) for _ in range(args.calibration)] if hint == "int8" else None
+                        export_model(model, xml, [str(i) for i in range(model.num_classes)], format="openvino", calibration=calibration)
+                    hint = "f32" if hint == "int8" else hint
                     config = {"PERF_COUNT": "YES", "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": args.threads}
                     request = ov.Core().compile_model(str(xml), "CPU", config).create_infer_request()
                     array = image.numpy()
