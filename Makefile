@@ -9,8 +9,8 @@ TORCH_PIN := torch==2.13.0
 # Where pip looks the pin up: empty = pip's configured index (here, the wheel on disk). The
 # containers pick PyTorch's CPU or CUDA wheels with it: `make venv TORCH_INDEX=<wheel index URL>`.
 TORCH_INDEX :=
-# The package's extras: the tests also build the documentation (tests/test_docs.py) and read videos.
-EXTRAS := test,docs,deploy,video
+# The package's extras: the tests also build the documentation (tests/test_docs.py), read videos and export int8.
+EXTRAS := test,docs,deploy,video,int8
 
 .PHONY: test demo venv venv-runtime browser docs clean
 

@@ -19,3 +19,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_without_bf16():
+    """The CPU reports no bf16 instructions, so precision "auto" is float32 in every test whatever the machine
+    (tests pin float32 values; the machines differ in these instructions from day to day). A test of bf16
+    asks for it (``precision="bf16"``) or patches these back."""
+    with pytest.MonkeyPatch.context() as patch:  # session-wide: before any module's fixtures build a Detector
+        patch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+        patch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        yield

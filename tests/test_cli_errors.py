@@ -97,7 +97,7 @@ def test_predict_unreadable_and_missing_images(untrained_weights, tmp_path, caps
     assert_one_line_error(capsys, main(["predict", "--weights", weights, str(empty), "--output", str(tmp_path / "p")]), empty)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
-    code = main(["predict", "--weights", weights, str(bad), "--output", str(tmp_path / "p"), "--on-bad-image", "error"])
+    code = main(["predict", "--weights", weights, str(bad), "--output", str(tmp_path / "p"), "--on-bad-image", "error", "--precision", "f32"])
     assert_one_line_error(capsys, code, bad, "cannot read image")
     assert json.loads((tmp_path / "p" / "detections.json").read_text()) == []  # it covers the images read: none
     missing_weights = tmp_path / "w.pt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import os
@@ -128,25 +129,34 @@ def test_predict_writes_pictures_and_detections(voc_run, voc_root, tmp_path):
     assert [p.name for p in (tmp_path / "one").glob("*.jpg")] == [f"{single.stem}.jpg"]
 
 
-def test_eval_and_predict_with_amp(voc_run, voc_root, tmp_path, capsys):
+def test_eval_and_predict_with_precision(voc_run, voc_root, tmp_path, capsys):
+    """--precision: recorded in metrics.json and in each detections.jsonl line; auto is f32 on a CPU without bf16
+    instructions (conftest.cpu_without_bf16); --amp is the deprecated spelling of --precision bf16."""
     weights = str(voc_run / "checkpoints" / "last.pt")
     runs = {}
-    for name, extra in (("float32", []), ("bf16", ["--amp"])):
+    for name, extra in (("auto", []), ("bf16", ["--precision", "bf16"]), ("amp", ["--amp"])):
         out = tmp_path / name
         assert main(["eval", "--weights", weights, "--data", str(voc_root), "--output", str(out), "--quiet", *extra]) == 0
-        assert 0.0 <= json.loads((out / "metrics.json").read_text())["mAP"] <= 1.0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["precision"] == ("f32" if name == "auto" else "bf16")
         runs[name] = json.loads((out / "detections.json").read_text())
-    assert runs["bf16"] and runs["float32"]
-    assert [d["score"] for d in runs["bf16"]] != [d["score"] for d in runs["float32"]]  # bf16 rounding: it ran in bf16
+    assert runs["bf16"] and runs["auto"] and runs["amp"] == runs["bf16"]
+    assert [d["score"] for d in runs["bf16"]] != [d["score"] for d in runs["auto"]]  # bf16 rounding: it ran in bf16
+    assert "fasterrcnn: WARNING: --amp is deprecated: use --precision bf16" in capsys.readouterr().err
     out = tmp_path / "pred"
     args = ["predict", "--weights", weights, str(voc_root / "JPEGImages"), "--output", str(out), "--quiet", "--device", "cpu", "--overwrite"]
-    assert main(args + ["--amp", "--amp-dtype", "bf16", "--score-threshold", "0.0"]) == 0
-    assert json.loads((out / "detections.json").read_text())
+    assert main(args + ["--precision", "bf16", "--score-threshold", "0.0"]) == 0
+    lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    assert lines and {line["precision"] for line in lines} == {"bf16"}
     capsys.readouterr()
-    assert main(args + ["--amp-dtype", "bf16"]) == 2
-    assert capsys.readouterr().err == "fasterrcnn: error: --amp-dtype goes with --amp\n"
-    assert main(args + ["--amp", "--amp-dtype", "fp16"]) == 2
-    assert capsys.readouterr().err == "fasterrcnn: error: mixed precision on the CPU runs in bf16 only (got 'fp16'); use bf16 (--amp-dtype bf16)\n"
+    for extra, message in (
+        (["--amp-dtype", "bf16"], "--amp-dtype goes with --amp"),
+        (["--amp", "--precision", "f32"], "--amp is the old spelling of --precision bf16; give --precision alone"),
+        (["--precision", "fp16"], "precision fp16 runs on CUDA only; on the CPU use bf16, f32 or auto"),
+        (["--precision", "int8"], "precision int8 runs an OpenVINO file written by 'fasterrcnn export --int8' (pass that .xml as the weights)"),
+    ):
+        assert main(args + extra) == 2
+        assert capsys.readouterr().err == f"fasterrcnn: error: {message}\n"
 
 
 def test_coco_train_eval_predict(coco_json, voc_root, tmp_path):
@@ -211,11 +221,13 @@ def test_config_precedence(voc_root, tmp_path):
 def test_help_mentions_every_option(capsys):
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(subparsers.choices) == {"train", "eval", "predict", "compress", "export", "convert", "demo", "serve"}
+    assert set(subparsers.choices) == {"train", "eval", "predict", "compress", "export", "benchmark", "convert", "demo", "serve"}
     for name, subparser in subparsers.choices.items():
         assert main([name, "--help"]) == 0
         text = capsys.readouterr().out
-        options = [s for action in subparser._actions for s in action.option_strings]
+        hidden = {"--amp", "--amp-dtype"} if name in ("eval", "predict", "serve") else set()  # the deprecated spelling of --precision
+        assert {s for action in subparser._actions if action.help == argparse.SUPPRESS for s in action.option_strings} == hidden
+        options = [s for action in subparser._actions if action.help != argparse.SUPPRESS for s in action.option_strings]
         assert options, name
         for option in options:
             assert option in text, f"{name} --help does not mention {option}"
@@ -249,8 +261,12 @@ def test_demo_pipeline_with_a_tiny_schedule(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DEMO_IMAGE_SIZE", (48, 48))
     monkeypatch.setattr(demo, "DEMO_TRAIN", {"max_iters": 2, "lr_steps": [1], "batch_size": 2})
     monkeypatch.setattr(demo, "DEMO_NUM_PICTURES", 2)
+    monkeypatch.setattr(demo, "DEMO_BENCHMARK_PATHS", ("eager f32", "openvino int8"))  # no export: fast
     assert main(["demo", "--output", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
+    table = out.split("inference paths on this CPU")[1].splitlines()[1:]
+    assert table[0].split()[:2] == ["path", "mAP"] and table[1].startswith("eager f32") and table[2].startswith("openvino int8")
+    assert (tmp_path / "benchmark.csv").read_text().splitlines()[1].startswith("eager f32,True,,")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert f"test mAP@0.5 = {metrics['mAP']:.4f}" in out and str(tmp_path / "predictions") in out
     assert metrics["metric"] == "voc" and metrics["num_images"] == 2

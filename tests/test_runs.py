@@ -268,7 +268,7 @@ def test_predict_skips_a_bad_image_and_detections_json_covers_the_images_read(tr
     ids = {d["image_id"] for d in json.loads((tmp_path / "skip" / "detections.json").read_text())}
     assert ids <= {images[0].stem, images[1].stem} and sorted(p.name for p in (tmp_path / "skip").glob("*.jpg")) == [images[0].name, images[1].name]
 
-    code = main(args + ["--output", str(tmp_path / "stop"), "--on-bad-image", "error"])
+    code = main(args + ["--output", str(tmp_path / "stop"), "--on-bad-image", "error", "--precision", "f32"])  # no "precision auto" line
     assert str(bad) in one_line_error(capsys, code)
     stopped = json.loads((tmp_path / "stop" / "detections.json").read_text())
     assert {d["image_id"] for d in stopped} <= {images[0].stem} and [p.name for p in (tmp_path / "stop").glob("*.jpg")] == [images[0].name]
@@ -445,3 +445,103 @@ def test_the_runs_length_is_given_once(voc_root, tmp_path, capsys):
     assert "--time: must be a finite number > 0" in one_line_error(capsys, main(base + ["--time", "0"]))
     assert "not allowed with argument" in one_line_error(capsys, main(base + ["--time", "1", "--epochs", "2"]))
     assert "train.time = -1: must be > 0" in one_line_error(capsys, main(base + ["--set", "train.time=-1"]))
+
+
+# -- benchmark -------------------------------------------------------------------------------------------------
+def test_benchmark_scores_and_times_each_path_and_says_why_one_cannot_run(trained, voc_root, tmp_path, monkeypatch):
+    """The eager f32 row scores as evaluate does; bf16 is refused on a CPU without bf16 instructions (conftest) and
+    runs on one with them; the ONNX file scores as the eager model (same weights, float32); CSV written."""
+    from fasterrcnn.runs import benchmark_table
+
+    reference = evaluate(voc_root, weights=trained.last, device="cpu", precision="f32", quiet=True).metrics["mAP"]
+    out = tmp_path / "bench.csv"
+    rows = fasterrcnn.benchmark(trained.last, voc_root, output=out, paths=("eager f32", "eager bf16", "onnxruntime f32", "openvino int8"), quiet=True)
+    assert [(row.path, row.available) for row in rows] == [("eager f32", True), ("eager bf16", False), ("onnxruntime f32", True), ("openvino int8", False)]
+    eager, bf16, onnx, int8 = rows
+    assert eager.map == pytest.approx(reference, abs=1e-6) and onnx.map == pytest.approx(reference, abs=1e-3)
+    assert eager.median_ms > 0 and eager.images_per_s == pytest.approx(1000 / eager.median_ms)
+    assert (eager.file_mib, eager.export_s) == (None, None) and onnx.file_mib > 0 and onnx.export_s > 0
+    assert bf16.why == "this CPU has no bf16 instructions (avx512_bf16 or AMX)" and bf16.map is None
+    assert int8.why.startswith("no int8 file given")
+    lines = out.read_text().splitlines()
+    assert lines[0] == "path,available,why,map,median_ms,images_per_s,file_mib,export_s" and len(lines) == 5
+    assert lines[2].startswith("eager bf16,False,this CPU has no bf16 instructions") and lines[2].endswith(",,,,,")
+    table = benchmark_table(rows).splitlines()
+    assert table[0].split() == ["path", "mAP", "median", "ms", "images/s", "file", "MiB", "export", "s", "available"]
+    assert table[2].startswith("eager bf16") and table[2].endswith("no: this CPU has no bf16 instructions (avx512_bf16 or AMX)")
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    (bf16,) = fasterrcnn.benchmark(trained.last, voc_root, paths=("eager bf16",), quiet=True)
+    assert bf16.available and 0 <= bf16.map <= 1
+
+
+def test_benchmark_command_prints_the_table_and_refuses_what_it_cannot_do(trained, voc_root, tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    args = ["benchmark", "--weights", str(trained.last), "--data", str(voc_root), "--paths", "eager f32", "--output", str(out), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("path") and printed[1].startswith("eager f32") and printed[1].endswith("yes") and printed[2] == f"wrote {out}"
+    assert one_line_error(capsys, main(args)) == f"fasterrcnn: error: {out} exists; pass --overwrite to replace it or choose another --output"
+    assert one_line_error(capsys, main(args[:5] + ["--paths", "eager f16"])) == (
+        "fasterrcnn: error: unknown benchmark path(s) 'eager f16'; choose from eager f32, eager bf16, onnxruntime f32, openvino f32, openvino bf16, openvino int8"
+    )
+    missing = tmp_path / "missing.xml"
+    assert one_line_error(capsys, main(args[:5] + ["--int8", str(missing)])) == (
+        f"fasterrcnn: error: --int8 {missing}: no such file (write one with 'fasterrcnn export --int8')"
+    )
+
+
+# -- int8 export -----------------------------------------------------------------------------------------------
+def test_int8_export_quantizes_the_backbone_only_and_scores_it_against_float32(trained, voc_root, tmp_path, capsys, monkeypatch):
+    """export --int8: one OpenVINO file whose FakeQuantize nodes all lie in the backbone (proposals, NMS, RoI pooling
+    and box decoding stay float), marked int8, loaded by Detector as int8; the held-out scores of float32 and int8."""
+    import openvino as ov
+
+    from fasterrcnn import Detector
+    from fasterrcnn.deploy.export import read_metadata
+
+    out = tmp_path / "int8.xml"
+    args = ["export", "--weights", str(trained.last), "--output", str(out), "--int8", "--calibration", str(voc_root), "--calibration-images", "3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"quantizing the backbone on 3 images of {voc_root} (train)"
+    reference = evaluate(voc_root, weights=trained.last, device="cpu", precision="f32", quiet=True).metrics["mAP"]
+    assert printed[-1].startswith(f"voc on 2 held-out images: float32 {reference:.4f}, int8 ")
+    quantized = [op.get_friendly_name() for op in ov.Core().read_model(str(out)).get_ops() if op.get_type_name() == "FakeQuantize"]
+    # the backbone's layers, and its input (the padded image: the first convolution's input quantizer)
+    assert quantized and all(name.startswith("/backbone/") or name == "/Pad/fq_output_0" for name in quantized)
+    assert read_metadata(out)["precision"] == "int8"
+    detector = Detector.from_checkpoint(out)
+    assert detector.precision == "int8" and repr(detector.model).endswith(", int8)")
+    result = evaluate(voc_root, weights=out, device="cpu", quiet=True, output=tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["precision"] == "int8"
+    assert printed[-1].endswith(f"int8 {result.metrics['mAP']:.4f}")
+    with pytest.raises(ConfigError, match="is an int8 model: run it with precision int8 or auto$"):
+        Detector.from_checkpoint(out, precision="f32")
+    assert one_line_error(capsys, main(args)).endswith("exist; pass --overwrite to replace or choose another --output")
+    assert one_line_error(capsys, main(args[:4] + [str(tmp_path / "m.onnx"), "--int8", "--calibration", str(voc_root)])) == (
+        f"fasterrcnn: error: an int8 model is written as OpenVINO IR: --output NAME.xml, got {tmp_path / 'm.onnx'}"
+    )
+    assert one_line_error(capsys, main(args[:6] + ["--overwrite"])) == (
+        "fasterrcnn: error: --int8 needs --calibration DATA: images of your data to quantize on (e.g. the training set)"
+    )
+    monkeypatch.setitem(sys.modules, "nncf", None)  # not installed
+    assert one_line_error(capsys, main(args + ["--overwrite"])) == "fasterrcnn: error: int8 export needs NNCF: pip install 'fasterrcnn[int8]'"
+
+
+def test_an_exported_file_runs_in_the_precisions_its_runtime_has(trained, tmp_path, monkeypatch):
+    """ONNX: f32 only; OpenVINO: f32, bf16, and auto follows the CPU; int8 only for an int8 file."""
+    from fasterrcnn import Detector
+    from fasterrcnn.deploy.export import onnx_to_openvino
+    from fasterrcnn.runs import export
+
+    onnx = export(trained.last, tmp_path / "m.onnx").files[0]
+    xml = onnx_to_openvino(onnx, tmp_path / "m.xml")[0]
+    assert Detector.from_checkpoint(onnx).precision == "f32" and Detector.from_checkpoint(xml).precision == "f32"
+    assert Detector.from_checkpoint(xml, precision="bf16").precision == "bf16"
+    with pytest.raises(ConfigError, match=r"m.onnx: onnxruntime runs float32 only; precision bf16 needs an OpenVINO .xml or a checkpoint$"):
+        Detector.from_checkpoint(onnx, precision="bf16")
+    with pytest.raises(ConfigError, match=r"m.xml is not an int8 model; write one with 'fasterrcnn export --int8'$"):
+        Detector.from_checkpoint(xml, precision="int8")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert Detector.from_checkpoint(xml).precision == "bf16" and Detector.from_checkpoint(onnx).precision == "f32"

@@ -56,7 +56,7 @@ def assert_error(response, status: int, pattern: str) -> None:
 def test_health_reports_the_model(client):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "classes": CLASS_NAMES, "device": "cpu", "amp": None, "max_upload_bytes": 200_000}
+    assert response.json() == {"status": "ok", "classes": CLASS_NAMES, "device": "cpu", "precision": "f32", "max_upload_bytes": 200_000}
 
 
 def test_the_page_is_self_contained(client):
@@ -154,7 +154,7 @@ class BlockingDetector:
 
     class_names = ("thing",)
     device = torch.device("cpu")
-    amp_dtype = None
+    precision = "f32"
 
     def __init__(self):
         self.release = threading.Event()
@@ -206,9 +206,9 @@ def test_serve_subcommand_parses_its_options():
     assert (args.weights, args.host, args.port, args.device, args.max_upload_bytes) == ("best.pt", "127.0.0.1", 8000, "auto", DEFAULT_MAX_UPLOAD_BYTES)
     args = parser.parse_args(["serve", "--weights", "w.pt", "--host", "0.0.0.0", "--port", "9001", "--max-upload-bytes", "1000"])
     assert (args.host, args.port, args.max_upload_bytes) == ("0.0.0.0", 9001, 1000)
-    assert (args.amp, args.amp_dtype) == (False, None)
-    args = parser.parse_args(["serve", "--weights", "w.pt", "--amp", "--amp-dtype", "fp16"])
-    assert (args.amp, args.amp_dtype) == (True, "fp16")
+    assert (args.precision, args.amp, args.amp_dtype) == (None, False, None)  # None: auto
+    args = parser.parse_args(["serve", "--weights", "w.pt", "--precision", "bf16"])
+    assert args.precision == "bf16"
     assert args.func is serve.run
 
 
@@ -232,13 +232,13 @@ def test_fasterrcnn_serve_is_a_subcommand_of_the_cli(tmp_path, monkeypatch, caps
     checkpoint = write_predictable_checkpoint(tmp_path / "model.pt")
     assert main(["serve", "--weights", str(checkpoint), "--port", "9123", "--device", "cpu"]) == 0
     assert (served["host"], served["port"]) == ("127.0.0.1", 9123)
-    assert "serving model.pt (3 classes, cpu) on http://127.0.0.1:9123" in capsys.readouterr().out
+    assert "serving model.pt (3 classes, cpu, f32) on http://127.0.0.1:9123" in capsys.readouterr().out
     with TestClient(served["app"]) as client:
         assert client.get("/health").json()["classes"] == CLASS_NAMES
-    assert main(["serve", "--weights", str(checkpoint), "--device", "cpu", "--amp"]) == 0
+    assert main(["serve", "--weights", str(checkpoint), "--device", "cpu", "--precision", "bf16"]) == 0
     assert "serving model.pt (3 classes, cpu, bf16) on http://127.0.0.1:8000" in capsys.readouterr().out
     with TestClient(served["app"]) as client:
-        assert client.get("/health").json()["amp"] == "bfloat16"
+        assert client.get("/health").json()["precision"] == "bf16"
     assert build_parser().parse_args(["serve", "--weights", "w.pt"]).func.__module__ == "fasterrcnn.cli.serve"
 
 
@@ -262,7 +262,7 @@ def test_serve_reads_a_torchvision_file_with_a_preset_as_predict_does(tmp_path, 
     ):
         served.clear()
         assert start() in (0, None)
-        assert "serving fasterrcnn_tiny.pth (3 classes, cpu) on http://127.0.0.1:8000" in capsys.readouterr().out
+        assert "serving fasterrcnn_tiny.pth (3 classes, cpu, f32) on http://127.0.0.1:8000" in capsys.readouterr().out
         with TestClient(served["app"]) as client:
             assert client.get("/health").json()["classes"] == CLASS_NAMES
             assert post_image(client, png).json()["detections"] == [d.to_dict() for d in expected]

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 # (as the ``fasterrcnn`` command does). Set it to 0 to opt out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-__all__ = ["Detection", "Detector", "FasterRCNN", "__version__", "compress", "evaluate", "predict", "train"]
+__all__ = ["Detection", "Detector", "FasterRCNN", "__version__", "benchmark", "compress", "evaluate", "predict", "train"]
 
 
 def __getattr__(name: str):
@@ -24,7 +24,7 @@ def __getattr__(name: str):
         from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
         return FasterRCNN
-    if name in ("train", "evaluate", "predict", "compress"):  # whole runs, as the commands do them
+    if name in ("train", "evaluate", "predict", "compress", "benchmark"):  # whole runs, as the commands do them
         from fasterrcnn import runs
 
         return getattr(runs, name)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fasterrcnn.device import autocast_context, autocast_dtype, resolve_device
+from fasterrcnn.device import AMP_DTYPES, autocast_context, resolve_device, resolve_precision
 from fasterrcnn.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -125,10 +125,11 @@ class Detector:
         class_names: the C foreground class names, ``class_names[label - 1]`` for label 1..C.
         device: ``None`` / ``"auto"`` (CUDA when available), or e.g. ``"cpu"``, ``"cuda:1"``.
         label_to_category_id: optional {label: dataset category id} (COCO checkpoints), kept for callers.
-        amp: ``None`` (float32), or ``"bf16"`` / ``"fp16"``: the forward pass runs under ``torch.autocast``
-            in that dtype (``autocast_dtype``), boxes and scores still come out float32. Faster where the
-            hardware multiplies in it (GPUs; CPUs with AMX, e.g. Xeon Sapphire Rapids), slower on CPUs
-            without bf16 units; the detections differ slightly from float32 ones.
+        precision: ``"auto"`` (bf16 where the device has bf16 instructions, else f32: ``device.resolve_precision``),
+            ``"f32"``, ``"bf16"`` / ``"fp16"`` (fp16: CUDA only): the forward pass under ``torch.autocast`` in that
+            dtype, boxes and scores still float32; the detections differ slightly from float32 ones. An exported
+            model (``from_checkpoint("model.xml")``) chose its precision when it was loaded (``"int8"`` for a
+            file written by ``fasterrcnn export --int8``). ``self.precision`` is the one chosen.
     """
 
     def __init__(
@@ -138,13 +139,19 @@ class Detector:
         *,
         device: str | torch.device | None = None,
         label_to_category_id: dict[int, int] | None = None,
-        amp: str | None = None,
+        precision: str = "auto",
     ):
         num_classes = getattr(model, "num_classes", None)
         if num_classes is not None and num_classes != len(class_names):
             raise ValueError(f"the model has {num_classes} classes but {len(class_names)} class names were given")
         self.device = resolve_device(device)
-        self.amp_dtype = autocast_dtype(amp, self.device)
+        if hasattr(model, "precision"):  # an exported model: its runtime's precision
+            self.precision = model.precision
+        elif precision == "int8":
+            raise ConfigError("precision int8 runs an OpenVINO file written by 'fasterrcnn export --int8' (pass that .xml as the weights)")
+        else:
+            self.precision = resolve_precision(precision, self.device)
+        self.amp_dtype = AMP_DTYPES.get(self.precision)  # None: float32 (or the exported model's own)
         self.model = model.to(self.device).eval()
         self.class_names = tuple(str(name) for name in class_names)
         self.label_to_category_id = label_to_category_id
@@ -155,13 +162,13 @@ class Detector:
         cls,
         checkpoint: "str | Path | Checkpoint",
         device: str | torch.device | None = None,
-        amp: str | None = None,
+        precision: str = "auto",
         *,
         fuse: bool = True,
     ) -> "Detector":
         """The detector of a checkpoint written by ``fasterrcnn train`` (or ``compress``): a path, or a
         ``Checkpoint`` already read (``engine.checkpoint.Checkpoint.read``); or of a file written by
-        ``fasterrcnn export`` (``.onnx``: onnxruntime, ``.xml``: OpenVINO; CPU, float32).
+        ``fasterrcnn export`` (``.onnx``: onnxruntime, float32; ``.xml``: OpenVINO in f32 or bf16, or int8; CPU).
 
         ``fuse``: fold the BatchNorm into the convolutions (``modeling.fuse``; faster, equal up to float
         rounding); False keeps the checkpoint's ``state_dict`` layout (for callers that save the model).
@@ -172,9 +179,7 @@ class Detector:
         from fasterrcnn.engine.checkpoint import Checkpoint
 
         if not isinstance(checkpoint, Checkpoint) and Path(checkpoint).suffix in EXPORTED_SUFFIXES:
-            if amp is not None:
-                raise ConfigError(f"{checkpoint}: an exported model runs in float32; mixed precision (amp={amp!r}) is for checkpoints")
-            model = load_exported(checkpoint)
+            model = load_exported(checkpoint, precision=precision)
             return cls(model, model.class_names, device=device)
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = Checkpoint.read(checkpoint)
@@ -183,7 +188,7 @@ class Detector:
             from fasterrcnn.modeling.fuse import fuse_batchnorm
 
             model = fuse_batchnorm(model.eval())
-        return cls(model, checkpoint.class_names, device=device, label_to_category_id=checkpoint.label_to_category_id, amp=amp)
+        return cls(model, checkpoint.class_names, device=device, label_to_category_id=checkpoint.label_to_category_id, precision=precision)
 
     @classmethod
     def from_torchvision(
@@ -192,7 +197,7 @@ class Detector:
         weights_path: str | Path,
         classes: Sequence[str] | str = "coco",
         device: str | torch.device | None = None,
-        amp: str | None = None,
+        precision: str = "auto",
         download: bool | None = None,
     ) -> "Detector":
         """A torchvision detection weights file (e.g. ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth``) in ``preset``'s model.
@@ -220,7 +225,7 @@ class Detector:
             raise ConfigError(f"{weights_path}: the file has {num_classes} foreground classes but {len(classes)} class names were given")
         model = FasterRCNN.from_preset(preset, num_classes=num_classes)
         load_state_dict_strictly(model, state, weights_path, f"preset {preset!r}")
-        return cls(model, classes, device=device, amp=amp)
+        return cls(model, classes, device=device, precision=precision)
 
     # -- inference -----------------------------------------------------------------------------------------
     def detect(
@@ -251,7 +256,7 @@ class Detector:
         return self.detect(image, score_threshold=score_threshold)
 
     def autocast(self) -> torch.autocast:
-        """The context the model runs in: ``torch.autocast`` in the ``amp`` dtype, a no-op without ``amp``."""
+        """The context the model runs in: ``torch.autocast`` in the bf16 / fp16 ``precision``, a no-op for f32."""
         return autocast_context(self.device, self.amp_dtype)
 
     def load(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int] | None]:
@@ -294,8 +299,7 @@ class Detector:
 
     def __repr__(self) -> str:
         preset = getattr(getattr(self.model, "config", None), "backbone", type(self.model).__name__)
-        amp = "" if self.amp_dtype is None else f", amp={self.amp_dtype}"
-        return f"Detector({preset}, {len(self.class_names)} classes, device={self.device}{amp})"
+        return f"Detector({preset}, {len(self.class_names)} classes, device={self.device}, precision={self.precision})"
 
 
 def _named_classes(name: str, num_classes: int) -> list[str]:

@@ -1,16 +1,29 @@
-"""Where the model runs: the device (``"auto"``, ``"cpu"``, ``"cuda:1"`` ...) and mixed precision.
+"""Where the model runs: the device (``"auto"``, ``"cpu"``, ``"cuda:1"`` ...) and its precision.
 
 The training engine, the evaluator and ``Detector`` share these helpers, so training and inference
 accept and refuse the same devices and autocast dtypes.
+
+Inference precision (``resolve_precision``): ``"f32"``; ``"bf16"`` / ``"fp16"``, the forward pass under
+``torch.autocast`` in that dtype; ``"int8"``, an OpenVINO file written by ``fasterrcnn export --int8``; or
+``"auto"``: bf16 where the device multiplies in bf16 (a CUDA GPU that supports it; a CPU with the
+avx512_bf16 instructions or AMX units, asked of torch at run time: ``bf16_support``), else f32. ``auto`` is
+decided by the capability, not by a timed trial: bf16 autocast measured faster than f32 on the presets
+measured on a CPU with avx512_bf16 (docs/deployment.md), and several times slower on a CPU without it.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from fasterrcnn.errors import ConfigError
 
-__all__ = ["AMP_DTYPES", "autocast_context", "autocast_dtype", "resolve_device"]
+__all__ = ["AMP_DTYPES", "PRECISIONS", "autocast_context", "autocast_dtype", "bf16_support", "resolve_device", "resolve_precision"]
+
+logger = logging.getLogger("fasterrcnn")
+
+PRECISIONS = ("auto", "f32", "bf16", "fp16", "int8")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -54,3 +67,33 @@ def autocast_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     """``torch.autocast`` on ``device`` in ``dtype`` (from ``autocast_dtype``); a no-op for None (float32)."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def bf16_support(device: torch.device) -> tuple[bool, str]:
+    """``(whether device computes in bf16 natively, why)``: on CUDA ``torch.cuda.is_bf16_supported()``; on the
+    CPU the avx512_bf16 instructions or AMX tiles (``torch.cpu._is_avx512_bf16_supported`` /
+    ``_is_amx_tile_supported``; oneDNN emulates bf16 elsewhere, slower than float32)."""
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+        return supported, f"{device} {'supports' if supported else 'does not support'} bf16"
+    if device.type != "cpu":
+        return False, f"no bf16 autocast on {device.type}"
+    found = [name for name, check in (("AMX", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")) if getattr(torch.cpu, check, lambda: False)()]
+    return bool(found), f"this CPU has {' and '.join(found)}" if found else "this CPU has no bf16 instructions (avx512_bf16 or AMX)"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a model runs in on ``device``: ``precision`` itself, or for ``"auto"`` bf16 where
+    ``bf16_support`` says so, else f32 (logged in one line). Raises ConfigError for an unknown name, and
+    (``autocast_dtype``) for fp16 on the CPU or bf16 on a GPU without it."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        supported, why = bf16_support(device)
+        precision = "bf16" if supported else "f32"
+        logger.info("precision auto: %s (%s)", precision, why)
+    elif precision == "fp16" and device.type == "cpu":
+        raise ConfigError("precision fp16 runs on CUDA only; on the CPU use bf16, f32 or auto")
+    elif precision in AMP_DTYPES:
+        autocast_dtype(precision, device)  # refuses what cannot run
+    return precision

@@ -13,7 +13,7 @@ Routes:
                    {"detections": [{"box": [x1, y1, x2, y2], "label", "class_name", "score"}],
                     "width", "height", "score_threshold"}  (boxes in pixels of the uploaded image,
                    EXIF orientation applied; by decreasing score)
-    GET  /health   {"status": "ok", "classes": [...], "device": "cpu", "amp": null, "max_upload_bytes": N}
+    GET  /health   {"status": "ok", "classes": [...], "device": "cpu", "precision": "f32", "max_upload_bytes": N}
 
 Every error answers JSON ``{"error": "..."}`` with a 4xx status: 400 (no ``image`` field, empty
 file, malformed form, bad threshold), 408 (body not received within ``body_timeout`` seconds),
@@ -194,7 +194,7 @@ def create_app(
             "status": "ok",
             "classes": list(detector.class_names),
             "device": str(detector.device),
-            "amp": None if detector.amp_dtype is None else str(detector.amp_dtype).removeprefix("torch."),
+            "precision": detector.precision,
             "max_upload_bytes": max_upload_bytes,
         }
 
@@ -256,11 +256,11 @@ def run(
     *,
     device: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    amp: str | None = None,
+    precision: str = "auto",
     preset: str | None = None,
     classes: Sequence[str] | str | None = None,
 ) -> None:
-    """Load ``weights`` and serve it on http://host:port until interrupted (``amp``: as Detector's).
+    """Load ``weights`` and serve it on http://host:port until interrupted (``precision``: as Detector's).
 
     ``weights``: a checkpoint written by ``fasterrcnn train``, or with ``preset`` a torchvision detection
     weights file, whose ``classes`` are "coco" (the default) or the class names (as ``runs.predict``).
@@ -272,9 +272,9 @@ def run(
     from fasterrcnn.runs.inference import load_detector
 
     check_port(host, port)  # before the model is loaded, and before "serving on" is printed
-    detector = load_detector(weights, device=device, amp=amp, preset=preset, classes=classes)
+    detector = load_detector(weights, device=device, precision=precision, preset=preset, classes=classes)
     app = create_app(detector, max_upload_bytes=max_upload_bytes)
-    where = f"{detector.device}" + ("" if detector.amp_dtype is None else f", {amp}")
+    where = f"{detector.device}, {detector.precision}"
     print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {where}) on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", **uvicorn_options())
 

@@ -1,4 +1,4 @@
-"""The ``fasterrcnn`` command: train, eval, predict, compress, demo and serve.
+"""The ``fasterrcnn`` command: train, eval, predict, compress, export, benchmark, convert, demo and serve.
 
     fasterrcnn train --data VOC_ROOT|COCO.json --preset tiny --output runs/x [--max-iters N] ...
     fasterrcnn eval --weights runs/x/checkpoints/best.pt --data VOC_ROOT --output runs/x/eval
@@ -6,6 +6,7 @@
     fasterrcnn predict --weights CKPT image.jpg images/ --output predictions/
     fasterrcnn compress --weights CKPT --output CKPT_SVD
     fasterrcnn export --weights CKPT --output model.onnx|model.xml
+    fasterrcnn benchmark --weights CKPT --data VOC_ROOT|COCO.json [--output benchmark.csv]
     fasterrcnn convert VOC_ROOT|COCO.json|data.yaml DEST --to voc|coco|yolo
     fasterrcnn demo --output demo_output
     fasterrcnn serve --weights CKPT [--host 127.0.0.1] [--port 8000]
@@ -23,13 +24,13 @@ from __future__ import annotations
 import shlex
 import sys
 
-from fasterrcnn.cli import compress, convert, demo, evaluate, export, predict, serve, train
+from fasterrcnn.cli import benchmark, compress, convert, demo, evaluate, export, predict, serve, train
 from fasterrcnn.cli.options import Parser
 from fasterrcnn.errors import FasterRCNNError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (train, evaluate, predict, compress, export, convert, demo, serve)  # in the order of --help
+COMMANDS = (train, evaluate, predict, compress, export, benchmark, convert, demo, serve)  # in the order of --help
 
 
 def build_parser() -> Parser:

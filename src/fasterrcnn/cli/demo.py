@@ -16,7 +16,8 @@ def add_parser(commands) -> None:
         description=f"Generate a synthetic VOC set ({DEMO_NUM_TRAIN} train / {DEMO_NUM_VAL} val / {DEMO_NUM_TEST} test images "
         f"of {DEMO_IMAGE_SIZE[1]}x{DEMO_IMAGE_SIZE[0]} px) in DIR/data, train the '{DEMO_PRESET}' preset on the CPU "
         f"for {DEMO_TRAIN['max_iters']} iterations in DIR/train (validating on the val images), evaluate it on the "
-        f"test split (VOC mAP@0.5) in DIR/eval and draw its detections on {DEMO_NUM_PICTURES} test images in DIR/predictions. DIR is new, empty "
+        f"test split (VOC mAP@0.5) in DIR/eval, draw its detections on {DEMO_NUM_PICTURES} test images in DIR/predictions, and compare "
+        "the inference paths of this CPU (fasterrcnn benchmark) on the val images in DIR/benchmark.csv. DIR is new, empty "
         "or an earlier demo's (recognised by the DIR/.fasterrcnn-demo file the demo writes), which it replaces.",
     )
     p.add_argument("--output", default="demo_output", metavar="DIR", help="folder for everything the demo writes (default: demo_output)")
@@ -36,4 +37,6 @@ def run(args: argparse.Namespace) -> int:
     print("  confusion_matrix.png / .csv, per_class.csv, samples.jpg; TensorBoard: tensorboard --logdir " + str(result.train / "tb"))
     print(f"test evaluation in {result.eval}: metrics.json, per_class.csv, confusion_matrix.png / .csv, pr_curves.png, samples.jpg")
     print(f"detections drawn on {DEMO_NUM_PICTURES} test images in {result.predictions}")
+    print(f"inference paths on this CPU (validation images; {result.benchmark}):")
+    print(result.benchmark_table)
     return 0

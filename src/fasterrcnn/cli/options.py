@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from fasterrcnn.errors import ConfigError
 
 __all__ = [
-    "INFERENCE_AMP_HELP",
     "Parser",
     "add_amp",
+    "add_precision",
     "add_common",
     "add_data",
     "add_device",
     "add_overwrite",
     "add_torchvision_weights",
     "class_list",
-    "inference_amp",
+    "inference_precision",
     "nonnegative_int",
     "positive_float",
     "positive_int",
@@ -82,23 +83,33 @@ def add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what} (by default an existing file is never written over)")
 
 
-INFERENCE_AMP_HELP = (
-    "mixed precision: the forward pass under autocast in --amp-dtype; faster on GPUs and on CPUs with bf16 "
-    "matrix units (AMX), slower on other CPUs; detections differ slightly from float32 ones",
-    "bf16 (CUDA or CPU) or fp16 (CUDA) (default: bf16)",
-)
-
-
 def add_amp(p: argparse.ArgumentParser, amp_help: str, dtype_help: str) -> None:
     p.add_argument("--amp", action="store_true", help=amp_help)
     p.add_argument("--amp-dtype", choices=("bf16", "fp16"), help=dtype_help)
 
 
-def inference_amp(args: argparse.Namespace) -> str | None:
-    """The ``amp`` of a Detector from ``--amp`` / ``--amp-dtype`` (eval, predict, serve)."""
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision`` of eval, predict and serve, and its deprecated spelling ``--amp [--amp-dtype]`` (hidden)."""
+    p.add_argument(
+        "--precision", choices=("auto", "f32", "bf16", "fp16", "int8"), default=None,
+        help="what the model computes in: 'auto' (bf16 where the CPU has bf16 instructions (avx512_bf16, AMX) or the "
+        "GPU supports it, else f32; the choice is logged and recorded in the outputs), 'f32', 'bf16', 'fp16' (CUDA), "
+        "or 'int8' (an OpenVINO file written by 'fasterrcnn export --int8') (default: auto)",
+    )  # fmt: skip
+    add_amp(p, argparse.SUPPRESS, argparse.SUPPRESS)
+
+
+def inference_precision(args: argparse.Namespace) -> str:
+    """The ``precision`` of a Detector from ``--precision``, or the deprecated ``--amp`` / ``--amp-dtype`` (eval, predict, serve)."""
     if args.amp_dtype is not None and not args.amp:
         raise ConfigError("--amp-dtype goes with --amp")
-    return (args.amp_dtype or "bf16") if args.amp else None
+    if args.amp:
+        if args.precision is not None:
+            raise ConfigError("--amp is the old spelling of --precision bf16; give --precision alone")
+        precision = args.amp_dtype or "bf16"
+        logging.getLogger("fasterrcnn").warning("--amp is deprecated: use --precision %s", precision)
+        return precision
+    return args.precision or "auto"
 
 
 BAD_IMAGE_HELP = (

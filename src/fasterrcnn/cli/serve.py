@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fasterrcnn.cli.options import (
-    INFERENCE_AMP_HELP, add_amp, add_device, add_torchvision_weights, inference_amp, positive_int, torchvision_classes,
+    add_device, add_precision, add_torchvision_weights, inference_precision, positive_int, torchvision_classes,
 )  # fmt: skip
 from fasterrcnn.serve import DEFAULT_MAX_UPLOAD_BYTES
 
@@ -38,7 +38,7 @@ def add_parser(commands) -> None:
         "--max-upload-bytes", type=positive_int, default=DEFAULT_MAX_UPLOAD_BYTES, metavar="N",
         help=f"largest accepted upload (default: {DEFAULT_MAX_UPLOAD_BYTES}, 20 MiB)",
     )  # fmt: skip
-    add_amp(p, *INFERENCE_AMP_HELP)
+    add_precision(p)
     p.set_defaults(func=run)
 
 
@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
 
     serve(
         args.weights, args.host, args.port, device=args.device, max_upload_bytes=args.max_upload_bytes,
-        amp=inference_amp(args), preset=args.preset, classes=torchvision_classes(args),
+        precision=inference_precision(args), preset=args.preset, classes=torchvision_classes(args),
     )  # fmt: skip
     return 0

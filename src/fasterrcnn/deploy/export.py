@@ -11,9 +11,17 @@ The graph (``deploy.graph.DeployGraph``, traced by ``torch.onnx.export(dynamo=Fa
   [D] in 1..C, ``scores`` float32 [D], by decreasing score, D <= ``box_detections_per_img``;
 - operators: standard ONNX (opset 17) only: NonMaxSuppression, RoiAlign / MaxRoiPool, TopK, Resize;
 - metadata (ONNX ``metadata_props``, OpenVINO ``rt_info`` under ``fasterrcnn``): ``class_names``
-  (JSON list, ``class_names[label - 1]``), ``config`` (the ModelConfig as JSON), ``format_version``.
+  (JSON list, ``class_names[label - 1]``), ``config`` (the ModelConfig as JSON), ``format_version``,
+  and ``precision`` ``"int8"`` in an int8 file.
 
 The model's BatchNorm is folded into its convolutions first (``modeling.fuse``).
+
+int8 (``export_model(..., calibration=images)``, OpenVINO only): NNCF's post-training quantization of the
+backbone (with its FPN: every node under ``/backbone/``), its weights to int8 and int8 activations at its
+layers' inputs (the first one: the padded image), from the statistics of the calibration images. Everything else stays float: resizing and
+normalization, the RPN head, anchor decoding, proposal selection, NMS, RoI pooling, the box head and the
+detections' decoding (quantizing the whole graph gives a model OpenVINO refuses to compile, and int8 scores
+and box deltas would move the detections most). It stays one file, loaded like any other.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import torch
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.io import atomic_write_bytes
 
-__all__ = ["EXPORT_FORMATS", "OPSET", "export_checkpoint", "export_files", "export_model", "onnx_to_openvino", "read_metadata"]
+__all__ = ["EXPORT_FORMATS", "INT8_MISSING", "OPSET", "export_checkpoint", "export_files", "export_model", "onnx_to_openvino", "read_metadata"]
 
 EXPORT_FORMATS = ("onnx", "openvino")
 OPSET = 17
@@ -37,6 +45,8 @@ FORMAT_VERSION = "1"
 METADATA_SECTION = "fasterrcnn"
 INPUT_NAMES = ["image"]
 OUTPUT_NAMES = ["boxes", "labels", "scores"]
+QUANTIZED_SCOPE = r"^/backbone/"  # the traced names of the nodes NNCF quantizes (the backbone and its FPN)
+INT8_MISSING = "int8 export needs NNCF: pip install 'fasterrcnn[int8]'"
 
 
 def _example_image(model) -> torch.Tensor:
@@ -81,27 +91,52 @@ def metadata(model, class_names: Sequence[str]) -> dict[str, str]:
     return {"format_version": FORMAT_VERSION, "class_names": json.dumps(list(class_names)), "config": json.dumps(config)}
 
 
-def export_model(model, path: str | Path, class_names: Sequence[str], *, format: str = "onnx", opset: int = OPSET) -> list[Path]:
+def export_model(
+    model, path: str | Path, class_names: Sequence[str], *, format: str = "onnx", opset: int = OPSET, calibration: Sequence[torch.Tensor] | None = None
+) -> list[Path]:
     """Write ``model`` (a FasterRCNN; a copy is exported, the model is not changed) to ``path``.
 
     format "onnx": ``path`` (``.onnx``); "openvino": ``path`` (``.xml``) and its weights beside it
-    (``.bin``), float32 weights. Returns the files written (atomically).
+    (``.bin``), float32 weights, or with ``calibration`` (images ``Tensor[3, H, W]`` RGB in [0, 1]) the
+    int8 model quantized on them (module docstring; needs NNCF). Returns the files written (atomically).
     """
     import copy
 
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     path = Path(path)
+    if calibration is not None:
+        if format != "openvino":
+            raise ConfigError(f"an int8 model is written as OpenVINO IR (NAME.xml), got {path}")
+        if not calibration:
+            raise ConfigError("int8 quantization needs at least one calibration image")
+        try:
+            import nncf  # noqa: F401
+        except ImportError:
+            raise ConfigError(INT8_MISSING) from None
     model = copy.deepcopy(model).float().cpu().eval()
     data = onnx_bytes(model, class_names, opset)
     if format == "onnx":
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
         return [path]
-    return _write_openvino(data, path, metadata(model, class_names))
+    return _write_openvino(data, path, metadata(model, class_names), calibration)
 
 
-def _write_openvino(onnx_data: bytes, path: Path, meta: dict[str, str]) -> list[Path]:
+def quantize(ov_model, calibration: Sequence[torch.Tensor]):
+    """The int8 ``ov.Model`` of ``ov_model`` (an exported graph): NNCF post-training quantization of the nodes
+    under ``QUANTIZED_SCOPE`` on ``calibration`` (images ``Tensor[3, H, W]``), every other node left float."""
+    import logging
+
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # NNCF lists every node it leaves out at INFO
+    dataset = nncf.Dataset([image.detach().float().cpu().contiguous().numpy() for image in calibration], lambda image: {"image": image})
+    ignored = nncf.IgnoredScope(patterns=[f"^(?!{QUANTIZED_SCOPE.removeprefix('^')}).*"], validate=False)
+    return nncf.quantize(ov_model, dataset, subset_size=len(calibration), ignored_scope=ignored)
+
+
+def _write_openvino(onnx_data: bytes, path: Path, meta: dict[str, str], calibration: Sequence[torch.Tensor] | None = None) -> list[Path]:
     import tempfile
 
     import openvino as ov
@@ -109,6 +144,9 @@ def _write_openvino(onnx_data: bytes, path: Path, meta: dict[str, str]) -> list[
     if path.suffix != ".xml":
         raise ConfigError(f"an OpenVINO model is written as NAME.xml (+ NAME.bin), got {path}")
     ov_model = ov.Core().read_model(onnx_data, b"")  # ONNX bytes (weights inside) -> ov.Model
+    if calibration is not None:
+        ov_model = quantize(ov_model, calibration)
+        meta = {**meta, "precision": "int8"}
     for key, value in meta.items():
         ov_model.set_rt_info(value, [METADATA_SECTION, key])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +180,7 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path, *, format: str |
     from fasterrcnn.detector import Detector
 
     format, _ = export_files(path, format)
-    detector = Detector.from_checkpoint(checkpoint, device="cpu", fuse=False)
+    detector = Detector.from_checkpoint(checkpoint, device="cpu", precision="f32", fuse=False)
     return export_model(detector.model, path, detector.class_names, format=format, opset=opset)
 
 
@@ -153,7 +191,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         import openvino as ov
 
         model = ov.Core().read_model(str(path))
-        return {key: model.get_rt_info([METADATA_SECTION, key]).astype(str) for key in ("format_version", "class_names", "config") if model.has_rt_info([METADATA_SECTION, key])}
+        keys = ("format_version", "class_names", "config", "precision")
+        return {key: model.get_rt_info([METADATA_SECTION, key]).astype(str) for key in keys if model.has_rt_info([METADATA_SECTION, key])}
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)

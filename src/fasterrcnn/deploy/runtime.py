@@ -4,8 +4,11 @@
     model([image])  # -> [{"boxes" [D, 4], "labels" [D], "scores" [D]}], as the eager model
 
 ``Detector.from_checkpoint("model.onnx")`` wraps one, so ``predict``, ``eval`` and ``serve`` take an
-exported file as ``--weights``. The graph runs on the CPU in float32 (OpenVINO's precision hint is
-set to f32, not its bf16 default, so the detections are those of the eager model).
+exported file as ``--weights``. The graph runs on the CPU. Its precision (``load_exported``): onnxruntime
+runs float32; OpenVINO runs its ``INFERENCE_PRECISION_HINT``, f32 (the eager model's detections) or bf16
+(``precision="auto"`` on a CPU with bf16 instructions: ``device.bf16_support``); a file written by
+``fasterrcnn export --int8`` (its metadata ``precision`` is ``"int8"``) runs its quantized backbone in int8
+and the rest in f32.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fasterrcnn.errors import DataError
+from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.reading import JSONError, check_regular_file, loads_json
 
 __all__ = ["EXPORTED_SUFFIXES", "ExportedModel", "ModelOutputError", "load_exported"]
@@ -30,12 +33,13 @@ class ExportedModel(nn.Module):
     runtime call per image. ``num_classes``, ``class_names``, ``config`` (a dict) and ``transform``
     (``min_size`` / ``max_size``, for ``Detector``'s reduced decoding) come from the file's metadata.
     ``to`` and ``eval`` / ``train`` are accepted (the runtime stays on the CPU; outputs are moved
-    to the input's device)."""
+    to the input's device). ``precision``: what the runtime computes in, "f32", "bf16" or "int8"."""
 
-    def __init__(self, run, meta: dict[str, str], path: Path):
+    def __init__(self, run, meta: dict[str, str], path: Path, precision: str = "f32"):
         super().__init__()
         self._run = run
         self.path = path
+        self.precision = precision
         self.class_names, self.config = _checked_metadata(meta, path)
         self.num_classes = len(self.class_names)
         self.transform = SimpleNamespace(min_size=self.config["min_size"], max_size=self.config["max_size"])
@@ -48,7 +52,7 @@ class ExportedModel(nn.Module):
         return outputs
 
     def extra_repr(self) -> str:
-        return f"{self.path.name}, {self.num_classes} classes"
+        return f"{self.path.name}, {self.num_classes} classes, {self.precision}"
 
 
 class ModelOutputError(DataError):
@@ -98,8 +102,30 @@ def _checked_outputs(outputs, num_classes: int, path: Path) -> tuple[Tensor, Ten
     return torch.from_numpy(boxes).float(), torch.from_numpy(labels).to(torch.int64), torch.from_numpy(scores).float()
 
 
-def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
-    """The runtime model of an exported file: ``.onnx`` (onnxruntime) or ``.xml`` (OpenVINO, float32).
+def exported_precision(path: Path, file_precision: str, precision: str) -> str:
+    """The precision an exported file runs in: ``precision`` asked (``device.PRECISIONS``) of a file whose metadata
+    says ``file_precision`` ("f32", or "int8" for ``export --int8``). Raises ConfigError for one it cannot run."""
+    from fasterrcnn.device import PRECISIONS, resolve_precision
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if file_precision == "int8" or precision == "int8":
+        if file_precision != precision and precision != "auto":
+            quantized = "an int8 model: run it with precision int8 or auto" if file_precision == "int8" else "not an int8 model; write one with 'fasterrcnn export --int8'"
+            raise ConfigError(f"{path} is {quantized}")
+        return "int8"
+    if path.suffix != ".xml":
+        if precision not in ("auto", "f32"):
+            raise ConfigError(f"{path}: onnxruntime runs float32 only; precision {precision} needs an OpenVINO .xml or a checkpoint")
+        return "f32"
+    if precision == "fp16":
+        raise ConfigError(f"{path}: OpenVINO on the CPU runs f32, bf16 or int8, not fp16")
+    return resolve_precision(precision, torch.device("cpu"))
+
+
+def load_exported(path: str | Path, threads: int | None = None, precision: str = "f32") -> ExportedModel:
+    """The runtime model of an exported file: ``.onnx`` (onnxruntime, f32) or ``.xml`` (OpenVINO in ``precision``:
+    f32, bf16, auto; an int8 file in int8; see ``exported_precision``).
 
     Raises DataError naming the file when it is missing, not loadable, or lacks the class names.
     """
@@ -112,10 +138,11 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
     try:
         meta = read_metadata(path)
         _checked_metadata(meta, path)  # before the runtime compiles the graph
+        precision = exported_precision(path, meta.get("precision", "f32"), precision)
         if path.suffix == ".xml":
             import openvino as ov
 
-            config = {"INFERENCE_PRECISION_HINT": "f32"}
+            config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
             compiled = ov.Core().compile_model(str(path), "CPU", config)
@@ -133,13 +160,15 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
 
             def run(image):
                 return tuple(session.run(None, {"image": image}))
+    except ConfigError:
+        raise
     except ImportError as e:
         raise DataError(path, f"the runtime is not installed ({e.name}); pip install 'fasterrcnn[deploy]'") from None
     except DataError:
         raise
     except Exception as e:  # the runtimes raise their own error types for a bad file
         raise DataError(path, f"not a loadable exported model ({runtime_problem(e)})") from None
-    return ExportedModel(run, meta, path)
+    return ExportedModel(run, meta, path, precision)
 
 
 def runtime_problem(error: Exception) -> str:

@@ -1,6 +1,6 @@
 """Whole runs from Python, the same as the ``fasterrcnn`` commands (which call these and print).
 
-    from fasterrcnn.runs import train, evaluate, predict, compress
+    from fasterrcnn.runs import train, evaluate, predict, compress, benchmark
     run = train("VOCdevkit/VOC2007", "runs/voc07", preset="vgg16", epochs=16, backbone_weights="vgg16.pth")
     result = evaluate("VOCdevkit/VOC2007", weights=run.best or run.last, output="runs/voc07/eval")
     print(result.metrics["mAP"])
@@ -10,7 +10,9 @@ A run folder is locked while it trains and never mixes two runs (``runs.folder``
 claimed before the work starts and never written over an input or an existing file unless told to.
 """
 
+from fasterrcnn.runs.benchmark import BenchmarkRow, benchmark, benchmark_table
 from fasterrcnn.runs.demo_run import DemoResult, demo
+from fasterrcnn.runs.exporting import ExportResult, export
 from fasterrcnn.runs.folder import OutputFolder, RunFolder
 from fasterrcnn.runs.inference import EvalResult, compress, evaluate
 from fasterrcnn.runs.prediction import PredictResult, VideoResult, predict
@@ -18,16 +20,21 @@ from fasterrcnn.runs.training import RESUMABLE_CHANGES, TrainResult, train
 
 __all__ = [
     "RESUMABLE_CHANGES",
+    "BenchmarkRow",
     "DemoResult",
     "EvalResult",
+    "ExportResult",
     "OutputFolder",
     "PredictResult",
     "RunFolder",
     "TrainResult",
     "VideoResult",
+    "benchmark",
+    "benchmark_table",
     "compress",
     "demo",
     "evaluate",
+    "export",
     "predict",
     "train",
 ]

@@ -48,17 +48,18 @@ class EvalResult:
     report: EvaluationReport | None = None
 
 
-def load_detector(weights, *, device, amp, preset=None, classes=None) -> Detector:
-    """A Detector from a Detector, a checkpoint path, or (with ``preset``) a torchvision detection file."""
+def load_detector(weights, *, device, precision="auto", preset=None, classes=None) -> Detector:
+    """A Detector from a Detector, a checkpoint or exported file, or (with ``preset``) a torchvision detection file,
+    in ``precision`` (``device.resolve_precision``; a Detector given keeps its own)."""
     from fasterrcnn.detector import Detector
 
     if isinstance(weights, Detector):
         return weights
     if preset is not None:
-        return Detector.from_torchvision(preset, weights, classes="coco" if classes is None else classes, device=device, amp=amp)
+        return Detector.from_torchvision(preset, weights, classes="coco" if classes is None else classes, device=device, precision=precision)
     if classes is not None:
         raise ConfigError("classes go with a torchvision file (preset=...): a checkpoint written by 'fasterrcnn train' holds its class names")
-    return Detector.from_checkpoint(weights, device=device, amp=amp)
+    return Detector.from_checkpoint(weights, device=device, precision=precision)
 
 
 def evaluate(
@@ -74,7 +75,7 @@ def evaluate(
     metric: str | None = None,
     batch_size: int = 1,
     device: str = "auto",
-    amp: str | None = None,
+    precision: str = "auto",
     num_workers: int = 0,
     on_bad_image: str = "skip",
     quiet: bool = False,
@@ -86,7 +87,7 @@ def evaluate(
     ``per_class.csv`` there, and with ``weights`` ``detections.json`` and ``samples.jpg`` (ground truth |
     predictions). The confusion matrix and the per-class precision / recall count the detections scoring
     ``>= score_threshold`` (``engine/report.py``). Started by torchrun, the processes share the images and
-    rank 0 scores and writes.
+    rank 0 scores and writes. ``precision``: the checkpoint's (``Detector``), recorded in ``metrics.json``.
     """
     from fasterrcnn.data import build_dataset
     from fasterrcnn.data.yolo import split_folders
@@ -109,7 +110,7 @@ def evaluate(
         names = [name for name in written if weights is not None or name != "samples.jpg"]
         folder.claim(names, overwrite=overwrite, input_folders=split_folders(data, split))
     if weights is not None:
-        detector = load_detector(weights, device=device, amp=amp)
+        detector = load_detector(weights, device=device, precision=precision)
         if classes is not None and list(classes) != list(detector.class_names):
             raise ConfigError(f"classes differ from the checkpoint's classes ({', '.join(detector.class_names)})")
         transform = getattr(detector.model, "transform", None)  # a huge image is decoded reduced to about its input size
@@ -123,7 +124,7 @@ def evaluate(
             label_to_category_id=dataset.label_to_category_id, batch_size=batch_size, num_workers=num_workers,
             device=detector.device, progress=not quiet, amp_dtype=detector.amp_dtype,
         )  # fmt: skip
-        source = {"weights": repr(weights) if weights is detector else str(weights)}
+        source = {"weights": repr(weights) if weights is detector else str(weights), "precision": detector.precision}
     else:
         if not main:
             return EvalResult({}, metric or "", 0, 0, None)  # scoring a results file is rank 0's alone

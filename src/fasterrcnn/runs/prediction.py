@@ -16,9 +16,9 @@ Outputs (``output=DIR``), each input at ``NAME``: its path relative to the folde
     DIR/NAME.mp4           a video with its detections drawn, same size, rate / frame_stride frames per second;
                            written under a temporary name and renamed when complete
     DIR/NAME.jsonl         a video's detections, one line per frame processed, written and flushed frame by frame:
-                           {"frame": index from 0, "time": seconds, "detections": [DETECTION, ...]}
+                           {"frame": index from 0, "time": seconds, "precision", "detections": [DETECTION, ...]}
     DIR/detections.jsonl   the images' detections, one line per image read, written and flushed image by image:
-                           {"image": path, "image_id": NAME, "height", "width", "detections": [DETECTION, ...]}
+                           {"image": path, "image_id": NAME, "height", "width", "precision", "detections": [DETECTION, ...]}
     DIR/detections.json    the images' detections as a COCO results list (image_id = NAME), written atomically
                            at the end, also when a bad image or Ctrl-C stops the run: it covers every image read
 
@@ -214,7 +214,7 @@ def _predict_video(
                     detections = detector.as_detections(original)
                     frames.append(FrameDetections(index, time, detections))
                     if lines is not None:
-                        record = {"frame": index, "time": time, "detections": [d.to_dict() for d in detections]}
+                        record = {"frame": index, "time": time, "precision": detector.precision, "detections": [d.to_dict() for d in detections]}
                         with writing(lines_path, "the video's detections"):
                             lines.write(_json_line(record))
                             lines.flush()
@@ -252,7 +252,7 @@ def predict(
     preset: str | None = None,
     classes: Sequence[str] | str | None = None,
     device: str = "auto",
-    amp: str | None = None,
+    precision: str = "auto",
     quiet: bool = False,
 ) -> PredictResult:
     """Detect objects in image and video files and folders with a checkpoint, a ``Detector`` or (``preset``)
@@ -262,7 +262,8 @@ def predict(
     'fasterrcnn[video]'``); ``frame_stride=N`` processes every N-th frame of a video. A bad image or video
     (missing, truncated, not decodable) is skipped with a warning (``on_bad_image="skip"``) or stops the run
     (``"error"``). An image or frame much larger than the model's input is decoded reduced (memory stays
-    bounded). Unless ``quiet``, prints one line per image and shows a progress bar over a video's frames.
+    bounded). ``precision``: the model's (``Detector``), recorded in every line of the ``.jsonl`` files.
+    Unless ``quiet``, prints one line per image and shows a progress bar over a video's frames.
     """
     from fasterrcnn.data.video import require_av
     from fasterrcnn.evaluation import detections_to_results, save_results
@@ -279,7 +280,7 @@ def predict(
     folder = OutputFolder(output) if output is not None else None
     if folder is not None:
         _claim_outputs(folder, inputs, found, overwrite)
-    detector = load_detector(weights, device=device, amp=amp, preset=preset, classes=classes)
+    detector = load_detector(weights, device=device, precision=precision, preset=preset, classes=classes)
     detections: dict[Path, list[Detection]] = {}
     video_results: dict[Path, VideoResult] = {}
     skipped: list[tuple[str, str]] = []
@@ -310,7 +311,7 @@ def predict(
             results.extend(detections_to_results(entry.name, original, detector.class_names, detector.label_to_category_id))
             if folder is not None:
                 height, width = size or tuple(image.shape[1:])
-                record = {"image": str(entry.path), "image_id": entry.name, "height": height, "width": width}
+                record = {"image": str(entry.path), "image_id": entry.name, "height": height, "width": width, "precision": detector.precision}
                 with writing(lines_path, "the detections"):
                     lines.write(_json_line({**record, "detections": [d.to_dict() for d in detections[entry.path]]}))
                     lines.flush()
