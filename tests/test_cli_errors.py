@@ -252,7 +252,7 @@ def test_predict_skips_a_named_pipe_in_a_folder(untrained_weights, voc_root, tmp
     assert code == 0, err
     assert f"fasterrcnn: WARNING: skipping {photos / 'b.jpg'}: is a named pipe (FIFO), not a regular file" in err.splitlines()
     assert [json.loads(line)["image_id"] for line in (tmp_path / "p" / "detections.jsonl").read_text().splitlines()] == ["a"]
-    code = main(["predict", "--weights", str(untrained_weights), str(photos / "b.jpg"), "--output", str(tmp_path / "q"), "--on-bad-image", "error"])
+    code = main(["predict", "--weights", str(untrained_weights), str(photos / "b.jpg"), "--output", str(tmp_path / "q"), "--on-bad-image", "error", "--precision", "f32"])
     assert_one_line_error(capsys, code, f"{photos / 'b.jpg'}: is a named pipe (FIFO), not a regular file")
 
 

@@ -299,7 +299,7 @@ def test_predict_past_the_file_size_limit_is_one_line(trained, voc_root, tmp_pat
 
     monkeypatch.setattr(prediction, "atomic_save", limited)
     out = tmp_path / "out"
-    code = main(["predict", "--weights", str(trained.last), str(photo), "--output", str(out), "--quiet", "--device", "cpu"])
+    code = main(["predict", "--weights", str(trained.last), str(photo), "--output", str(out), "--quiet", "--device", "cpu", "--precision", "f32"])
     err = one_line_error(capsys, code)
     assert f"{out / 'noise.jpg'}: cannot write the picture (the file size limit or quota is reached: File too large)" in err
     assert not (out / "noise.jpg").exists()

@@ -187,7 +187,7 @@ def test_a_video_past_the_file_size_limit_is_one_line(checkpoint, clip, tmp_path
 
     monkeypatch.setattr(prediction, "atomic_save", limited)
     out = tmp_path / "out"
-    args = ["predict", "--weights", str(checkpoint), str(clip), "--output", str(out), "--quiet", "--device", "cpu"]
+    args = ["predict", "--weights", str(checkpoint), str(clip), "--output", str(out), "--quiet", "--device", "cpu", "--precision", "f32"]
     code = main([*args, "--score-threshold", "1"])  # no detections: the lines stay short, the video does not fit
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
