@@ -1,0 +1,153 @@
+"""Merging detections of one image found in several passes (tiles, test-time augmentations), pure torch.
+
+Boxes are float ``(x1, y1, x2, y2)`` in absolute pixels of one image; ``scores`` ``[N]``;
+``labels`` ``[N]`` int64. Every rule is class-wise (a box only merges with boxes of its label) and
+returns ``(boxes [K, 4], scores [K], labels [K])`` by decreasing score (ties: input order).
+
+- ``greedy_nmm``: greedy non-maximum merging, SAHI's ``GREEDYNMM``: in score order, a box not yet
+  merged takes every lower-scored box of its label that it matches (``match`` ``"ios"``,
+  intersection over the smaller box's area, or ``"iou"``, ``> threshold``); the group becomes
+  one box, the enclosing box of the group, with the group's highest score. An object cut by a tile
+  edge is found as two parts in two tiles: the parts match by IoS and merge into the whole box,
+  where NMS would keep the larger part.
+- ``weighted_box_fusion`` (Solovyev et al., 2021, "Weighted boxes fusion"): the boxes of ``passes``
+  passes are clustered in score order, each joining the cluster whose fused box it overlaps most
+  (IoU ``> threshold``), else starting one; a fused box is the score-weighted mean of its cluster's
+  boxes, its score the mean score times ``min(T, passes) / passes`` for a cluster of T boxes (a box
+  found by one pass of four keeps a quarter of its score), as ``ensemble_boxes``' ``conf_type="avg"``.
+- ``box_voting`` (Gidaris and Komodakis, 2015, as Detectron's ``BBOX_VOTE``): class-wise NMS at
+  ``nms_threshold``, then every kept box is replaced by the score-weighted mean of all the boxes of
+  its label with IoU ``>= vote_threshold`` with it (itself included); it keeps its score.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fasterrcnn.ops.boxes import _check_boxes, box_area, box_iou
+from fasterrcnn.ops.nms import batched_nms
+
+__all__ = ["box_voting", "greedy_nmm", "merge_detections", "weighted_box_fusion", "MERGE_RULES"]
+
+MERGE_RULES = ("nmm", "nms")  # the rules merge_detections knows (across tiles)
+
+
+def _by_score(scores: Tensor) -> Tensor:
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+def _match(box: Tensor, others: Tensor, match: str) -> Tensor:
+    """``[M]``: IoS (intersection / smaller area) or IoU of ``box`` [4] with each of ``others`` [M, 4]."""
+    if match == "iou":
+        return box_iou(box[None], others)[0]
+    lt = torch.maximum(box[:2], others[:, :2])
+    rb = torch.minimum(box[2:], others[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=1)
+    smaller = torch.minimum(box_area(box[None]), box_area(others)).clamp(min=torch.finfo(others.dtype).tiny)
+    return inter / smaller
+
+
+def _check(boxes: Tensor, scores: Tensor, labels: Tensor) -> None:
+    _check_boxes(boxes)
+    if scores.shape != (boxes.shape[0],) or labels.shape != (boxes.shape[0],):
+        raise ValueError(f"expected scores and labels of shape [{boxes.shape[0]}], got {list(scores.shape)} and {list(labels.shape)}")
+
+
+def greedy_nmm(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float = 0.5, match: str = "ios") -> tuple[Tensor, Tensor, Tensor]:
+    """Greedy non-maximum merging (see the module docstring): ``(boxes [K, 4], scores [K], labels [K])``."""
+    _check(boxes, scores, labels)
+    if match not in ("ios", "iou"):
+        raise ValueError(f"match must be 'ios' or 'iou', got {match!r}")
+    order = _by_score(scores)
+    boxes, scores, labels = boxes[order], scores[order], labels[order]
+    out_boxes, keep = [], []
+    for label in labels.unique().tolist():  # class-wise: each label on its own
+        members = torch.nonzero(labels == label).flatten()  # in score order
+        cls_boxes = boxes[members]
+        free = torch.ones(len(members), dtype=torch.bool, device=boxes.device)
+        for i in range(len(members)):
+            if not free[i]:
+                continue
+            rest = torch.nonzero(free[i + 1 :]).flatten() + i + 1
+            group = rest[_match(cls_boxes[i], cls_boxes[rest], match) > threshold]
+            free[group] = False
+            grouped = torch.cat([cls_boxes[i : i + 1], cls_boxes[group]])
+            out_boxes.append(torch.cat([grouped[:, :2].min(dim=0).values, grouped[:, 2:].max(dim=0).values]))
+            keep.append(members[i])
+    if not keep:
+        return boxes[:0], scores[:0], labels[:0]
+    keep_t = torch.stack(keep)
+    merged = torch.stack(out_boxes)
+    order = torch.argsort(keep_t)  # keep_t indexes the boxes in score order
+    return merged[order], scores[keep_t[order]], labels[keep_t[order]]
+
+
+def weighted_box_fusion(
+    boxes: Tensor, scores: Tensor, labels: Tensor, passes: int, threshold: float = 0.55
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted box fusion of the detections of ``passes`` passes (see the module docstring)."""
+    _check(boxes, scores, labels)
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
+    order = _by_score(scores)
+    boxes, scores, labels = boxes[order], scores[order], labels[order]
+    fused_boxes, fused_scores, fused_labels = [], [], []
+    for label in labels.unique().tolist():
+        members = torch.nonzero(labels == label).flatten()
+        weighted = torch.zeros((0, 4), dtype=boxes.dtype, device=boxes.device)  # sum of score * box per cluster
+        totals = torch.zeros(0, dtype=scores.dtype, device=scores.device)  # sum of scores
+        counts = torch.zeros(0, dtype=torch.int64, device=scores.device)
+        first = []  # the rank of each cluster's first box (ties of the output order)
+        for i in members.tolist():
+            box, score = boxes[i], scores[i]
+            best = -1
+            if len(totals):
+                ious = box_iou(box[None], weighted / totals[:, None].clamp(min=torch.finfo(scores.dtype).tiny))[0]
+                value, index = ious.max(dim=0)
+                best = int(index) if float(value) > threshold else -1
+            if best < 0:
+                weighted = torch.cat([weighted, (score * box)[None]])
+                totals = torch.cat([totals, score[None]])
+                counts = torch.cat([counts, counts.new_ones(1)])
+                first.append(i)
+            else:
+                weighted[best] += score * box
+                totals[best] += score
+                counts[best] += 1
+        if not first:
+            continue
+        fused_boxes.append(weighted / totals[:, None].clamp(min=torch.finfo(scores.dtype).tiny))
+        fused_scores.append(totals / counts * counts.clamp(max=passes) / passes)
+        fused_labels.append(torch.full((len(first),), label, dtype=labels.dtype, device=labels.device))
+    if not fused_boxes:
+        return boxes[:0], scores[:0], labels[:0]
+    out_boxes, out_scores, out_labels = torch.cat(fused_boxes), torch.cat(fused_scores), torch.cat(fused_labels)
+    order = _by_score(out_scores)
+    return out_boxes[order], out_scores[order], out_labels[order]
+
+
+def box_voting(
+    boxes: Tensor, scores: Tensor, labels: Tensor, nms_threshold: float = 0.5, vote_threshold: float = 0.8
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Class-wise NMS, then box voting (see the module docstring)."""
+    _check(boxes, scores, labels)
+    keep = batched_nms(boxes, scores, labels, nms_threshold)  # by decreasing score
+    if not len(keep):
+        return boxes[:0], scores[:0], labels[:0]
+    same_label = labels[keep][:, None] == labels[None, :]  # [K, N]
+    weights = ((box_iou(boxes[keep], boxes) >= vote_threshold) & same_label) * scores[None, :]  # [K, N]
+    voted = weights @ boxes / weights.sum(dim=1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
+    return voted, scores[keep], labels[keep]
+
+
+def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, rule: str = "nmm", threshold: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
+    """Duplicates found in several tiles merged by ``rule``: ``"nmm"`` (``greedy_nmm``, IoS > ``threshold``)
+    or ``"nms"`` (class-wise NMS, IoU > ``threshold``)."""
+    if rule == "nmm":
+        return greedy_nmm(boxes, scores, labels, threshold, match="ios")
+    if rule == "nms":
+        _check(boxes, scores, labels)
+        keep = batched_nms(boxes, scores, labels, threshold)
+        return boxes[keep], scores[keep], labels[keep]
+    raise ValueError(f"unknown merge rule {rule!r}; expected one of {', '.join(MERGE_RULES)}")
