@@ -66,3 +66,42 @@ def test_box_voting_keeps_the_nms_survivors_scores_with_voted_coordinates():
 def test_an_unknown_merge_rule_is_refused():
     with pytest.raises(ValueError, match="unknown merge rule"):
         merge_detections(T([[0, 0, 1, 1]]), T([1.0]), T([1], torch.int64), "mean")
+
+
+def reference_greedy_nmm(boxes, scores, labels, threshold, match):
+    """SAHI's greedy merging as a plain loop over every pair."""
+    order = sorted(range(len(boxes)), key=lambda i: -float(scores[i]))
+    free, out = set(order), []
+    for i in order:
+        if i not in free:
+            continue
+        free.discard(i)
+        group = [i]
+        for j in order:
+            if j in free and labels[j] == labels[i]:
+                a, b = boxes[i], boxes[j]
+                inter = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0]))) * max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
+                area_a, area_b = float((a[2] - a[0]) * (a[3] - a[1])), float((b[2] - b[0]) * (b[3] - b[1]))
+                value = inter / (min(area_a, area_b) if match == "ios" else area_a + area_b - inter)
+                if value > threshold:
+                    free.discard(j)
+                    group.append(j)
+        members = boxes[group]
+        out.append((members[:, 0].min().item(), members[:, 1].min().item(), members[:, 2].max().item(), members[:, 3].max().item(), float(scores[i]), int(labels[i])))
+    return out
+
+
+@pytest.mark.parametrize("match", ["ios", "iou"])
+def test_greedy_nmm_equals_the_pairwise_loop_on_random_boxes(match):
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(300, 2, generator=generator) * 400
+    boxes = torch.cat([corners, corners + 5 + torch.rand(300, 2, generator=generator) * 60], dim=1)
+    scores = torch.rand(300, generator=generator)
+    labels = torch.randint(1, 4, (300,), generator=generator)
+    merged, merged_scores, merged_labels = greedy_nmm(boxes, scores, labels, 0.5, match=match)
+    expected = reference_greedy_nmm(boxes, scores, labels, 0.5, match)
+    assert len(expected) < 300  # some merged
+    got = [(*box, score, label) for box, score, label in zip(merged.tolist(), merged_scores.tolist(), merged_labels.tolist())]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g == pytest.approx(e)

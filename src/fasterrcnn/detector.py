@@ -249,7 +249,7 @@ class Detector:
 
         options = InferenceOptions(slice=slice, overlap=overlap, full_image=full_image, tta=tta)
         if not options.plain:  # one image at a time, its tiles batched
-            results = [self.as_detections(self.detect_tensors(img, options), score_threshold) for img in images]
+            results = [self.as_detections(self.detect_tensors(img, options, score_threshold)) for img in images]
             return results if batch else results[0]
         dtype = next(self.model.parameters(), torch.empty(0)).dtype  # float32 for an exported model (no parameters)
         loaded = [self.load(img) for img in images]
@@ -266,13 +266,14 @@ class Detector:
         so that a Detector can be called like a model."""
         return self.detect(image, score_threshold=score_threshold, **options)
 
-    def detect_tensors(self, image: ImageInput, options) -> dict[str, torch.Tensor]:
-        """The model's ``{"boxes", "labels", "scores"}`` (CPU, original pixels) on one image under ``options``
-        (``inference.InferenceOptions``: sliced images read whole as uint8, others as ``load`` reads them)."""
+    def detect_tensors(self, image: ImageInput, options, score_threshold: float = 0.0) -> dict[str, torch.Tensor]:
+        """The model's ``{"boxes", "labels", "scores"}`` scoring >= ``score_threshold`` (CPU, original pixels) on
+        one image under ``options`` (``inference.InferenceOptions``: sliced images read whole as uint8, others as
+        ``load`` reads them)."""
         from fasterrcnn.inference import detect_image, load_uint8
 
         tensor, size = (load_uint8(image), None) if options.slice is not None else self.load(image)
-        found = detect_image(self.model, tensor, options, device=self.device, amp_dtype=self.amp_dtype)
+        found = detect_image(self.model, tensor, options, device=self.device, amp_dtype=self.amp_dtype, score_threshold=score_threshold)
         return {**found, "boxes": in_original_pixels(found["boxes"], tensor, size)}
 
     def autocast(self) -> torch.autocast:

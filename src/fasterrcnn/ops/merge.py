@@ -54,6 +54,44 @@ def _check(boxes: Tensor, scores: Tensor, labels: Tensor) -> None:
         raise ValueError(f"expected scores and labels of shape [{boxes.shape[0]}], got {list(scores.shape)} and {list(labels.shape)}")
 
 
+def _matching_pairs(boxes: Tensor, labels: Tensor, threshold: float, match: str) -> tuple[Tensor, Tensor]:
+    """``(a [E], b [E])``: every pair a < b of boxes with the same label whose match is ``> threshold``.
+
+    Without a pairwise matrix: the classes are moved apart along x (as ``batched_nms`` does), the boxes
+    sorted by x1, and each box is compared with the boxes after it whose x1 lies before its x2, the
+    only ones that can intersect it, a block of boxes at a time."""
+    n = len(boxes)
+    if n < 2:
+        return boxes.new_zeros(0, dtype=torch.int64), boxes.new_zeros(0, dtype=torch.int64)
+    span = float((boxes[:, 2:] - boxes.min()).max()) + 1.0
+    shifted = boxes + (labels.to(boxes.dtype) * span)[:, None] * boxes.new_tensor([1.0, 0.0, 1.0, 0.0])
+    x_order = torch.argsort(shifted[:, 0], stable=True)
+    ordered = shifted[x_order]
+    ends = torch.searchsorted(ordered[:, 0].contiguous(), ordered[:, 2].contiguous(), side="left")  # first box starting at or after x2
+    firsts, seconds = [], []
+    for start in range(0, n, 2048):
+        stop = min(n, start + 2048)
+        counts = (ends[start:stop] - torch.arange(start + 1, stop + 1, device=boxes.device)).clamp(min=0)
+        first = torch.repeat_interleave(torch.arange(start, stop, device=boxes.device), counts)
+        if not len(first):
+            continue
+        offsets = torch.arange(len(first), device=boxes.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        second = first + 1 + offsets
+        a, b = ordered[first], ordered[second]
+        lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+        inter = (rb - lt).clamp(min=0).prod(dim=1)
+        area_a, area_b = box_area(a), box_area(b)
+        tiny = torch.finfo(boxes.dtype).tiny
+        value = inter / (torch.minimum(area_a, area_b) if match == "ios" else area_a + area_b - inter).clamp(min=tiny)
+        hit = value > threshold
+        firsts.append(x_order[first[hit]])
+        seconds.append(x_order[second[hit]])
+    if not firsts:
+        return boxes.new_zeros(0, dtype=torch.int64), boxes.new_zeros(0, dtype=torch.int64)
+    first, second = torch.cat(firsts), torch.cat(seconds)
+    return torch.minimum(first, second), torch.maximum(first, second)
+
+
 def greedy_nmm(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float = 0.5, match: str = "ios") -> tuple[Tensor, Tensor, Tensor]:
     """Greedy non-maximum merging (see the module docstring): ``(boxes [K, 4], scores [K], labels [K])``."""
     _check(boxes, scores, labels)
@@ -61,26 +99,25 @@ def greedy_nmm(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float =
         raise ValueError(f"match must be 'ios' or 'iou', got {match!r}")
     order = _by_score(scores)
     boxes, scores, labels = boxes[order], scores[order], labels[order]
-    out_boxes, keep = [], []
-    for label in labels.unique().tolist():  # class-wise: each label on its own
-        members = torch.nonzero(labels == label).flatten()  # in score order
-        cls_boxes = boxes[members]
-        free = torch.ones(len(members), dtype=torch.bool, device=boxes.device)
-        for i in range(len(members)):
-            if not free[i]:
-                continue
-            rest = torch.nonzero(free[i + 1 :]).flatten() + i + 1
-            group = rest[_match(cls_boxes[i], cls_boxes[rest], match) > threshold]
-            free[group] = False
-            grouped = torch.cat([cls_boxes[i : i + 1], cls_boxes[group]])
-            out_boxes.append(torch.cat([grouped[:, :2].min(dim=0).values, grouped[:, 2:].max(dim=0).values]))
-            keep.append(members[i])
-    if not keep:
-        return boxes[:0], scores[:0], labels[:0]
-    keep_t = torch.stack(keep)
-    merged = torch.stack(out_boxes)
-    order = torch.argsort(keep_t)  # keep_t indexes the boxes in score order
-    return merged[order], scores[keep_t[order]], labels[keep_t[order]]
+    better, worse = _matching_pairs(boxes, labels, threshold, match)  # ranks: better < worse
+    sorted_edges = torch.argsort(better * len(boxes) + worse)
+    matches: dict[int, list[int]] = {}
+    for a, b in zip(better[sorted_edges].tolist(), worse[sorted_edges].tolist()):
+        matches.setdefault(a, []).append(b)
+    group = torch.full((len(boxes),), -1, dtype=torch.int64, device=boxes.device)  # the kept box each box merges into
+    free = [True] * len(boxes)
+    for i in range(len(boxes)):
+        if not free[i]:
+            continue
+        members = [i] + [j for j in matches.get(i, ()) if free[j]]
+        for j in members:
+            free[j] = False
+        group[members] = i
+    keep = torch.unique(group)  # sorted ranks: by decreasing score
+    slot = torch.searchsorted(keep, group)
+    low = torch.full((len(keep), 2), float("inf"), dtype=boxes.dtype, device=boxes.device).scatter_reduce(0, slot[:, None].expand(-1, 2), boxes[:, :2], "amin")
+    high = torch.full((len(keep), 2), float("-inf"), dtype=boxes.dtype, device=boxes.device).scatter_reduce(0, slot[:, None].expand(-1, 2), boxes[:, 2:], "amax")
+    return torch.cat([low, high], dim=1), scores[keep], labels[keep]
 
 
 def weighted_box_fusion(

@@ -177,7 +177,9 @@ def _detect(detector: Detector, image: torch.Tensor, size: tuple[int, int] | Non
         with torch.inference_mode(), detector.autocast():
             detection = detector.model([image.to(detector.device)])[0]
     else:
-        detection = detect_image(detector.model, image, inference, device=detector.device, amp_dtype=detector.amp_dtype)
+        detection = detect_image(
+            detector.model, image, inference, device=detector.device, amp_dtype=detector.amp_dtype, score_threshold=score_threshold
+        )  # fmt: skip
     keep = detection["scores"] >= score_threshold
     detection = {k: v[keep].cpu() for k, v in detection.items()}
     return detection, {**detection, "boxes": in_original_pixels(detection["boxes"], image, size)}
