@@ -105,3 +105,30 @@ def test_greedy_nmm_equals_the_pairwise_loop_on_random_boxes(match):
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         assert g == pytest.approx(e)
+
+
+def test_weighted_box_fusion_agrees_with_ensemble_boxes():
+    ensemble_boxes = pytest.importorskip("ensemble_boxes")  # the test extra installs it
+    generator = torch.Generator().manual_seed(1)
+    width, height = 640.0, 480.0
+    passes = []
+    for _ in range(3):  # three passes that see the same 12 objects, jittered, with missed ones and extra ones
+        centres = torch.rand(12, 2, generator=generator) * torch.tensor([width - 80, height - 80]) + 40
+        sides = 20 + torch.rand(12, 2, generator=generator) * 30
+        boxes = torch.cat([centres - sides / 2, centres + sides / 2], dim=1)
+        boxes = boxes[torch.rand(12, generator=generator) > 0.2]
+        passes.append((boxes, torch.rand(len(boxes), generator=generator) * 0.9 + 0.05, torch.randint(1, 3, (len(boxes),), generator=generator)))
+    scale = torch.tensor([width, height, width, height])
+    expected_boxes, expected_scores, expected_labels = ensemble_boxes.weighted_boxes_fusion(
+        [(b / scale).tolist() for b, _, _ in passes], [s.tolist() for _, s, _ in passes], [l.tolist() for _, _, l in passes],
+        iou_thr=0.55, skip_box_thr=0.0, conf_type="avg",
+    )  # fmt: skip
+    boxes, scores, labels = (torch.cat([p[k] for p in passes]) for k in range(3))
+    fused, fused_scores, fused_labels = weighted_box_fusion(boxes, scores, labels, passes=3, threshold=0.55)
+    assert len(fused) == len(expected_boxes) < len(boxes)
+    order = torch.argsort(torch.as_tensor(expected_scores, dtype=torch.float32), descending=True, stable=True)
+    assert fused_scores.tolist() == pytest.approx(torch.as_tensor(expected_scores)[order].tolist(), abs=1e-5)
+    assert fused_labels.tolist() == torch.as_tensor(expected_labels)[order].long().tolist()
+    assert (fused / scale).tolist()[0] == pytest.approx(expected_boxes[order[0]].tolist(), abs=1e-5)
+    for got, want in zip((fused / scale).tolist(), torch.as_tensor(expected_boxes)[order].tolist()):
+        assert got == pytest.approx(want, abs=1e-5)

@@ -44,13 +44,14 @@ from torch import Tensor
 
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.ops.boxes import clip_boxes_to_image
-from fasterrcnn.ops.merge import MERGE_RULES, merge_detections, weighted_box_fusion
+from fasterrcnn.ops.merge import MERGE_RULES, box_voting, merge_detections, weighted_box_fusion
 from fasterrcnn.ops.tiles import tile_windows
 
 __all__ = ["TTA_PASSES", "InferenceOptions", "detect_image", "load_uint8", "reduced_float"]
 
 # Test-time augmentation: (scale of the model's input size, horizontal flip) of each pass.
 TTA_PASSES = ((1.0, False), (1.0, True), (1.25, False))
+TTA_FUSIONS = ("wbf", "voting")
 TTA_FUSION_IOU = 0.55  # weighted box fusion's IoU threshold (the paper's and ensemble_boxes' default)
 MERGE_THRESHOLD = 0.5  # across tiles: IoS for "nmm", IoU for "nms"
 _STRIP_BYTES = 8 * 2**20  # float bytes of a strip of the image reduced for the full-image pass
@@ -63,7 +64,8 @@ class InferenceOptions:
     ``slice``: tile size in pixels (None: no slicing); ``overlap``: fraction of a tile shared with its
     neighbour, in [0, 1); ``full_image``: with ``slice``, one more pass over the whole image;
     ``tta``: test-time augmentation; ``merge``: ``"nmm"`` or ``"nms"`` across tiles; ``tile_batch``:
-    tiles per forward pass."""
+    tiles per forward pass; ``fusion``: how TTA's passes are fused, ``"wbf"`` (weighted box fusion) or
+    ``"voting"`` (``ops.merge.box_voting``)."""
 
     slice: int | None = None
     overlap: float = 0.2
@@ -71,6 +73,7 @@ class InferenceOptions:
     tta: bool = False
     merge: str = "nmm"
     tile_batch: int = 4
+    fusion: str = "wbf"
 
     def __post_init__(self):
         if self.slice is not None and (isinstance(self.slice, bool) or not isinstance(self.slice, int) or self.slice < 32):
@@ -79,6 +82,8 @@ class InferenceOptions:
             raise ConfigError(f"overlap must be a fraction in [0, 1), got {self.overlap!r}")
         if self.merge not in MERGE_RULES:
             raise ConfigError(f"merge must be one of {', '.join(MERGE_RULES)}, got {self.merge!r}")
+        if self.fusion not in TTA_FUSIONS:
+            raise ConfigError(f"fusion must be one of {', '.join(TTA_FUSIONS)}, got {self.fusion!r}")
         if isinstance(self.tile_batch, bool) or not isinstance(self.tile_batch, int) or self.tile_batch < 1:
             raise ConfigError(f"tile_batch must be a whole number >= 1, got {self.tile_batch!r}")
 
@@ -121,9 +126,10 @@ def _input_scale(model: torch.nn.Module, scale: float):
         transform.min_size, transform.max_size = sizes
 
 
-def _forward(model: torch.nn.Module, tensors: list[Tensor], tta: bool, autocast) -> list[dict[str, Tensor]]:
+def _forward(model: torch.nn.Module, tensors: list[Tensor], options: InferenceOptions, autocast) -> list[dict[str, Tensor]]:
     """Detections of each float image of ``tensors`` (on the model's device) in its pixels, on the CPU;
-    with ``tta`` the fused detections of ``TTA_PASSES``."""
+    with ``options.tta`` the detections of ``TTA_PASSES`` fused by ``options.fusion``."""
+    tta = options.tta
     passes = TTA_PASSES if tta else ((1.0, False),)
     found: list[list[dict[str, Tensor]]] = [[] for _ in tensors]
     for scale, flip in passes:
@@ -141,7 +147,10 @@ def _forward(model: torch.nn.Module, tensors: list[Tensor], tta: bool, autocast)
     fused = []
     for per_image in found:
         boxes, scores, labels = (torch.cat([d[k] for d in per_image]) for k in ("boxes", "scores", "labels"))
-        boxes, scores, labels = weighted_box_fusion(boxes, scores, labels, passes=len(passes), threshold=TTA_FUSION_IOU)
+        if options.fusion == "wbf":
+            boxes, scores, labels = weighted_box_fusion(boxes, scores, labels, passes=len(passes), threshold=TTA_FUSION_IOU)
+        else:
+            boxes, scores, labels = box_voting(boxes, scores, labels)
         fused.append({"boxes": boxes, "scores": scores, "labels": labels})
     return fused
 
@@ -187,7 +196,7 @@ def detect_image(
         for start in range(0, len(windows), options.tile_batch):
             batch = windows[start : start + options.tile_batch].tolist()
             tiles = [_as_float(image[:, y1:y2, x1:x2], device) for x1, y1, x2, y2 in batch]
-            for (x1, y1, _, _), detection in zip(batch, _forward(model, tiles, options.tta, autocast)):
+            for (x1, y1, _, _), detection in zip(batch, _forward(model, tiles, options, autocast)):
                 shift = torch.tensor([x1, y1, x1, y1], dtype=detection["boxes"].dtype)
                 found.append(_above({**detection, "boxes": detection["boxes"] + shift}, score_threshold))
             del tiles
@@ -200,7 +209,7 @@ def detect_image(
             whole = reduced_float(image, reduction_factor((height, width), *reduce_to)).to(device)
         else:
             whole = image.to(device, torch.float32)
-        detection = _forward(model, [whole], options.tta, autocast)[0]
+        detection = _forward(model, [whole], options, autocast)[0]
         scale = torch.tensor([width / whole.shape[-1], height / whole.shape[-2]] * 2)
         boxes = detection["boxes"] * scale if whole.shape[-2:] != image.shape[-2:] else detection["boxes"]
         found.append(_above({**detection, "boxes": boxes}, score_threshold))
