@@ -212,8 +212,9 @@ def load_image_uint8(path, *, max_pixels: int = SLICED_MAX_PIXELS) -> torch.Tens
     """Decode an image file whole to ``Tensor[3, H, W]`` uint8 RGB (0..255), for sliced inference.
 
     Normalised as ``load_image`` (EXIF orientation, grayscale, alpha, palette); 16-bit and float
-    images are quantised to 8 bits (through a float array of the image). The tensor is a channels-last
-    view of the decoded array: no float copy of the image is made. An image over ``max_pixels``
+    images are quantised to 8 bits. The array is filled strip by strip from Pillow's decoded image, and the
+    tensor is a channels-last view of it: no float copy of the image is made, and the peak is about twice
+    the 8-bit image (Pillow's and the array; an EXIF rotation adds one more while it is applied). An image over ``max_pixels``
     (150 megapixels by default, a 12000 x 12000 aerial tile) is refused from its header, before
     decoding, with ``DataError``; below it Pillow's decompression-bomb warning is silenced.
     """
@@ -226,16 +227,25 @@ def load_image_uint8(path, *, max_pixels: int = SLICED_MAX_PIXELS) -> torch.Tens
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 orientation = _orientation(im)
-                array = _to_rgb_array(_oriented(_decode(im, 1), orientation))
+                array = _to_rgb_array_by_strips(_oriented(_decode(im, 1), orientation))
     except DataError:
         raise
     except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
         raise _read_error(path, exc) from None
-    if array.dtype != np.uint8:
-        array = np.round(array * 255).astype(np.uint8)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # only read from
-        return torch.from_numpy(array).permute(2, 0, 1)
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _to_rgb_array_by_strips(im: Image.Image) -> np.ndarray:
+    """A decoded image -> uint8 array [H, W, 3] filled strip by strip (``_to_rgb_array`` of each strip, 16-bit
+    and float values quantised to 8 bits), so that besides Pillow's image and the array only one strip of
+    ``_PNG_STRIP_BYTES`` exists (``np.asarray(im)`` would copy the whole image through ``tobytes``, twice)."""
+    width, height = im.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, _PNG_STRIP_BYTES // (4 * 3 * width))
+    for top in range(0, height, rows):
+        strip = _to_rgb_array(im.crop((0, top, width, min(height, top + rows))))
+        out[top : top + strip.shape[0]] = strip if strip.dtype == np.uint8 else np.round(strip * 255)
+    return out
 
 
 def _decode(im: Image.Image, reduce: int) -> Image.Image:
