@@ -73,9 +73,10 @@ class RandomHorizontalFlip:
 def crop_boxes(
     boxes: torch.Tensor, window: tuple[int, int, int, int], min_visible: float = TILE_MIN_VISIBLE, min_side: float = TILE_MIN_SIDE
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boxes [K, 4] xyxy of an image -> ``(boxes [K', 4] in the pixels of its crop ``window`` (x1, y1, x2, y2),
-    keep [K] bool)``: each box clipped to the window and shifted by its corner; a box is kept when its
-    clipped part holds at least ``min_visible`` of its area and is at least ``min_side`` pixels wide and tall."""
+    """Boxes [K, 4] xyxy of an image -> ``(cropped, keep)``: ``cropped`` [K', 4] the kept boxes in the pixels of
+    the crop ``window`` = (x1, y1, x2, y2), ``keep`` [K] bool. Each box is clipped to the window and shifted by
+    its corner; it is kept when its clipped part holds at least ``min_visible`` of its area and is at least
+    ``min_side`` pixels wide and tall."""
     x1, y1, x2, y2 = window
     low = torch.tensor([x1, y1, x1, y1], dtype=boxes.dtype)
     high = torch.tensor([x2, y2, x2, y2], dtype=boxes.dtype)
