@@ -6,6 +6,7 @@ than 0.5 (red channel), so the expected boxes are known to the pixel."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -177,3 +178,20 @@ def test_predict_and_eval_commands_slice(tmp_path, capsys):
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["inference"] == {"slice": 64, "overlap": 0.2, "full_image": True, "tta": True}
     assert main(["predict", str(image), "--weights", str(weights), "--output", str(tmp_path / "o2"), "--overlap", "0.5"]) == 2
     assert "--overlap and --no-full-image go with --slice" in capsys.readouterr().err
+
+
+def test_serve_slices_every_upload():
+    pytest.importorskip("fastapi")  # the deploy extra, installed by make test
+    from fastapi.testclient import TestClient
+
+    from fasterrcnn.serve import create_app
+
+    array = np.full((200, 1000, 3), 20, dtype=np.uint8)
+    array[50:90, 700:760] = 250
+    upload = io.BytesIO()
+    Image.fromarray(array).save(upload, format="PNG")
+    detector = Detector(BrightSpot(), ["spot"], device="cpu")
+    client = TestClient(create_app(detector, inference=InferenceOptions(slice=128, full_image=False)))
+    answer = client.post("/detect", files={"image": ("wide.png", upload.getvalue(), "image/png")}).json()
+    assert [d["box"] for d in answer["detections"]] == [[700.0, 50.0, 760.0, 90.0]]
+    assert [call[0] for call in detector.model.calls[:1]] == [(3, 128, 128)]  # tiles, not the whole image
