@@ -1,7 +1,6 @@
 """Sliced training (data.transforms.RandomTile, crop_boxes) and the big-scene synthetic set."""
 
 import numpy as np
-import pytest
 import torch
 
 from fasterrcnn.data.synthetic import BIG_SCENE_LARGE, BIG_SCENE_SMALL, render_big_scene

@@ -261,10 +261,12 @@ class Detector:
         results = [self.as_detections(out, score_threshold) for out in outputs]
         return results if batch else results[0]
 
-    def __call__(self, image: ImageInput | Sequence[ImageInput], score_threshold: float = 0.5, **options) -> list[Detection] | list[list[Detection]]:
+    def __call__(
+        self, image: ImageInput | Sequence[ImageInput], score_threshold: float = 0.5
+    ) -> list[Detection] | list[list[Detection]]:
         """``detector(image)`` is ``detector.detect(image)``: one image or a list, the same arguments and answer,
         so that a Detector can be called like a model."""
-        return self.detect(image, score_threshold=score_threshold, **options)
+        return self.detect(image, score_threshold=score_threshold)
 
     def detect_tensors(self, image: ImageInput, options, score_threshold: float = 0.0) -> dict[str, torch.Tensor]:
         """The model's ``{"boxes", "labels", "scores"}`` scoring >= ``score_threshold`` (CPU, original pixels) on

@@ -37,17 +37,6 @@ def _by_score(scores: Tensor) -> Tensor:
     return torch.sort(scores, descending=True, stable=True).indices
 
 
-def _match(box: Tensor, others: Tensor, match: str) -> Tensor:
-    """``[M]``: IoS (intersection / smaller area) or IoU of ``box`` [4] with each of ``others`` [M, 4]."""
-    if match == "iou":
-        return box_iou(box[None], others)[0]
-    lt = torch.maximum(box[:2], others[:, :2])
-    rb = torch.minimum(box[2:], others[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    smaller = torch.minimum(box_area(box[None]), box_area(others)).clamp(min=torch.finfo(others.dtype).tiny)
-    return inter / smaller
-
-
 def _check(boxes: Tensor, scores: Tensor, labels: Tensor) -> None:
     _check_boxes(boxes)
     if scores.shape != (boxes.shape[0],) or labels.shape != (boxes.shape[0],):
