@@ -174,8 +174,8 @@ def test_predict_and_eval_commands_slice(tmp_path, capsys):
     results = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert all(0 <= r["bbox"][0] and r["bbox"][0] + r["bbox"][2] <= 160 for r in results)
     assert Image.open(tmp_path / "out" / "000000.jpg").size == (160, 96)
-    assert main(["eval", "--data", str(root), "--weights", str(weights), "--output", str(tmp_path / "ev"), "--slice", "64", "--tta", "--quiet"]) == 0
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["inference"] == {"slice": 64, "overlap": 0.2, "full_image": True, "tta": True}
+    assert main(["eval", "--data", str(root), "--weights", str(weights), "--output", str(tmp_path / "ev"), "--slice", "64", "--quiet"]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["inference"] == {"slice": 64, "overlap": 0.2, "full_image": True, "tta": False}
     assert main(["predict", str(image), "--weights", str(weights), "--output", str(tmp_path / "o2"), "--overlap", "0.5"]) == 2
     assert "--overlap and --no-full-image go with --slice" in capsys.readouterr().err
 

@@ -70,7 +70,8 @@ def test_an_unknown_merge_rule_is_refused():
 
 def reference_greedy_nmm(boxes, scores, labels, threshold, match):
     """SAHI's greedy merging as a plain loop over every pair."""
-    order = sorted(range(len(boxes)), key=lambda i: -float(scores[i]))
+    boxes, scores, labels = boxes.tolist(), scores.tolist(), labels.tolist()
+    order = sorted(range(len(boxes)), key=lambda i: -scores[i])
     free, out = set(order), []
     for i in order:
         if i not in free:
@@ -80,14 +81,14 @@ def reference_greedy_nmm(boxes, scores, labels, threshold, match):
         for j in order:
             if j in free and labels[j] == labels[i]:
                 a, b = boxes[i], boxes[j]
-                inter = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0]))) * max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
-                area_a, area_b = float((a[2] - a[0]) * (a[3] - a[1])), float((b[2] - b[0]) * (b[3] - b[1]))
+                inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+                area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
                 value = inter / (min(area_a, area_b) if match == "ios" else area_a + area_b - inter)
                 if value > threshold:
                     free.discard(j)
                     group.append(j)
-        members = boxes[group]
-        out.append((members[:, 0].min().item(), members[:, 1].min().item(), members[:, 2].max().item(), members[:, 3].max().item(), float(scores[i]), int(labels[i])))
+        members = [boxes[k] for k in group]
+        out.append((*(min(m[c] for m in members) for c in (0, 1)), *(max(m[c] for m in members) for c in (2, 3)), scores[i], labels[i]))
     return out
 
 
