@@ -1,6 +1,7 @@
 """Sliced training (data.transforms.RandomTile, crop_boxes) and the big-scene synthetic set."""
 
 import numpy as np
+import pytest
 import torch
 
 from fasterrcnn.data.synthetic import BIG_SCENE_LARGE, BIG_SCENE_SMALL, render_big_scene
@@ -55,3 +56,12 @@ def test_big_scene_has_small_objects_and_a_few_large_ones_deterministically():
     assert all(0 <= x1 < x2 <= 1300 and 0 <= y1 < y2 <= 1200 for _, (x1, y1, x2, y2) in objects)
     again, same = render_big_scene(np.random.default_rng([0, 0]), (1200, 1300))
     assert same == objects and np.array_equal(again, pixels)
+
+
+def test_train_refuses_a_tile_smaller_than_32_pixels(tmp_path):
+    from fasterrcnn.errors import ConfigError
+    from fasterrcnn.runs import train
+
+    with pytest.raises(ConfigError, match="slice must be a tile size of at least 32 pixels, got 8"):
+        train(tmp_path / "data", tmp_path / "run", preset="tiny", slice=8)
+    assert not (tmp_path / "run").exists()
