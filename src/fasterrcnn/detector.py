@@ -229,15 +229,33 @@ class Detector:
 
     # -- inference -----------------------------------------------------------------------------------------
     def detect(
-        self, image: ImageInput | Sequence[ImageInput], score_threshold: float = 0.5
+        self,
+        image: ImageInput | Sequence[ImageInput],
+        score_threshold: float = 0.5,
+        *,
+        slice: int | None = None,
+        overlap: float = 0.2,
+        full_image: bool = True,
+        tta: bool = False,
     ) -> list[Detection] | list[list[Detection]]:
-        """Detections scoring >= ``score_threshold`` by decreasing score; a list of lists for a list of images."""
+        """Detections scoring >= ``score_threshold`` by decreasing score; a list of lists for a list of images.
+
+        ``slice=SIZE``: sliced inference, tiles of SIZE pixels overlapping by ``overlap``, plus one pass over
+        the whole image unless ``full_image=False``; the image is read at full resolution (a path up to 150
+        megapixels) as uint8. ``tta``: test-time augmentation (flip, scales). See ``fasterrcnn.inference``.
+        """
         if not (isinstance(score_threshold, (int, float)) and 0.0 <= score_threshold <= 1.0):
             raise ValueError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
         batch = isinstance(image, (list, tuple))
         images = list(image) if batch else [image]
         if not images:
             return []
+        from fasterrcnn.inference import InferenceOptions
+
+        options = InferenceOptions(slice=slice, overlap=overlap, full_image=full_image, tta=tta)
+        if not options.plain:  # one image at a time, its tiles batched
+            results = [self.as_detections(self.detect_tensors(img, options, score_threshold)) for img in images]
+            return results if batch else results[0]
         dtype = next(self.model.parameters(), torch.empty(0)).dtype  # float32 for an exported model (no parameters)
         loaded = [self.load(img) for img in images]
         tensors = [tensor.to(self.device, dtype) for tensor, _ in loaded]
@@ -254,6 +272,16 @@ class Detector:
         """``detector(image)`` is ``detector.detect(image)``: one image or a list, the same arguments and answer,
         so that a Detector can be called like a model."""
         return self.detect(image, score_threshold=score_threshold)
+
+    def detect_tensors(self, image: ImageInput, options, score_threshold: float = 0.0) -> dict[str, torch.Tensor]:
+        """The model's ``{"boxes", "labels", "scores"}`` scoring >= ``score_threshold`` (CPU, original pixels) on
+        one image under ``options`` (``inference.InferenceOptions``: sliced images read whole as uint8, others as
+        ``load`` reads them)."""
+        from fasterrcnn.inference import detect_image, load_uint8
+
+        tensor, size = (load_uint8(image), None) if options.slice is not None else self.load(image)
+        found = detect_image(self.model, tensor, options, device=self.device, amp_dtype=self.amp_dtype, score_threshold=score_threshold)
+        return {**found, "boxes": in_original_pixels(found["boxes"], tensor, size)}
 
     def autocast(self) -> torch.autocast:
         """The context the model runs in: ``torch.autocast`` in the bf16 / fp16 ``precision``, a no-op for f32."""

@@ -33,7 +33,9 @@ sends half a request and waits is closed.
 The header check, decoding and the model run in the thread pool, so the event loop keeps
 answering /health; a lock lets one decode and forward pass run at a time. An upload is decoded
 as the Detector decodes files: one much larger than the model's input at 1/2, 1/4 ... of its size
-(its boxes still in its own pixels), so a 8000x6000 photo needs little memory.
+(its boxes still in its own pixels), so a 8000x6000 photo needs little memory. Served with
+``--slice``, an upload is decoded whole as uint8 and detected tile by tile (``fasterrcnn.inference``),
+and images up to 150 megapixels are accepted (raise ``--max-upload-bytes`` for such files).
 
 FastAPI, uvicorn and python-multipart are imported only when an app is built, so the command
 line stays quick and works without them for the other commands.
@@ -56,6 +58,7 @@ from fasterrcnn.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from fasterrcnn.detector import Detector
+    from fasterrcnn.inference import InferenceOptions
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "create_app", "run", "uvicorn_options"]
 
@@ -145,11 +148,14 @@ def create_app(
     detector: "Detector",
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     *,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_image_pixels: int | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    inference: "InferenceOptions | None" = None,
 ):
     """The FastAPI app serving ``detector`` (routes in the module docstring); a request body must
-    arrive within ``body_timeout`` seconds."""
+    arrive within ``body_timeout`` seconds. ``inference`` (``inference.InferenceOptions``): every image
+    is detected sliced and / or with TTA; ``max_image_pixels`` (default: ``DEFAULT_MAX_IMAGE_PIXELS``,
+    ``data.images.SLICED_MAX_PIXELS`` when sliced) bounds the images accepted."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.concurrency import run_in_threadpool
@@ -164,6 +170,12 @@ def create_app(
         raise ConfigError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
     if not body_timeout > 0:
         raise ConfigError(f"body_timeout must be > 0 seconds, got {body_timeout}")
+    from fasterrcnn.data.images import SLICED_MAX_PIXELS
+
+    sliced = inference is not None and inference.slice is not None
+    if max_image_pixels is None:
+        max_image_pixels = SLICED_MAX_PIXELS if sliced else DEFAULT_MAX_IMAGE_PIXELS
+    options = {} if inference is None else {"slice": inference.slice, "overlap": inference.overlap, "full_image": inference.full_image, "tta": inference.tta}
     page = index_html()
     model_lock = threading.Lock()
     app = FastAPI(title="fasterrcnn", docs_url=None, redoc_url=None, openapi_url=None)
@@ -201,7 +213,7 @@ def create_app(
     def detect_locked(buffer: io.BytesIO, filename: str, score_threshold: float):
         with model_lock:  # one forward pass at a time
             try:
-                return detector.detect(buffer, score_threshold=score_threshold)
+                return detector.detect(buffer, score_threshold=score_threshold, **options)
             except ModelOutputError as e:  # the model file's fault, not the upload's
                 raise _RequestError(500, str(e)) from None
             except DataError as e:  # e.g. truncated pixel data behind a valid header
@@ -259,8 +271,10 @@ def run(
     precision: str = "auto",
     preset: str | None = None,
     classes: Sequence[str] | str | None = None,
+    inference: "InferenceOptions | None" = None,
 ) -> None:
-    """Load ``weights`` and serve it on http://host:port until interrupted (``precision``: as Detector's).
+    """Load ``weights`` and serve it on http://host:port until interrupted (``precision``: as Detector's;
+    ``inference``: as ``create_app``'s).
 
     ``weights``: a checkpoint written by ``fasterrcnn train``, or with ``preset`` a torchvision detection
     weights file, whose ``classes`` are "coco" (the default) or the class names (as ``runs.predict``).
@@ -273,7 +287,7 @@ def run(
 
     check_port(host, port)  # before the model is loaded, and before "serving on" is printed
     detector = load_detector(weights, device=device, precision=precision, preset=preset, classes=classes)
-    app = create_app(detector, max_upload_bytes=max_upload_bytes)
+    app = create_app(detector, max_upload_bytes=max_upload_bytes, inference=inference)
     where = f"{detector.device}, {detector.precision}"
     print(f"serving {Path(weights).name} ({len(detector.class_names)} classes, {where}) on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", **uvicorn_options())

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from fasterrcnn.cli.options import add_common, add_data, add_overwrite, add_precision, class_list, inference_precision, positive_int, print_skipped, score_threshold
+from fasterrcnn.cli.options import (
+    add_common, add_data, add_inference, add_overwrite, add_precision, class_list, inference_options, inference_precision,
+    positive_int, print_skipped, score_threshold,
+)  # fmt: skip
 
 
 def add_parser(commands) -> None:
@@ -34,6 +37,7 @@ def add_parser(commands) -> None:
     )  # fmt: skip
     p.add_argument("--classes", metavar="A,B,C", help="--detections on VOC data: the class names in category-id order (default: inferred from the data)")
     p.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="images per forward pass (default: 1)")
+    add_inference(p)
     add_precision(p)
     add_common(p)
     p.set_defaults(func=run)
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, weights=args.weights, detections=args.detections, output=args.output, overwrite=args.overwrite,
         split=args.split, images=args.images, classes=class_list(args.classes), metric=args.metric,
         batch_size=args.batch_size, device=args.device, precision=inference_precision(args), num_workers=args.num_workers,
-        on_bad_image=args.on_bad_image, quiet=args.quiet, score_threshold=args.score_threshold,
+        on_bad_image=args.on_bad_image, quiet=args.quiet, score_threshold=args.score_threshold, **inference_options(args),
     )  # fmt: skip
     if not distributed.is_main_process():
         return 0

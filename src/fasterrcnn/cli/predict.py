@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from fasterrcnn.cli.options import (
-    BAD_IMAGE_HELP, add_common, add_overwrite, add_precision, add_torchvision_weights, inference_precision,
-    positive_int, score_threshold, torchvision_classes,
+    BAD_IMAGE_HELP, add_common, add_inference, add_overwrite, add_precision, add_torchvision_weights, inference_options,
+    inference_precision, positive_int, score_threshold, torchvision_classes,
 )  # fmt: skip
 
 
@@ -41,6 +41,7 @@ def add_parser(commands) -> None:
     p.add_argument("--score-threshold", type=score_threshold, default=0.5, metavar="X", help="keep detections scoring >= X (default: 0.5)")
     p.add_argument("--frame-stride", type=positive_int, default=1, metavar="N", help="process every N-th frame of a video (default: 1)")
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip", help=BAD_IMAGE_HELP + "; a video alike")
+    add_inference(p)
     add_precision(p)
     add_common(p)
     p.set_defaults(func=run)
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     result = predict(
         args.weights, args.inputs, output=args.output, overwrite=args.overwrite, score_threshold=args.score_threshold,
         on_bad_image=args.on_bad_image, frame_stride=args.frame_stride, preset=args.preset, classes=classes, device=args.device,
-        precision=inference_precision(args), quiet=args.quiet,
+        precision=inference_precision(args), quiet=args.quiet, **inference_options(args),
     )  # fmt: skip
     read = []
     if result.detections or not result.videos:

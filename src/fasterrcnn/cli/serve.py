@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from fasterrcnn.cli.options import (
-    add_device, add_precision, add_torchvision_weights, inference_precision, positive_int, torchvision_classes,
+    add_device, add_inference, add_precision, add_torchvision_weights, inference_options, inference_precision, positive_int,
+    torchvision_classes,
 )  # fmt: skip
 from fasterrcnn.serve import DEFAULT_MAX_UPLOAD_BYTES
 
@@ -38,16 +39,19 @@ def add_parser(commands) -> None:
         "--max-upload-bytes", type=positive_int, default=DEFAULT_MAX_UPLOAD_BYTES, metavar="N",
         help=f"largest accepted upload (default: {DEFAULT_MAX_UPLOAD_BYTES}, 20 MiB)",
     )  # fmt: skip
+    add_inference(p, tta=False)
     add_precision(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted (Ctrl-C), then return 0."""
+    from fasterrcnn.inference import InferenceOptions
     from fasterrcnn.serve import run as serve
 
     serve(
         args.weights, args.host, args.port, device=args.device, max_upload_bytes=args.max_upload_bytes,
         precision=inference_precision(args), preset=args.preset, classes=torchvision_classes(args),
+        inference=InferenceOptions(**inference_options(args)),
     )  # fmt: skip
     return 0

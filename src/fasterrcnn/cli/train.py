@@ -90,6 +90,11 @@ def add_parser(commands) -> None:
         help="several processes (torchrun): use --lr as given; by default the learning rate is multiplied by "
         "the number of processes, as the global batch is --batch-size x processes (train.scale_lr)",
     )  # fmt: skip
+    p.add_argument(
+        "--slice", type=positive_int, metavar="SIZE",
+        help="sliced training: each sample is a random SIZE x SIZE tile of its image at full resolution (boxes clipped; "
+        "a box with less than 30%% of its area or 2 px a side in the tile is dropped), for 'predict/eval --slice SIZE'",
+    )  # fmt: skip
     add_common(p)
     p.set_defaults(func=run)
 
@@ -117,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split, images=args.images, classes=class_list(args.classes), drop_empty=args.drop_empty,
         val_data=args.val_data, val_split=args.val_split, val_images=args.val_images, validate=not args.no_val,
         metric=args.metric, device=args.device, num_workers=args.num_workers, on_bad_image=args.on_bad_image, quiet=args.quiet,
+        slice=args.slice,
     )  # fmt: skip
     if not distributed.is_main_process():
         return 0

@@ -16,7 +16,7 @@ from fasterrcnn.data.coco import COCODataset
 from fasterrcnn.data.images import DEFAULT_REDUCE_TO, image_size, load_image
 from fasterrcnn.data.loader import GroupedBatchSampler, build_loader, collate
 from fasterrcnn.data.protocol import DetectionDataset
-from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
+from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_big_scene_voc, write_synthetic_voc
 from fasterrcnn.data.transforms import Compose, RandomHorizontalFlip
 from fasterrcnn.data.voc import VOC_CLASSES, VOCDataset
 from fasterrcnn.data.yolo import YOLODataset, find_data_yaml
@@ -83,5 +83,6 @@ __all__ = [
     "collate",
     "image_size",
     "load_image",
+    "write_big_scene_voc",
     "write_synthetic_voc",
 ]

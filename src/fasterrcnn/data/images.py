@@ -79,6 +79,8 @@ _ORIENTATION_TRANSPOSE = {
 # (min_size, max_size) that datasets decode for by default (torchvision's detection models' resize):
 # a larger image is decoded at 1/2, 1/4 ... of its size while it stays at least this large.
 DEFAULT_REDUCE_TO = (800, 1333)
+# The largest image accepted at full resolution for sliced inference (load_image_uint8).
+SLICED_MAX_PIXELS = 150_000_000
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}  # colour type -> Pillow's mode at 8 bits
 _PNG_STRIP_BYTES = 8 * 2**20  # full-size bytes of a strip of a PNG decoded reduced
@@ -232,6 +234,46 @@ def load_image(path, *, apply_exif: bool = True, reduce: int = 1) -> torch.Tenso
     except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
         raise _read_error(path, exc) from None
     return _to_tensor(array)
+
+
+def load_image_uint8(path, *, max_pixels: int = SLICED_MAX_PIXELS) -> torch.Tensor:
+    """Decode an image file whole to ``Tensor[3, H, W]`` uint8 RGB (0..255), for sliced inference.
+
+    Normalised as ``load_image`` (EXIF orientation, grayscale, alpha, palette); 16-bit and float
+    images are quantised to 8 bits. The array is filled strip by strip from Pillow's decoded image, and the
+    tensor is a channels-last view of it: no float copy of the image is made, and the peak is about twice
+    the 8-bit image (Pillow's and the array; an EXIF rotation adds one more while it is applied). An image over ``max_pixels``
+    (150 megapixels by default, a 12000 x 12000 aerial tile) is refused from its header, before
+    decoding, with ``DataError``; below it Pillow's decompression-bomb warning is silenced.
+    """
+    height, width = image_size(path)
+    if height * width > max_pixels:
+        raise DataError(path, f"the image is {width}x{height}, {height * width / 1e6:.0f} megapixels: more than the {max_pixels / 1e6:.0f} accepted")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                orientation = _orientation(im)
+                array = _to_rgb_array_by_strips(_oriented(_decode(im, 1), orientation))
+    except DataError:
+        raise
+    except Exception as exc:  # any failure of Pillow on a damaged file (see the module docstring)
+        raise _read_error(path, exc) from None
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _to_rgb_array_by_strips(im: Image.Image) -> np.ndarray:
+    """A decoded image -> uint8 array [H, W, 3] filled strip by strip (``_to_rgb_array`` of each strip, 16-bit
+    and float values quantised to 8 bits), so that besides Pillow's image and the array only one strip of
+    ``_PNG_STRIP_BYTES`` exists (``np.asarray(im)`` would copy the whole image through ``tobytes``, twice)."""
+    width, height = im.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, _PNG_STRIP_BYTES // (4 * 3 * width))
+    for top in range(0, height, rows):
+        strip = _to_rgb_array(im.crop((0, top, width, min(height, top + rows))))
+        out[top : top + strip.shape[0]] = strip if strip.dtype == np.uint8 else np.round(strip * 255)
+    return out
 
 
 def _decode(im: Image.Image, reduce: int) -> Image.Image:
@@ -478,4 +520,7 @@ def _header_sizes(im: Image.Image) -> tuple[tuple[int, int], tuple[int, int]]:
     return stored, oriented
 
 
-__all__ = ["DEFAULT_REDUCE_TO", "check_image", "image_size", "load_annotated_image", "load_image", "reduction_factor"]
+__all__ = [
+    "DEFAULT_REDUCE_TO", "SLICED_MAX_PIXELS", "check_image", "image_size", "load_annotated_image", "load_image", "load_image_uint8",
+    "reduction_factor",
+]  # fmt: skip

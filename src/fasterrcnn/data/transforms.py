@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 
 _BOX_KEYS = ("boxes", "crowd_boxes")
+_OBJECT_KEYS = ("labels", "difficult", "iscrowd", "area")  # per-object values, filtered with "boxes"
+TILE_MIN_VISIBLE = 0.3  # a box cut by a tile's edge is kept when at least this fraction of its area is inside
+TILE_MIN_SIDE = 2.0  # ... and its part inside is at least this many pixels wide and tall
 
 
 class Compose:
@@ -67,4 +70,51 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
-__all__ = ["Compose", "RandomHorizontalFlip", "hflip_boxes", "resize_boxes"]
+def crop_boxes(
+    boxes: torch.Tensor, window: tuple[int, int, int, int], min_visible: float = TILE_MIN_VISIBLE, min_side: float = TILE_MIN_SIDE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes [K, 4] xyxy of an image -> ``(cropped, keep)``: ``cropped`` [K', 4] the kept boxes in the pixels of
+    the crop ``window`` = (x1, y1, x2, y2), ``keep`` [K] bool. Each box is clipped to the window and shifted by
+    its corner; it is kept when its clipped part holds at least ``min_visible`` of its area and is at least
+    ``min_side`` pixels wide and tall."""
+    x1, y1, x2, y2 = window
+    low = torch.tensor([x1, y1, x1, y1], dtype=boxes.dtype)
+    high = torch.tensor([x2, y2, x2, y2], dtype=boxes.dtype)
+    clipped = torch.minimum(torch.maximum(boxes, low), high)
+    sides = clipped[:, 2:] - clipped[:, :2]  # [K, 2]
+    areas = (boxes[:, 2:] - boxes[:, :2]).prod(dim=1)
+    keep = (sides.prod(dim=1) >= min_visible * areas) & (sides >= min_side).all(dim=1) & (areas > 0)
+    return clipped[keep] - low[:2].repeat(2), keep
+
+
+class RandomTile:
+    """Sliced training: a ``size`` x ``size`` window of the image (a side shorter than ``size``: all of it)
+    at a uniformly random position; boxes are clipped to it (``crop_boxes``: a box keeps at least
+    ``TILE_MIN_VISIBLE`` of its area and ``TILE_MIN_SIDE`` pixels a side, or is dropped with its label);
+    crowd boxes are clipped and kept while any of them is inside. The tile is the sample's image: its
+    ``orig_size`` is dropped."""
+
+    def __init__(self, size: int, generator: torch.Generator | None = None):
+        self.size = size
+        self.generator = generator
+
+    def __call__(self, image, target):
+        height, width = image.shape[-2:]
+        tile_h, tile_w = min(self.size, height), min(self.size, width)
+        y = int(torch.randint(0, height - tile_h + 1, (), generator=self.generator))
+        x = int(torch.randint(0, width - tile_w + 1, (), generator=self.generator))
+        window = (x, y, x + tile_w, y + tile_h)
+        target = {key: value for key, value in target.items() if key != "orig_size"}
+        target["boxes"], keep = crop_boxes(target["boxes"], window)
+        for key in _OBJECT_KEYS:
+            if key in target:
+                target[key] = target[key][keep]
+        if "crowd_boxes" in target:
+            target["crowd_boxes"], _ = crop_boxes(target["crowd_boxes"], window, min_visible=0.0, min_side=1e-6)
+        return image[:, y : y + tile_h, x : x + tile_w].clone(), target  # a copy: the whole image can be freed
+
+    def __repr__(self) -> str:
+        return f"RandomTile(size={self.size})"
+
+
+__all__ = ["TILE_MIN_SIDE", "TILE_MIN_VISIBLE", "Compose", "RandomHorizontalFlip", "RandomTile", "crop_boxes", "hflip_boxes", "resize_boxes"]

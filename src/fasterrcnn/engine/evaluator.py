@@ -19,12 +19,15 @@ gets the metrics. The batches, hence the detections and the metrics, are those o
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fasterrcnn.data.protocol import DetectionDataset
 from fasterrcnn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fasterrcnn.inference import InferenceOptions
 
 __all__ = [
     "METRICS",
@@ -62,6 +65,7 @@ def run_inference(
     progress: bool = False,
     shard: bool = True,
     amp_dtype: torch.dtype | None = None,
+    inference: InferenceOptions | None = None,
 ) -> list[dict]:
     """Detections of ``model`` on every image of ``dataset`` (no augmentation), as a results list.
 
@@ -69,7 +73,8 @@ def run_inference(
     ``orig_size``, see ``VOCDataset``'s ``reduce_to``) has its detections scaled back.
 
     The model is put in eval mode for the run and its previous mode is restored afterwards; with
-    ``amp_dtype`` (``device.autocast_dtype``) it runs under ``torch.autocast`` in that dtype.
+    ``amp_dtype`` (``device.autocast_dtype``) it runs under ``torch.autocast`` in that dtype. ``inference``
+    (``inference.InferenceOptions``, sliced and / or TTA) detects each image with ``inference.detect_image``.
     In a data-parallel run (``shard``, a process group initialised) every process runs its share of
     the batches; rank 0 returns the whole list, in the order of one process, the others ``[]``.
     """
@@ -81,6 +86,7 @@ def run_inference(
     from fasterrcnn.device import autocast_context
     from fasterrcnn.engine import distributed
     from fasterrcnn.evaluation import detections_to_results
+    from fasterrcnn.inference import detect_image
 
     world_size = distributed.get_world_size() if shard else 1
     indices = list(range(len(dataset)))
@@ -99,8 +105,11 @@ def run_inference(
     autocast = autocast_context(torch.device(device), amp_dtype)
     try:
         for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
-            with autocast:
-                detections = model([image.to(device) for image in images])
+            if inference is not None and not inference.plain:  # one image at a time, its tiles batched
+                detections = [detect_image(model, image, inference, device=device, amp_dtype=amp_dtype) for image in images]
+            else:
+                with autocast:
+                    detections = model([image.to(device) for image in images])
             for image, target, detection in zip(images, targets, detections):
                 if "orig_size" in target:  # an image decoded reduced: its boxes back in the file's pixels
                     boxes = resize_boxes(detection["boxes"], image.shape[-2:], target["orig_size"])
@@ -169,6 +178,7 @@ def evaluate_model(
     progress: bool = False,
     shard: bool = True,
     amp_dtype: torch.dtype | None = None,
+    inference: InferenceOptions | None = None,
 ) -> tuple[list[dict], dict[str, Any]]:
     """``run_inference`` then ``evaluate_results``: returns ``(results, metrics)``.
 
@@ -188,6 +198,7 @@ def evaluate_model(
         progress=progress,
         shard=shard,
         amp_dtype=amp_dtype,
+        inference=inference,
     )
     if not (shard and distributed.is_distributed()):
         return results, evaluate_results(results, dataset, metric=metric)

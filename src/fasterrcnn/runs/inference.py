@@ -80,6 +80,10 @@ def evaluate(
     on_bad_image: str = "skip",
     quiet: bool = False,
     score_threshold: float = 0.5,
+    slice: int | None = None,
+    overlap: float = 0.2,
+    full_image: bool = True,
+    tta: bool = False,
 ) -> EvalResult:
     """Score a checkpoint (``weights``: a path or a ``Detector``) or a COCO results file (``detections``) on ``data``.
 
@@ -88,6 +92,9 @@ def evaluate(
     predictions). The confusion matrix and the per-class precision / recall count the detections scoring
     ``>= score_threshold`` (``engine/report.py``). Started by torchrun, the processes share the images and
     rank 0 scores and writes. ``precision``: the checkpoint's (``Detector``), recorded in ``metrics.json``.
+
+    ``slice`` / ``overlap`` / ``full_image`` / ``tta``: sliced inference and test-time augmentation, as
+    ``Detector.detect`` (``fasterrcnn.inference``); with ``slice`` the images are decoded at full resolution.
     """
     from fasterrcnn.data import build_dataset
     from fasterrcnn.data.yolo import split_folders
@@ -100,8 +107,13 @@ def evaluate(
 
     if (weights is None) == (detections is None):
         raise ConfigError("evaluate a checkpoint (weights) or a results file (detections): give one of them")
+    from fasterrcnn.inference import InferenceOptions
+
     check_policy(on_bad_image)
     check_score_threshold(score_threshold)
+    inference = InferenceOptions(slice=slice, overlap=overlap, full_image=full_image, tta=tta)
+    if weights is None and not inference.plain:
+        raise ConfigError("slice and tta are ways to run a checkpoint: they go with weights, not with a detections file")
     folder = OutputFolder(output) if output is not None else None
     device = distributed.init_distributed(device)  # torchrun: this process's device, process group joined
     main = distributed.is_main_process()
@@ -114,7 +126,7 @@ def evaluate(
         if classes is not None and list(classes) != list(detector.class_names):
             raise ConfigError(f"classes differ from the checkpoint's classes ({', '.join(detector.class_names)})")
         transform = getattr(detector.model, "transform", None)  # a huge image is decoded reduced to about its input size
-        reduce_to = None if transform is None else (transform.min_size, transform.max_size)
+        reduce_to = None if transform is None or slice is not None else (transform.min_size, transform.max_size)
         dataset = build_dataset(
             data, split=split, images_dir=images, classes=list(detector.class_names), on_bad_image=on_bad_image, reduce_to=reduce_to
         )  # fmt: skip
@@ -122,9 +134,11 @@ def evaluate(
         results, metrics = evaluate_model(
             detector.model, dataset, metric=metric, class_names=detector.class_names,
             label_to_category_id=dataset.label_to_category_id, batch_size=batch_size, num_workers=num_workers,
-            device=detector.device, progress=not quiet, amp_dtype=detector.amp_dtype,
+            device=detector.device, progress=not quiet, amp_dtype=detector.amp_dtype, inference=inference,
         )  # fmt: skip
         source = {"weights": repr(weights) if weights is detector else str(weights), "precision": detector.precision}
+        if not inference.plain:
+            source["inference"] = {"slice": slice, "overlap": overlap, "full_image": full_image, "tta": tta}
     else:
         if not main:
             return EvalResult({}, metric or "", 0, 0, None)  # scoring a results file is rank 0's alone

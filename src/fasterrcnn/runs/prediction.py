@@ -55,8 +55,10 @@ from fasterrcnn.runs.inference import load_detector
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
     from fasterrcnn.detector import Detection, Detector
+    from fasterrcnn.inference import InferenceOptions
 
 __all__ = ["IMAGE_SUFFIXES", "FrameDetections", "PredictInput", "PredictResult", "VideoResult", "find_inputs", "predict"]
 
@@ -65,6 +67,7 @@ logger = logging.getLogger("fasterrcnn")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 INPUT_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 OUTPUT_MARKERS = ("detections.json", "detections.jsonl")  # files that make a folder a predict output folder
+PICTURE_MAX_SIDE = 4096  # the largest side of a picture drawn on an image read whole for slicing
 
 
 class FrameDetections(NamedTuple):
@@ -166,18 +169,45 @@ def _claim_outputs(folder: OutputFolder, inputs: Sequence[str | Path], found: li
     folder.claim([*writers, *OUTPUT_MARKERS], overwrite=overwrite, inputs=[entry.path for entry in found], input_folders=input_folders)
 
 
-def _detect(detector: Detector, image: torch.Tensor, size: tuple[int, int] | None, score_threshold: float):
-    """The model's detections scoring >= ``score_threshold`` on ``image`` (CPU tensors), and the same in
-    the pixels of the original image of ``size`` (``fasterrcnn.detector.in_original_pixels``)."""
+def _detect(detector: Detector, image: torch.Tensor, size: tuple[int, int] | None, score_threshold: float, inference: InferenceOptions):
+    """The model's detections scoring >= ``score_threshold`` on ``image`` (CPU tensors; sliced and / or TTA
+    by ``inference``), and the same in the pixels of the original image of ``size``
+    (``fasterrcnn.detector.in_original_pixels``)."""
     import torch
 
     from fasterrcnn.detector import in_original_pixels
+    from fasterrcnn.inference import detect_image
 
-    with torch.inference_mode(), detector.autocast():
-        detection = detector.model([image.to(detector.device)])[0]
+    if inference.plain:
+        with torch.inference_mode(), detector.autocast():
+            detection = detector.model([image.to(detector.device)])[0]
+    else:
+        detection = detect_image(
+            detector.model, image, inference, device=detector.device, amp_dtype=detector.amp_dtype, score_threshold=score_threshold
+        )  # fmt: skip
     keep = detection["scores"] >= score_threshold
     detection = {k: v[keep].cpu() for k, v in detection.items()}
     return detection, {**detection, "boxes": in_original_pixels(detection["boxes"], image, size)}
+
+
+def _picture(image: torch.Tensor, detection: dict, class_names) -> Image.Image:
+    """``image`` with ``detection`` drawn; a uint8 image (read whole for slicing) is drawn reduced by 2, 4 ...
+    to at most ``PICTURE_MAX_SIDE`` pixels a side, its boxes scaled alike."""
+    import torch
+
+    from fasterrcnn.data.transforms import resize_boxes
+    from fasterrcnn.inference import reduced_float
+    from fasterrcnn.visualize import draw_detections
+
+    boxes = detection["boxes"]
+    if image.dtype == torch.uint8:
+        factor = 1
+        while max(image.shape[1:]) > PICTURE_MAX_SIDE * factor:
+            factor *= 2
+        reduced = reduced_float(image, factor)
+        boxes = resize_boxes(boxes, tuple(image.shape[1:]), tuple(reduced.shape[1:]))
+        image = reduced
+    return draw_detections(image, boxes, detection["labels"], detection["scores"], class_names)
 
 
 def _json_line(record: dict) -> str:
@@ -185,11 +215,13 @@ def _json_line(record: dict) -> str:
 
 
 def _predict_video(
-    detector: Detector, entry: PredictInput, folder: OutputFolder | None, *, score_threshold: float, frame_stride: int, quiet: bool
+    detector: Detector, entry: PredictInput, folder: OutputFolder | None, *, score_threshold: float, frame_stride: int, quiet: bool,
+    inference: InferenceOptions,
 ) -> VideoResult:
     """Detect objects in every ``frame_stride``-th frame of a video; with ``folder``, write its annotated video
     and JSON Lines (see the module docstring). One decoded frame in memory at a time."""
     import numpy as np
+    import torch
     from PIL import Image
     from tqdm import tqdm
 
@@ -208,9 +240,13 @@ def _predict_video(
         def run(writer: VideoWriter | None, lines) -> None:
             with tqdm(total=total, desc=entry.path.name, unit="frame", disable=quiet, leave=False) as bar:
                 for index, time, frame in video.frames(frame_stride):
-                    full = to_rgb(frame) if writer is not None or reduce == 1 else None
-                    image = to_image_tensor(full if reduce == 1 else to_rgb(frame, reduce))  # a large frame reduced before any float copy
-                    _, original = _detect(detector, image, size if reduce > 1 else None, score_threshold)
+                    sliced = inference.slice is not None
+                    full = to_rgb(frame) if writer is not None or reduce == 1 or sliced else None
+                    if sliced:  # uint8 at full resolution, cut into tiles
+                        image, reduced = torch.from_numpy(full).permute(2, 0, 1), False
+                    else:  # a large frame reduced before any float copy
+                        image, reduced = to_image_tensor(full if reduce == 1 else to_rgb(frame, reduce)), reduce > 1
+                    _, original = _detect(detector, image, size if reduced else None, score_threshold, inference)
                     detections = detector.as_detections(original)
                     frames.append(FrameDetections(index, time, detections))
                     if lines is not None:
@@ -254,6 +290,10 @@ def predict(
     device: str = "auto",
     precision: str = "auto",
     quiet: bool = False,
+    slice: int | None = None,
+    overlap: float = 0.2,
+    full_image: bool = True,
+    tta: bool = False,
 ) -> PredictResult:
     """Detect objects in image and video files and folders with a checkpoint, a ``Detector`` or (``preset``)
     a torchvision file.
@@ -264,13 +304,19 @@ def predict(
     (``"error"``). An image or frame much larger than the model's input is decoded reduced (memory stays
     bounded). ``precision``: the model's (``Detector``), recorded in every line of the ``.jsonl`` files.
     Unless ``quiet``, prints one line per image and shows a progress bar over a video's frames.
+
+    ``slice`` / ``overlap`` / ``full_image`` / ``tta``: sliced inference and test-time augmentation, as
+    ``Detector.detect`` (``fasterrcnn.inference``). With ``slice``, images (up to 150 megapixels) and frames
+    are read whole as uint8, and the picture is drawn reduced to at most ``PICTURE_MAX_SIDE`` pixels a side.
     """
+    from fasterrcnn.inference import InferenceOptions, load_uint8
+
     from fasterrcnn.data.video import require_av
     from fasterrcnn.evaluation import detections_to_results, save_results
-    from fasterrcnn.visualize import draw_detections
 
     check_policy(on_bad_image)
     check_score_threshold(score_threshold)
+    inference = InferenceOptions(slice=slice, overlap=overlap, full_image=full_image, tta=tta)
     if isinstance(frame_stride, bool) or not isinstance(frame_stride, int) or frame_stride < 1:
         raise ConfigError(f"frame_stride must be a whole number >= 1, got {frame_stride!r}")
     found = find_inputs(inputs)
@@ -291,13 +337,15 @@ def predict(
         for entry in found:
             try:
                 if entry.is_video:
-                    video = _predict_video(detector, entry, folder, score_threshold=score_threshold, frame_stride=frame_stride, quiet=quiet)
+                    video = _predict_video(
+                        detector, entry, folder, score_threshold=score_threshold, frame_stride=frame_stride, quiet=quiet, inference=inference
+                    )  # fmt: skip
                     video_results[entry.path] = video
                     if not quiet:
                         count = sum(len(frame.detections) for frame in video.frames)
                         print(f"{entry.path}: {count} detections on {len(video.frames)} frames", flush=True)
                     continue
-                image, size = detector.load(entry.path)
+                image, size = (load_uint8(entry.path), None) if slice is not None else detector.load(entry.path)
             except WriteError:  # an output, not a bad input: never skipped
                 raise
             except DataError as error:
@@ -306,7 +354,7 @@ def predict(
                 logger.warning(f"skipping {error}")
                 skipped.append((str(entry.path), error.problem))
                 continue
-            detection, original = _detect(detector, image, size, score_threshold)
+            detection, original = _detect(detector, image, size, score_threshold, inference)
             detections[entry.path] = detector.as_detections(original)
             results.extend(detections_to_results(entry.name, original, detector.class_names, detector.label_to_category_id))
             if folder is not None:
@@ -315,7 +363,7 @@ def predict(
                 with writing(lines_path, "the detections"):
                     lines.write(_json_line({**record, "detections": [d.to_dict() for d in detections[entry.path]]}))
                     lines.flush()
-                picture = draw_detections(image, detection["boxes"], detection["labels"], detection["scores"], detector.class_names)
+                picture = _picture(image, detection, detector.class_names)
                 target = folder.path / entry.outputs()[0]
                 with writing(target, "the picture"):
                     target.parent.mkdir(parents=True, exist_ok=True)

@@ -164,6 +164,7 @@ def train(
     num_workers: int = 0,
     on_bad_image: str = "skip",
     quiet: bool = False,
+    slice: int | None = None,
 ) -> TrainResult:
     """Train a Faster R-CNN on ``data`` (a VOC root or a COCO instances JSON) into the run folder ``output``.
 
@@ -177,6 +178,8 @@ def train(
     Validation uses ``val_data`` (or the ``val_split`` of a VOC root) unless ``validate`` is False.
     Any exception during training first writes ``last.pt`` (``engine.trainer.TrainingFailed``).
     Started by torchrun, every process calls it (data parallel); rank 0 owns the folder.
+    ``slice=SIZE``: sliced training, every sample a random SIZE x SIZE tile of its image decoded at full
+    resolution (``data.transforms.RandomTile``: boxes clipped, remnants under 30 % of a box or 2 px dropped).
     Returns a ``TrainResult``.
     """
     from fasterrcnn.engine import distributed
@@ -192,8 +195,10 @@ def train(
     options = dict(
         split=split, images=images, classes=classes, drop_empty=drop_empty, val_data=val_data, val_split=val_split,
         val_images=val_images, validate=validate, metric=metric, device=device, num_workers=num_workers,
-        on_bad_image=on_bad_image, quiet=quiet, download=download, overwrite=overwrite,
+        on_bad_image=on_bad_image, quiet=quiet, download=download, overwrite=overwrite, slice=slice,
     )  # fmt: skip
+    if slice is not None and (isinstance(slice, bool) or not isinstance(slice, int) or slice < 32):
+        raise ConfigError(f"slice must be a tile size of at least 32 pixels, got {slice!r}")
     distributed.init_distributed(device)  # torchrun: join the process group (a no-op otherwise)
     if not distributed.is_main_process():  # rank 0 owns the folder; the others train beside it
         return _train(folder, data, preset, config, overrides, resume, backbone_weights, options)
@@ -207,6 +212,7 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
 
     from fasterrcnn.config import get_preset, replace, to_dict
     from fasterrcnn.data import RandomHorizontalFlip, build_dataset
+    from fasterrcnn.data.transforms import Compose, RandomTile
     from fasterrcnn.engine import distributed
     from fasterrcnn.engine.checkpoint import Checkpoint
     from fasterrcnn.engine.evaluator import evaluate_model
@@ -232,9 +238,12 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
     flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
     on_bad_image = options["on_bad_image"]
     reduce_to = (model_config.min_size, model_config.max_size)  # a huge image is decoded reduced to about this
+    transforms = flip
+    if options["slice"] is not None:  # full resolution, one random tile per sample
+        transforms = Compose([RandomTile(options["slice"]), *([flip] if flip is not None else [])])
     dataset = build_dataset(
-        data, split=options["split"], images_dir=options["images"], classes=class_names, transforms=flip,
-        on_bad_image=on_bad_image, drop_empty=options["drop_empty"], reduce_to=reduce_to,
+        data, split=options["split"], images_dir=options["images"], classes=class_names, transforms=transforms,
+        on_bad_image=on_bad_image, drop_empty=options["drop_empty"], reduce_to=None if options["slice"] is not None else reduce_to,
     )  # fmt: skip
     val_dataset = None
     if options["validate"]:
