@@ -6,7 +6,9 @@ Each entry is::
      "category_id": 18,           # COCO: the JSON's category id; VOC: 1-based index in the class list
      "category_name": "dog",
      "bbox": [x, y, w, h],        # continuous pixels of the original image, w = x2 - x1, h = y2 - y1
-     "score": 0.93}
+     "score": 0.93,
+     "probabilities": [...]}    # only when the detections carry them (predict --probabilities):
+                                # the box head's softmax over background + the C classes, in label order
 
 This is the file ``pycocotools`` reads (``COCO.loadRes``); the VOC evaluator reads the same list.
 Boxes inside the model are ``(x1, y1, x2, y2)``; they are converted to ``xywh`` only here.
@@ -41,7 +43,8 @@ def detections_to_results(
 
     Args:
         image_id: the image's id as the dataset names it (COCO int id, VOC file stem).
-        detection: ``{"boxes": Tensor[D,4] xyxy, "labels": Tensor[D] in 1..C, "scores": Tensor[D]}``.
+        detection: ``{"boxes": Tensor[D,4] xyxy, "labels": Tensor[D] in 1..C, "scores": Tensor[D]}``, and
+            optionally ``"probabilities": Tensor[D, C+1]`` (copied into each entry).
         class_names: the C foreground class names; label ``l`` is ``class_names[l - 1]``.
         label_to_category_id: label -> dataset category id (COCO); ``None`` keeps the label
             as the category id (VOC).
@@ -59,8 +62,9 @@ def detections_to_results(
             f"{tuple(boxes.shape)}, {len(labels)}, {len(scores)}"
         )
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    rows = detection["probabilities"].detach().cpu().tolist() if "probabilities" in detection else None
     results = []
-    for box, label, score in zip(xywh, labels, scores):
+    for k, (box, label, score) in enumerate(zip(xywh, labels, scores)):
         label = int(label)
         if not 1 <= label <= len(class_names):
             raise ValueError(f"detection for image {image_id!r}: label {label} outside 1..{len(class_names)}")
@@ -72,6 +76,7 @@ def detections_to_results(
                 "category_name": class_names[label - 1],
                 "bbox": box,
                 "score": float(score),
+                **({"probabilities": rows[k]} if rows is not None else {}),
             }
         )
     return results

@@ -23,7 +23,8 @@ Outputs (``output=DIR``), each input at ``NAME``: its path relative to the folde
                            at the end, also when a bad image or Ctrl-C stops the run: it covers every image read
 
 DETECTION is ``Detection.to_dict()``: ``{"box": [x1, y1, x2, y2] in the original image's or frame's pixels,
-"label", "class_name", "score"}``. An interrupted run keeps every line written; only the last line may be
+"label", "class_name", "score"}``, with ``"probabilities"`` (the box head's softmax over background and the
+C classes, in label order) when ``probabilities`` is on; ``detections.json``'s entries then carry it too. An interrupted run keeps every line written; only the last line may be
 cut, when the process is killed during its write.
 
 Outputs are claimed before the model is loaded (``runs.folder.OutputFolder``): an existing output file is
@@ -161,14 +162,14 @@ def _claim_outputs(folder: OutputFolder, inputs: Sequence[str | Path], found: li
     folder.claim([*writers, *OUTPUT_MARKERS], overwrite=overwrite, inputs=[entry.path for entry in found], input_folders=input_folders)
 
 
-def _detect(detector: Detector, image: torch.Tensor, size: tuple[int, int] | None, score_threshold: float):
+def _detect(detector: Detector, image: torch.Tensor, size: tuple[int, int] | None, score_threshold: float, probabilities: bool = False):
     """The model's detections scoring >= ``score_threshold`` on ``image`` (CPU tensors), and the same in
     the pixels of the original image of ``size`` (``fasterrcnn.detector.in_original_pixels``)."""
     import torch
 
     from fasterrcnn.detector import in_original_pixels
 
-    with torch.inference_mode(), detector.autocast():
+    with torch.inference_mode(), detector.autocast(), detector.keeping_probabilities(probabilities):
         detection = detector.model([image.to(detector.device)])[0]
     keep = detection["scores"] >= score_threshold
     detection = {k: v[keep].cpu() for k, v in detection.items()}
@@ -180,7 +181,8 @@ def _json_line(record: dict) -> str:
 
 
 def _predict_video(
-    detector: Detector, entry: PredictInput, folder: OutputFolder | None, *, score_threshold: float, frame_stride: int, quiet: bool
+    detector: Detector, entry: PredictInput, folder: OutputFolder | None, *, score_threshold: float, frame_stride: int, quiet: bool,
+    probabilities: bool = False,
 ) -> VideoResult:
     """Detect objects in every ``frame_stride``-th frame of a video; with ``folder``, write its annotated video
     and JSON Lines (see the module docstring). One decoded frame in memory at a time."""
@@ -205,7 +207,7 @@ def _predict_video(
                 for index, time, frame in video.frames(frame_stride):
                     full = to_rgb(frame) if writer is not None or reduce == 1 else None
                     image = to_image_tensor(full if reduce == 1 else to_rgb(frame, reduce))  # a large frame reduced before any float copy
-                    _, original = _detect(detector, image, size if reduce > 1 else None, score_threshold)
+                    _, original = _detect(detector, image, size if reduce > 1 else None, score_threshold, probabilities)
                     detections = detector.as_detections(original)
                     frames.append(FrameDetections(index, time, detections))
                     if lines is not None:
@@ -247,6 +249,7 @@ def predict(
     device: str = "auto",
     amp: str | None = None,
     quiet: bool = False,
+    probabilities: bool = False,
 ) -> PredictResult:
     """Detect objects in image and video files and folders with a checkpoint, a ``Detector`` or (``preset``)
     a torchvision file.
@@ -255,7 +258,7 @@ def predict(
     'fasterrcnn[video]'``); ``frame_stride=N`` processes every N-th frame of a video. A bad image or video
     (missing, truncated, not decodable) is skipped with a warning (``on_bad_image="skip"``) or stops the run
     (``"error"``). An image or frame much larger than the model's input is decoded reduced (memory stays
-    bounded). Unless ``quiet``, prints one line per image and shows a progress bar over a video's frames.
+    bounded). ``probabilities``: each detection also carries its class probabilities. Unless ``quiet``, prints one line per image and shows a progress bar over a video's frames.
     """
     from fasterrcnn.data.video import require_av
     from fasterrcnn.evaluation import detections_to_results, save_results
@@ -281,7 +284,9 @@ def predict(
         for entry in found:
             try:
                 if entry.is_video:
-                    video = _predict_video(detector, entry, folder, score_threshold=score_threshold, frame_stride=frame_stride, quiet=quiet)
+                    video = _predict_video(
+                        detector, entry, folder, score_threshold=score_threshold, frame_stride=frame_stride, quiet=quiet, probabilities=probabilities
+                    )
                     video_results[entry.path] = video
                     if not quiet:
                         count = sum(len(frame.detections) for frame in video.frames)
@@ -294,7 +299,7 @@ def predict(
                 logger.warning(f"skipping {error}")
                 skipped.append((str(entry.path), error.problem))
                 continue
-            detection, original = _detect(detector, image, size, score_threshold)
+            detection, original = _detect(detector, image, size, score_threshold, probabilities)
             detections[entry.path] = detector.as_detections(original)
             results.extend(detections_to_results(entry.name, original, detector.class_names, detector.label_to_category_id))
             if folder is not None:
