@@ -39,7 +39,10 @@ import torch
 
 from fasterrcnn.ops.boxes import box_iou
 
-__all__ = ["BACKGROUND_IOU", "ERROR_TYPES", "FOREGROUND_IOU", "MAX_DETECTIONS", "ErrorBreakdown", "average_precision_101", "error_breakdown"]
+__all__ = [
+    "BACKGROUND_IOU", "ERROR_TYPES", "FOREGROUND_IOU", "MAX_DETECTIONS", "ErrorBreakdown", "average_precision_101",
+    "error_breakdown", "greedy_match", "inside_ignored",
+]  # fmt: skip
 
 FOREGROUND_IOU = 0.5
 BACKGROUND_IOU = 0.1
@@ -141,17 +144,8 @@ def error_breakdown(
         iou = box_iou(torch.from_numpy(det_boxes), torch.from_numpy(gt_boxes)).numpy()  # [D, K]
         same = det_labels[:, None] == gt_labels[None, :]
         same_iou = iou * same
-        used = np.zeros(len(gt_labels), bool)
-        matched = np.zeros(len(det_labels), bool)
-        free = same_iou.copy()
-        for d in range(len(det_labels)):  # COCO matching: by decreasing score
-            if len(gt_labels) == 0:
-                break
-            g = int(np.argmax(free[d]))
-            if free[d, g] >= foreground_iou:
-                matched[d] = used[g] = True
-                free[:, g] = 0.0
-        inside_crowd = _inside(det_boxes, crowd_boxes, det_labels, crowd_labels, foreground_iou)  # [D]
+        matched, used = greedy_match(same_iou, foreground_iou)
+        inside_crowd = inside_ignored(det_boxes, crowd_boxes, det_labels, crowd_labels, foreground_iou)  # [D]
         usable = np.zeros(len(gt_labels), bool)
         other_iou = iou * ~same
         used_iou = same_iou * used[None, :]
@@ -199,7 +193,21 @@ def error_breakdown(
     return ErrorBreakdown(ap, delta, per_class, counts)
 
 
-def _inside(det_boxes: np.ndarray, crowd_boxes: np.ndarray, det_labels: np.ndarray, crowd_labels: np.ndarray, threshold: float) -> np.ndarray:
+def greedy_match(same_class_iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """COCO's matching: ``same_class_iou`` [D, K] (IoU, 0 between different classes; detections by decreasing
+    score) -> (matched [D] bool, used [K] bool): each detection in turn takes the free box of highest IoU >= threshold."""
+    matched = np.zeros(same_class_iou.shape[0], bool)
+    used = np.zeros(same_class_iou.shape[1], bool)
+    free = same_class_iou.copy()
+    for d in range(len(matched) if len(used) else 0):
+        g = int(np.argmax(free[d]))
+        if free[d, g] >= threshold:
+            matched[d] = used[g] = True
+            free[:, g] = 0.0
+    return matched, used
+
+
+def inside_ignored(det_boxes: np.ndarray, crowd_boxes: np.ndarray, det_labels: np.ndarray, crowd_labels: np.ndarray, threshold: float) -> np.ndarray:
     """[D] bool: the detection's area lies more than ``threshold`` inside a crowd / difficult box of its class."""
     if len(crowd_boxes) == 0 or len(det_boxes) == 0:
         return np.zeros(len(det_boxes), bool)
