@@ -206,3 +206,20 @@ def test_export_creates_its_folder_and_never_replaces_a_file_unasked(tiny_checkp
     assert weights.read_bytes() == b"someone else's file" and not (tmp_path / "tiny.xml").exists()
     assert export_files(tmp_path / "m.onnx", "openvino") == ("openvino", [tmp_path / "m.onnx", tmp_path / "m.bin"])
     assert export_files(tmp_path / "m.xml") == ("openvino", [tmp_path / "m.xml", tmp_path / "m.bin"])
+
+
+def test_a_calibrated_temperature_is_baked_into_the_graph(tmp_path):
+    model = _model("tiny")
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(300)  # confident scores, which a temperature moves
+    model.roi_heads.temperature = 3.0  # as built from a checkpoint that 'fasterrcnn calibrate' wrote
+    export_model(model, tmp_path / "model.onnx", [f"class{i}" for i in range(model.num_classes)])
+    image = _images()[0]
+    with torch.no_grad():
+        eager = model([image])[0]
+        model.roi_heads.temperature = 1.0
+        plain = model([image])[0]
+    got = load_exported(tmp_path / "model.onnx")([image])[0]
+    as_tuple = lambda d: (d["boxes"], d["labels"], d["scores"])  # noqa: E731
+    assert len(eager["scores"]) > 10 and match_fraction(as_tuple(eager), as_tuple(got)) >= 0.98
+    assert match_fraction(as_tuple(plain), as_tuple(got)) < 0.5  # the scores of T = 1 are not what the graph gives

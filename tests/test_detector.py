@@ -371,3 +371,17 @@ def test_an_exported_model_refuses_probabilities():
     detector = Detector(torch.nn.Identity(), CLASS_NAMES, device="cpu")
     with pytest.raises(ConfigError, match="exported model"):
         detector.detect(torch.zeros(3, 8, 8), probabilities=True)
+
+
+def test_a_checkpoints_temperature_divides_the_logits(detector, image_path, tmp_path):
+    model = predictable_model()
+    config = {"preset": "tiny", "model": {**to_dict(model.config), "box_score_temperature": 2.0}, "train": to_dict(get_preset("tiny").train)}
+    save_checkpoint(tmp_path / "calibrated.pt", {"model": model.state_dict(), "config": config, "class_names": CLASS_NAMES})
+    calibrated = Detector.from_checkpoint(tmp_path / "calibrated.pt", device="cpu", fuse=False)
+    by_box = lambda ds: sorted(ds, key=lambda d: (d.box, d.label))  # noqa: E731  (T can reorder close scores)
+    plain = by_box(detector.detect(image_path, score_threshold=0.3, probabilities=True))
+    found = by_box(calibrated.detect(image_path, score_threshold=0.3, probabilities=True))
+    softened = torch.softmax(torch.tensor([d.probabilities for d in plain]).log() / 2.0, -1)
+    assert len(found) == len(plain) > 0 and [d.box for d in found] == [d.box for d in plain]
+    assert np.allclose([d.probabilities for d in found], softened.numpy(), atol=1e-6)
+    assert all(f.score < p.score for f, p in zip(found, plain))  # ~0.83 -> ~0.6: less confident

@@ -1,10 +1,11 @@
-"""The ``fasterrcnn`` command: train, eval, predict, compress, demo and serve.
+"""The ``fasterrcnn`` command: train, eval, predict, compress, calibrate, demo and serve.
 
     fasterrcnn train --data VOC_ROOT|COCO.json --preset tiny --output runs/x [--max-iters N] ...
     fasterrcnn eval --weights runs/x/checkpoints/best.pt --data VOC_ROOT --output runs/x/eval
     fasterrcnn eval --detections results.json --data VOC_ROOT --output eval/
     fasterrcnn predict --weights CKPT image.jpg images/ --output predictions/
     fasterrcnn compress --weights CKPT --output CKPT_SVD
+    fasterrcnn calibrate --weights CKPT --data VOC_ROOT --split val --output CKPT_CALIBRATED
     fasterrcnn export --weights CKPT --output model.onnx|model.xml
     fasterrcnn convert VOC_ROOT|COCO.json|data.yaml DEST --to voc|coco|yolo
     fasterrcnn demo --output demo_output
@@ -23,13 +24,13 @@ from __future__ import annotations
 import shlex
 import sys
 
-from fasterrcnn.cli import compress, convert, demo, evaluate, export, predict, serve, train
+from fasterrcnn.cli import calibrate, compress, convert, demo, evaluate, export, predict, serve, train
 from fasterrcnn.cli.options import Parser
 from fasterrcnn.errors import FasterRCNNError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (train, evaluate, predict, compress, export, convert, demo, serve)  # in the order of --help
+COMMANDS = (train, evaluate, predict, compress, calibrate, export, convert, demo, serve)  # in the order of --help
 
 
 def build_parser() -> Parser:

@@ -95,11 +95,15 @@ def results_to_detections(
 
     Returns:
         ``{image_id: {"boxes": float32 Tensor[D,4] xyxy, "labels": int64 Tensor[D], "scores": float32 Tensor[D]}}``,
-        images in order of first appearance, boxes in the entries' order.
+        images in order of first appearance, boxes in the entries' order; with ``"probabilities"`` [D, C+1] too
+        when the entries carry them (``predict --probabilities``).
     """
     grouped: dict[Any, tuple[list, list, list]] = {}
+    rows: dict[Any, list] = {}
     for entry in results:
         boxes, labels, scores = grouped.setdefault(entry["image_id"], ([], [], []))
+        if "probabilities" in entry:
+            rows.setdefault(entry["image_id"], []).append(entry["probabilities"])
         x, y, w, h = (float(v) for v in entry["bbox"])
         boxes.append([x, y, x + w, y + h])
         category_id = int(entry["category_id"])
@@ -110,6 +114,7 @@ def results_to_detections(
             "boxes": torch.tensor(boxes, dtype=torch.float64).to(torch.float32).reshape(-1, 4),
             "labels": torch.tensor(labels, dtype=torch.int64),
             "scores": torch.tensor(scores, dtype=torch.float32),
+            **({"probabilities": torch.tensor(rows[image_id], dtype=torch.float32)} if len(rows.get(image_id, ())) == len(scores) else {}),
         }
         for image_id, (boxes, labels, scores) in grouped.items()
     }

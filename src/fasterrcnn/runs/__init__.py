@@ -10,6 +10,7 @@ A run folder is locked while it trains and never mixes two runs (``runs.folder``
 claimed before the work starts and never written over an input or an existing file unless told to.
 """
 
+from fasterrcnn.runs.calibration import CalibrationResult, calibrate
 from fasterrcnn.runs.demo_run import DemoResult, demo
 from fasterrcnn.runs.folder import OutputFolder, RunFolder
 from fasterrcnn.runs.inference import EvalResult, compress, evaluate
@@ -18,6 +19,7 @@ from fasterrcnn.runs.training import RESUMABLE_CHANGES, TrainResult, train
 
 __all__ = [
     "RESUMABLE_CHANGES",
+    "CalibrationResult",
     "DemoResult",
     "EvalResult",
     "OutputFolder",
@@ -25,6 +27,7 @@ __all__ = [
     "RunFolder",
     "TrainResult",
     "VideoResult",
+    "calibrate",
     "compress",
     "demo",
     "evaluate",
