@@ -195,7 +195,7 @@ def plot_error_breakdown(delta_ap: Mapping[str, float], counts: Mapping[str, int
 
 def plot_reliability(bins: Sequence[Mapping[str, float]], ece: float, path: str | os.PathLike, *, title: str | None = None) -> None:
     """A reliability diagram: per score bin (``calibration.reliability_bins``) the precision as a bar against
-    the diagonal (a calibrated detector's bars reach it), the gap to each bin's mean score shaded, and the
+    the diagonal (a calibrated detector's bars reach it), the gap to each bin's mean score hatched, and the
     share of detections per bin below."""
     import math
 
@@ -204,16 +204,19 @@ def plot_reliability(bins: Sequence[Mapping[str, float]], ece: float, path: str 
     width = bins[0]["high"] - bins[0]["low"] if bins else 0.1
     filled = [b for b in bins if b["count"]]
     top.bar([b["low"] for b in filled], [b["precision"] for b in filled], width=width, align="edge", color="#4c72b0", edgecolor="white", label="precision (IoU 0.5)")
-    for b in filled:
+    for k, b in enumerate(filled):
         low, high = sorted((b["precision"], b["score"]))
-        top.bar(b["low"], high - low, bottom=low, width=width, align="edge", color="#c44e52", alpha=0.3, edgecolor="none")
+        top.bar(
+            b["low"], high - low, bottom=low, width=width, align="edge", fill=False, hatch="//", edgecolor="#c44e52",
+            linewidth=0.0, zorder=2, label="gap to the mean score" if k == 0 else None,
+        )  # fmt: skip
     top.scatter([b["score"] for b in filled], [b["precision"] for b in filled], color="black", s=12, zorder=3, label="(mean score, precision)")
     top.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("precision")
     top.legend(loc="upper left", fontsize="small")
-    top.set_title(title or f"Reliability (D-ECE {'-' if math.isnan(ece) else f'{ece:.3f}'}; red: gap to the mean score)")
+    top.set_title(title or f"Reliability diagram (detection ECE {'-' if math.isnan(ece) else f'{ece:.3f}'})")
     top.grid(True, alpha=0.3)
     total = sum(b["count"] for b in bins) or 1
     bottom.bar([b["low"] for b in bins], [b["count"] / total for b in bins], width=width, align="edge", color="gray", edgecolor="white")
