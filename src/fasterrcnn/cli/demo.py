@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo done in {minutes}:{seconds:02d}: test mAP@0.5 = {result.map50:.4f}")
     print(f"training in {result.train}: results.csv, results.png (losses, validation mAP); the last validation's")
     print("  confusion_matrix.png / .csv, per_class.csv, samples.jpg; TensorBoard: tensorboard --logdir " + str(result.train / "tb"))
-    print(f"test evaluation in {result.eval}: metrics.json, per_class.csv, confusion_matrix.png / .csv, pr_curves.png, samples.jpg")
+    print(f"test evaluation in {result.eval}: metrics.json, per_class.csv, confusion_matrix.png / .csv, pr_curves.png, samples.jpg,")
+    print("  error_breakdown.png / .csv (what each kind of error costs), reliability.png (how far the scores can be trusted)")
     print(f"detections drawn on {DEMO_NUM_PICTURES} test images in {result.predictions}")
     return 0

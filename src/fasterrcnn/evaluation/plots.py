@@ -178,7 +178,7 @@ def plot_error_breakdown(delta_ap: Mapping[str, float], counts: Mapping[str, int
     each bar labelled with its dAP and how many errors of the type there are."""
     names = list(delta_ap)
     values = [100 * float(delta_ap[n]) for n in names]
-    figure = Figure(figsize=(7, 3.6), layout="constrained")
+    figure = Figure(figsize=(7, 3.6))
     axes = figure.add_subplot()
     bars = axes.barh(range(len(names)), values, color=["#4c72b0", "#dd8452", "#8172b3", "#937860", "#c44e52", "#55a868"][: len(names)])
     axes.set_yticks(range(len(names)), names)
@@ -199,17 +199,17 @@ def plot_reliability(bins: Sequence[Mapping[str, float]], ece: float, path: str 
     share of detections per bin below."""
     import math
 
-    figure = Figure(figsize=(5.5, 6.2), layout="constrained")
+    figure = Figure(figsize=(5.5, 6.2))
     top, bottom = figure.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     width = bins[0]["high"] - bins[0]["low"] if bins else 0.1
     filled = [b for b in bins if b["count"]]
     top.bar([b["low"] for b in filled], [b["precision"] for b in filled], width=width, align="edge", color="#4c72b0", edgecolor="white", label="precision (IoU 0.5)")
-    for k, b in enumerate(filled):
-        low, high = sorted((b["precision"], b["score"]))
-        top.bar(
-            b["low"], high - low, bottom=low, width=width, align="edge", fill=False, hatch="//", edgecolor="#c44e52",
-            linewidth=0.0, zorder=2, label="gap to the mean score" if k == 0 else None,
-        )  # fmt: skip
+    gap_low = [min(b["precision"], b["score"]) for b in filled]
+    gap_high = [max(b["precision"], b["score"]) for b in filled]
+    top.bar(
+        [b["low"] for b in filled], [h - lo for lo, h in zip(gap_low, gap_high)], bottom=gap_low, width=width, align="edge",
+        fill=False, hatch="//", edgecolor="#c44e52", linewidth=0.0, zorder=2, label="gap to the mean score",
+    )  # fmt: skip
     top.scatter([b["score"] for b in filled], [b["precision"] for b in filled], color="black", s=12, zorder=3, label="(mean score, precision)")
     top.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
     top.set_xlim(0, 1)
