@@ -221,7 +221,7 @@ def test_config_precedence(voc_root, tmp_path):
 def test_help_mentions_every_option(capsys):
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(subparsers.choices) == {"train", "eval", "predict", "compress", "export", "benchmark", "convert", "demo", "serve"}
+    assert set(subparsers.choices) == {"train", "eval", "predict", "compress", "calibrate", "export", "benchmark", "convert", "demo", "serve"}
     for name, subparser in subparsers.choices.items():
         assert main([name, "--help"]) == 0
         text = capsys.readouterr().out

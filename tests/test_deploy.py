@@ -318,3 +318,20 @@ def test_a_file_of_the_other_format_or_with_external_data_is_named(tiny_onnx, tm
         f.truncate(8 * 2**30)  # sparse: 8 GiB that the runtime would read into memory
     with pytest.raises(DataError, match=r"model\.onnx: its weights are in external data files, which fasterrcnn export never writes"):
         Detector.from_checkpoint(external)
+
+
+def test_a_calibrated_temperature_is_baked_into_the_graph(tmp_path):
+    model = _model("tiny")
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(300)  # confident scores, which a temperature moves
+    model.roi_heads.temperature = 3.0  # as built from a checkpoint that 'fasterrcnn calibrate' wrote
+    export_model(model, tmp_path / "model.onnx", [f"class{i}" for i in range(model.num_classes)])
+    image = _images()[0]
+    with torch.no_grad():
+        eager = model([image])[0]
+        model.roi_heads.temperature = 1.0
+        plain = model([image])[0]
+    got = load_exported(tmp_path / "model.onnx")([image])[0]
+    as_tuple = lambda d: (d["boxes"], d["labels"], d["scores"])  # noqa: E731
+    assert len(eager["scores"]) > 10 and match_fraction(as_tuple(eager), as_tuple(got)) >= 0.98
+    assert match_fraction(as_tuple(plain), as_tuple(got)) < 0.5  # the scores of T = 1 are not what the graph gives

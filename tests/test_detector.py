@@ -8,6 +8,7 @@ what a trained model would detect.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -377,3 +378,56 @@ def test_weights_of_another_model_name_the_keys_and_shapes_that_do_not_fit(tmp_p
     torch.save({k: v for k, v in predictable_model().state_dict().items() if not k.startswith("rpn.head.conv")}, pruned)
     with pytest.raises(DataError, match=r"pruned.pth: weights do not fit preset 'tiny': missing keys rpn.head.conv"):
         Detector.from_torchvision("tiny", pruned, classes=CLASS_NAMES, device="cpu")
+
+
+def test_probabilities_are_each_detections_class_softmax(detector, image_path, reference):
+    found = detector.detect(image_path, score_threshold=0.0, probabilities=True)
+    assert [(d.box, d.label, d.score) for d in found] == [(d.box, d.label, d.score) for d in reference]
+    assert all(d.probabilities is None for d in reference)  # off by default
+    rows = np.array([d.probabilities for d in found])  # [D, C+1], background first
+    assert rows.shape == (len(reference), len(CLASS_NAMES) + 1)
+    assert np.allclose(rows.sum(1), 1.0, atol=1e-6)
+    assert np.array_equal(rows[np.arange(len(found)), [d.label for d in found]], [d.score for d in found])
+    assert found[0].to_dict()["probabilities"] == list(found[0].probabilities)
+    assert "probabilities" not in reference[0].to_dict()
+    assert detector.model.roi_heads.class_probabilities is False  # switched off again after the call
+
+
+def test_predict_probabilities_writes_them_in_both_detection_files(image_path, tmp_path):
+    import json
+
+    from fasterrcnn.cli import main
+
+    weights = write_predictable_checkpoint(tmp_path / "model.pt")
+    args = ["predict", str(image_path), "--weights", str(weights), "--device", "cpu", "--score-threshold", "0.5"]
+    assert main([*args, "--output", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--output", str(tmp_path / "probs"), "--probabilities"]) == 0
+    plain = json.loads((tmp_path / "plain" / "detections.json").read_text())
+    probs = json.loads((tmp_path / "probs" / "detections.json").read_text())
+    assert plain and all("probabilities" not in r for r in plain)
+    assert [{k: v for k, v in r.items() if k != "probabilities"} for r in probs] == plain
+    for result in probs:
+        assert math.isclose(sum(result["probabilities"]), 1.0, abs_tol=1e-6)
+        assert result["probabilities"][result["category_id"]] == result["score"]
+    line = json.loads((tmp_path / "probs" / "detections.jsonl").read_text().splitlines()[0])
+    assert [d["probabilities"] for d in line["detections"]] == [r["probabilities"] for r in probs]
+
+
+def test_an_exported_model_refuses_probabilities():
+    detector = Detector(torch.nn.Identity(), CLASS_NAMES, device="cpu")
+    with pytest.raises(ConfigError, match="exported model"):
+        detector.detect(torch.zeros(3, 8, 8), probabilities=True)
+
+
+def test_a_checkpoints_temperature_divides_the_logits(detector, image_path, tmp_path):
+    model = predictable_model()
+    config = {"preset": "tiny", "model": {**to_dict(model.config), "box_score_temperature": 2.0}, "train": to_dict(get_preset("tiny").train)}
+    save_checkpoint(tmp_path / "calibrated.pt", {"model": model.state_dict(), "config": config, "class_names": CLASS_NAMES})
+    calibrated = Detector.from_checkpoint(tmp_path / "calibrated.pt", device="cpu", fuse=False)
+    by_box = lambda ds: sorted(ds, key=lambda d: (d.box, d.label))  # noqa: E731  (T can reorder close scores)
+    plain = by_box(detector.detect(image_path, score_threshold=0.3, probabilities=True))
+    found = by_box(calibrated.detect(image_path, score_threshold=0.3, probabilities=True))
+    softened = torch.softmax(torch.tensor([d.probabilities for d in plain]).log() / 2.0, -1)
+    assert len(found) == len(plain) > 0 and [d.box for d in found] == [d.box for d in plain]
+    assert np.allclose([d.probabilities for d in found], softened.numpy(), atol=1e-6)
+    assert all(f.score < p.score for f, p in zip(found, plain))  # ~0.83 -> ~0.6: less confident

@@ -71,3 +71,16 @@ def test_report_of_an_evaluation_written_to_a_folder(dataset, tmp_path):
     samples = Image.open(tmp_path / "samples.jpg")
     assert samples.height > 48 and samples.width > 2 * 2 * 48  # two pairs side by side, scaled up to 256 px high
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The one false positive: a background error; fixing it lifts circle to AP 1 (it ranks below the hits: no dAP)
+    assert report.breakdown.counts == {"classification": 0, "localisation": 0, "both": 0, "duplicate": 0, "background": 1, "missed": 0}
+    assert report.breakdown.ap == 1.0 and report.breakdown.dominant() is None
+    # n hits scored 0.9 (float32: 0.8999..., bin [0.8, 0.9)) and one miss at 0.8 share one bin
+    n = int(counts.sum())
+    assert report.ece == pytest.approx(abs(n / (n + 1) - (0.9 * n + 0.8) / (n + 1)), abs=1e-6)
+    assert report.summary()["error_breakdown"]["background"] == 0.0
+    breakdown = (tmp_path / "error_breakdown.csv").read_text().splitlines()
+    assert breakdown[0].startswith("class,AP,classification,localisation,both,duplicate,background,missed,classification_count")
+    assert breakdown[1].startswith("all,1,0,0,0,0,0,0,0,0,0,0,1,0") and len(breakdown) == 2 + len(SYNTHETIC_CLASSES)
+    assert "dominant error: none; detection ECE" in report.table()
+    for name in ("error_breakdown.png", "reliability.png"):
+        assert Image.open(tmp_path / name).size[0] > 300

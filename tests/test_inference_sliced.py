@@ -195,3 +195,15 @@ def test_serve_slices_every_upload():
     answer = client.post("/detect", files={"image": ("wide.png", upload.getvalue(), "image/png")}).json()
     assert [d["box"] for d in answer["detections"]] == [[700.0, 50.0, 760.0, 90.0]]
     assert [call[0] for call in detector.model.calls[:1]] == [(3, 128, 128)]  # tiles, not the whole image
+
+
+def test_class_probabilities_are_refused_with_slicing_or_tta():
+    """A probability row belongs to one RoI of one pass: merged or fused boxes have none."""
+    from fasterrcnn.errors import ConfigError
+    from fasterrcnn.inference import InferenceOptions, check_probabilities
+
+    check_probabilities(True, InferenceOptions())
+    check_probabilities(False, InferenceOptions(slice=64, tta=True))
+    for options in (InferenceOptions(slice=64), InferenceOptions(tta=True)):
+        with pytest.raises(ConfigError, match="^class probabilities go with plain inference"):
+            check_probabilities(True, options)

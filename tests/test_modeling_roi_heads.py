@@ -4,7 +4,7 @@ import math
 from collections import OrderedDict
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fasterrcnn import ops
 from fasterrcnn.modeling.roi_heads import FastRCNNPredictor, RoIHeads, SingleLevelRoIPool, fastrcnn_loss
@@ -154,3 +154,57 @@ def test_forward_train_and_eval():
     heads.eval()
     dets, losses = heads(features, [PROPOSALS], [(16, 16)])
     assert losses == {} and len(dets) == 1 and set(dets[0]) == {"boxes", "labels", "scores"}
+
+
+def _disjoint_rois(count: int) -> list[Tensor]:
+    """``count`` disjoint 10 x 10 proposals in a row (no NMS between them; zero deltas keep them as the boxes)."""
+    x = torch.arange(count, dtype=torch.float32) * 20
+    return [torch.stack([x, torch.zeros(count), x + 10, torch.full((count,), 10.0)], dim=1)]
+
+
+def test_postprocess_probabilities_are_each_detections_roi_row():
+    torch.manual_seed(0)
+    heads = make_heads(num_classes=3, nms_thresh=1.0, detections_per_img=25).eval()  # NMS 1.0: nothing suppressed
+    proposals = _disjoint_rois(30)
+    logits = torch.randn(30, 4) * 2  # several classes of a RoI pass the 0.05 threshold
+    plain = heads.postprocess_detections(logits, torch.zeros(30, 16), proposals, [(10, 600)])[0]
+    with heads.keeping_probabilities():
+        dets = heads.postprocess_detections(logits, torch.zeros(30, 16), proposals, [(10, 600)])[0]
+    assert set(plain) == {"boxes", "labels", "scores"} and not heads.class_probabilities  # off by default and after
+    for key in plain:  # asking for the probabilities changes nothing else
+        assert torch.equal(dets[key], plain[key])
+    assert len(dets["scores"]) == 25  # top-K cut (more candidates pass the threshold)
+    rows, labels = dets["probabilities"], dets["labels"]
+    roi = (dets["boxes"][:, 0] / 20).long()  # the RoI of each detection (its box is its proposal)
+    assert torch.equal(rows, torch.softmax(logits, -1)[roi])
+    assert torch.allclose(rows.sum(1), torch.ones(25))
+    assert torch.equal(rows[torch.arange(25), labels], dets["scores"])
+    # Before per-class NMS a RoI gives one candidate per class above the threshold; its best-scoring
+    # detection is its foreground argmax (the others are its runner-up classes).
+    best = {}
+    for d, r in enumerate(roi.tolist()):
+        best.setdefault(r, d)  # detections come by decreasing score
+    for r, d in best.items():
+        assert int(labels[d]) == int(rows[d, 1:].argmax()) + 1
+
+
+def test_postprocess_probabilities_argmax_is_the_label_above_one_half():
+    # A threshold >= 0.5 lets at most one class of a RoI through: the label is the argmax of the whole row.
+    torch.manual_seed(1)
+    heads = make_heads(num_classes=3, score_thresh=0.5).eval()
+    logits = torch.randn(40, 4) * 3
+    with heads.keeping_probabilities():
+        dets = heads.postprocess_detections(logits, torch.zeros(40, 16), _disjoint_rois(40), [(10, 800)])[0]
+    assert len(dets["labels"]) > 5
+    assert torch.equal(dets["probabilities"].argmax(1), dets["labels"])
+
+
+def test_postprocess_temperature_divides_the_logits():
+    logits = torch.tensor([[0.0, 4.0, 1.0], [1.0, 0.0, 3.0]])
+    heads = make_heads(temperature=2.0).eval()
+    with heads.keeping_probabilities():
+        dets = heads.postprocess_detections(logits, torch.zeros(2, 12), _disjoint_rois(2), [(10, 100)])[0]
+    expected = torch.softmax(logits / 2.0, -1)
+    roi = (dets["boxes"][:, 0] / 20).long()
+    assert torch.allclose(dets["probabilities"], expected[roi])
+    assert torch.allclose(dets["scores"], expected[roi, dets["labels"]])

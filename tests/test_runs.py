@@ -545,3 +545,23 @@ def test_an_exported_file_runs_in_the_precisions_its_runtime_has(trained, tmp_pa
         Detector.from_checkpoint(xml, precision="int8")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     assert Detector.from_checkpoint(xml).precision == "bf16" and Detector.from_checkpoint(onnx).precision == "f32"
+
+
+def test_calibrate_writes_a_new_checkpoint_and_refuses_its_input_and_the_training_data(trained, voc_root, tmp_path, capsys):
+    from fasterrcnn.runs import calibrate
+
+    out = tmp_path / "calibrated.pt"
+    result = calibrate(trained.last, voc_root, out, split="test", device="cpu", quiet=True)
+    assert result.output == out and result.num_images == 2 and set(result.before) == {"ece", "mAP", "detections"}
+    written = Checkpoint.read(out)
+    assert written.model_config.box_score_temperature == result.temperature > 0 and written.training == {}
+    assert Checkpoint.read(trained.last).model_config.box_score_temperature == 1.0  # the input is untouched
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        calibrate(trained.last, voc_root, out, split="test", device="cpu", quiet=True)
+    with pytest.raises(ConfigError, match="trained on; calibrate on held-out data"):
+        calibrate(trained.last, voc_root, tmp_path / "other.pt", split="train", device="cpu", quiet=True)
+    code = main(["calibrate", "--weights", str(trained.last), "--data", str(voc_root), "--split", "test", "--output", str(trained.last)])
+    assert "--output must differ from --weights" in one_line_error(capsys, code)
+    assert main(["calibrate", "--weights", str(trained.last), "--data", str(voc_root), "--split", "test", "--output", str(out), "--overwrite", "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "temperature" in printed and "before: detection ECE" in printed and "after: detection ECE" in printed

@@ -31,7 +31,7 @@ labels are 1..C with ``class_names[label - 1]`` their names. The model's own
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Union
@@ -71,16 +71,19 @@ def _position_kept(image: Any):
 @dataclass(frozen=True)
 class Detection:
     """One detected object: ``box`` ``(x1, y1, x2, y2)`` in original-image pixels, ``label`` in
-    1..C, ``class_name`` its name, ``score`` in [0, 1]."""
+    1..C, ``class_name`` its name, ``score`` in [0, 1]; ``probabilities`` (``detect(probabilities=True)``): the
+    box head's softmax over all C+1 classes of its RoI, background at 0, ``probabilities[label] == score``."""
 
     box: tuple[float, float, float, float]
     label: int
     class_name: str
     score: float
+    probabilities: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"box": [x1, y1, x2, y2], "label", "class_name", "score"}`` (JSON-ready)."""
-        return {"box": list(self.box), "label": self.label, "class_name": self.class_name, "score": self.score}
+        """``{"box": [x1, y1, x2, y2], "label", "class_name", "score"}`` (and ``"probabilities"`` when kept; JSON-ready)."""
+        found = {"box": list(self.box), "label": self.label, "class_name": self.class_name, "score": self.score}
+        return found if self.probabilities is None else {**found, "probabilities": list(self.probabilities)}
 
 
 def in_original_pixels(boxes: torch.Tensor, tensor: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
@@ -233,6 +236,7 @@ class Detector:
         image: ImageInput | Sequence[ImageInput],
         score_threshold: float = 0.5,
         *,
+        probabilities: bool = False,
         slice: int | None = None,
         overlap: float = 0.2,
         full_image: bool = True,
@@ -240,9 +244,11 @@ class Detector:
     ) -> list[Detection] | list[list[Detection]]:
         """Detections scoring >= ``score_threshold`` by decreasing score; a list of lists for a list of images.
 
+        ``probabilities``: each detection also carries its class probabilities (``Detection.probabilities``).
         ``slice=SIZE``: sliced inference, tiles of SIZE pixels overlapping by ``overlap``, plus one pass over
         the whole image unless ``full_image=False``; the image is read at full resolution (a path up to 150
         megapixels) as uint8. ``tta``: test-time augmentation (flip, scales). See ``fasterrcnn.inference``.
+        Probabilities go with plain inference only (sliced and augmented passes merge boxes of several passes).
         """
         if not (isinstance(score_threshold, (int, float)) and 0.0 <= score_threshold <= 1.0):
             raise ValueError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
@@ -250,28 +256,34 @@ class Detector:
         images = list(image) if batch else [image]
         if not images:
             return []
-        from fasterrcnn.inference import InferenceOptions
+        from fasterrcnn.inference import InferenceOptions, check_probabilities
 
         options = InferenceOptions(slice=slice, overlap=overlap, full_image=full_image, tta=tta)
+        check_probabilities(probabilities, options)
         if not options.plain:  # one image at a time, its tiles batched
             results = [self.as_detections(self.detect_tensors(img, options, score_threshold)) for img in images]
             return results if batch else results[0]
         dtype = next(self.model.parameters(), torch.empty(0)).dtype  # float32 for an exported model (no parameters)
         loaded = [self.load(img) for img in images]
         tensors = [tensor.to(self.device, dtype) for tensor, _ in loaded]
-        with torch.inference_mode(), self.autocast():
+        with torch.inference_mode(), self.autocast(), self.keeping_probabilities(probabilities):
             outputs = self.model(tensors)
         for output, (tensor, size) in zip(outputs, loaded):
             output["boxes"] = in_original_pixels(output["boxes"], tensor, size)
         results = [self.as_detections(out, score_threshold) for out in outputs]
         return results if batch else results[0]
 
-    def __call__(
-        self, image: ImageInput | Sequence[ImageInput], score_threshold: float = 0.5
-    ) -> list[Detection] | list[list[Detection]]:
+    def __call__(self, image: ImageInput | Sequence[ImageInput], score_threshold: float = 0.5, **options) -> list[Detection] | list[list[Detection]]:
         """``detector(image)`` is ``detector.detect(image)``: one image or a list, the same arguments and answer,
         so that a Detector can be called like a model."""
-        return self.detect(image, score_threshold=score_threshold)
+        return self.detect(image, score_threshold=score_threshold, **options)
+
+    def keeping_probabilities(self, enabled: bool = True):
+        """The context in which the model's outputs also carry ``"probabilities"`` [D, C+1] (when ``enabled``)."""
+        heads = getattr(self.model, "roi_heads", None)
+        if heads is None and enabled:
+            raise ConfigError("class probabilities need a checkpoint's model; an exported model returns scores only")
+        return heads.keeping_probabilities(enabled) if heads is not None else nullcontext()
 
     def detect_tensors(self, image: ImageInput, options, score_threshold: float = 0.0) -> dict[str, torch.Tensor]:
         """The model's ``{"boxes", "labels", "scores"}`` scoring >= ``score_threshold`` (CPU, original pixels) on
@@ -302,14 +314,16 @@ class Detector:
             return load_image(image, reduce=reduce), size
 
     def as_detections(self, output: dict[str, torch.Tensor], score_threshold: float = 0.0) -> list[Detection]:
-        """The model's output for one image (``{"boxes", "labels", "scores"}``) as ``Detection``s scoring >= ``score_threshold``."""
+        """The model's output for one image (``{"boxes", "labels", "scores"}``, optionally ``"probabilities"``) as
+        ``Detection``s scoring >= ``score_threshold``."""
         keep = output["scores"] >= score_threshold
         boxes = output["boxes"][keep].cpu().tolist()
         labels = output["labels"][keep].cpu().tolist()
         scores = output["scores"][keep].cpu().tolist()
+        rows = [tuple(p) for p in output["probabilities"][keep].cpu().tolist()] if "probabilities" in output else [None] * len(scores)
         return [
-            Detection(tuple(box), label, self.class_names[label - 1], score)
-            for box, label, score in zip(boxes, labels, scores)
+            Detection(tuple(box), label, self.class_names[label - 1], score, row)
+            for box, label, score, row in zip(boxes, labels, scores, rows)
         ]
 
     def draw(self, image: ImageInput, detections: Sequence[Detection]) -> Image.Image:

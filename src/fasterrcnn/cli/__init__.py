@@ -1,10 +1,11 @@
-"""The ``fasterrcnn`` command: train, eval, predict, compress, export, benchmark, convert, demo and serve.
+"""The ``fasterrcnn`` command: train, eval, predict, compress, calibrate, export, benchmark, convert, demo and serve.
 
     fasterrcnn train --data VOC_ROOT|COCO.json --preset tiny --output runs/x [--max-iters N] ...
     fasterrcnn eval --weights runs/x/checkpoints/best.pt --data VOC_ROOT --output runs/x/eval
     fasterrcnn eval --detections results.json --data VOC_ROOT --output eval/
     fasterrcnn predict --weights CKPT image.jpg images/ --output predictions/
     fasterrcnn compress --weights CKPT --output CKPT_SVD
+    fasterrcnn calibrate --weights CKPT --data VOC_ROOT --split val --output CKPT_CALIBRATED
     fasterrcnn export --weights CKPT --output model.onnx|model.xml
     fasterrcnn benchmark --weights CKPT --data VOC_ROOT|COCO.json [--output benchmark.csv]
     fasterrcnn convert VOC_ROOT|COCO.json|data.yaml DEST --to voc|coco|yolo
@@ -24,13 +25,13 @@ from __future__ import annotations
 import shlex
 import sys
 
-from fasterrcnn.cli import benchmark, compress, convert, demo, evaluate, export, predict, serve, train
+from fasterrcnn.cli import benchmark, calibrate, compress, convert, demo, evaluate, export, predict, serve, train
 from fasterrcnn.cli.options import Parser
 from fasterrcnn.errors import FasterRCNNError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (train, evaluate, predict, compress, export, benchmark, convert, demo, serve)  # in the order of --help
+COMMANDS = (train, evaluate, predict, compress, calibrate, export, benchmark, convert, demo, serve)  # in the order of --help
 
 
 def build_parser() -> Parser:

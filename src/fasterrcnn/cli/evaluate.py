@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     name, value = headline(result.metrics)
     print(result.report.table())
-    written = "metrics.json, per_class.csv, confusion_matrix.png / .csv, pr_curves.png" + (", samples.jpg, detections.json" if args.weights else "")
+    written = "metrics.json, per_class.csv, confusion_matrix.png / .csv, error_breakdown.png / .csv, reliability.png, pr_curves.png" + (", samples.jpg, detections.json" if args.weights else "")
     print(f"{name} ({result.metric}): {value:.4f}; wrote {written} in {result.output}")
     print_skipped(result.skipped, "evaluated")
     return 0

@@ -39,6 +39,11 @@ def add_parser(commands) -> None:
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the pictures, videos and detections (created)")
     add_overwrite(p, "pictures, videos and detections already in --output")
     p.add_argument("--score-threshold", type=score_threshold, default=0.5, metavar="X", help="keep detections scoring >= X (default: 0.5)")
+    p.add_argument(
+        "--probabilities", action="store_true",
+        help="each detection in the .json / .jsonl files also carries its class probabilities: the box head's softmax "
+        "over background and the classes, in label order (background first)",
+    )  # fmt: skip
     p.add_argument("--frame-stride", type=positive_int, default=1, metavar="N", help="process every N-th frame of a video (default: 1)")
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip", help=BAD_IMAGE_HELP + "; a video alike")
     add_inference(p)
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     result = predict(
         args.weights, args.inputs, output=args.output, overwrite=args.overwrite, score_threshold=args.score_threshold,
         on_bad_image=args.on_bad_image, frame_stride=args.frame_stride, preset=args.preset, classes=classes, device=args.device,
-        precision=inference_precision(args), quiet=args.quiet, **inference_options(args),
+        precision=inference_precision(args), quiet=args.quiet, probabilities=args.probabilities, **inference_options(args),
     )  # fmt: skip
     read = []
     if result.detections or not result.videos:

@@ -343,6 +343,8 @@ class DeployGraph(nn.Module):
         """roi_heads.postprocess_detections for one image: (boxes [D, 4], labels [D], scores [D]) by decreasing score."""
         heads = self.model.roi_heads
         num_classes = class_logits.shape[1] - 1  # C
+        if heads.temperature != 1.0:  # a calibrated temperature (fasterrcnn calibrate), baked into the graph
+            class_logits = class_logits / heads.temperature
         scores = F.softmax(class_logits, -1)[:, 1:]  # [P, C]
         boxes = heads.box_coder.decode(box_regression, rois).reshape(-1, num_classes + 1, 4)[:, 1:]  # [P, C, 4]
         boxes = torch.minimum(boxes.clamp(min=0), bound)

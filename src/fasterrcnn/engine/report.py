@@ -7,10 +7,15 @@
                                  (matching rule: evaluation/confusion.py)
     per_class.csv                class, instances, detections, precision, recall, AP (COCO: AP, AP50)
     samples.jpg                  ground truth | predictions of the first NUM_SAMPLES images
+    error_breakdown.png, .csv    TIDE's error breakdown: the AP fixing each error type would add, overall
+                                 and per class (evaluation/tide.py)
+    reliability.png              reliability diagram: precision against score per score bin, and the
+                                 detection ECE (evaluation/calibration.py)
 
 Precision and recall are those of the confusion matrix: detections scoring ``>= score_threshold``
 (0.5, the detections ``predict`` draws), matched one-to-one to ground truth at IoU ``>= 0.5``.
-AP is the evaluator's (VOC: AP@0.5 over all detections; COCO: AP@[.5:.95] and AP50).
+AP is the evaluator's (VOC: AP@0.5 over all detections; COCO: AP@[.5:.95] and AP50). The error breakdown
+and the calibration use every detection, matched at IoU 0.5 as COCO does (TIDE's AP is COCO's 101-point AP50).
 """
 
 from __future__ import annotations
@@ -25,12 +30,19 @@ from typing import Any
 
 import numpy as np
 
+from fasterrcnn.evaluation.calibration import detection_outcomes, expected_calibration_error, reliability_bins
 from fasterrcnn.evaluation.confusion import IOU_THRESHOLD, SCORE_THRESHOLD, confusion_matrix, per_class_counts
+from fasterrcnn.evaluation.tide import ERROR_TYPES, ErrorBreakdown, error_breakdown
 from fasterrcnn.io import atomic_save, atomic_write_text
 
-__all__ = ["NUM_SAMPLES", "REPORT_FILES", "EvaluationReport", "build_report", "format_per_class_table", "per_class_rows"]
+__all__ = [
+    "NUM_SAMPLES", "REPORT_FILES", "EvaluationReport", "build_report", "format_breakdown_table", "format_per_class_table", "per_class_rows",
+]  # fmt: skip
 
-REPORT_FILES = ("confusion_matrix.png", "confusion_matrix.csv", "per_class.csv", "samples.jpg")
+REPORT_FILES = (
+    "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv", "samples.jpg", "error_breakdown.png", "error_breakdown.csv",
+    "reliability.png",
+)  # fmt: skip
 NUM_SAMPLES = 6  # images in samples.jpg (and in TensorBoard): the data set's first ones, the same at every evaluation
 
 
@@ -84,6 +96,19 @@ def format_per_class_table(rows: Sequence[Mapping[str, Any]], metrics: Mapping[s
     return "\n".join(lines)
 
 
+def format_breakdown_table(breakdown: ErrorBreakdown, ece: float) -> str:
+    """TIDE's dAP per error type (overall), the dominant one, and the detection ECE, as plain text."""
+    widths = [max(len(e), 7) for e in ERROR_TYPES]
+    lines = [
+        f"error breakdown (TIDE, AP50 {breakdown.ap:.4f}): AP added by fixing each error type",
+        "  " + "  ".join(f"{e:>{w}}" for e, w in zip(ERROR_TYPES, widths)),
+        "  " + "  ".join(f"{breakdown.delta_ap[e]:>{w}.4f}" for e, w in zip(ERROR_TYPES, widths)),
+    ]
+    dominant = breakdown.dominant()
+    lines.append(f"dominant error: {dominant or 'none'}; detection ECE {'-' if math.isnan(ece) else f'{ece:.4f}'} (0: scores are precisions)")
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class EvaluationReport:
     """An evaluation's confusion matrix [C+1, C+1], per-class rows (``per_class_rows``) and sample picture."""
@@ -94,9 +119,19 @@ class EvaluationReport:
     rows: list[dict[str, Any]]
     samples: Any  # a PIL image, or None when the data set is empty
     score_threshold: float = SCORE_THRESHOLD
+    breakdown: ErrorBreakdown | None = None
+    reliability: list[dict[str, float]] | None = None  # calibration.reliability_bins
+    ece: float = math.nan
 
     def table(self) -> str:
-        return format_per_class_table(self.rows, self.metrics, self.score_threshold)
+        table = format_per_class_table(self.rows, self.metrics, self.score_threshold)
+        return table if self.breakdown is None else f"{table}\n\n{format_breakdown_table(self.breakdown, self.ece)}"
+
+    def summary(self) -> dict[str, Any]:
+        """What metrics.json records of the breakdown and the calibration: ``ece`` and ``error_breakdown``."""
+        if self.breakdown is None:
+            return {}
+        return {"ece": self.ece, "error_breakdown": {"AP50": self.breakdown.ap, **self.breakdown.delta_ap}}
 
     def write(self, directory: str | Path) -> None:
         """Write ``REPORT_FILES`` into ``directory`` (atomically, each replacing an earlier one)."""
@@ -116,11 +151,20 @@ class EvaluationReport:
         atomic_write_text(directory / "per_class.csv", _rows_csv(self.rows))
         if self.samples is not None:
             atomic_save(directory / "samples.jpg", lambda f: self.samples.save(f, format="JPEG", quality=90))
+        if self.breakdown is not None:
+            from fasterrcnn.evaluation.plots import plot_error_breakdown, plot_reliability
+
+            b = self.breakdown
+            rows = [{"class": "all", "AP": b.ap, **b.delta_ap, **{f"{e}_count": b.counts[e] for e in ERROR_TYPES}}]
+            rows += [{"class": name, **values} for name, values in b.per_class.items()]
+            atomic_write_text(directory / "error_breakdown.csv", _rows_csv(rows))
+            plot_error_breakdown(b.delta_ap, b.counts, directory / "error_breakdown.png", title=f"Error breakdown (TIDE; AP50 {b.ap:.3f})")
+            plot_reliability(self.reliability, self.ece, directory / "reliability.png")
 
 
 def _rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["class"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["class"], lineterminator="\n", restval="")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if math.isnan(v) else f"{v:.6g}") if isinstance(v, float) else v for k, v in row.items()})
@@ -146,7 +190,12 @@ def build_report(
     detections = results_to_detections(results, to_label)
     matrix = confusion_matrix(detections, dataset.ground_truth(), len(class_names), score_threshold=score_threshold)
     samples = _samples(dataset, detections, class_names, score_threshold, num_samples)
-    return EvaluationReport(tuple(class_names), dict(metrics), matrix, per_class_rows(metrics, matrix, class_names), samples, score_threshold)
+    breakdown = error_breakdown(detections, dataset.ground_truth(), class_names)
+    scores, right, _ = detection_outcomes(detections, dataset.ground_truth())
+    return EvaluationReport(
+        tuple(class_names), dict(metrics), matrix, per_class_rows(metrics, matrix, class_names), samples, score_threshold,
+        breakdown, reliability_bins(scores, right), expected_calibration_error(scores, right),
+    )  # fmt: skip
 
 
 def _samples(dataset, detections: Mapping[Any, Mapping[str, Any]], class_names, score_threshold: float, count: int):

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from fasterrcnn.io import atomic_save
 
-__all__ = ["plot_confusion_matrix", "plot_pr_curves", "plot_results"]
+__all__ = ["plot_confusion_matrix", "plot_error_breakdown", "plot_pr_curves", "plot_reliability", "plot_results"]
 
 
 def _save_png(figure: Figure, path: str | os.PathLike) -> None:
@@ -170,4 +170,57 @@ def plot_confusion_matrix(
     axes.set_xlabel("predicted (background: a false positive)")
     axes.set_ylabel("true (background: missed)")
     axes.set_title(title or "Confusion matrix")
+    _save_png(figure, path)
+
+
+def plot_error_breakdown(delta_ap: Mapping[str, float], counts: Mapping[str, int], path: str | os.PathLike, *, title: str | None = None) -> None:
+    """TIDE's error breakdown as horizontal bars: the AP fixing each error type would add (``evaluation/tide.py``),
+    each bar labelled with its dAP and how many errors of the type there are."""
+    names = list(delta_ap)
+    values = [100 * float(delta_ap[n]) for n in names]
+    figure = Figure(figsize=(7, 3.6))
+    axes = figure.add_subplot()
+    bars = axes.barh(range(len(names)), values, color=["#4c72b0", "#dd8452", "#8172b3", "#937860", "#c44e52", "#55a868"][: len(names)])
+    axes.set_yticks(range(len(names)), names)
+    axes.invert_yaxis()  # TIDE's order, top down
+    top = max(values + [1.0])
+    axes.set_xlim(0, top * 1.3)
+    for bar, value, name in zip(bars, values, names):
+        axes.text(bar.get_width() + top * 0.02, bar.get_y() + bar.get_height() / 2, f"{value:.2f} ({counts[name]})", va="center", fontsize="small")
+    axes.set_xlabel("dAP: AP points gained by fixing all errors of the type (count in brackets)")
+    axes.set_title(title or "Error breakdown (TIDE)")
+    axes.grid(True, axis="x", alpha=0.3)
+    _save_png(figure, path)
+
+
+def plot_reliability(bins: Sequence[Mapping[str, float]], ece: float, path: str | os.PathLike, *, title: str | None = None) -> None:
+    """A reliability diagram: per score bin (``calibration.reliability_bins``) the precision as a bar against
+    the diagonal (a calibrated detector's bars reach it), the gap to each bin's mean score hatched, and the
+    share of detections per bin below."""
+    import math
+
+    figure = Figure(figsize=(5.5, 6.2))
+    top, bottom = figure.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    width = bins[0]["high"] - bins[0]["low"] if bins else 0.1
+    filled = [b for b in bins if b["count"]]
+    top.bar([b["low"] for b in filled], [b["precision"] for b in filled], width=width, align="edge", color="#4c72b0", edgecolor="white", label="precision (IoU 0.5)")
+    gap_low = [min(b["precision"], b["score"]) for b in filled]
+    gap_high = [max(b["precision"], b["score"]) for b in filled]
+    top.bar(
+        [b["low"] for b in filled], [h - lo for lo, h in zip(gap_low, gap_high)], bottom=gap_low, width=width, align="edge",
+        fill=False, hatch="//", edgecolor="#c44e52", linewidth=0.0, zorder=2, label="gap to the mean score",
+    )  # fmt: skip
+    top.scatter([b["score"] for b in filled], [b["precision"] for b in filled], color="black", s=12, zorder=3, label="(mean score, precision)")
+    top.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("precision")
+    top.legend(loc="upper left", fontsize="small")
+    top.set_title(title or f"Reliability diagram (detection ECE {'-' if math.isnan(ece) else f'{ece:.3f}'})")
+    top.grid(True, alpha=0.3)
+    total = sum(b["count"] for b in bins) or 1
+    bottom.bar([b["low"] for b in bins], [b["count"] / total for b in bins], width=width, align="edge", color="gray", edgecolor="white")
+    bottom.set_xlabel("score")
+    bottom.set_ylabel("share of detections")
+    bottom.grid(True, alpha=0.3)
     _save_png(figure, path)

@@ -6,7 +6,9 @@ Each entry is::
      "category_id": 18,           # COCO: the JSON's category id; VOC: 1-based index in the class list
      "category_name": "dog",
      "bbox": [x, y, w, h],        # continuous pixels of the original image, w = x2 - x1, h = y2 - y1
-     "score": 0.93}
+     "score": 0.93,
+     "probabilities": [...]}    # only when the detections carry them (predict --probabilities):
+                                # the box head's softmax over background + the C classes, in label order
 
 This is the file ``pycocotools`` reads (``COCO.loadRes``); the VOC evaluator reads the same list.
 Boxes inside the model are ``(x1, y1, x2, y2)``; they are converted to ``xywh`` only here.
@@ -42,7 +44,8 @@ def detections_to_results(
 
     Args:
         image_id: the image's id as the dataset names it (COCO int id, VOC file stem).
-        detection: ``{"boxes": Tensor[D,4] xyxy, "labels": Tensor[D] in 1..C, "scores": Tensor[D]}``.
+        detection: ``{"boxes": Tensor[D,4] xyxy, "labels": Tensor[D] in 1..C, "scores": Tensor[D]}``, and
+            optionally ``"probabilities": Tensor[D, C+1]`` (copied into each entry).
         class_names: the C foreground class names; label ``l`` is ``class_names[l - 1]``.
         label_to_category_id: label -> dataset category id (COCO); ``None`` keeps the label
             as the category id (VOC).
@@ -60,8 +63,9 @@ def detections_to_results(
             f"{tuple(boxes.shape)}, {len(labels)}, {len(scores)}"
         )
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    rows = detection["probabilities"].detach().cpu().tolist() if "probabilities" in detection else None
     results = []
-    for box, label, score in zip(xywh, labels, scores):
+    for k, (box, label, score) in enumerate(zip(xywh, labels, scores)):
         label = int(label)
         if not 1 <= label <= len(class_names):
             raise ValueError(f"detection for image {image_id!r}: label {label} outside 1..{len(class_names)}")
@@ -73,6 +77,7 @@ def detections_to_results(
                 "category_name": class_names[label - 1],
                 "bbox": box,
                 "score": float(score),
+                **({"probabilities": rows[k]} if rows is not None else {}),
             }
         )
     return results
@@ -91,11 +96,15 @@ def results_to_detections(
 
     Returns:
         ``{image_id: {"boxes": float32 Tensor[D,4] xyxy, "labels": int64 Tensor[D], "scores": float32 Tensor[D]}}``,
-        images in order of first appearance, boxes in the entries' order.
+        images in order of first appearance, boxes in the entries' order; with ``"probabilities"`` [D, C+1] too
+        when the entries carry them (``predict --probabilities``).
     """
     grouped: dict[Any, tuple[list, list, list]] = {}
+    rows: dict[Any, list] = {}
     for entry in results:
         boxes, labels, scores = grouped.setdefault(entry["image_id"], ([], [], []))
+        if "probabilities" in entry:
+            rows.setdefault(entry["image_id"], []).append(entry["probabilities"])
         x, y, w, h = (float(v) for v in entry["bbox"])
         boxes.append([x, y, x + w, y + h])
         category_id = int(entry["category_id"])
@@ -106,6 +115,7 @@ def results_to_detections(
             "boxes": torch.tensor(boxes, dtype=torch.float64).to(torch.float32).reshape(-1, 4),
             "labels": torch.tensor(labels, dtype=torch.int64),
             "scores": torch.tensor(scores, dtype=torch.float32),
+            **({"probabilities": torch.tensor(rows[image_id], dtype=torch.float32)} if len(rows.get(image_id, ())) == len(scores) else {}),
         }
         for image_id, (boxes, labels, scores) in grouped.items()
     }

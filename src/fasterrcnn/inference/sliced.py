@@ -47,7 +47,7 @@ from fasterrcnn.ops.boxes import clip_boxes_to_image
 from fasterrcnn.ops.merge import MERGE_RULES, box_voting, merge_detections, weighted_box_fusion
 from fasterrcnn.ops.tiles import tile_windows
 
-__all__ = ["TTA_PASSES", "InferenceOptions", "detect_image", "load_uint8", "reduced_float"]
+__all__ = ["TTA_PASSES", "InferenceOptions", "check_probabilities", "detect_image", "load_uint8", "reduced_float"]
 
 # Test-time augmentation: (scale of the model's input size, horizontal flip) of each pass.
 TTA_PASSES = ((1.0, False), (1.0, True), (1.25, False))
@@ -91,6 +91,13 @@ class InferenceOptions:
     def plain(self) -> bool:
         """One forward pass over the whole image (no slicing, no TTA)."""
         return self.slice is None and not self.tta
+
+
+def check_probabilities(probabilities: bool, options: InferenceOptions) -> None:
+    """Class probabilities are the box head's softmax row of one RoI: only plain inference has one per box
+    (tiles and augmented passes merge or fuse boxes of several passes). ConfigError otherwise."""
+    if probabilities and not options.plain:
+        raise ConfigError("class probabilities go with plain inference: sliced and test-time-augmented detections merge boxes of several passes")
 
 
 def reduced_float(image: Tensor, factor: int) -> Tensor:

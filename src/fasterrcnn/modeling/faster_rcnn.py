@@ -130,6 +130,7 @@ class FasterRCNN(nn.Module):
             detections_per_img=cfg.box_detections_per_img,
             min_size=cfg.box_min_size,
             smooth_l1_beta=cfg.box_smooth_l1_beta,
+            temperature=cfg.box_score_temperature,
         )
         return cls(transform, parts.body, rpn, roi_heads, num_classes=cfg.num_classes, config=cfg)
 

@@ -14,7 +14,8 @@ matrix, one sampling call, one decode and one batched NMS for all images and cla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -83,8 +84,11 @@ class RoIHeads(nn.Module):
     GT's class), IoU in [``bg_iou_low``, ``bg_iou_thresh``) background, below ``bg_iou_low`` ignored
     (the paper uses 0.1, torchvision 0.0); in an image without GT every proposal is background.
     ``batch_size_per_image`` RoIs are sampled, at most ``positive_fraction`` foreground.
-    Inference: softmax, class-specific decoding, clipping, score > ``score_thresh``, boxes smaller
-    than ``min_size`` dropped, NMS per class, at most ``detections_per_img`` per image by score.
+    Inference: softmax (of the class logits divided by ``temperature``, 1 unless ``fasterrcnn calibrate``
+    fitted one), class-specific decoding, clipping, score > ``score_thresh``, boxes smaller than
+    ``min_size`` dropped, NMS per class, at most ``detections_per_img`` per image by score. With
+    ``class_probabilities`` on (``keeping_probabilities``), each detection also carries its RoI's whole
+    softmax row, ``"probabilities"`` [D, C+1] (background at 0): ``probabilities[d, labels[d]] == scores[d]``.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class RoIHeads(nn.Module):
         detections_per_img: int,
         min_size: float = 1e-2,
         smooth_l1_beta: float = 1.0 / 9.0,
+        temperature: float = 1.0,
     ):
         super().__init__()
         self.box_roi_pool = box_roi_pool
@@ -119,6 +124,8 @@ class RoIHeads(nn.Module):
         self.detections_per_img = detections_per_img
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
+        self.temperature = temperature
+        self.class_probabilities = False  # inference: also return each detection's softmax row
         self.generator: torch.Generator | Sequence[torch.Generator] | None = None  # one, or one per image
 
     def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], Tensor, Tensor]:
@@ -178,14 +185,27 @@ class RoIHeads(nn.Module):
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         return self.postprocess_detections(class_logits, box_regression, proposals, image_sizes), {}
 
+    @contextmanager
+    def keeping_probabilities(self, enabled: bool = True) -> Iterator[None]:
+        """Inside the block, inference outputs also carry ``"probabilities"`` [D, C+1] when ``enabled``."""
+        before, self.class_probabilities = self.class_probabilities, enabled
+        try:
+            yield
+        finally:
+            self.class_probabilities = before
+
     def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """Scores and class-specific boxes -> per image {"boxes" [D, 4], "labels" [D], "scores" [D]}, by decreasing score."""
+        """Scores and class-specific boxes -> per image {"boxes" [D, 4], "labels" [D], "scores" [D]} by decreasing
+        score, and ``"probabilities"`` [D, C+1] with ``class_probabilities`` (the RoI of each detection's row)."""
         n, device = len(proposals), class_logits.device
         num_classes = class_logits.shape[-1]  # C + 1
         counts = torch.tensor([len(p) for p in proposals], device=device)
         rois = torch.cat(proposals)  # [R, 4]
         roi_image = torch.repeat_interleave(torch.arange(n, device=device), counts)  # [R]
-        scores = F.softmax(class_logits, -1)[:, 1:]  # [R, C], background dropped
+        if self.temperature != 1.0:
+            class_logits = class_logits / self.temperature
+        probabilities = F.softmax(class_logits, -1)  # [R, C+1]
+        scores = probabilities[:, 1:]  # [R, C], background dropped
         roi_idx, cls = torch.nonzero(scores > self.score_thresh, as_tuple=True)  # candidates, cls in 0..C-1
         cls = cls + 1
         cand_scores = scores[roi_idx, cls - 1]
@@ -196,7 +216,8 @@ class RoIHeads(nn.Module):
         bound = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=1)
         boxes = torch.minimum(boxes.clamp(min=0), bound)  # clip_boxes_to_image, per image
         keep = ((boxes[:, 2] - boxes[:, 0]) >= self.min_size) & ((boxes[:, 3] - boxes[:, 1]) >= self.min_size)
-        boxes, cand_scores, cls, image = boxes[keep], cand_scores[keep], cls[keep], image[keep]
+        boxes, cand_scores, cls, image, roi_idx = boxes[keep], cand_scores[keep], cls[keep], image[keep], roi_idx[keep]
         kept = ops.batched_nms(boxes, cand_scores, image * num_classes + cls, self.nms_thresh) if len(boxes) else cls.new_zeros((0,))
-        per_image = split_top_n(kept, image[kept], n, self.detections_per_img, boxes, cand_scores, cls)
-        return [{"boxes": b, "labels": lb, "scores": s} for b, s, lb in zip(*per_image)]
+        rows = (probabilities[roi_idx],) if self.class_probabilities else ()  # [Q, C+1]: each candidate's RoI row
+        per_image = split_top_n(kept, image[kept], n, self.detections_per_img, boxes, cand_scores, cls, *rows)
+        return [{"boxes": b, "labels": lb, "scores": s, **({"probabilities": p[0]} if p else {})} for b, s, lb, *p in zip(*per_image)]

@@ -11,6 +11,7 @@ claimed before the work starts and never written over an input or an existing fi
 """
 
 from fasterrcnn.runs.benchmark import BenchmarkRow, benchmark, benchmark_table
+from fasterrcnn.runs.calibration import CalibrationResult, calibrate
 from fasterrcnn.runs.demo_run import DemoResult, demo
 from fasterrcnn.runs.exporting import ExportResult, export
 from fasterrcnn.runs.folder import OutputFolder, RunFolder
@@ -21,6 +22,7 @@ from fasterrcnn.runs.training import RESUMABLE_CHANGES, TrainResult, train
 __all__ = [
     "RESUMABLE_CHANGES",
     "BenchmarkRow",
+    "CalibrationResult",
     "DemoResult",
     "EvalResult",
     "ExportResult",
@@ -31,6 +33,7 @@ __all__ = [
     "VideoResult",
     "benchmark",
     "benchmark_table",
+    "calibrate",
     "compress",
     "demo",
     "evaluate",

@@ -163,7 +163,7 @@ def evaluate(
         save_results(folder.path / "detections.json", results)
     name, value = headline(metrics)
     record = {
-        **json_safe({k: v for k, v in metrics.items() if k not in ("pr_curves", "summary")}),
+        **json_safe({k: v for k, v in metrics.items() if k not in ("pr_curves", "summary")}), **json_safe(report.summary()),
         "metric": metric, **source, "data": dataset.describe(), "num_images": len(dataset),
     }  # fmt: skip
     atomic_write_text(folder.path / "metrics.json", json.dumps(record, indent=2, allow_nan=False) + "\n")

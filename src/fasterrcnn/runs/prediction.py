@@ -23,7 +23,8 @@ Outputs (``output=DIR``), each input at ``NAME``: its path relative to the folde
                            at the end, also when a bad image or Ctrl-C stops the run: it covers every image read
 
 DETECTION is ``Detection.to_dict()``: ``{"box": [x1, y1, x2, y2] in the original image's or frame's pixels,
-"label", "class_name", "score"}``. An interrupted run keeps every line written; only the last line may be
+"label", "class_name", "score"}``, with ``"probabilities"`` (the box head's softmax over background and the
+C classes, in label order) when ``probabilities`` is on; ``detections.json``'s entries then carry it too. An interrupted run keeps every line written; only the last line may be
 cut, when the process is killed during its write.
 
 Outputs are claimed before the model is loaded (``runs.folder.OutputFolder``): an existing output file is
@@ -169,17 +170,20 @@ def _claim_outputs(folder: OutputFolder, inputs: Sequence[str | Path], found: li
     folder.claim([*writers, *OUTPUT_MARKERS], overwrite=overwrite, inputs=[entry.path for entry in found], input_folders=input_folders)
 
 
-def _detect(detector: Detector, image: torch.Tensor, size: tuple[int, int] | None, score_threshold: float, inference: InferenceOptions):
+def _detect(
+    detector: Detector, image: torch.Tensor, size: tuple[int, int] | None, score_threshold: float, inference: InferenceOptions,
+    probabilities: bool = False,
+):
     """The model's detections scoring >= ``score_threshold`` on ``image`` (CPU tensors; sliced and / or TTA
-    by ``inference``), and the same in the pixels of the original image of ``size``
-    (``fasterrcnn.detector.in_original_pixels``)."""
+    by ``inference``; with the class ``probabilities`` of plain inference), and the same in the pixels of the
+    original image of ``size`` (``fasterrcnn.detector.in_original_pixels``)."""
     import torch
 
     from fasterrcnn.detector import in_original_pixels
     from fasterrcnn.inference import detect_image
 
     if inference.plain:
-        with torch.inference_mode(), detector.autocast():
+        with torch.inference_mode(), detector.autocast(), detector.keeping_probabilities(probabilities):
             detection = detector.model([image.to(detector.device)])[0]
     else:
         detection = detect_image(
@@ -217,6 +221,7 @@ def _json_line(record: dict) -> str:
 def _predict_video(
     detector: Detector, entry: PredictInput, folder: OutputFolder | None, *, score_threshold: float, frame_stride: int, quiet: bool,
     inference: InferenceOptions,
+    probabilities: bool = False,
 ) -> VideoResult:
     """Detect objects in every ``frame_stride``-th frame of a video; with ``folder``, write its annotated video
     and JSON Lines (see the module docstring). One decoded frame in memory at a time."""
@@ -246,7 +251,7 @@ def _predict_video(
                         image, reduced = torch.from_numpy(full).permute(2, 0, 1), False
                     else:  # a large frame reduced before any float copy
                         image, reduced = to_image_tensor(full if reduce == 1 else to_rgb(frame, reduce)), reduce > 1
-                    _, original = _detect(detector, image, size if reduced else None, score_threshold, inference)
+                    _, original = _detect(detector, image, size if reduced else None, score_threshold, inference, probabilities)
                     detections = detector.as_detections(original)
                     frames.append(FrameDetections(index, time, detections))
                     if lines is not None:
@@ -294,6 +299,7 @@ def predict(
     overlap: float = 0.2,
     full_image: bool = True,
     tta: bool = False,
+    probabilities: bool = False,
 ) -> PredictResult:
     """Detect objects in image and video files and folders with a checkpoint, a ``Detector`` or (``preset``)
     a torchvision file.
@@ -303,13 +309,14 @@ def predict(
     (missing, truncated, not decodable) is skipped with a warning (``on_bad_image="skip"``) or stops the run
     (``"error"``). An image or frame much larger than the model's input is decoded reduced (memory stays
     bounded). ``precision``: the model's (``Detector``), recorded in every line of the ``.jsonl`` files.
+    ``probabilities``: each detection also carries its class probabilities (plain inference only).
     Unless ``quiet``, prints one line per image and shows a progress bar over a video's frames.
 
     ``slice`` / ``overlap`` / ``full_image`` / ``tta``: sliced inference and test-time augmentation, as
     ``Detector.detect`` (``fasterrcnn.inference``). With ``slice``, images (up to 150 megapixels) and frames
     are read whole as uint8, and the picture is drawn reduced to at most ``PICTURE_MAX_SIDE`` pixels a side.
     """
-    from fasterrcnn.inference import InferenceOptions, load_uint8
+    from fasterrcnn.inference import InferenceOptions, check_probabilities, load_uint8
 
     from fasterrcnn.data.video import require_av
     from fasterrcnn.evaluation import detections_to_results, save_results
@@ -317,6 +324,7 @@ def predict(
     check_policy(on_bad_image)
     check_score_threshold(score_threshold)
     inference = InferenceOptions(slice=slice, overlap=overlap, full_image=full_image, tta=tta)
+    check_probabilities(probabilities, inference)
     if isinstance(frame_stride, bool) or not isinstance(frame_stride, int) or frame_stride < 1:
         raise ConfigError(f"frame_stride must be a whole number >= 1, got {frame_stride!r}")
     found = find_inputs(inputs)
@@ -338,7 +346,8 @@ def predict(
             try:
                 if entry.is_video:
                     video = _predict_video(
-                        detector, entry, folder, score_threshold=score_threshold, frame_stride=frame_stride, quiet=quiet, inference=inference
+                        detector, entry, folder, score_threshold=score_threshold, frame_stride=frame_stride, quiet=quiet,
+                        inference=inference, probabilities=probabilities,
                     )  # fmt: skip
                     video_results[entry.path] = video
                     if not quiet:
@@ -354,7 +363,7 @@ def predict(
                 logger.warning(f"skipping {error}")
                 skipped.append((str(entry.path), error.problem))
                 continue
-            detection, original = _detect(detector, image, size, score_threshold, inference)
+            detection, original = _detect(detector, image, size, score_threshold, inference, probabilities)
             detections[entry.path] = detector.as_detections(original)
             results.extend(detections_to_results(entry.name, original, detector.class_names, detector.label_to_category_id))
             if folder is not None:

@@ -1,0 +1,50 @@
+"""Detection calibration: outcomes, D-ECE on hand-computed bins, temperature fitting, netcal agreement."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fasterrcnn.evaluation.calibration import detection_outcomes, expected_calibration_error, fit_temperature, reliability_bins
+
+
+def test_ece_of_hand_computed_bins():
+    scores, right = np.array([0.95, 0.95, 0.15, 0.15]), np.array([True, False, False, False])
+    assert expected_calibration_error(scores, right) == pytest.approx(0.5 * 0.45 + 0.5 * 0.15)
+    rows = reliability_bins(scores, right)
+    assert [r["count"] for r in rows] == [0, 2, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert rows[9]["precision"] == 0.5 and rows[9]["score"] == pytest.approx(0.95) and math.isnan(rows[0]["score"])
+    assert expected_calibration_error(np.array([1.0, 0.0]), np.array([True, False])) == 0.0  # 1.0 falls in the last bin
+    assert math.isnan(expected_calibration_error(np.zeros(0), np.zeros(0, bool)))
+
+
+def test_outcomes_match_at_iou_half_by_score_and_skip_difficult():
+    truth = [{"image_id": "a", "boxes": torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]]), "labels": torch.tensor([1, 1]), "difficult": torch.tensor([False, True])}]
+    found = {"a": {"boxes": torch.tensor([[0.0, 0, 10, 9], [0.0, 0, 10, 10], [0.0, 0, 10, 10], [21.0, 21, 29, 29]]),
+                   "labels": torch.tensor([1, 1, 2, 1]), "scores": torch.tensor([0.6, 0.9, 0.8, 0.7])}}  # fmt: skip
+    scores, right, where = detection_outcomes(found, truth)
+    # by score: 0.9 takes the box, 0.8 is another class, 0.6 a duplicate; 0.7 lies on the difficult box: left out
+    assert scores.tolist() == pytest.approx([0.9, 0.8, 0.6]) and right.tolist() == [True, False, False]
+    assert where["a"].tolist() == [1, 2, 0]
+
+
+def test_fit_temperature_undoes_logits_scaled_by_five():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 4, generator=g) * 1.5  # calibrated by construction
+    labels = logits[:, 1:].argmax(1) + 1
+    p = torch.softmax(logits, -1).gather(1, labels[:, None]).squeeze(1)
+    right = torch.rand(4000, generator=g) < p
+    assert fit_temperature(5 * logits, labels, right) == pytest.approx(5.0, rel=0.1)
+    assert fit_temperature(logits, labels, right) == pytest.approx(1.0, rel=0.1)
+
+
+def test_ece_agrees_with_netcal():
+    netcal = pytest.importorskip("netcal.metrics")
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.05, 1.0, 500)
+    right = rng.random(500) < scores**2
+    theirs = netcal.ECE(bins=10, detection=True).measure(scores, right.astype(np.int64))
+    assert expected_calibration_error(scores, right) == pytest.approx(float(theirs), abs=1e-9)
