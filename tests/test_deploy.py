@@ -10,9 +10,11 @@ import torch
 
 import torchvision_reference as reference
 from fasterrcnn.config import PRESETS, get_preset, to_dict
-from fasterrcnn.deploy.export import export_checkpoint, export_files, export_model, onnx_to_openvino, read_metadata
+from fasterrcnn.deploy.export import export_files, export_model, onnx_to_openvino
+from fasterrcnn.deploy.metadata import read_metadata
 from fasterrcnn.deploy.graph import DeployGraph, resized_size
 from fasterrcnn.deploy.runtime import load_exported
+from fasterrcnn.runs.export import export_checkpoint
 from fasterrcnn.detector import Detector
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 from fasterrcnn.modeling.fuse import fuse_batchnorm

@@ -1,6 +1,6 @@
 """``fasterrcnn export``: a checkpoint to ONNX or OpenVINO IR (one graph, image -> detections).
 
-Parse, call ``deploy.export.export_checkpoint``, print; see docs/deployment.md for the exported files.
+Parse, call ``runs.export.export_checkpoint``, print; see docs/deployment.md for the exported files.
 """
 
 from __future__ import annotations
@@ -29,17 +29,13 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export ``args.weights`` to ``args.output``; prints one line per file written."""
-    from fasterrcnn.deploy.export import export_checkpoint, export_files
     from fasterrcnn.errors import ConfigError
+    from fasterrcnn.runs.export import export_checkpoint
 
     if args.device != "cpu":
         raise ConfigError(f"--device {args.device!r}: the export runs on the CPU (the exported graph runs anywhere its runtime does)")
-    existing = [str(path) for path in export_files(args.output, args.format)[1] if path.exists()]
-    if existing and not args.overwrite:
-        verb = "exists" if len(existing) == 1 else "exist"
-        raise ConfigError(f"{' and '.join(existing)} {verb}; pass --overwrite to replace or choose another --output")
     start = time.perf_counter()
-    written = export_checkpoint(args.weights, args.output, format=args.format)
+    written = export_checkpoint(args.weights, args.output, format=args.format, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     for path in written:
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {seconds:.1f} s)")

@@ -1,6 +1,6 @@
 """Whole runs from Python, the same as the ``fasterrcnn`` commands (which call these and print).
 
-    from fasterrcnn.runs import train, evaluate, predict, compress
+    from fasterrcnn.runs import train, evaluate, predict, compress, export_checkpoint
     run = train("VOCdevkit/VOC2007", "runs/voc07", preset="vgg16", epochs=16, backbone_weights="vgg16.pth")
     result = evaluate("VOCdevkit/VOC2007", weights=run.best or run.last, output="runs/voc07/eval")
     print(result.metrics["mAP"])
@@ -11,6 +11,7 @@ claimed before the work starts and never written over an input or an existing fi
 """
 
 from fasterrcnn.runs.demo_run import DemoResult, demo
+from fasterrcnn.runs.export import export_checkpoint
 from fasterrcnn.runs.folder import OutputFolder, RunFolder
 from fasterrcnn.runs.inference import EvalResult, compress, evaluate
 from fasterrcnn.runs.prediction import PredictResult, VideoResult, predict
@@ -28,6 +29,7 @@ __all__ = [
     "compress",
     "demo",
     "evaluate",
+    "export_checkpoint",
     "predict",
     "train",
 ]

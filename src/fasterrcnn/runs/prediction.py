@@ -163,10 +163,10 @@ def _claim_outputs(folder: OutputFolder, inputs: Sequence[str | Path], found: li
 
 def _detect(detector: Detector, image: torch.Tensor, size: tuple[int, int] | None, score_threshold: float):
     """The model's detections scoring >= ``score_threshold`` on ``image`` (CPU tensors), and the same in
-    the pixels of the original image of ``size`` (``fasterrcnn.detector.in_original_pixels``)."""
+    the pixels of the original image of ``size`` (``fasterrcnn.data.images.in_original_pixels``)."""
     import torch
 
-    from fasterrcnn.detector import in_original_pixels
+    from fasterrcnn.data.images import in_original_pixels
 
     with torch.inference_mode(), detector.autocast():
         detection = detector.model([image.to(detector.device)])[0]
@@ -188,9 +188,8 @@ def _predict_video(
     from PIL import Image
     from tqdm import tqdm
 
-    from fasterrcnn.data.images import reduction_factor
+    from fasterrcnn.data.images import reduction_factor, to_image_tensor
     from fasterrcnn.data.video import VideoReader, VideoWriter, to_rgb
-    from fasterrcnn.detector import to_image_tensor
     from fasterrcnn.visualize import draw_detections
 
     frames: list[FrameDetections] = []
