@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -208,3 +209,15 @@ def test_export_creates_its_folder_and_never_replaces_a_file_unasked(tiny_checkp
     assert weights.read_bytes() == b"someone else's file" and not (tmp_path / "tiny.xml").exists()
     assert export_files(tmp_path / "m.onnx", "openvino") == ("openvino", [tmp_path / "m.onnx", tmp_path / "m.bin"])
     assert export_files(tmp_path / "m.xml") == ("openvino", [tmp_path / "m.xml", tmp_path / "m.bin"])
+
+
+@pytest.mark.parametrize("missing, output", [("onnx", "tiny.onnx"), ("openvino", "tiny.xml")])
+def test_export_without_the_deploy_extra_says_how_to_install_it(tiny_checkpoint, tmp_path, capsys, monkeypatch, missing, output):
+    """The slim install (no onnx / openvino): one line naming the extra, exit 2, nothing written."""
+    from fasterrcnn.cli import main
+
+    monkeypatch.setitem(sys.modules, missing, None)  # ``import`` of it raises ImportError
+    assert main(["export", "--weights", str(tiny_checkpoint), "--output", str(tmp_path / output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'fasterrcnn[deploy]'" in err and f"needs the {missing} package" in err
+    assert list(tmp_path.iterdir()) == []
