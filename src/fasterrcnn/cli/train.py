@@ -29,19 +29,19 @@ def add_parser(commands) -> None:
         "preset < --config FILE < --set key=value < explicit flags. Several GPUs or machines: start it with "
         "'torchrun --nproc_per_node=N -m fasterrcnn train ...' (--batch-size is per process; see the README).",
     )
-    add_data(p, split_default="trainval")
+    add_data(p, split_default="trainval", split_help="trainval, which means train for YOLO data without a trainval entry")
     p.add_argument("--preset", help="model + training preset, e.g. tiny, vgg16, resnet50_fpn (required unless --resume or the --config file names one)")
     p.add_argument("--output", required=True, metavar="DIR", help="the run's folder (created; new or empty unless --resume / --overwrite)")
-    p.add_argument("--val-data", metavar="PATH", help="validation set (VOC root or COCO JSON); default: the --val-split of the --data VOC root when it exists")
-    p.add_argument("--val-split", default="test", help="VOC split used for validation (default: test)")
+    p.add_argument("--val-data", metavar="PATH", help="validation set (VOC root, COCO JSON or YOLO data.yaml); default: the --val-split of --data when it has one")
+    p.add_argument("--val-split", help="split of --val-data or --data to validate on (default: test for VOC, val for YOLO)")
     p.add_argument("--val-images", metavar="DIR", help="COCO only: the folder of the --val-data JSON's images")
     p.add_argument("--no-val", action="store_true", help="do not evaluate during or after training")
     p.add_argument(
         "--metric", choices=("voc", "voc07", "coco"),
-        help="validation metric: voc (VOC AP@0.5, area), voc07 (11-point) or coco (AP@[.5:.95]) (default: voc for VOC data, coco for COCO data)",
+        help="validation metric: voc (VOC AP@0.5, area), voc07 (11-point) or coco (AP@[.5:.95]) (default: voc for VOC and YOLO data, coco for COCO data)",
     )  # fmt: skip
     p.add_argument("--classes", metavar="A,B,C", help="VOC: the class names, in label order (default: the 20 VOC classes, or the sorted names found)")
-    p.add_argument("--drop-empty", action="store_true", help="COCO: leave out training images without trainable (non-crowd) objects (default: kept, as negatives)")
+    p.add_argument("--drop-empty", action="store_true", help="COCO and YOLO: leave out training images without trainable (non-crowd) objects (default: kept, as negatives)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive_int, metavar="N", help="train for N passes over the data")
     length.add_argument("--max-iters", type=positive_int, metavar="N", help="train for N iterations (batches)")
@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if result.metrics is not None:
         name, value = headline(result.metrics)
-        print(f"validation {name} ({result.metrics.get('metric')}) at iteration {result.iteration}: {value:.4f}; best {result.best_metric:.4f}")
+        on = f" on {result.metrics['split']}" if "split" in result.metrics else ""
+        print(f"validation {name} ({result.metrics.get('metric')}){on} at iteration {result.iteration}: {value:.4f}; best {result.best_metric:.4f}")
     print(f"checkpoints in {result.last.parent}, metrics in {result.run_dir / 'metrics.jsonl'}, results in {result.run_dir / 'results.csv'} and {result.run_dir / 'results.png'}")
     print_skipped(result.skipped, "trained on")
     return 0

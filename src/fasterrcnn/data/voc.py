@@ -135,6 +135,12 @@ class VOCDataset(torch.utils.data.Dataset):
     default_metric = "voc"
     label_to_category_id = None
     coco = None
+    evaluation_split = "test"  # what a run validates and eval scores on unless told otherwise
+
+    @staticmethod
+    def has_split(root, split: str) -> bool:
+        """Whether the VOC root ``root`` has the split ``split`` (``ImageSets/Main/<split>.txt``)."""
+        return (Path(root) / "ImageSets" / "Main" / f"{split}.txt").is_file()
 
     def __init__(
         self, root, split: str = "trainval", classes=None, transforms=None, keep_difficult: bool = True,

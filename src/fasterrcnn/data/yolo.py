@@ -180,6 +180,13 @@ class YOLODataset(torch.utils.data.Dataset):
 
     # data.DetectionDataset: VOC AP by default; result category ids are the labels; no pycocotools ground truth
     default_metric = "voc"
+    evaluation_split = "val"  # ultralytics' convention: validate and evaluate on val unless told otherwise
+
+    @staticmethod
+    def has_split(path, split: str) -> bool:
+        """Whether the data.yaml at ``path`` (or in the folder) names images for ``split``."""
+        yaml_path = find_data_yaml(path)
+        return yaml_path is not None and read_data_yaml(yaml_path).get(split) not in (None, "", [])
     label_to_category_id = None
     coco = None
 

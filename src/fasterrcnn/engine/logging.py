@@ -7,7 +7,7 @@
      "time": 0.41}
     {"type": "skip", "iteration": 21, "epoch": 0, "losses": {"loss_classifier": null, ...},
      "consecutive": 1}                        # a step skipped because a loss was not finite
-    {"type": "eval", "iteration": 100, "mAP": 0.71, "metric": "voc", "per_class": {...},
+    {"type": "eval", "iteration": 100, "mAP": 0.71, "metric": "voc", "split": "test", "per_class": {...},
      "val_loss": 1.4, "val_loss_objectness": 0.3, ...}   # validation losses: engine/validation.py
 
 ``iteration`` counts optimizer steps taken (1 after the first step). Train records are written every
@@ -289,7 +289,8 @@ class MetricsLogger:
         headline = ", ".join(
             f"{k} {record[k]:.4f}" for k in ("mAP", "AP", "AP50", "AP75", "val_loss") if isinstance(record.get(k), float)
         )
-        self.info(f"evaluation at iteration {iteration}: {headline}")
+        where = f" on {record['split']}" if isinstance(record.get("split"), str) else ""
+        self.info(f"evaluation at iteration {iteration}{where}: {headline}")
 
     # -- misc ----------------------------------------------------------------------------------------
     def info(self, message: str) -> None:

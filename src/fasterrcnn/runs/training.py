@@ -114,23 +114,19 @@ def _resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str,
 
 
 def _validation_set(data, split, val_data, val_split, val_images, classes, on_bad_image, reduce_to):
-    """The validation data set (or None): ``val_data``, else the ``val_split`` of a VOC root when it exists, or
-    of a YOLO ``data.yaml`` (its ``val`` entry when it has no ``val_split``)."""
-    from fasterrcnn.data import build_dataset
-    from fasterrcnn.data.yolo import find_data_yaml, read_data_yaml
+    """The validation data set (or None): ``val_data`` (its ``val_split``, default its format's evaluation split),
+    else the ``val_split`` of ``data`` when it has one other than the training ``split``; ``val_split`` None: the
+    format's evaluation split (VOC: test, YOLO: val; ``data.formats``)."""
+    from fasterrcnn.data import build_dataset, dataset_class, evaluation_split
 
     if val_data is not None:
-        return build_dataset(val_data, split=val_split, images_dir=val_images, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
-    yaml_path = find_data_yaml(data)
-    if yaml_path is not None:
-        entries = read_data_yaml(yaml_path)
-        for name in (val_split, "val"):
-            if name != split and entries.get(name) not in (None, "", []):
-                return build_dataset(data, split=name, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
-        return None
-    data = Path(data)
-    if data.is_dir() and val_split != split and (data / "ImageSets" / "Main" / f"{val_split}.txt").is_file():
-        return build_dataset(data, split=val_split, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
+        return build_dataset(
+            val_data, split=evaluation_split(val_data, val_split) or "test", images_dir=val_images, classes=classes,
+            on_bad_image=on_bad_image, reduce_to=reduce_to,
+        )  # fmt: skip
+    name = evaluation_split(data, val_split)
+    if name is not None and name != split and dataset_class(data).has_split(data, name):
+        return build_dataset(data, split=name, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
     return None
 
 
@@ -156,7 +152,7 @@ def train(
     classes: list[str] | None = None,
     drop_empty: bool = False,
     val_data: str | Path | None = None,
-    val_split: str = "test",
+    val_split: str | None = None,
     val_images: str | Path | None = None,
     validate: bool = True,
     metric: str | None = None,
@@ -165,7 +161,7 @@ def train(
     on_bad_image: str = "skip",
     quiet: bool = False,
 ) -> TrainResult:
-    """Train a Faster R-CNN on ``data`` (a VOC root or a COCO instances JSON) into the run folder ``output``.
+    """Train a Faster R-CNN on ``data`` (a VOC root, a COCO instances JSON or a YOLO data.yaml) into the run folder ``output``.
 
     ``output`` must be new or empty; ``resume`` continues the run in it from ``checkpoints/last.pt``;
     ``overwrite`` deletes an earlier run's files there first. The folder is locked while training.
@@ -173,7 +169,8 @@ def train(
     downloaded into the cache when ``download`` allows it (None: when ``FASTERRCNN_DOWNLOAD=1``).
     The run's length: ``epochs``, ``max_iters`` or ``time`` (minutes of wall-clock training, see the module
     docstring), at most one of them; none: the configuration's.
-    Validation uses ``val_data`` (or the ``val_split`` of a VOC root) unless ``validate`` is False.
+    Validation uses ``val_data``, else the ``val_split`` of ``data`` (default: VOC ``test``, YOLO ``val``) when it
+    has one, unless ``validate`` is False.
     Any exception during training first writes ``last.pt`` (``engine.trainer.TrainingFailed``).
     Started by torchrun, every process calls it (data parallel); rank 0 owns the folder.
     Returns a ``TrainResult``.
@@ -205,7 +202,7 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
     import torch
 
     from fasterrcnn.config import get_preset, replace, to_dict
-    from fasterrcnn.data import RandomHorizontalFlip, build_dataset
+    from fasterrcnn.data import RandomHorizontalFlip, build_dataset, split_name
     from fasterrcnn.engine import distributed
     from fasterrcnn.engine.checkpoint import Checkpoint
     from fasterrcnn.engine.evaluator import evaluate_model
@@ -254,6 +251,7 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
     evaluate = None
     if val_dataset is not None:
         num_workers, quiet = options["num_workers"], options["quiet"]
+        val_split_name = split_name(val_dataset)  # beside every metric: which data it was measured on
 
         def evaluate(model):
             results, metrics = evaluate_model(
@@ -264,7 +262,7 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
             losses = validation_losses(model, val_dataset, num_workers=num_workers, device=device, seed=train_config.seed, progress=not quiet)
             # confusion matrix, per-class table, samples: the trainer writes them and takes them out of the metrics
             report = build_report(results, val_dataset, metrics, class_names=dataset.classes) if main_process else None
-            return {**metrics, **losses, "report": report}
+            return {**metrics, **losses, "split": val_split_name, "report": report}
 
     trainer = Trainer(
         model, dataset, config=train_config, output_dir=folder.path, preset=preset_name, class_names=dataset.classes,
@@ -293,10 +291,10 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
             record.setdefault("changes", []).append({"iteration": trainer.state.iteration, "changed": changes})
         folder.write_config(record)
         print(
-            f"training {preset_name} on {len(dataset)} images ({len(dataset.classes)} classes) for "
+            f"training {preset_name} on {len(dataset)} images ({len(dataset.classes)} classes, {split_name(dataset)}) for "
             + (f"{train_config.time:g} minute{'' if train_config.time == 1 else 's'}" if train_config.time is not None else f"{trainer.max_iters} iterations")
             + f" on {device}" + (f", resuming at {trainer.state.iteration}" if resume else "")
-            + ("" if val_dataset is not None else "; no validation set")
+            + (f"; validating on {split_name(val_dataset)} ({len(val_dataset)} images)" if val_dataset is not None else "; no validation set")
             + "".join(f"; {key} {old!r} -> {new!r}" for key, (old, new) in changes.items()),
             flush=True,
         )  # fmt: skip
