@@ -140,6 +140,30 @@ def test_a_folder_with_a_run_is_refused_unless_resume_or_overwrite(trained, voc_
     assert (run / "notes.txt").read_text() == "mine" and (run / "checkpoints" / "last.pt").is_file()
 
 
+def test_quiet_prints_nothing_and_the_console_lines_go_to_log_txt(voc_root, tmp_path, capsys):
+    """train(..., quiet=True) from Python is silent; log.txt holds the lines (no bar redraws) and grows on resume."""
+    train(voc_root, tmp_path / "run", **{**FAST, "validate": True}, max_iters=1)
+    assert capsys.readouterr() == ("", "")
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert log.startswith("training tiny on 4 images (5 classes, train) for 1 iterations on cpu; validating on test (")
+    assert "\nschedule: 1 iteration" in log and "\nevaluation at iteration 1 on test: mAP " in log and "\x1b" not in log and "\r" not in log
+    train(voc_root, tmp_path / "run", **FAST, max_iters=2, resume=True)
+    assert (tmp_path / "run" / "log.txt").read_text().startswith(log) and "resuming at 1" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_console_log_keeps_the_last_state_of_redrawn_lines(tmp_path):
+    import sys
+
+    from fasterrcnn.engine.logging import console_log
+
+    with console_log(tmp_path / "log.txt", echo=False):
+        print("one")
+        sys.stderr.write("\r\x1b[2K 10%|#   |\r\x1b[2K 50%|##  |\r\x1b[2K")
+        sys.stderr.write("two\n\r 90%|### |\r\x1b[2K")  # a bar cleared when it closes
+        print("three", end="")
+    assert (tmp_path / "log.txt").read_text() == "one\ntwo\nthree\n"
+
+
 def test_resume_refuses_changed_settings_and_records_a_longer_run(voc_root, tmp_path, capsys):
     run = tmp_path / "run"
     train(voc_root, run, **FAST, max_iters=1)
@@ -329,11 +353,11 @@ def test_the_presets_schedule_follows_the_runs_length_unless_set(voc_root, tmp_p
     # tiny: warm-up 100, step 900 of 1200 iterations; 2 iterations: step at round(1.5) = 2, warm-up round(0.17) = 0
     train(voc_root, tmp_path / "iters", **FAST, max_iters=2)
     assert _schedule(tmp_path / "iters") == (0, [2])
-    assert "schedule: 2 iterations; no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in capsys.readouterr().out
+    assert "schedule: 2 iterations; no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in (tmp_path / "iters" / "log.txt").read_text()
     # 4 images in batches of 2: 1 epoch = 2 iterations
     train(voc_root, tmp_path / "epochs", **FAST, epochs=1)
     assert _schedule(tmp_path / "epochs") == (0, [2])
-    assert "schedule: 2 iterations (1 epochs x 2 batches); no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in capsys.readouterr().out
+    assert "schedule: 2 iterations (1 epochs x 2 batches); no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in (tmp_path / "epochs" / "log.txt").read_text()
     # set by the user (--set or overrides, a config file): kept as given
     (tmp_path / "warmup.yaml").write_text("train:\n  warmup_iters: 3\n")
     args = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--output", str(tmp_path / "cli"), "--quiet",
@@ -385,7 +409,7 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     assert state["scheduler"] == {"iteration": 12, "warmup_iters": 1, "lr_steps": [9]}
     lrs = [r["lr"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if r["type"] == "train"]
     assert lrs == pytest.approx([0.0002] + [0.02] * 8 + [0.002] * 3)  # 0.01 x lr, then lr, x0.1 from the 10th step
-    out = capsys.readouterr().out
+    out = (tmp_path / "whole" / "log.txt").read_text()  # quiet: the lines only there
     assert "schedule: time budget 0.4 min, 1200 iterations until the speed is measured; warm-up 100 iterations" in out
     assert "time budget: 12 iterations fit (2 s each, 0.367 of 0.4 min left); warm-up 1 iteration from 0.01 x lr; lr 0.02, x0.1 at 9 -> 0.002" in out
     assert "time budget of 0.4 min spent at iteration 12" in out
@@ -427,7 +451,7 @@ def test_a_slow_start_never_ends_a_time_budget_and_a_finished_one_stays_finished
     state = load_checkpoint(result.last)
     assert state["time"] == {"budget": 30.0, "elapsed": 29.0, "max_iters": 4, "fixed": ["lr_steps"]}
     assert state["scheduler"]["lr_steps"] == [3]  # as given, not placed on the estimated length
-    assert "time budget: 2 iterations fit (20 s each" in capsys.readouterr().out
+    assert "time budget: 2 iterations fit (20 s each" in (tmp_path / "run" / "log.txt").read_text()
     fake_clock()
     again = train(voc_root, tmp_path / "run", **FAST, resume=True)  # the same budget: nothing left to train
     assert again.iteration == 4

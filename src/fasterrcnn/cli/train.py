@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         download=True if args.download else None,
         split=args.split, images=args.images, classes=class_list(args.classes), drop_empty=args.drop_empty,
         val_data=args.val_data, val_split=args.val_split, val_images=args.val_images, validate=not args.no_val,
-        metric=args.metric, device=args.device, num_workers=args.num_workers, on_bad_image=args.on_bad_image, quiet=args.quiet,
+        metric=args.metric, device=args.device, num_workers=args.num_workers, on_bad_image=args.on_bad_image, progress=not args.quiet,
     )  # fmt: skip
     if not distributed.is_main_process():
         return 0

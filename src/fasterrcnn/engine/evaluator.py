@@ -98,7 +98,7 @@ def run_inference(
     per_image: list[list[dict]] = []  # results of every image, in loader order
     autocast = autocast_context(torch.device(device), amp_dtype)
     try:
-        for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+        for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress or None, leave=False):  # None: only on a terminal
             with autocast:
                 detections = model([image.to(device) for image in images])
             for image, target, detection in zip(images, targets, detections):

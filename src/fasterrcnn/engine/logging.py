@@ -18,6 +18,10 @@ eval record under ``val/<loss name>`` (beside ``train/<loss name>``); at every e
 precision / recall curves go under ``pr_curve/<class>`` and the sample picture (``engine/report.py``)
 under ``eval/samples``.
 
+``DIR/log.txt`` (``console_log``) holds the run's console lines, as a reader of the terminal saw them: the
+progress bar's redraws and escape codes left out. The progress bar is drawn only on a terminal; when the output
+is a file or a pipe, the train records are printed as plain lines instead.
+
 ``DIR/results.csv`` holds one row per evaluation (``results_rows``), rewritten at every evaluation; it is
 written when the logger starts too (only a header in a new run; on resume, without the rows after the
 resume iteration).
@@ -30,15 +34,18 @@ import datetime
 import io
 import json
 import math
+import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from fasterrcnn.io import atomic_write_text
 
-__all__ = ["MetricsLogger", "json_safe", "pr_curve_arrays", "read_metrics", "results_csv", "results_rows"]
+__all__ = ["MetricsLogger", "console_log", "json_safe", "pr_curve_arrays", "read_metrics", "results_csv", "results_rows"]
 
 RESULTS_METRICS = ("mAP", "AP", "AP50", "AP75")  # the metric columns of results.csv, when an evaluation has them
 
@@ -167,7 +174,8 @@ class MetricsLogger:
         start_iteration: iterations already done (resume); records after it are dropped from an
             existing metrics.jsonl, and TensorBoard events after it are purged.
         log_every: iterations between train records.
-        quiet: print one plain line per train record instead of a progress bar.
+        quiet: print one plain line per train record instead of a progress bar (also when stderr is not a
+            terminal: a bar's redraws would fill a log file with escape codes).
     """
 
     def __init__(
@@ -185,7 +193,7 @@ class MetricsLogger:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.max_iters = max_iters
         self.log_every = max(1, log_every)
-        self.quiet = quiet
+        self.quiet = quiet = quiet or not sys.stderr.isatty()
         self.path = self.output_dir / "metrics.jsonl"
         kept = [r for r in read_metrics(self.path) if r.get("iteration", 0) <= start_iteration] if start_iteration else []
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -350,3 +358,60 @@ class _TrainingBar(tqdm):
             if meter["ncols"] is None or len(self.format_meter(**{**wide, "ncols": None})) <= meter["ncols"]:
                 return wide
         return meter
+
+
+_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal control sequences (cursor moves, colours)
+
+
+class _LoggedStream(io.TextIOBase):
+    """A text stream that appends its complete lines to ``log`` (what is left after the last carriage return,
+    escape codes removed, blank lines dropped) and passes everything to ``stream`` when ``echo``."""
+
+    def __init__(self, stream: TextIO, log: TextIO, echo: bool):
+        self.stream, self.log, self.echo = stream, log, echo
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        if self.echo:
+            self.stream.write(text)
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            line = _ESCAPE.sub("", line.rpartition("\r")[2]).rstrip()
+            if line:
+                self.log.write(line + "\n")
+        self._pending = self._pending.rpartition("\r")[2]  # a redrawn bar: only its last state
+        self.log.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.echo:
+            self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.echo and self.stream.isatty()
+
+    def fileno(self) -> int:
+        if not self.echo:
+            raise io.UnsupportedOperation("fileno")
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+@contextmanager
+def console_log(path: str | Path, *, echo: bool = True) -> Iterator[None]:
+    """While the block runs, every line written to ``sys.stdout`` / ``sys.stderr`` is appended to ``path`` (a run's
+    ``log.txt``) as well; ``echo`` False: only there (``train(..., quiet=True)`` prints nothing)."""
+    stdout, stderr = sys.stdout, sys.stderr
+    with open(path, "a", encoding="utf-8") as log:
+        logged = _LoggedStream(stdout, log, echo), _LoggedStream(stderr, log, echo)
+        sys.stdout, sys.stderr = logged
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
+            for stream in logged:  # a last line without its newline
+                if line := _ESCAPE.sub("", stream._pending).rstrip():
+                    log.write(line + "\n")

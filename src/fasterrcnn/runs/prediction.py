@@ -200,7 +200,7 @@ def _predict_video(
         total = None if video.num_frames is None else -(-video.num_frames // frame_stride)
 
         def run(writer: VideoWriter | None, lines) -> None:
-            with tqdm(total=total, desc=entry.path.name, unit="frame", disable=quiet, leave=False) as bar:
+            with tqdm(total=total, desc=entry.path.name, unit="frame", disable=quiet or None, leave=False) as bar:
                 for index, time, frame in video.frames(frame_stride):
                     full = to_rgb(frame) if writer is not None or reduce == 1 else None
                     image = to_image_tensor(full if reduce == 1 else to_rgb(frame, reduce))  # a large frame reduced before any float copy

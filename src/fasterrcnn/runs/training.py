@@ -160,6 +160,7 @@ def train(
     num_workers: int = 0,
     on_bad_image: str = "skip",
     quiet: bool = False,
+    progress: bool = True,
 ) -> TrainResult:
     """Train a Faster R-CNN on ``data`` (a VOC root, a COCO instances JSON or a YOLO data.yaml) into the run folder ``output``.
 
@@ -171,11 +172,14 @@ def train(
     docstring), at most one of them; none: the configuration's.
     Validation uses ``val_data``, else the ``val_split`` of ``data`` (default: VOC ``test``, YOLO ``val``) when it
     has one, unless ``validate`` is False.
+    The console lines also go to ``log.txt`` in the run folder; ``quiet`` prints nothing (the lines go only
+    there); ``progress`` False prints plain lines instead of progress bars (as when the output is no terminal).
     Any exception during training first writes ``last.pt`` (``engine.trainer.TrainingFailed``).
     Started by torchrun, every process calls it (data parallel); rank 0 owns the folder.
     Returns a ``TrainResult``.
     """
     from fasterrcnn.engine import distributed
+    from fasterrcnn.engine.logging import console_log
 
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the folder, --overwrite deletes it: choose one")
@@ -188,14 +192,15 @@ def train(
     options = dict(
         split=split, images=images, classes=classes, drop_empty=drop_empty, val_data=val_data, val_split=val_split,
         val_images=val_images, validate=validate, metric=metric, device=device, num_workers=num_workers,
-        on_bad_image=on_bad_image, quiet=quiet, download=download,
+        on_bad_image=on_bad_image, quiet=quiet or not progress, download=download,
     )  # fmt: skip
     distributed.init_distributed(device)  # torchrun: join the process group (a no-op otherwise)
     if not distributed.is_main_process():  # rank 0 owns the folder; the others train beside it
         return _train(folder, data, preset, config, overrides, resume, backbone_weights, options)
     with folder.lock():
         folder.prepare(resume=resume, overwrite=overwrite)
-        return _train(folder, data, preset, config, overrides, resume, backbone_weights, options)
+        with console_log(folder.path / "log.txt", echo=not quiet):
+            return _train(folder, data, preset, config, overrides, resume, backbone_weights, options)
 
 
 def _train(folder: RunFolder, data, preset, config_file, overrides, resume, backbone_weights, options: dict) -> TrainResult:
