@@ -465,3 +465,14 @@ def test_the_runs_length_is_given_once(voc_root, tmp_path, capsys):
     assert "--time: must be a finite number > 0" in one_line_error(capsys, main(base + ["--time", "0"]))
     assert "not allowed with argument" in one_line_error(capsys, main(base + ["--time", "1", "--epochs", "2"]))
     assert "train.time = -1: must be > 0" in one_line_error(capsys, main(base + ["--set", "train.time=-1"]))
+
+
+def test_the_package_lists_its_public_names_and_an_eval_result_prints_short(tmp_path):
+    import fasterrcnn
+    from fasterrcnn.runs import EvalResult
+
+    assert {"Detector", "FasterRCNN", "compress", "evaluate", "predict", "train", "__version__"} <= set(dir(fasterrcnn))
+    curves = {"circle": (list(range(1000)), list(range(1000)))}
+    result = EvalResult({"mAP": 0.86204, "pr_curves": curves}, "voc", 12, 0, tmp_path / "eval", split="val")
+    assert repr(result) == f"EvalResult(mAP=0.8620 (voc) on val, 12 images, output={str(tmp_path / 'eval')!r})"
+    assert repr(EvalResult({}, "", 0, 0, None)) == "EvalResult(no metrics on ?, 0 images)"
