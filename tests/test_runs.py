@@ -55,12 +55,15 @@ def test_train_evaluate_predict_compress_from_python(trained, voc_root, tmp_path
     assert Checkpoint.read(trained.last).iteration == 2
     config = json.loads((trained.run_dir / "config.json").read_text())
     assert config["preset"] == "tiny" and config["model"]["min_size"] == 48 and config["class_names"] == list(SYNTHETIC_CLASSES)
+    assert trained.files == tuple(trained.run_dir / name for name in sorted(os.listdir(trained.run_dir)) if name != ".lock")
+    assert {"config.json", "checkpoints", "log.txt", "metrics.jsonl", "results.csv", "results.png", "samples.jpg"} <= {p.name for p in trained.files}
 
     result = evaluate(voc_root, weights=trained.last, output=tmp_path / "eval", device="cpu", quiet=True)
     assert isinstance(result, EvalResult) and result.metric == "voc" and result.num_images == 2
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["mAP"] == pytest.approx(result.metrics["mAP"]) and written["data"]["split"] == "test"
     assert sorted(os.listdir(tmp_path / "eval")) == sorted(["metrics.json", "pr_curves.png", "detections.json", *REPORT_FILES])
+    assert sorted(result.files) == sorted(tmp_path / "eval" / name for name in os.listdir(tmp_path / "eval"))
     assert result.report.rows[0]["class"] == SYNTHETIC_CLASSES[0] and result.report.table().startswith("class")
     assert evaluate(voc_root, weights=trained.last, device="cpu", quiet=True).metrics["mAP"] == result.metrics["mAP"]  # no output: nothing written
 

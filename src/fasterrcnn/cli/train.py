@@ -124,6 +124,6 @@ def run(args: argparse.Namespace) -> int:
         name, value = headline(result.metrics)
         on = f" on {result.metrics['split']}" if "split" in result.metrics else ""
         print(f"validation {name} ({result.metrics.get('metric')}){on} at iteration {result.iteration}: {value:.4f}; best {result.best_metric:.4f}")
-    print(f"checkpoints in {result.last.parent}, metrics in {result.run_dir / 'metrics.jsonl'}, results in {result.run_dir / 'results.csv'} and {result.run_dir / 'results.png'}")
+    print(f"wrote {', '.join(path.name + ('/' if path.is_dir() else '') for path in result.files)} in {result.run_dir}")
     print_skipped(result.skipped, "trained on")
     return 0

@@ -42,7 +42,8 @@ RESUMABLE_CHANGES = ("max_iters", "epochs", "time", "eval_every", "checkpoint_ev
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a run left: its folder, ``last.pt`` (and ``best.pt`` when validated), where it ended and its metrics."""
+    """What a run left: its folder, ``last.pt`` (and ``best.pt`` when validated), where it ended, its metrics and
+    ``files``: the run's files and folders in ``run_dir`` (``runs.folder.RUN_ENTRIES``), by name."""
 
     run_dir: Path
     last: Path
@@ -51,6 +52,7 @@ class TrainResult:
     metrics: dict[str, Any] | None  # the last validation's, None without a validation set
     best_metric: float | None
     skipped: int  # bad images left out under on_bad_image="skip"
+    files: tuple[Path, ...] = ()
 
 
 def _nest(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -321,4 +323,5 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         metrics=summary["metrics"],
         best_metric=summary["best_metric"],
         skipped=len(dataset.skipped) + len(trainer.loader.skipped),
+        files=tuple(folder.path / name for name in folder.run_files()),
     )
