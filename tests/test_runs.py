@@ -479,3 +479,22 @@ def test_the_package_lists_its_public_names_and_an_eval_result_prints_short(tmp_
     result = EvalResult({"mAP": 0.86204, "pr_curves": curves}, "voc", 12, 0, tmp_path / "eval", split="val")
     assert repr(result) == f"EvalResult(mAP=0.8620 (voc) on val, 12 images, output={str(tmp_path / 'eval')!r})"
     assert repr(EvalResult({}, "", 0, 0, None)) == "EvalResult(no metrics on ?, 0 images)"
+
+
+def test_a_validated_run_evaluates_about_ten_times_unless_told_and_says_so(voc_root, tmp_path):
+    from fasterrcnn.config import get_preset, replace
+    from fasterrcnn.runs.training import default_eval_every
+
+    tiny = get_preset("tiny").train  # log_every 20
+    assert default_eval_every(replace(tiny, max_iters=1000, epochs=None), 100) == 100
+    assert default_eval_every(replace(tiny, max_iters=50, epochs=None), 100) == 20  # never more often than the records
+    assert default_eval_every(replace(tiny, epochs=12, batch_size=2, log_every=1), 100) == 60  # 12 x 50 batches / 10
+    assert default_eval_every(replace(tiny, epochs=12, batch_size=2, log_every=1), 100, world_size=2) == 30
+    assert default_eval_every(replace(tiny, time=5.0), 100) == 0  # a time budget: at the end
+
+    overrides = {**SMALL, "train.log_every": 2}
+    train(voc_root, tmp_path / "run", **{**FAST, "validate": True, "overrides": overrides}, max_iters=4)
+    evaluations = [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["type"] == "eval"]
+    assert evaluations == [2, 4] and "; validation every 2 iterations\n" in (tmp_path / "run" / "log.txt").read_text()
+    train(voc_root, tmp_path / "set", **{**FAST, "validate": True, "overrides": {**overrides, "train.eval_every": 0}}, max_iters=4)
+    assert [r["iteration"] for r in read_metrics(tmp_path / "set" / "metrics.jsonl") if r["type"] == "eval"] == [4]  # as told

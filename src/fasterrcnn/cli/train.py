@@ -54,7 +54,7 @@ def add_parser(commands) -> None:
     p.add_argument("--lr", type=positive_float, metavar="X", help="base learning rate (after warm-up)")
     p.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradients' global L2 norm to X")
     p.add_argument("--seed", type=nonnegative_int, metavar="N", help="seed of data order, flips, sampling and weight init")
-    p.add_argument("--eval-every", type=nonnegative_int, metavar="N", help="validate every N iterations (0: only at the end); best.pt keeps the best")
+    p.add_argument("--eval-every", type=nonnegative_int, metavar="N", help="validate every N iterations (0: only at the end; default with a validation set: about 10 times per run); best.pt keeps the best")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="N", help="write checkpoints/last.pt and iter_XXXXXXX.pt every N iterations")
     p.add_argument("--keep-checkpoints", type=nonnegative_int, metavar="N", help="periodic iter_XXXXXXX.pt kept, the newest (default: 3; last.pt and best.pt always)")
     p.add_argument("--log-every", type=positive_int, metavar="N", help="iterations per metrics.jsonl record")

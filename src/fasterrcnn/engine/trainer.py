@@ -499,7 +499,8 @@ class Trainer:
             length = f"{iterations(self.max_iters)} ({self.config.epochs} epochs x {self.batches_per_epoch} batches)"
         else:
             length = iterations(self.max_iters)
-        return f"schedule: {length}; {describe_schedule(self._placed(), self.lr)}"
+        validation = f"; validation every {iterations(self.config.eval_every)}" if self.evaluate is not None and self.config.eval_every else ""
+        return f"schedule: {length}; {describe_schedule(self._placed(), self.lr)}{validation}"
 
     @property
     def free_schedule(self) -> list[str]:

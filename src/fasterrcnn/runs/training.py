@@ -26,7 +26,7 @@ difference is refused with the list of differences.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +80,8 @@ def resolve_run_config(
 
 
 def _resolve(preset, base, base_source, config_file, overrides):
-    """``resolve_run_config``'s configs, and the schedule fields the user set (in the file or the overrides)."""
+    """``resolve_run_config``'s configs, and the training fields the user set (in the file or the overrides)."""
     from fasterrcnn.config import load_config_file, resolve
-    from fasterrcnn.engine.schedule import SCHEDULE_FIELDS
 
     nested = _nest(overrides)
     train = nested["train"]
@@ -92,7 +91,7 @@ def _resolve(preset, base, base_source, config_file, overrides):
         train["time"] = None  # ... and a time budget
     file = load_config_file(config_file) if config_file is not None else None
     name, model_config, train_config = resolve(preset, base=base, file=file, overrides=nested, base_source=base_source, file_source=config_file)
-    user_set = [key for key in SCHEDULE_FIELDS if key in train or key in (file or {}).get("train", {})]
+    user_set = {field.name for field in fields(train_config) if field.name in train or field.name in (file or {}).get("train", {})}
     return name, model_config, train_config, user_set
 
 
@@ -113,6 +112,22 @@ def _resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str,
             "start a new run (another --output, or --overwrite) for the others"
         )
     return changes
+
+
+EVALUATIONS_PER_RUN = 10  # a validated run's default: results.csv / results.png get about this many points
+
+
+def default_eval_every(config, num_images: int, world_size: int = 1) -> int:
+    """``eval_every`` of a validated run that does not set it: about ``EVALUATIONS_PER_RUN`` evaluations over
+    the run's length (``max_iters``, or ``epochs`` x batches), never more often than the ``log_every`` records;
+    0 (at the end only) under a time budget, whose length is not known before it starts."""
+    import math
+
+    if config.time is not None:
+        return 0
+    batches = math.ceil(num_images / (config.batch_size * world_size))
+    length = config.max_iters if config.epochs is None else config.epochs * batches
+    return max(math.ceil(length / EVALUATIONS_PER_RUN), config.log_every)
 
 
 def _validation_set(data, split, val_data, val_split, val_images, classes, on_bad_image, reduce_to):
@@ -214,6 +229,7 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
     from fasterrcnn.engine.checkpoint import Checkpoint
     from fasterrcnn.engine.evaluator import evaluate_model
     from fasterrcnn.engine.report import build_report
+    from fasterrcnn.engine.schedule import SCHEDULE_FIELDS
     from fasterrcnn.engine.trainer import Trainer
     from fasterrcnn.engine.validation import validation_losses
     from fasterrcnn.modeling.faster_rcnn import FasterRCNN
@@ -228,9 +244,10 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         base = checkpoint.config
         if class_names is None and checkpoint.label_to_category_id is None:
             class_names = list(checkpoint.class_names)
-    preset_name, model_config, train_config, user_schedule = _resolve(
+    preset_name, model_config, train_config, user_set = _resolve(
         preset, base, folder.checkpoints.last if resume else None, config_file, overrides
     )
+    user_schedule = [key for key in SCHEDULE_FIELDS if key in user_set]
 
     flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
     on_bad_image = options["on_bad_image"]
@@ -246,6 +263,8 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
             on_bad_image, reduce_to,
         )  # fmt: skip
     model_config = replace(model_config, num_classes=len(dataset.classes))
+    if val_dataset is not None and not resume and "eval_every" not in user_set:
+        train_config = replace(train_config, eval_every=default_eval_every(train_config, len(dataset), distributed.get_world_size()))
     changes = {}
     if checkpoint is not None:
         changes = _resume_changes(base, {"model": to_dict(model_config), "train": to_dict(train_config)})
