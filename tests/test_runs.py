@@ -346,6 +346,20 @@ def test_a_runs_config_json_repeats_the_run(trained, voc_root, tmp_path):
         assert torch.equal(tensor, repeated["model"][name]), name
 
 
+def test_a_runs_config_json_gives_the_data_and_flags_beside_it_override(trained, tmp_path, capsys):
+    """train --config runs/x/config.json --output runs/y: no --data needed; --split beside it wins."""
+    args = ["train", "--config", str(trained.run_dir / "config.json"), "--output", str(tmp_path / "y"), "--max-iters", "1", "--device", "cpu", "--quiet"]
+    assert main(args + ["--split", "trainval"]) == 0
+    recorded = json.loads((trained.run_dir / "config.json").read_text())["data"]
+    data = json.loads((tmp_path / "y" / "config.json").read_text())["data"]
+    assert recorded["train"]["split"] == "train" and data["train"] == {**recorded["train"], "split": "trainval"}
+    assert data["val"] == recorded["val"] and data["val"]["split"] == "test" and data["metric"] == recorded["metric"] == "voc"
+    capsys.readouterr()
+    (tmp_path / "plain.json").write_text('{"preset": "tiny"}')
+    code = main(["train", "--config", str(tmp_path / "plain.json"), "--output", str(tmp_path / "z")])
+    assert "give the training data (--data), or a run's config.json (--config) that records it" in one_line_error(capsys, code)
+
+
 # -- the schedule follows the run's length; a time budget ----------------------------------------------------
 def _schedule(run):
     train_config = load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]

@@ -107,9 +107,10 @@ DATA_HELP = (
 )
 
 
-def add_data(p: argparse.ArgumentParser, *, split_default: str | None, split_help: str) -> None:
-    """``--data``, ``--split`` (``split_help``: its default in words), ``--images``, ``--on-bad-image``."""
-    p.add_argument("--data", required=True, metavar="PATH", help=DATA_HELP)
+def add_data(p: argparse.ArgumentParser, *, split_default: str | None, split_help: str, data_help: str = "") -> None:
+    """``--data`` (required unless ``data_help`` says where else it comes from), ``--split`` (``split_help``: its
+    default in words), ``--images``, ``--on-bad-image``."""
+    p.add_argument("--data", required=not data_help, metavar="PATH", help=DATA_HELP + data_help)
     p.add_argument(
         "--split", default=split_default,
         help=f"VOC: ImageSets/Main/<SPLIT>.txt; YOLO: a key of data.yaml (train, val, test) (default: {split_help}; ignored for COCO)",

@@ -29,7 +29,10 @@ def add_parser(commands) -> None:
         "preset < --config FILE < --set key=value < explicit flags. Several GPUs or machines: start it with "
         "'torchrun --nproc_per_node=N -m fasterrcnn train ...' (--batch-size is per process; see the README).",
     )
-    add_data(p, split_default="trainval", split_help="trainval, which means train for YOLO data without a trainval entry")
+    add_data(
+        p, split_default=None, split_help="trainval, which means train for YOLO data without a trainval entry",
+        data_help="; default: the data a run's config.json given as --config (or the --resume run's) records",
+    )  # fmt: skip
     p.add_argument("--preset", help="model + training preset, e.g. tiny, vgg16, resnet50_fpn (required unless --resume or the --config file names one)")
     p.add_argument("--output", required=True, metavar="DIR", help="the run's folder (created; new or empty unless --resume / --overwrite)")
     p.add_argument("--val-data", metavar="PATH", help="validation set (VOC root, COCO JSON or YOLO data.yaml); default: the --val-split of --data when it has one")

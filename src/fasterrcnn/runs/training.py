@@ -147,8 +147,24 @@ def _validation_set(data, split, val_data, val_split, val_images, classes, on_ba
     return None
 
 
+def recorded_data(config_file: str | Path) -> dict[str, Any] | None:
+    """The data a run's own ``config.json`` records (``{"train": describe(), "val": describe() or None, "metric"}``,
+    see ``data.protocol``), None for a config file without it. DataError naming a malformed file."""
+    import json
+
+    from fasterrcnn.config import load_config_file
+
+    path = Path(config_file)
+    if path.suffix.lower() != ".json":
+        return None
+    load_config_file(path)  # a DataError naming an unreadable or malformed file
+    record = json.loads(path.read_text())
+    record = record.get("data") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) and isinstance(record.get("train"), dict) and "path" in record["train"] else None
+
+
 def train(
-    data: str | Path,
+    data: str | Path | None,
     output: str | Path,
     *,
     preset: str | None = None,
@@ -164,7 +180,7 @@ def train(
     seed: int | None = None,
     backbone_weights: str | Path | None = None,
     download: bool | None = None,
-    split: str = "trainval",
+    split: str | None = None,
     images: str | Path | None = None,
     classes: list[str] | None = None,
     drop_empty: bool = False,
@@ -180,6 +196,10 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train a Faster R-CNN on ``data`` (a VOC root, a COCO instances JSON or a YOLO data.yaml) into the run folder ``output``.
+
+    ``data`` None: the data that ``config`` (a run's ``config.json``), or with ``resume`` the run's own
+    config.json, records: its training set (path, split, images), validation set and metric, each unless given
+    here. ``split`` None: ``trainval`` (YOLO: ``train`` when its data.yaml has no trainval entry).
 
     ``output`` must be new or empty; ``resume`` continues the run in it from ``checkpoints/last.pt``;
     ``overwrite`` deletes an earlier run's files there first. The folder is locked while training.
@@ -201,6 +221,17 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the folder, --overwrite deletes it: choose one")
     folder = RunFolder(output)
+    if data is None:
+        source = config if config is not None else folder.config_file if resume else None
+        recorded = recorded_data(source) if source is not None and Path(source).is_file() else None
+        if recorded is None:
+            raise ConfigError("give the training data (--data), or a run's config.json (--config) that records it")
+        data, split, images = recorded["train"]["path"], split or recorded["train"].get("split"), images or recorded["train"].get("images")
+        val = recorded.get("val")
+        if isinstance(val, dict) and val_data is None and validate:
+            val_data, val_split, val_images = val["path"], val_split or val.get("split"), val_images or val.get("images")
+        metric = metric or recorded.get("metric")
+    split = split or "trainval"
     length = {key: value for key, value in (("epochs", epochs), ("max_iters", max_iters), ("time", time)) if value is not None}
     if len(length) > 1:
         raise ConfigError(f"give the run's length as epochs, max_iters or time, not several (got {', '.join(length)})")
