@@ -10,6 +10,7 @@ from fasterrcnn.cli.options import add_amp, add_common, add_data, class_list, no
 TRAIN_FLAGS = {
     "grad_clip": "grad_clip_norm",
     "eval_every": "eval_every",
+    "patience": "patience",
     "checkpoint_every": "checkpoint_every",
     "keep_checkpoints": "keep_checkpoints",
     "log_every": "log_every",
@@ -58,6 +59,14 @@ def add_parser(commands) -> None:
     p.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradients' global L2 norm to X")
     p.add_argument("--seed", type=nonnegative_int, metavar="N", help="seed of data order, flips, sampling and weight init")
     p.add_argument("--eval-every", type=nonnegative_int, metavar="N", help="validate every N iterations (0: only at the end; default with a validation set: about 10 times per run); best.pt keeps the best")
+    p.add_argument(
+        "--patience", type=positive_int, metavar="N",
+        help="stop when the validation metric has not improved for N evaluations; best.pt keeps the best (train.patience)",
+    )  # fmt: skip
+    p.add_argument(
+        "--image-size", type=positive_int, metavar="N",
+        help="resize images so that their long side is N pixels (short side up to N): sets model.min_size and model.max_size to N",
+    )  # fmt: skip
     p.add_argument("--checkpoint-every", type=positive_int, metavar="N", help="write checkpoints/last.pt and iter_XXXXXXX.pt every N iterations")
     p.add_argument("--keep-checkpoints", type=nonnegative_int, metavar="N", help="periodic iter_XXXXXXX.pt kept, the newest (default: 3; last.pt and best.pt always)")
     p.add_argument("--log-every", type=positive_int, metavar="N", help="iterations per metrics.jsonl record")
@@ -104,6 +113,8 @@ def overrides_of(args: argparse.Namespace) -> dict[str, object]:
     overrides = {f"{section}.{name}": value for section, fields in parse_overrides(args.set).items() for name, value in fields.items()}
     overrides.update({f"train.{field}": getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
     overrides.update({f"train.{field}": value for flag, (field, value) in TRAIN_SWITCHES.items() if getattr(args, flag)})
+    if args.image_size is not None:  # ultralytics' imgsz: one number for the short and the long side
+        overrides.update({"model.min_size": args.image_size, "model.max_size": args.image_size})
     return overrides
 
 

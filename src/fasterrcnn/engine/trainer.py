@@ -275,6 +275,7 @@ class Trainer:
         self.state = TrainState()
         self._saved_at: int | None = None  # the iteration of the last.pt written (or resumed from)
         self.last_metrics: dict[str, Any] | None = None
+        self.evaluations_since_best = 0  # for config.patience; counted from this session's start
         if hasattr(self.model, "generator") and self.model.generator is None:
             self.model.generator = torch.Generator()  # the model samples anchors / RoIs with it
         generator = getattr(self.model, "generator", None)
@@ -478,6 +479,12 @@ class Trainer:
                 if evaluating:
                     self._evaluate(logger)
                     self._plot_losses(logger)
+                    if config.patience is not None and self.evaluations_since_best >= config.patience:
+                        logger.info(
+                            f"stopping at iteration {state.iteration}: no better validation metric in {config.patience} "
+                            f"evaluations (best {self.state.best_metric:.4f}, kept in best.pt)"
+                        )
+                        return
                 if state.iteration % config.checkpoint_every == 0:
                     periodic = [self.checkpoints.periodic_name(state.iteration)] if config.keep_checkpoints else []
                     self.save(*periodic, "last.pt")
@@ -688,7 +695,10 @@ class Trainer:
         _, value = headline(metrics)
         if math.isfinite(value) and (self.state.best_metric is None or value > self.state.best_metric):
             self.state.best_metric = value
+            self.evaluations_since_best = 0
             self.save("best.pt")
+        else:
+            self.evaluations_since_best += 1
 
     def _plot_losses(self, logger) -> None:
         from fasterrcnn.evaluation.plots import plot_results

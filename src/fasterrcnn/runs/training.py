@@ -37,7 +37,9 @@ __all__ = ["RESUMABLE_CHANGES", "TrainResult", "train"]
 
 # TrainConfig fields that may differ on resume: they change how long the run is, or what it writes and
 # when, not the trajectory of the weights up to the checkpoint.
-RESUMABLE_CHANGES = ("max_iters", "epochs", "time", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "max_nonfinite_steps")
+RESUMABLE_CHANGES = (
+    "max_iters", "epochs", "time", "eval_every", "patience", "checkpoint_every", "keep_checkpoints", "log_every", "max_nonfinite_steps",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
