@@ -512,3 +512,23 @@ def test_a_validated_run_evaluates_about_ten_times_unless_told_and_says_so(voc_r
     assert evaluations == [2, 4] and "; validation every 2 iterations\n" in (tmp_path / "run" / "log.txt").read_text()
     train(voc_root, tmp_path / "set", **{**FAST, "validate": True, "overrides": {**overrides, "train.eval_every": 0}}, max_iters=4)
     assert [r["iteration"] for r in read_metrics(tmp_path / "set" / "metrics.jsonl") if r["type"] == "eval"] == [4]  # as told
+
+
+def test_train_writes_a_picture_of_its_labels(trained, voc_root, tmp_path):
+    from PIL import Image
+
+    from fasterrcnn.data import VOCDataset
+    from fasterrcnn.data.protocol import label_statistics
+    from fasterrcnn.evaluation.plots import plot_labels
+
+    with Image.open(trained.run_dir / "labels.jpg") as picture:
+        assert picture.format == "JPEG" and picture.width > 500
+    dataset = VOCDataset(voc_root, split="train")
+    labels, boxes = label_statistics(dataset)
+    truth = dataset.ground_truth()
+    assert labels.tolist() == torch.cat([t["labels"] for t in truth]).tolist() and boxes.shape == (len(labels), 4)
+    height, width = dataset.image_size(0)
+    assert boxes[: len(truth[0]["boxes"])].tolist() == (truth[0]["boxes"] / torch.tensor([width, height, width, height])).tolist()
+    assert 0 <= boxes.min() and boxes.max() <= 1
+    plot_labels(torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4), ["a"], tmp_path / "empty.jpg")  # no objects: empty panels
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jpg"]  # written atomically: no temporary file left

@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["DetectionDataset"]
+__all__ = ["DetectionDataset", "label_statistics"]
 
 
 @runtime_checkable
@@ -49,3 +49,16 @@ class DetectionDataset(Protocol):
     def describe(self) -> dict[str, Any]:
         """Where it comes from, as plain values (``{"format", "path", ...}``), for a run's ``config.json``."""
         ...
+
+
+def label_statistics(dataset: DetectionDataset) -> tuple[Tensor, Tensor]:
+    """``(labels [K] int64 in 1..C, boxes [K, 4] float32 xyxy as fractions of their image's width and height)``
+    of every annotated object of ``dataset`` (``ground_truth``, in image order; ``image_size`` without decoding)."""
+    import torch
+
+    labels, boxes = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, 4)]
+    for index, truth in enumerate(dataset.ground_truth()):
+        height, width = dataset.image_size(index)
+        labels.append(truth["labels"].to(torch.int64))
+        boxes.append(truth["boxes"].float() / torch.tensor([width, height, width, height], dtype=torch.float32))
+    return torch.cat(labels), torch.cat(boxes)

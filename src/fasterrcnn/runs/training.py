@@ -264,7 +264,9 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
     from fasterrcnn.engine.report import build_report
     from fasterrcnn.engine.schedule import SCHEDULE_FIELDS
     from fasterrcnn.engine.trainer import Trainer
+    from fasterrcnn.data.protocol import label_statistics
     from fasterrcnn.engine.validation import validation_losses
+    from fasterrcnn.evaluation.plots import plot_labels
     from fasterrcnn.modeling.faster_rcnn import FasterRCNN
     from fasterrcnn.pretrained import warn_untrained_backbone
 
@@ -349,6 +351,8 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         if changes:
             record.setdefault("changes", []).append({"iteration": trainer.state.iteration, "changed": changes})
         folder.write_config(record)
+        if not resume:  # what the model will learn from, before it starts (as ultralytics' labels.jpg)
+            plot_labels(*label_statistics(dataset), dataset.classes, folder.path / "labels.jpg")
         print(
             f"training {preset_name} on {len(dataset)} images ({len(dataset.classes)} classes, {split_name(dataset)}) for "
             + (f"{train_config.time:g} minute{'' if train_config.time == 1 else 's'}" if train_config.time is not None else f"{trainer.max_iters} iterations")
