@@ -7,6 +7,7 @@ A new format is one module with a class that satisfies ``DetectionDataset`` plus
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
@@ -38,8 +39,15 @@ class DetectionDataset(Protocol):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]: ...
 
+    ids: list[Any]
+    """The image ids, in index order (``ground_truth``'s and results files' ``image_id``)."""
+
     def image_size(self, index: int) -> tuple[int, int]:
         """(height, width) of image ``index`` without decoding it (aspect-ratio grouping)."""
+        ...
+
+    def image_path(self, index: int) -> Path:
+        """The file of image ``index`` (samples, predictions drawn on it)."""
         ...
 
     def ground_truth(self) -> list[dict[str, Any]]:
