@@ -129,7 +129,7 @@ def test_a_folder_with_a_run_is_refused_unless_resume_or_overwrite(trained, voc_
     (run / "checkpoints" / "last.pt").unlink()  # an earlier run whose last.pt is gone: still a run
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     code = main(["train", "--data", str(voc_root), "--preset", "tiny", "--output", str(run), "--max-iters", "1"])
-    assert "already holds a training run (checkpoints, config.json, log.txt (+4 more)); pass --resume" in one_line_error(capsys, code)
+    assert "already holds a training run (checkpoints, config.json, labels.jpg (+5 more)); pass --resume" in one_line_error(capsys, code)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000001.pt"]
 
