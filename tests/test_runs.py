@@ -337,7 +337,12 @@ def test_the_command_line_is_a_package_of_thin_commands_and_layers_import_downwa
 
 
 def test_a_runs_config_json_repeats_the_run(trained, voc_root, tmp_path):
-    again = train(voc_root, tmp_path / "again", config=trained.run_dir / "config.json", split="train", device="cpu", quiet=True, validate=False)
+    from fasterrcnn.runs import TrainingData, ValidationData
+
+    # the data in its two groups: a training-data spec and a validation-data spec
+    data, no_validation = TrainingData(voc_root, split="train"), ValidationData(enabled=False)
+    again = train(data, tmp_path / "again", config=trained.run_dir / "config.json", val_data=no_validation, device="cpu", quiet=True)
+    assert json.loads((again.run_dir / "config.json").read_text())["data"]["val"] is None
     original = load_checkpoint(trained.last)
     repeated = load_checkpoint(again.last)
     assert again.iteration == trained.iteration == 2

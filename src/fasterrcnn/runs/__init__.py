@@ -15,7 +15,7 @@ from fasterrcnn.runs.export import export_checkpoint
 from fasterrcnn.runs.folder import OutputFolder, RunFolder
 from fasterrcnn.runs.inference import EvalResult, compress, evaluate
 from fasterrcnn.runs.prediction import PredictResult, VideoResult, predict
-from fasterrcnn.runs.training import RESUMABLE_CHANGES, TrainResult, train
+from fasterrcnn.runs.training import RESUMABLE_CHANGES, TrainingData, TrainResult, ValidationData, train
 
 __all__ = [
     "RESUMABLE_CHANGES",
@@ -25,6 +25,8 @@ __all__ = [
     "PredictResult",
     "RunFolder",
     "TrainResult",
+    "TrainingData",
+    "ValidationData",
     "VideoResult",
     "compress",
     "demo",

@@ -220,7 +220,7 @@ def recorded_data(config_file: str | Path) -> dict[str, Any] | None:
 
 
 def train(
-    data: str | Path | None,
+    data: str | Path | TrainingData | None,
     output: str | Path,
     *,
     preset: str | None = None,
@@ -240,7 +240,7 @@ def train(
     images: str | Path | None = None,
     classes: list[str] | None = None,
     drop_empty: bool = False,
-    val_data: str | Path | None = None,
+    val_data: str | Path | ValidationData | None = None,
     val_split: str | None = None,
     val_images: str | Path | None = None,
     validate: bool = True,
@@ -253,6 +253,9 @@ def train(
 ) -> TrainResult:
     """Train a Faster R-CNN on ``data`` (a VOC root, a COCO instances JSON or a YOLO data.yaml) into the run folder ``output``.
 
+    The data in two groups: ``data`` may be a ``TrainingData`` (then it replaces ``split``, ``images``, ``classes``,
+    ``drop_empty`` and ``on_bad_image``) and ``val_data`` a ``ValidationData`` (replacing ``val_split``, ``val_images``,
+    ``metric`` and ``validate``).
     ``data`` None: the data that ``config`` (a run's ``config.json``), or with ``resume`` the run's own
     config.json, records: its training set (path, split, images), validation set and metric, each unless given
     here. ``split`` None: ``trainval`` (YOLO: ``train`` when its data.yaml has no trainval entry).
@@ -287,14 +290,13 @@ def train(
         if isinstance(val, dict) and val_data is None and validate:
             val_data, val_split, val_images = val["path"], val_split or val.get("split"), val_images or val.get("images")
         metric = metric or recorded.get("metric")
-    split = split or "trainval"
     length = {key: value for key, value in (("epochs", epochs), ("max_iters", max_iters), ("time", time)) if value is not None}
     if len(length) > 1:
         raise ConfigError(f"give the run's length as epochs, max_iters or time, not several (got {', '.join(length)})")
     flags = {"batch_size": batch_size, "lr": lr, "seed": seed, **length}
     overrides = {**(overrides or {}), **{f"train.{k}": v for k, v in flags.items() if v is not None}}
-    training = TrainingData(data, split, images, classes, drop_empty, on_bad_image)
-    validation = ValidationData(val_data, val_split, val_images, metric, validate)
+    training = data if isinstance(data, TrainingData) else TrainingData(data, split or "trainval", images, classes, drop_empty, on_bad_image)
+    validation = val_data if isinstance(val_data, ValidationData) else ValidationData(val_data, val_split, val_images, metric, validate)
     setup = _Setup(preset, config, overrides, resume, backbone_weights, download, device, num_workers, quiet or not progress)
     distributed.init_distributed(device)  # torchrun: join the process group (a no-op otherwise)
     if not distributed.is_main_process():  # rank 0 owns the folder; the others train beside it
