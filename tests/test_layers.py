@@ -15,7 +15,7 @@ PACKAGE = SRC / "fasterrcnn"
 
 # Lowest first; a module may import only from its own layer or those before it.
 LAYERS = [
-    ("ops", "errors", "visualize"),
+    ("ops", "errors", "visualize", "paths", "reading"),  # paths, reading: the output and input-file rules (main's)
     ("config", "io", "device"),
     ("data", "evaluation", "pretrained"),
     ("modeling",),
