@@ -159,8 +159,13 @@ def test_console_log_keeps_the_last_state_of_redrawn_lines(tmp_path):
 
     from fasterrcnn.engine.logging import console_log
 
-    with console_log(tmp_path / "log.txt", echo=False):
-        print("one")
+    with console_log(tmp_path / "never.txt", echo=False):
+        print("a run refused before it starts")
+    assert not (tmp_path / "never.txt").exists()
+    with console_log(tmp_path / "log.txt", echo=False) as log:
+        print("one")  # held until the run starts
+        assert not (tmp_path / "log.txt").exists()
+        log.start()
         sys.stderr.write("\r\x1b[2K 10%|#   |\r\x1b[2K 50%|##  |\r\x1b[2K")
         sys.stderr.write("two\n\r 90%|### |\r\x1b[2K")  # a bar cleared when it closes
         print("three", end="")

@@ -18,8 +18,8 @@ eval record under ``val/<loss name>`` (beside ``train/<loss name>``); at every e
 precision / recall curves go under ``pr_curve/<class>`` and the sample picture (``engine/report.py``)
 under ``eval/samples``.
 
-``DIR/log.txt`` (``console_log``) holds the run's console lines, as a reader of the terminal saw them: the
-progress bar's redraws and escape codes left out. The progress bar is drawn only on a terminal; when the output
+``DIR/log.txt`` (``console_log``) holds the run's console lines from the moment it is accepted (its start line),
+as a reader of the terminal saw them: the progress bar's redraws and escape codes left out. The progress bar is drawn only on a terminal; when the output
 is a file or a pipe, the train records are printed as plain lines instead.
 
 ``DIR/results.csv`` holds one row per evaluation (``results_rows``), rewritten at every evaluation; it is
@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from fasterrcnn.io import atomic_write_text
 
-__all__ = ["MetricsLogger", "console_log", "json_safe", "pr_curve_arrays", "read_metrics", "results_csv", "results_rows"]
+__all__ = ["ConsoleLog", "MetricsLogger", "console_log", "json_safe", "pr_curve_arrays", "read_metrics", "results_csv", "results_rows"]
 
 RESULTS_METRICS = ("mAP", "AP", "AP50", "AP75")  # the metric columns of results.csv, when an evaluation has them
 
@@ -363,11 +363,36 @@ class _TrainingBar(tqdm):
 _ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal control sequences (cursor moves, colours)
 
 
+class ConsoleLog:
+    """The lines of a run's console, appended to ``path`` (its ``log.txt``) once ``start`` is called: the lines
+    before it are kept in memory, so a run refused before it starts (a bad setting, a missing file) leaves no
+    file, and an earlier run's files deleted on the way (``--overwrite``) take none of this run's lines. The
+    file is opened for each line (appended), so that nothing written goes to a deleted file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._held: list[str] | None = []  # None once started
+
+    def write_line(self, line: str) -> None:
+        if self._held is not None:
+            self._held.append(line)
+            return
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write(line + "\n")
+
+    def start(self) -> None:
+        """From now on lines go to the file, the held ones first."""
+        held, self._held = self._held or [], None
+        if held:
+            with open(self.path, "a", encoding="utf-8") as file:
+                file.write("".join(line + "\n" for line in held))
+
+
 class _LoggedStream(io.TextIOBase):
-    """A text stream that appends its complete lines to ``log`` (what is left after the last carriage return,
+    """A text stream that gives its complete lines to ``log`` (what is left after the last carriage return,
     escape codes removed, blank lines dropped) and passes everything to ``stream`` when ``echo``."""
 
-    def __init__(self, stream: TextIO, log: TextIO, echo: bool):
+    def __init__(self, stream: TextIO, log: ConsoleLog, echo: bool):
         self.stream, self.log, self.echo = stream, log, echo
         self._pending = ""
 
@@ -378,9 +403,8 @@ class _LoggedStream(io.TextIOBase):
         for line in lines:
             line = _ESCAPE.sub("", line.rpartition("\r")[2]).rstrip()
             if line:
-                self.log.write(line + "\n")
+                self.log.write_line(line)
         self._pending = self._pending.rpartition("\r")[2]  # a redrawn bar: only its last state
-        self.log.flush()
         return len(text)
 
     def flush(self) -> None:
@@ -401,17 +425,18 @@ class _LoggedStream(io.TextIOBase):
 
 
 @contextmanager
-def console_log(path: str | Path, *, echo: bool = True) -> Iterator[None]:
-    """While the block runs, every line written to ``sys.stdout`` / ``sys.stderr`` is appended to ``path`` (a run's
-    ``log.txt``) as well; ``echo`` False: only there (``train(..., quiet=True)`` prints nothing)."""
+def console_log(path: str | Path, *, echo: bool = True) -> Iterator[ConsoleLog]:
+    """While the block runs, every line written to ``sys.stdout`` / ``sys.stderr`` also goes to ``path`` (a run's
+    ``log.txt``) once the yielded ``ConsoleLog`` is started; ``echo`` False: only there (``train(..., quiet=True)``
+    prints nothing)."""
     stdout, stderr = sys.stdout, sys.stderr
-    with open(path, "a", encoding="utf-8") as log:
-        logged = _LoggedStream(stdout, log, echo), _LoggedStream(stderr, log, echo)
-        sys.stdout, sys.stderr = logged
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = stdout, stderr
-            for stream in logged:  # a last line without its newline
-                if line := _ESCAPE.sub("", stream._pending).rstrip():
-                    log.write(line + "\n")
+    log = ConsoleLog(path)
+    logged = _LoggedStream(stdout, log, echo), _LoggedStream(stderr, log, echo)
+    sys.stdout, sys.stderr = logged
+    try:
+        yield log
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+        for stream in logged:  # a last line without its newline
+            if line := _ESCAPE.sub("", stream._pending).rstrip():
+                log.write_line(line)

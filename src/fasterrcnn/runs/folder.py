@@ -130,8 +130,7 @@ class RunFolder:
         """Check the folder before training starts; call it holding the lock.
 
         A new run needs an empty or new folder; ``overwrite`` first deletes an earlier run's files (and only
-        those); ``resume`` needs ``checkpoints/last.pt``. Files that are not a run's are never touched. A
-        ``log.txt`` alone (a run refused before training, e.g. for a bad setting) is replaced.
+        those); ``resume`` needs ``checkpoints/last.pt``. Files that are not a run's are never touched.
         """
         foreign = [name for name in self._entries() if name not in RUN_ENTRIES]
         if foreign:
@@ -145,7 +144,7 @@ class RunFolder:
             remove_temp_files(self.checkpoints.path)  # of a checkpoint write that was killed half-way
             return
         present = self.run_files()
-        if present not in ([], ["log.txt"]) and not overwrite:  # log.txt alone: a run that stopped before it started
+        if present and not overwrite:
             raise ConfigError(
                 f"{self.path} already holds a training run ({_listing(present)}); pass --resume to continue it, "
                 "--overwrite to delete it and start over, or choose another --output"

@@ -300,15 +300,16 @@ def train(
     setup = _Setup(preset, config, overrides, resume, backbone_weights, download, device, num_workers, quiet or not progress)
     distributed.init_distributed(device)  # torchrun: join the process group (a no-op otherwise)
     if not distributed.is_main_process():  # rank 0 owns the folder; the others train beside it
-        return _train(folder, training, validation, setup)
+        return _train(folder, training, validation, setup, None)
     with folder.lock():
         folder.prepare(resume=resume, overwrite=overwrite)
-        with console_log(folder.path / "log.txt", echo=not quiet):
-            return _train(folder, training, validation, setup)
+        with console_log(folder.path / "log.txt", echo=not quiet) as log:
+            return _train(folder, training, validation, setup, log)
 
 
-def _train(folder: RunFolder, training: TrainingData, validation: ValidationData, setup: _Setup) -> TrainResult:
-    """resolve -> data -> model -> trainer -> record, then train."""
+def _train(folder: RunFolder, training: TrainingData, validation: ValidationData, setup: _Setup, log) -> TrainResult:
+    """resolve -> data -> model -> trainer -> record, then train. ``log``: the console's ``engine.logging.ConsoleLog``
+    (rank 0), started once the run is accepted."""
     from fasterrcnn.engine import distributed
 
     device = distributed.init_distributed(setup.device)
@@ -318,6 +319,7 @@ def _train(folder: RunFolder, training: TrainingData, validation: ValidationData
     model = _model(configs, setup)
     trainer = _trainer(model, dataset, val_dataset, metric, configs, folder, setup, device)
     if distributed.is_main_process():
+        log.start()  # the run is accepted: its lines go to log.txt from here (the start line first)
         _record(folder, trainer, dataset, val_dataset, metric, configs, setup, device)
     summary = trainer.train()
     best = folder.checkpoints.best
