@@ -386,3 +386,25 @@ def test_compress_refuses_to_overwrite_the_trained_checkpoint(voc_run, capsys):
     before = last.read_bytes()
     assert main(["compress", "--weights", str(last), "--output", str(last)]) == 2
     assert "--output must differ from --weights" in capsys.readouterr().err and last.read_bytes() == before
+
+
+def test_image_size_sets_the_short_and_the_long_side_and_patience_the_train_field():
+    from fasterrcnn.cli import build_parser
+    from fasterrcnn.cli.train import overrides_of
+
+    args = build_parser().parse_args(["train", "--data", "d", "--output", "o", "--image-size", "640", "--patience", "3", "--set", "model.min_size=800"])
+    assert overrides_of(args) == {"model.min_size": 640, "model.max_size": 640, "train.patience": 3}
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_data_help_names_every_format(command, capsys):
+    from pathlib import Path
+
+    from fasterrcnn.cli import main
+
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a COCO instances JSON file or a YOLO data.yaml" in text and "YOLO: a key of data.yaml" in text
+    assert "VOC split used for validation" not in text and "VOC split: ImageSets" not in text
+    index = (Path(__file__).resolve().parents[1] / "docs" / "index.md").read_text()
+    assert "PASCAL VOC folders, COCO JSON files or YOLO `data.yaml` sets" in index

@@ -246,7 +246,7 @@ def test_train_eval_predict_from_the_command_line(yolo_root, tmp_path, capsys):
     config = json.loads((run / "config.json").read_text())
     assert config["class_names"] == ["circle", "cross", "square", "star", "triangle"]
     assert config["data"]["metric"] == "voc" and config["data"]["val"]["split"] == "val"
-    assert "training tiny on 4 images (5 classes)" in capsys.readouterr().out
+    assert "training tiny on 4 images (5 classes, train)" in capsys.readouterr().out
 
     weights = str(run / "checkpoints" / "last.pt")
     out = tmp_path / "eval"
@@ -258,8 +258,33 @@ def test_train_eval_predict_from_the_command_line(yolo_root, tmp_path, capsys):
     assert main(["eval", "--weights", weights, "--data", str(yolo_root), "--split", "val", "--metric", "coco", "--output", str(tmp_path / "e2"), "--quiet"]) == 0
     assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["metric"] == "coco"
 
-    assert main(["eval", "--weights", weights, "--data", str(yolo_root), "--output", str(tmp_path / "e3")]) == 2
+    assert main(["eval", "--weights", weights, "--data", str(yolo_root), "--split", "test", "--output", str(tmp_path / "e3")]) == 2
     assert f"{yolo_root / 'data.yaml'}: has no 'test' split (it has: train, val)" in capsys.readouterr().err
 
     assert main(["predict", "--weights", weights, str(yolo_root / "images" / "val"), "--output", str(tmp_path / "pred"), "--quiet"]) == 0
     assert (tmp_path / "pred" / "000004.jpg").is_file()
+
+
+def test_yolo_data_validates_and_evaluates_on_val_and_every_line_names_the_split(yolo_root, tmp_path, capsys):
+    """ultralytics' convention: with val and test in data.yaml, train validates (and picks best.pt) on val and
+    eval scores val unless told otherwise; the held-out test is never the selection split."""
+    import shutil
+
+    root = tmp_path / "yolo"
+    shutil.copytree(yolo_root, root)
+    for kind in ("images", "labels"):
+        shutil.copytree(root / kind / "train", root / kind / "test")  # a test split of 4 images, val has 2
+    (root / "data.yaml").write_text((root / "data.yaml").read_text() + "test: images/test\n")
+    run = tmp_path / "run"
+    small = ["--set", "model.min_size=64", "--set", "model.max_size=96", "--batch-size", "2", "--quiet"]
+    assert main(["train", "--data", str(root), "--preset", "tiny", "--output", str(run), "--max-iters", "1", *small]) == 0
+    out = capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["data"]["val"]["split"] == "val"
+    assert "training tiny on 4 images (5 classes, train)" in out and "; validating on val (2 images)" in out
+    assert "evaluation at iteration 1 on val: mAP " in out and "validation mAP (voc) on val at iteration 1: " in out
+
+    weights = str(run / "checkpoints" / "last.pt")
+    assert main(["eval", "--weights", weights, "--data", str(root), "--output", str(tmp_path / "eval"), "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["data"]["split"] == "val" and metrics["num_images"] == 2
+    assert "mAP (voc) on val: " in capsys.readouterr().out

@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -11,9 +12,11 @@ from PIL import Image
 
 import torchvision_reference as reference
 from fasterrcnn.config import PRESETS, get_preset, to_dict
-from fasterrcnn.deploy.export import export_checkpoint, export_files, export_model, onnx_to_openvino, read_metadata
+from fasterrcnn.deploy.export import export_files, export_model, onnx_to_openvino
+from fasterrcnn.deploy.metadata import read_metadata
 from fasterrcnn.deploy.graph import DeployGraph, resized_size
 from fasterrcnn.deploy.runtime import load_exported
+from fasterrcnn.runs import export
 from fasterrcnn.detector import Detector
 from fasterrcnn.errors import DataError
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN
@@ -199,7 +202,7 @@ def test_detector_and_commands_run_an_exported_model(tiny_checkpoint, tmp_path, 
 def test_export_creates_its_folder_and_never_replaces_a_file_unasked(tiny_checkpoint, tmp_path, capsys):
     from fasterrcnn.cli import main
 
-    written = export_checkpoint(tiny_checkpoint, tmp_path / "new" / "folder" / "tiny.onnx")  # folders created
+    written = export(tiny_checkpoint, tmp_path / "new" / "folder" / "tiny.onnx").files  # folders created
     assert written == [tmp_path / "new" / "folder" / "tiny.onnx"] and written[0].stat().st_size > 0
     weights = tmp_path / "tiny.bin"
     weights.write_bytes(b"someone else's file")
@@ -213,7 +216,7 @@ def test_export_creates_its_folder_and_never_replaces_a_file_unasked(tiny_checkp
 # -- Exported files that fasterrcnn export never writes: one line naming the file, never a traceback -------------
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny_checkpoint, tmp_path_factory):
-    return export_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "tiny.onnx")[0]
+    return export(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "tiny.onnx").files[0]
 
 
 def with_metadata(source, path, **changes):
@@ -335,3 +338,15 @@ def test_a_calibrated_temperature_is_baked_into_the_graph(tmp_path):
     as_tuple = lambda d: (d["boxes"], d["labels"], d["scores"])  # noqa: E731
     assert len(eager["scores"]) > 10 and match_fraction(as_tuple(eager), as_tuple(got)) >= 0.98
     assert match_fraction(as_tuple(plain), as_tuple(got)) < 0.5  # the scores of T = 1 are not what the graph gives
+
+
+@pytest.mark.parametrize("missing, output", [("onnx", "tiny.onnx"), ("openvino", "tiny.xml")])
+def test_export_without_the_deploy_extra_says_how_to_install_it(tiny_checkpoint, tmp_path, capsys, monkeypatch, missing, output):
+    """The slim install (no onnx / openvino): one line naming the extra, exit 2, nothing written."""
+    from fasterrcnn.cli import main
+
+    monkeypatch.setitem(sys.modules, missing, None)  # ``import`` of it raises ImportError
+    assert main(["export", "--weights", str(tiny_checkpoint), "--output", str(tmp_path / output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'fasterrcnn[deploy]'" in err and f"needs the {missing} package" in err
+    assert list(tmp_path.iterdir()) == []

@@ -42,7 +42,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 # Every image contributes the same number of sampled anchors (64) and RoIs (16), so that the mean of
 # the processes' losses is the loss of the global batch (see engine/trainer.py); no warm-up: lr 0.02, then
 # 0.002 from the 4th iteration (the preset's step, 900 of 1200, placed on 4 iterations).
-TRAIN = ["train", "--split", "train", "--preset", "tiny", "--max-iters", "4", "--log-every", "1", "--quiet"]
+TRAIN = ["train", "--split", "train", "--preset", "tiny", "--max-iters", "4", "--log-every", "1", "--eval-every", "0", "--quiet"]  # one evaluation, at the end
 TRAIN += ["--set", "model.min_size=64", "--set", "model.max_size=96", "--set", "train.warmup_iters=0"]
 TRAIN += ["--set", "model.rpn_batch_size_per_image=64", "--set", "model.box_batch_size_per_image=16", "--device", "cpu"]
 
@@ -164,7 +164,7 @@ def test_eval_command_under_torchrun_is_sharded_and_equals_one_process(runs, voc
     common = ["eval", "--weights", weights, "--data", str(voc_root), "--batch-size", "2", "--quiet"]
     assert main([*common, "--output", str(tmp_path / "one")]) == 0
     stdout = torchrun("-m", "fasterrcnn", *common, "--output", str(tmp_path / "two"))
-    assert stdout.count("mAP (voc):") == 1  # rank 0 alone prints and writes
+    assert stdout.count("mAP (voc) on test:") == 1  # rank 0 alone prints and writes
     one_metrics, two_metrics = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert two_metrics["mAP"] == one_metrics["mAP"] and two_metrics["num_images"] == one_metrics["num_images"] == 5
     detections = json.loads((tmp_path / "one" / "detections.json").read_text())

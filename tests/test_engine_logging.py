@@ -110,10 +110,17 @@ ESSENTIAL = "| 1200/20000 [1:25:00<22:11:40, loss 0.853 lr 2.0e-02"
 TERMS = " obj 0.101 rpn_box 0.050 cls 0.501 box 0.201"
 
 
+class Terminal(io.StringIO):
+    """A captured stderr that says it is a terminal (the progress bar is drawn only on one)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 @pytest.fixture
 def bar(tmp_path, monkeypatch):
     """The bar of a logger 1200 of 20000 iterations into epoch 13, 1 h 25 min after it started."""
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(sys, "stderr", Terminal())
     logger = MetricsLogger(tmp_path, max_iters=20_000, log_every=1000)
     for iteration in range(1, 1201):
         logger.log_step(iteration, 13, 0.02, LOSSES, 0.6)
@@ -150,7 +157,7 @@ def test_the_terms_show_from_the_width_that_leaves_the_bar_10_cells(bar):
 
 def test_a_new_run_length_moves_the_bar_total_and_the_eta(tmp_path, monkeypatch):
     """A time budget re-estimates the run's length: the bar counts to the new total."""
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(sys, "stderr", Terminal())
     with MetricsLogger(tmp_path, max_iters=20_000, log_every=1000) as logger:
         for iteration in range(1, 1201):
             logger.log_step(iteration, 13, 0.02, LOSSES, 0.6)
@@ -158,3 +165,13 @@ def test_a_new_run_length_moves_the_bar_total_and_the_eta(tmp_path, monkeypatch)
         logger.set_max_iters(2400)
         assert logger.max_iters == 2400
         assert render(logger._bar, None).startswith("epoch 13  50%|#####     | 1200/2400 [1:25:00<1:25:00, loss 0.853")
+
+
+def test_without_a_terminal_the_bar_is_plain_lines(tmp_path, monkeypatch, capsys):
+    """Output to a file or a pipe (``make demo > log``): one plain line per train record, no escape codes."""
+    with MetricsLogger(tmp_path, max_iters=4, log_every=2) as logger:
+        for iteration in range(1, 5):
+            logger.log_step(iteration, 0, 0.02, LOSSES, 0.5)
+    out, err = capsys.readouterr()
+    assert logger._bar is None and err == ""
+    assert [line.split(" loss ")[0] for line in out.splitlines()] == ["iter 2/4 epoch 0", "iter 4/4 epoch 0"]

@@ -199,6 +199,20 @@ def test_periodic_evaluation_keeps_best_checkpoint(voc_root, tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["best.pt", "last.pt"]
 
 
+def test_patience_stops_after_evaluations_without_improvement_and_keeps_best(voc_root, tmp_path):
+    scores = iter([0.5, 0.5, 0.9])  # an equal metric is no improvement; 0.9 at iteration 3 is never reached
+
+    def evaluate(model):
+        return {"mAP": next(scores), "metric": "voc"}
+
+    config = replace(CONFIG, max_iters=6, eval_every=1, checkpoint_every=100, patience=1)
+    summary = make_trainer(voc_root, tmp_path, config=config, evaluate=evaluate).train()
+    assert summary["iteration"] == 2 and summary["best_metric"] == 0.5
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["iteration"] == 1
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 2
+    assert [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "eval"] == [1, 2]
+
+
 def test_invalid_config_is_a_config_error(voc_root, tmp_path):
     with pytest.raises(ConfigError, match=r"^train\.batch_size = 0: must be >= 1$"):
         make_trainer(voc_root, tmp_path, config=replace(CONFIG, batch_size=0))

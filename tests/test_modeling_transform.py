@@ -61,3 +61,9 @@ def test_forward_resizes_targets_and_postprocess_inverts():
 def test_resize_boxes_per_axis_ratio():
     out = resize_boxes(torch.tensor([[10.0, 20.0, 30.0, 40.0]]), (200, 300), (100, 600))
     assert torch.equal(out, torch.tensor([[20.0, 10.0, 60.0, 20.0]]))
+
+
+def test_an_integer_image_is_a_type_error_as_in_torchvision():
+    transform = GeneralizedRCNNTransform(16, 32, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    with pytest.raises(TypeError, match=r"^Expected input images to be of floating type \(in range \[0, 1\]\), but found type torch.uint8 instead$"):
+        transform([torch.zeros(3, 8, 8, dtype=torch.uint8)])

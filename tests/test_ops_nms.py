@@ -168,6 +168,10 @@ def test_nms_empty_input():
     assert keep.shape == (0,) and keep.dtype == torch.int64
     keep = batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)
     assert keep.shape == (0,) and keep.dtype == torch.int64
+    keep = batched_nms(torch.empty(0), None, None, None)  # torchvision's empty call (1-D boxes, nothing else)
+    assert keep.shape == (0,) and keep.dtype == torch.int64
+    with pytest.raises(ValueError):  # boxes with elements are still checked
+        batched_nms(torch.zeros(1, 4), None, None, 0.5)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -514,12 +514,10 @@ def test_multiscale_box_of_no_level_pools_to_zeros():
     assert torch.equal(out[:1], roi_align(feats["0"], [boxes[0][:1]], 2, 0.25, 2))
 
 
-def test_multiscale_repr_shows_settings():
+def test_multiscale_repr_is_torchvisions():
     pooler = MultiScaleRoIAlign(["0", "1"], 7, 2, canonical_scale=56, canonical_level=3)
-    assert repr(pooler) == (
-        "MultiScaleRoIAlign(featmap_names=['0', '1'], output_size=(7, 7), sampling_ratio=2, "
-        "canonical_scale=56, canonical_level=3)"
-    )
+    assert repr(pooler) == "MultiScaleRoIAlign(featmap_names=['0', '1'], output_size=(7, 7), sampling_ratio=2)"
+    assert repr(MultiScaleRoIAlign(["0"], [7, 5], 0)) == "MultiScaleRoIAlign(featmap_names=['0'], output_size=(7, 5), sampling_ratio=0)"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -56,12 +56,15 @@ def test_train_evaluate_predict_compress_from_python(trained, voc_root, tmp_path
     assert Checkpoint.read(trained.last).iteration == 2
     config = json.loads((trained.run_dir / "config.json").read_text())
     assert config["preset"] == "tiny" and config["model"]["min_size"] == 48 and config["class_names"] == list(SYNTHETIC_CLASSES)
+    assert trained.files == tuple(trained.run_dir / name for name in sorted(os.listdir(trained.run_dir)) if name != ".lock")
+    assert {"config.json", "checkpoints", "log.txt", "metrics.jsonl", "results.csv", "results.png", "samples.jpg"} <= {p.name for p in trained.files}
 
     result = evaluate(voc_root, weights=trained.last, output=tmp_path / "eval", device="cpu", quiet=True)
     assert isinstance(result, EvalResult) and result.metric == "voc" and result.num_images == 2
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["mAP"] == pytest.approx(result.metrics["mAP"]) and written["data"]["split"] == "test"
     assert sorted(os.listdir(tmp_path / "eval")) == sorted(["metrics.json", "pr_curves.png", "detections.json", *REPORT_FILES])
+    assert sorted(result.files) == sorted(tmp_path / "eval" / name for name in os.listdir(tmp_path / "eval"))
     assert result.report.rows[0]["class"] == SYNTHETIC_CLASSES[0] and result.report.table().startswith("class")
     assert evaluate(voc_root, weights=trained.last, device="cpu", quiet=True).metrics["mAP"] == result.metrics["mAP"]  # no output: nothing written
 
@@ -127,7 +130,7 @@ def test_a_folder_with_a_run_is_refused_unless_resume_or_overwrite(trained, voc_
     (run / "checkpoints" / "last.pt").unlink()  # an earlier run whose last.pt is gone: still a run
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     code = main(["train", "--data", str(voc_root), "--preset", "tiny", "--output", str(run), "--max-iters", "1"])
-    assert "already holds a training run (checkpoints, config.json, metrics.jsonl (+3 more)); pass --resume" in one_line_error(capsys, code)
+    assert "already holds a training run (checkpoints, config.json, labels.jpg (+5 more)); pass --resume" in one_line_error(capsys, code)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000001.pt"]
 
@@ -139,6 +142,33 @@ def test_a_folder_with_a_run_is_refused_unless_resume_or_overwrite(trained, voc_
     with pytest.raises(ConfigError, match=r"holds files that are not a training run's \(notes.txt\)"):
         train(voc_root, run, **FAST, max_iters=2, overwrite=True)
     assert (run / "notes.txt").read_text() == "mine" and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_quiet_prints_nothing_and_the_console_lines_go_to_log_txt(voc_root, tmp_path, capsys):
+    """train(..., quiet=True) from Python is silent; log.txt holds the lines (no bar redraws)."""
+    train(voc_root, tmp_path / "run", **{**FAST, "validate": True}, max_iters=1)
+    assert capsys.readouterr() == ("", "")
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert log.startswith("training tiny on 4 images (5 classes, train) for 1 iterations on cpu; validating on test (")
+    assert "\nschedule: 1 iteration" in log and "\nevaluation at iteration 1 on test: mAP " in log and "\x1b" not in log and "\r" not in log
+
+
+def test_console_log_keeps_the_last_state_of_redrawn_lines(tmp_path):
+    import sys
+
+    from fasterrcnn.engine.logging import console_log
+
+    with console_log(tmp_path / "never.txt", echo=False):
+        print("a run refused before it starts")
+    assert not (tmp_path / "never.txt").exists()
+    with console_log(tmp_path / "log.txt", echo=False) as log:
+        print("one")  # held until the run starts
+        assert not (tmp_path / "log.txt").exists()
+        log.start()
+        sys.stderr.write("\r\x1b[2K 10%|#   |\r\x1b[2K 50%|##  |\r\x1b[2K")
+        sys.stderr.write("two\n\r 90%|### |\r\x1b[2K")  # a bar cleared when it closes
+        print("three", end="")
+    assert (tmp_path / "log.txt").read_text() == "one\ntwo\nthree\n"
 
 
 def test_resume_refuses_changed_settings_and_records_a_longer_run(voc_root, tmp_path, capsys):
@@ -314,13 +344,32 @@ def test_the_command_line_is_a_package_of_thin_commands_and_layers_import_downwa
 
 
 def test_a_runs_config_json_repeats_the_run(trained, voc_root, tmp_path):
-    again = train(voc_root, tmp_path / "again", config=trained.run_dir / "config.json", split="train", device="cpu", quiet=True, validate=False)
+    from fasterrcnn.runs import TrainingData, ValidationData
+
+    # the data in its two groups: a training-data spec and a validation-data spec
+    data, no_validation = TrainingData(voc_root, split="train"), ValidationData(enabled=False)
+    again = train(data, tmp_path / "again", config=trained.run_dir / "config.json", val_data=no_validation, device="cpu", quiet=True)
+    assert json.loads((again.run_dir / "config.json").read_text())["data"]["val"] is None
     original = load_checkpoint(trained.last)
     repeated = load_checkpoint(again.last)
     assert again.iteration == trained.iteration == 2
     assert repeated["config"] == original["config"]  # preset, model (48-64 px) and training settings
     for name, tensor in original["model"].items():  # same seed, same data, same settings: the same weights
         assert torch.equal(tensor, repeated["model"][name]), name
+
+
+def test_a_runs_config_json_gives_the_data_and_flags_beside_it_override(trained, tmp_path, capsys):
+    """train --config runs/x/config.json --output runs/y: no --data needed; --split beside it wins."""
+    args = ["train", "--config", str(trained.run_dir / "config.json"), "--output", str(tmp_path / "y"), "--max-iters", "1", "--device", "cpu", "--quiet"]
+    assert main(args + ["--split", "trainval"]) == 0
+    recorded = json.loads((trained.run_dir / "config.json").read_text())["data"]
+    data = json.loads((tmp_path / "y" / "config.json").read_text())["data"]
+    assert recorded["train"]["split"] == "train" and data["train"] == {**recorded["train"], "split": "trainval"}
+    assert data["val"] == recorded["val"] and data["val"]["split"] == "test" and data["metric"] == recorded["metric"] == "voc"
+    capsys.readouterr()
+    (tmp_path / "plain.json").write_text('{"preset": "tiny"}')
+    code = main(["train", "--config", str(tmp_path / "plain.json"), "--output", str(tmp_path / "z")])
+    assert "give the training data (--data), or a run's config.json (--config) that records it" in one_line_error(capsys, code)
 
 
 # -- the schedule follows the run's length; a time budget ----------------------------------------------------
@@ -333,11 +382,11 @@ def test_the_presets_schedule_follows_the_runs_length_unless_set(voc_root, tmp_p
     # tiny: warm-up 100, step 900 of 1200 iterations; 2 iterations: step at round(1.5) = 2, warm-up round(0.17) = 0
     train(voc_root, tmp_path / "iters", **FAST, max_iters=2)
     assert _schedule(tmp_path / "iters") == (0, [2])
-    assert "schedule: 2 iterations; no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in capsys.readouterr().out
+    assert "schedule: 2 iterations; no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in (tmp_path / "iters" / "log.txt").read_text()
     # 4 images in batches of 2: 1 epoch = 2 iterations
     train(voc_root, tmp_path / "epochs", **FAST, epochs=1)
     assert _schedule(tmp_path / "epochs") == (0, [2])
-    assert "schedule: 2 iterations (1 epochs x 2 batches); no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in capsys.readouterr().out
+    assert "schedule: 2 iterations (1 epochs x 2 batches); no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in (tmp_path / "epochs" / "log.txt").read_text()
     # set by the user (--set or overrides, a config file): kept as given
     (tmp_path / "warmup.yaml").write_text("train:\n  warmup_iters: 3\n")
     args = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--output", str(tmp_path / "cli"), "--quiet",
@@ -389,7 +438,7 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     assert state["scheduler"] == {"iteration": 12, "warmup_iters": 1, "lr_steps": [9]}
     lrs = [r["lr"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if r["type"] == "train"]
     assert lrs == pytest.approx([0.0002] + [0.02] * 8 + [0.002] * 3)  # 0.01 x lr, then lr, x0.1 from the 10th step
-    out = capsys.readouterr().out
+    out = (tmp_path / "whole" / "log.txt").read_text()  # quiet: the lines only there
     assert "schedule: time budget 0.4 min, 1200 iterations until the speed is measured; warm-up 100 iterations" in out
     assert "time budget: 12 iterations fit (2 s each, 0.367 of 0.4 min left); warm-up 1 iteration from 0.01 x lr; lr 0.02, x0.1 at 9 -> 0.002" in out
     assert "time budget of 0.4 min spent at iteration 12" in out
@@ -431,7 +480,7 @@ def test_a_slow_start_never_ends_a_time_budget_and_a_finished_one_stays_finished
     state = load_checkpoint(result.last)
     assert state["time"] == {"budget": 30.0, "elapsed": 29.0, "max_iters": 4, "fixed": ["lr_steps"]}
     assert state["scheduler"]["lr_steps"] == [3]  # as given, not placed on the estimated length
-    assert "time budget: 2 iterations fit (20 s each" in capsys.readouterr().out
+    assert "time budget: 2 iterations fit (20 s each" in (tmp_path / "run" / "log.txt").read_text()
     fake_clock()
     again = train(voc_root, tmp_path / "run", **FAST, resume=True)  # the same budget: nothing left to train
     assert again.iteration == 4
@@ -498,7 +547,7 @@ def test_int8_export_quantizes_the_backbone_only_and_scores_it_against_float32(t
     import openvino as ov
 
     from fasterrcnn import Detector
-    from fasterrcnn.deploy.export import read_metadata
+    from fasterrcnn.deploy.metadata import read_metadata
 
     out = tmp_path / "int8.xml"
     args = ["export", "--weights", str(trained.last), "--output", str(out), "--int8", "--calibration", str(voc_root), "--calibration-images", "3"]
@@ -565,3 +614,51 @@ def test_calibrate_writes_a_new_checkpoint_and_refuses_its_input_and_the_trainin
     assert main(["calibrate", "--weights", str(trained.last), "--data", str(voc_root), "--split", "test", "--output", str(out), "--overwrite", "--device", "cpu", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "temperature" in printed and "before: detection ECE" in printed and "after: detection ECE" in printed
+
+
+def test_the_package_lists_its_public_names_and_an_eval_result_prints_short(tmp_path):
+    import fasterrcnn
+    from fasterrcnn.runs import EvalResult
+
+    assert {"Detector", "FasterRCNN", "compress", "evaluate", "predict", "train", "__version__"} <= set(dir(fasterrcnn))
+    curves = {"circle": (list(range(1000)), list(range(1000)))}
+    result = EvalResult({"mAP": 0.86204, "pr_curves": curves}, "voc", 12, 0, tmp_path / "eval", split="val")
+    assert repr(result) == f"EvalResult(mAP=0.8620 (voc) on val, 12 images, output={str(tmp_path / 'eval')!r})"
+    assert repr(EvalResult({}, "", 0, 0, None)) == "EvalResult(no metrics on ?, 0 images)"
+
+
+def test_a_validated_run_evaluates_about_ten_times_unless_told_and_says_so(voc_root, tmp_path):
+    from fasterrcnn.config import get_preset, replace
+    from fasterrcnn.runs.training import default_eval_every
+
+    tiny = get_preset("tiny").train  # log_every 20
+    assert default_eval_every(replace(tiny, max_iters=1000, epochs=None), 100) == 100
+    assert default_eval_every(replace(tiny, max_iters=50, epochs=None), 100) == 20  # never more often than the records
+    assert default_eval_every(replace(tiny, epochs=12, batch_size=2, log_every=1), 100) == 60  # 12 x 50 batches / 10
+    assert default_eval_every(replace(tiny, epochs=12, batch_size=2, log_every=1), 100, world_size=2) == 30
+    assert default_eval_every(replace(tiny, time=5.0), 100) == 0  # a time budget: at the end
+
+    overrides = {**SMALL, "train.log_every": 2}
+    train(voc_root, tmp_path / "run", **{**FAST, "validate": True, "overrides": overrides}, max_iters=4)
+    evaluations = [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["type"] == "eval"]
+    assert evaluations == [2, 4] and "; validation every 2 iterations\n" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_train_writes_a_picture_of_its_labels(trained, voc_root, tmp_path):
+    from PIL import Image
+
+    from fasterrcnn.data import VOCDataset
+    from fasterrcnn.data.protocol import label_statistics
+    from fasterrcnn.evaluation.plots import plot_labels
+
+    with Image.open(trained.run_dir / "labels.jpg") as picture:
+        assert picture.format == "JPEG" and picture.width > 500
+    dataset = VOCDataset(voc_root, split="train")
+    labels, boxes = label_statistics(dataset)
+    truth = dataset.ground_truth()
+    assert labels.tolist() == torch.cat([t["labels"] for t in truth]).tolist() and boxes.shape == (len(labels), 4)
+    height, width = dataset.image_size(0)
+    assert boxes[: len(truth[0]["boxes"])].tolist() == (truth[0]["boxes"] / torch.tensor([width, height, width, height])).tolist()
+    assert 0 <= boxes.min() and boxes.max() <= 1
+    plot_labels(torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4), ["a"], tmp_path / "empty.jpg")  # no objects: empty panels
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jpg"]  # written atomically: no temporary file left

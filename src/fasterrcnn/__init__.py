@@ -18,6 +18,11 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 __all__ = ["Detection", "Detector", "FasterRCNN", "__version__", "benchmark", "compress", "evaluate", "predict", "train"]
 
 
+def __dir__() -> list[str]:
+    # the lazy names too (tab completion, dir(fasterrcnn)), not only those already imported
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str):
     # Imported lazily so that ``fasterrcnn --help`` and ``import fasterrcnn.ops`` stay fast.
     if name == "FasterRCNN":

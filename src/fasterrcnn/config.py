@@ -156,6 +156,7 @@ class TrainConfig:
     checkpoint_every: int = 1000  # iterations between checkpoints/last.pt + iter_XXXXXXX.pt (and at the end)
     keep_checkpoints: int = 3  # periodic iter_XXXXXXX.pt kept, the newest (last.pt and best.pt always are)
     eval_every: int = 0  # iterations between validation runs (0: only at the end); best.pt by mAP / AP
+    patience: int | None = None  # stop after this many evaluations without a better mAP / AP (best.pt stays); None: never
     max_nonfinite_steps: int = 5  # stop after this many consecutive steps with a NaN / inf loss
     # Several processes (torchrun, engine/distributed.py): global batch = batch_size x processes.
     scale_lr: bool = True  # linear scaling: the optimizer's lr is lr x processes (False: lr as given)
@@ -457,6 +458,7 @@ _TRAIN_RULES: dict[str, tuple[_Rule, ...]] = {
     "checkpoint_every": (_at_least(1),),
     "keep_checkpoints": (_at_least(0),),
     "eval_every": (_at_least(0),),
+    "patience": (_at_least(1),),
     "max_nonfinite_steps": (_at_least(1),),
     "scale_lr": (),
     "sync_bn": (),

@@ -31,41 +31,22 @@ labels are 1..C with ``class_names[label - 1]`` their names. The model's own
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Union
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from PIL import Image
 
+from fasterrcnn.data.images import ImageInput, in_original_pixels, is_file_object, position_kept, to_image_tensor
 from fasterrcnn.device import AMP_DTYPES, autocast_context, resolve_device, resolve_precision
 from fasterrcnn.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from fasterrcnn.engine.checkpoint import Checkpoint
 
-__all__ = ["Detection", "Detector", "in_original_pixels"]
-
-ImageInput = Union[str, Path, BinaryIO, Image.Image, np.ndarray, torch.Tensor]
-
-
-def _is_file(image: Any) -> bool:
-    """A binary file object (e.g. ``open(path, "rb")``, ``io.BytesIO`` of an upload), read like a path."""
-    return hasattr(image, "read") and hasattr(image, "seek") and hasattr(image, "tell")
-
-
-@contextmanager
-def _position_kept(image: Any):
-    """Restores a file object's position when the block ends (Pillow reads files from their start), so
-    that the same object can be read again (e.g. by ``draw`` after ``detect``); paths pass through."""
-    start = image.tell() if _is_file(image) else None
-    try:
-        yield
-    finally:
-        if start is not None:
-            image.seek(start)
+__all__ = ["Detection", "Detector"]
 
 
 @dataclass(frozen=True)
@@ -84,40 +65,6 @@ class Detection:
         """``{"box": [x1, y1, x2, y2], "label", "class_name", "score"}`` (and ``"probabilities"`` when kept; JSON-ready)."""
         found = {"box": list(self.box), "label": self.label, "class_name": self.class_name, "score": self.score}
         return found if self.probabilities is None else {**found, "probabilities": list(self.probabilities)}
-
-
-def in_original_pixels(boxes: torch.Tensor, tensor: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    """xyxy ``boxes`` on ``tensor`` [3, h, w] (an image decoded reduced) -> pixels of the original image of
-    ``size`` (H, W); unchanged when ``size`` is None or the image was decoded whole."""
-    from fasterrcnn.data.transforms import resize_boxes
-
-    return boxes if size is None else resize_boxes(boxes, tuple(tensor.shape[1:]), size)
-
-
-def to_image_tensor(image: ImageInput) -> torch.Tensor:
-    """Any accepted image form -> float32 ``Tensor[3, H, W]`` RGB in [0, 1] (see the module docstring)."""
-    from fasterrcnn.data.images import load_image
-
-    if isinstance(image, (str, Path)) or _is_file(image):
-        with _position_kept(image):
-            return load_image(image)
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected a NumPy array [H, W, 3] of uint8 (RGB), got {image.dtype} array of shape {image.shape}")
-        # A copy: arrays may be read-only or have negative strides (e.g. array[:, ::-1]).
-        return torch.from_numpy(np.array(image, copy=True, order="C")).permute(2, 0, 1).float() / 255.0
-    if isinstance(image, torch.Tensor):
-        if not image.is_floating_point() or image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(
-                f"expected a float Tensor[3, H, W] (RGB in [0, 1]), got {image.dtype} Tensor{list(image.shape)}"
-                + ("; pass a batch as a list of images" if image.ndim == 4 else "")
-            )
-        if image.numel() and (image.min() < 0 or image.max() > 1):
-            raise ValueError(f"expected image values in [0, 1], got [{float(image.min()):g}, {float(image.max()):g}] (divide uint8 values by 255)")
-        return image
-    raise TypeError(f"expected an image path, binary file object, PIL image, NumPy array or Tensor, got {type(image).__name__}")
 
 
 class Detector:
@@ -303,11 +250,11 @@ class Detector:
         """``(tensor, original (h, w) or None)`` of one image as ``detect`` reads it: a path or file is
         decoded reduced when it is large (see the module docstring); other forms are used as given (None).
         ``in_original_pixels`` maps the model's boxes on ``tensor`` back to the original image."""
-        if not isinstance(image, (str, Path)) and not _is_file(image):
+        if not isinstance(image, (str, Path)) and not is_file_object(image):
             return to_image_tensor(image), None
         from fasterrcnn.data.images import image_size, load_image, reduction_factor
 
-        with _position_kept(image):
+        with position_kept(image):
             size = image_size(image)
             transform = getattr(self.model, "transform", None)
             reduce = 1 if transform is None else reduction_factor(size, transform.min_size, transform.max_size)

@@ -180,7 +180,7 @@ def download_file(entry: PretrainedFile, folder: str | os.PathLike, *, progress:
             size = response.headers.get("Content-Length")
             size = int(size) if size and size.isdigit() else None
             digest, received = hashlib.sha256(), 0
-            with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.filename, disable=not progress, leave=False) as bar:
+            with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.filename, disable=not progress or None, leave=False) as bar:
                 while True:
                     try:
                         chunk = response.read(_CHUNK)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["class_color", "compare_grid", "draw_detections", "to_pil_image"]
+__all__ = ["class_color", "compare_grid", "draw_detections", "label_positions", "to_pil_image"]
 
 _GOLDEN_RATIO = 0.618033988749895
 
@@ -54,7 +54,8 @@ def draw_detections(
         score_threshold: detections scoring below it are not drawn.
 
     Returns:
-        A new RGB ``PIL.Image``; lower-scoring detections are drawn first, so the best are on top.
+        A new RGB ``PIL.Image``; lower-scoring detections are drawn first, so the best are on top; the tags
+        are drawn over the box lines, placed so that none hides another (``label_positions``).
     """
     canvas = to_pil_image(image).copy()
     draw = ImageDraw.Draw(canvas)
@@ -67,25 +68,55 @@ def draw_detections(
     line = max(1, round(min(width, height) / 250))
     font = ImageFont.load_default(size=max(10, round(min(width, height) / 40)))
     order = sorted(range(len(labels)), key=lambda i: -1.0 if scores[i] is None else scores[i])
+    order = [i for i in order if scores[i] is None or scores[i] >= score_threshold]
+    tags = []  # (text, size, colour) in drawing order
     for i in order:
-        score = scores[i]
-        if score is not None and score < score_threshold:
-            continue
         label = labels[i]
         if not 1 <= label <= len(class_names):
             raise ValueError(f"label {label} outside 1..{len(class_names)}")
         color = class_color(label)
-        x1, y1, x2, y2 = boxes[i]
-        draw.rectangle([x1, y1, x2, y2], outline=color, width=line)
-        text = class_names[label - 1] if score is None else f"{class_names[label - 1]} {score:.2f}"
+        draw.rectangle(boxes[i], outline=color, width=line)
+        text = class_names[label - 1] if scores[i] is None else f"{class_names[label - 1]} {scores[i]:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        text_w, text_h = right - left + 4, bottom - top + 4
-        tag_y = y1 - text_h if y1 - text_h >= 0 else y1  # above the box, or inside it at the top edge
-        tag_x = min(max(x1, 0), max(width - text_w, 0))
+        tags.append((text, (right - left + 4, bottom - top + 4), color, (left, top)))
+    # the best detection's tag is placed first, so it gets its preferred place; tags go over every box line
+    placed = label_positions([boxes[i] for i in reversed(order)], [tag[1] for tag in reversed(tags)], (width, height))[::-1]
+    for (text, (text_w, text_h), color, (left, top)), (tag_x, tag_y) in zip(tags, placed):
         draw.rectangle([tag_x, tag_y, tag_x + text_w, tag_y + text_h], fill=color)
         brightness = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
         draw.text((tag_x + 2 - left, tag_y + 2 - top), text, fill=(0, 0, 0) if brightness > 140 else (255, 255, 255), font=font)
     return canvas
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label_positions(
+    boxes: Sequence[Sequence[float]], sizes: Sequence[tuple[int, int]], canvas: tuple[int, int]
+) -> list[tuple[float, float]]:
+    """Top-left corners of the label tags of ``boxes`` (xyxy pixels; tag ``sizes`` (w, h); ``canvas`` (W, H)),
+    placed in the given order (the most important first) where a tag hides no tag placed before it.
+
+    A tag's places, in order of preference: above the box's top-left corner, inside it at the top left,
+    below its bottom-left corner, inside at the bottom left, then the same at its right edge; every place is
+    kept inside the canvas. When all of those hide a tag, the tag slides down from above the box, one tag
+    height at a time, to the first free place; when none is free, it takes its first place.
+    """
+    width, height = canvas
+    placed: list[tuple[float, float, float, float]] = []
+    corners = []
+    for (x1, y1, x2, y2), (w, h) in zip(boxes, sizes):
+
+        def clamp(x: float, y: float) -> tuple[float, float]:
+            return min(max(x, 0.0), max(width - w, 0.0)), min(max(y, 0.0), max(height - h, 0.0))
+
+        candidates = [clamp(x, y) for x in (x1, x2 - w) for y in (y1 - h, y1, y2, y2 - h)]
+        candidates += [clamp(x1, y1 - h + k * h) for k in range(2, max(2, int((height - y1) // max(h, 1)) + 2))]
+        free = next((c for c in candidates if not any(_overlap((c[0], c[1], c[0] + w, c[1] + h), other) for other in placed)), candidates[0])
+        placed.append((free[0], free[1], free[0] + w, free[1] + h))
+        corners.append(free)
+    return corners
 
 
 def compare_grid(

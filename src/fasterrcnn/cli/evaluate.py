@@ -23,11 +23,11 @@ def add_parser(commands) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", metavar="CKPT", help="a checkpoint written by 'fasterrcnn train'")
     source.add_argument("--detections", metavar="FILE", help="a COCO results JSON (list of image_id, category_id, bbox [x,y,w,h], score)")
-    add_data(p, split_default="test")
+    add_data(p, split_default=None, split_help="test for VOC, val for YOLO, as train validates")
     p.add_argument(
         "--metric", choices=("voc", "voc07", "coco"),
         help="voc (VOC AP@0.5, area under the curve), voc07 (11-point) or coco (AP@[.5:.95] by pycocotools) "
-        "(default: voc for VOC data, coco for COCO data)",
+        "(default: voc for VOC and YOLO data, coco for COCO data)",
     )  # fmt: skip
     p.add_argument("--output", required=True, metavar="DIR", help="folder for metrics.json, the plots and tables (created)")
     add_overwrite(p, "the files eval writes in --output")
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     name, value = headline(result.metrics)
     print(result.report.table())
-    written = "metrics.json, per_class.csv, confusion_matrix.png / .csv, error_breakdown.png / .csv, reliability.png, pr_curves.png" + (", samples.jpg, detections.json" if args.weights else "")
-    print(f"{name} ({result.metric}): {value:.4f}; wrote {written} in {result.output}")
+    written = ", ".join(path.name for path in result.files)
+    print(f"{name} ({result.metric}) on {result.split}: {value:.4f}; wrote {written} in {result.output}")
     print_skipped(result.skipped, "evaluated")
     return 0

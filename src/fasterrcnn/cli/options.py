@@ -8,6 +8,7 @@ import logging
 from fasterrcnn.errors import ConfigError
 
 __all__ = [
+    "DATA_HELP",
     "Parser",
     "add_amp",
     "add_precision",
@@ -121,12 +122,20 @@ BAD_IMAGE_HELP = (
 )
 
 
-def add_data(p: argparse.ArgumentParser, *, split_default: str) -> None:
+DATA_HELP = (
+    "a VOC root (with Annotations/, JPEGImages/, ImageSets/Main/), a COCO instances JSON file or a YOLO data.yaml "
+    "(or a folder holding one); the format is detected"
+)
+
+
+def add_data(p: argparse.ArgumentParser, *, split_default: str | None, split_help: str, data_help: str = "") -> None:
+    """``--data`` (required unless ``data_help`` says where else it comes from), ``--split`` (``split_help``: its
+    default in words), ``--images``, ``--on-bad-image``."""
+    p.add_argument("--data", required=not data_help, metavar="PATH", help=DATA_HELP + data_help)
     p.add_argument(
-        "--data", required=True, metavar="PATH",
-        help="a VOC root (with Annotations/, JPEGImages/, ImageSets/Main/) or a COCO instances JSON file; the format is detected",
+        "--split", default=split_default,
+        help=f"VOC: ImageSets/Main/<SPLIT>.txt; YOLO: a key of data.yaml (train, val, test) (default: {split_help}; ignored for COCO)",
     )  # fmt: skip
-    p.add_argument("--split", default=split_default, help=f"VOC split: ImageSets/Main/<SPLIT>.txt (default: {split_default}; ignored for COCO)")
     p.add_argument("--images", metavar="DIR", help="COCO only: the folder of the JSON's images (default: found next to the JSON)")
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip", help=BAD_IMAGE_HELP)
 

@@ -10,6 +10,7 @@ from fasterrcnn.cli.options import add_amp, add_common, add_data, class_list, no
 TRAIN_FLAGS = {
     "grad_clip": "grad_clip_norm",
     "eval_every": "eval_every",
+    "patience": "patience",
     "checkpoint_every": "checkpoint_every",
     "keep_checkpoints": "keep_checkpoints",
     "log_every": "log_every",
@@ -29,19 +30,22 @@ def add_parser(commands) -> None:
         "preset < --config FILE < --set key=value < explicit flags. Several GPUs or machines: start it with "
         "'torchrun --nproc_per_node=N -m fasterrcnn train ...' (--batch-size is per process; see the README).",
     )
-    add_data(p, split_default="trainval")
+    add_data(
+        p, split_default=None, split_help="trainval, which means train for YOLO data without a trainval entry",
+        data_help="; default: the data a run's config.json given as --config (or the --resume run's) records",
+    )  # fmt: skip
     p.add_argument("--preset", help="model + training preset, e.g. tiny, vgg16, resnet50_fpn (required unless --resume or the --config file names one)")
     p.add_argument("--output", required=True, metavar="DIR", help="the run's folder (created; new or empty unless --resume / --overwrite)")
-    p.add_argument("--val-data", metavar="PATH", help="validation set (VOC root or COCO JSON); default: the --val-split of the --data VOC root when it exists")
-    p.add_argument("--val-split", default="test", help="VOC split used for validation (default: test)")
+    p.add_argument("--val-data", metavar="PATH", help="validation set (VOC root, COCO JSON or YOLO data.yaml); default: the --val-split of --data when it has one")
+    p.add_argument("--val-split", help="split of --val-data or --data to validate on (default: test for VOC, val for YOLO)")
     p.add_argument("--val-images", metavar="DIR", help="COCO only: the folder of the --val-data JSON's images")
     p.add_argument("--no-val", action="store_true", help="do not evaluate during or after training")
     p.add_argument(
         "--metric", choices=("voc", "voc07", "coco"),
-        help="validation metric: voc (VOC AP@0.5, area), voc07 (11-point) or coco (AP@[.5:.95]) (default: voc for VOC data, coco for COCO data)",
+        help="validation metric: voc (VOC AP@0.5, area), voc07 (11-point) or coco (AP@[.5:.95]) (default: voc for VOC and YOLO data, coco for COCO data)",
     )  # fmt: skip
     p.add_argument("--classes", metavar="A,B,C", help="VOC: the class names, in label order (default: the 20 VOC classes, or the sorted names found)")
-    p.add_argument("--drop-empty", action="store_true", help="COCO: leave out training images without trainable (non-crowd) objects (default: kept, as negatives)")
+    p.add_argument("--drop-empty", action="store_true", help="COCO and YOLO: leave out training images without trainable (non-crowd) objects (default: kept, as negatives)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive_int, metavar="N", help="train for N passes over the data")
     length.add_argument("--max-iters", type=positive_int, metavar="N", help="train for N iterations (batches)")
@@ -54,7 +58,15 @@ def add_parser(commands) -> None:
     p.add_argument("--lr", type=positive_float, metavar="X", help="base learning rate (after warm-up)")
     p.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradients' global L2 norm to X")
     p.add_argument("--seed", type=nonnegative_int, metavar="N", help="seed of data order, flips, sampling and weight init")
-    p.add_argument("--eval-every", type=nonnegative_int, metavar="N", help="validate every N iterations (0: only at the end); best.pt keeps the best")
+    p.add_argument("--eval-every", type=nonnegative_int, metavar="N", help="validate every N iterations (0: only at the end; default with a validation set: about 10 times per run); best.pt keeps the best")
+    p.add_argument(
+        "--patience", type=positive_int, metavar="N",
+        help="stop when the validation metric has not improved for N evaluations; best.pt keeps the best (train.patience)",
+    )  # fmt: skip
+    p.add_argument(
+        "--image-size", type=positive_int, metavar="N",
+        help="resize images so that their long side is N pixels (short side up to N): sets model.min_size and model.max_size to N",
+    )  # fmt: skip
     p.add_argument("--checkpoint-every", type=positive_int, metavar="N", help="write checkpoints/last.pt and iter_XXXXXXX.pt every N iterations")
     p.add_argument("--keep-checkpoints", type=nonnegative_int, metavar="N", help="periodic iter_XXXXXXX.pt kept, the newest (default: 3; last.pt and best.pt always)")
     p.add_argument("--log-every", type=positive_int, metavar="N", help="iterations per metrics.jsonl record")
@@ -106,6 +118,8 @@ def overrides_of(args: argparse.Namespace) -> dict[str, object]:
     overrides = {f"{section}.{name}": value for section, fields in parse_overrides(args.set).items() for name, value in fields.items()}
     overrides.update({f"train.{field}": getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
     overrides.update({f"train.{field}": value for flag, (field, value) in TRAIN_SWITCHES.items() if getattr(args, flag)})
+    if args.image_size is not None:  # ultralytics' imgsz: one number for the short and the long side
+        overrides.update({"model.min_size": args.image_size, "model.max_size": args.image_size})
     return overrides
 
 
@@ -121,14 +135,15 @@ def run(args: argparse.Namespace) -> int:
         download=True if args.download else None,
         split=args.split, images=args.images, classes=class_list(args.classes), drop_empty=args.drop_empty,
         val_data=args.val_data, val_split=args.val_split, val_images=args.val_images, validate=not args.no_val,
-        metric=args.metric, device=args.device, num_workers=args.num_workers, on_bad_image=args.on_bad_image, quiet=args.quiet,
+        metric=args.metric, device=args.device, num_workers=args.num_workers, on_bad_image=args.on_bad_image, progress=not args.quiet,
         slice=args.slice,
     )  # fmt: skip
     if not distributed.is_main_process():
         return 0
     if result.metrics is not None:
         name, value = headline(result.metrics)
-        print(f"validation {name} ({result.metrics.get('metric')}) at iteration {result.iteration}: {value:.4f}; best {result.best_metric:.4f}")
-    print(f"checkpoints in {result.last.parent}, metrics in {result.run_dir / 'metrics.jsonl'}, results in {result.run_dir / 'results.csv'} and {result.run_dir / 'results.png'}")
+        on = f" on {result.metrics['split']}" if "split" in result.metrics else ""
+        print(f"validation {name} ({result.metrics.get('metric')}){on} at iteration {result.iteration}: {value:.4f}; best {result.best_metric:.4f}")
+    print(f"wrote {', '.join(path.name + ('/' if path.is_dir() else '') for path in result.files)} in {result.run_dir}")
     print_skipped(result.skipped, "trained on")
     return 0

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from fasterrcnn.data.bad_images import ON_BAD_IMAGE, check_policy
 from fasterrcnn.data.coco import COCODataset
+from fasterrcnn.data.formats import dataset_class, dataset_format, evaluation_split, split_name
 from fasterrcnn.data.images import DEFAULT_REDUCE_TO, image_size, load_image
 from fasterrcnn.data.loader import GroupedBatchSampler, build_loader, collate
 from fasterrcnn.data.protocol import DetectionDataset
 from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_big_scene_voc, write_synthetic_voc
 from fasterrcnn.data.transforms import Compose, RandomHorizontalFlip
 from fasterrcnn.data.voc import VOC_CLASSES, VOCDataset
-from fasterrcnn.data.yolo import YOLODataset, find_data_yaml
+from fasterrcnn.data.yolo import YOLODataset
 from fasterrcnn.errors import DataError
 
 
@@ -41,11 +42,10 @@ def build_dataset(
     """
     check_policy(on_bad_image)
     path = Path(path)
-    if not path.exists():
-        raise DataError(path, "dataset not found")
-    if path.is_dir() and (path / "Annotations").is_dir():
+    kind = dataset_class(path)
+    if kind is VOCDataset:
         return VOCDataset(path, split=split, classes=classes, transforms=transforms, on_bad_image=on_bad_image, reduce_to=reduce_to)
-    if path.is_file() and path.suffix.lower() == ".json":
+    if kind is COCODataset:
         dataset = COCODataset(
             path, images_dir=images_dir, transforms=transforms, on_bad_image=on_bad_image, drop_empty=drop_empty, reduce_to=reduce_to
         )
@@ -54,16 +54,10 @@ def build_dataset(
                 path, f"categories {', '.join(dataset.classes)} differ from the expected classes {', '.join(classes)}"
             )
         return dataset
-    if find_data_yaml(path) is not None:
-        return YOLODataset(
-            path, split=split, classes=classes, transforms=transforms, on_bad_image=on_bad_image, drop_empty=drop_empty,
-            reduce_to=reduce_to,
-        )  # fmt: skip
-    raise DataError(
-        path,
-        "is neither a VOC root (Annotations/, JPEGImages/, ImageSets/Main/), a COCO instances JSON nor a YOLO "
-        "data.yaml (or a folder holding one)",
-    )
+    return YOLODataset(
+        path, split=split, classes=classes, transforms=transforms, on_bad_image=on_bad_image, drop_empty=drop_empty,
+        reduce_to=reduce_to,
+    )  # fmt: skip
 
 
 __all__ = [
@@ -81,8 +75,12 @@ __all__ = [
     "build_dataset",
     "build_loader",
     "collate",
+    "dataset_class",
+    "dataset_format",
+    "evaluation_split",
     "image_size",
     "load_image",
+    "split_name",
     "write_big_scene_voc",
     "write_synthetic_voc",
 ]

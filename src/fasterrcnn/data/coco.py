@@ -102,6 +102,12 @@ class COCODataset(torch.utils.data.Dataset):
     """
 
     default_metric = "coco"  # data.DetectionDataset
+    evaluation_split = None  # an instances JSON is one split
+
+    @staticmethod
+    def has_split(path, split: str) -> bool:
+        """An instances JSON holds one split, named by the file: never another."""
+        return False
 
     def __init__(
         self, ann_file, images_dir=None, transforms=None, drop_empty: bool = False, on_bad_image: str = "error",

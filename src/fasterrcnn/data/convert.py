@@ -54,10 +54,12 @@ def source_splits(source) -> list[str]:
     """The splits ``convert`` reads by default: VOC's train/val/test split files that exist (else
     trainval), YOLO's train/val/test entries, and for a COCO JSON one split named after the file
     (``instances_val2017.json`` -> ``val2017``)."""
+    from fasterrcnn.data.formats import COCODataset, VOCDataset, dataset_class
     from fasterrcnn.data.yolo import find_data_yaml, read_data_yaml
 
     source = Path(source)
-    if source.is_dir() and (source / "Annotations").is_dir():
+    kind = dataset_class(source)  # DataError for a missing path or one of no format
+    if kind is VOCDataset:
         folder = source / "ImageSets" / "Main"
         found = [s for s in _DEFAULT_SPLITS if (folder / f"{s}.txt").is_file()]
         if not found and (folder / "trainval.txt").is_file():
@@ -65,16 +67,11 @@ def source_splits(source) -> list[str]:
         if not found:
             raise DataError(folder, "no train.txt, val.txt, test.txt or trainval.txt split file")
         return found
-    if source.is_file() and source.suffix.lower() == ".json":
+    if kind is COCODataset:
         stem = source.stem
         return [stem[len("instances_") :] if stem.startswith("instances_") and len(stem) > 10 else stem]
-    yaml_path = find_data_yaml(source)
-    if yaml_path is not None:
-        data = read_data_yaml(yaml_path)
-        return [s for s in _DEFAULT_SPLITS if data.get(s) not in (None, "", [])]
-    if not source.exists():
-        raise DataError(source, "dataset not found")
-    raise DataError(source, "is neither a VOC root, a COCO instances JSON nor a YOLO data.yaml")
+    data = read_data_yaml(find_data_yaml(source))
+    return [s for s in _DEFAULT_SPLITS if data.get(s) not in (None, "", [])]
 
 
 def _split_map(splits, source) -> dict[str, str]:

@@ -55,12 +55,16 @@ import os
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from fasterrcnn.data.transforms import resize_boxes
 from fasterrcnn.errors import DataError
 from fasterrcnn.reading import check_regular_file
 
@@ -520,7 +524,69 @@ def _header_sizes(im: Image.Image) -> tuple[tuple[int, int], tuple[int, int]]:
     return stored, oriented
 
 
+# The image forms a caller may pass (``Detector.detect``, ``to_image_tensor``).
+ImageInput = Union[str, Path, BinaryIO, Image.Image, np.ndarray, torch.Tensor]
+
+
+def is_file_object(image: Any) -> bool:
+    """A binary file object (e.g. ``open(path, "rb")``, ``io.BytesIO`` of an upload), read like a path."""
+    return hasattr(image, "read") and hasattr(image, "seek") and hasattr(image, "tell")
+
+
+@contextmanager
+def position_kept(image: Any) -> Iterator[None]:
+    """Restores a file object's position when the block ends (Pillow reads files from their start), so
+    that the same object can be read again (e.g. by ``draw`` after ``detect``); paths pass through."""
+    start = image.tell() if is_file_object(image) else None
+    try:
+        yield
+    finally:
+        if start is not None:
+            image.seek(start)
+
+
+def in_original_pixels(boxes: torch.Tensor, tensor: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """xyxy ``boxes`` on ``tensor`` [3, h, w] (an image decoded reduced) -> pixels of the original image of
+    ``size`` (H, W); unchanged when ``size`` is None or the image was decoded whole."""
+    return boxes if size is None else resize_boxes(boxes, tuple(tensor.shape[1:]), size)
+
+
+def to_image_tensor(image: ImageInput) -> torch.Tensor:
+    """Any accepted image form -> float32 ``Tensor[3, H, W]`` RGB in [0, 1] (the forms ``fasterrcnn.detector.Detector.detect`` takes)."""
+    if isinstance(image, (str, Path)) or is_file_object(image):
+        with position_kept(image):
+            return load_image(image)
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a NumPy array [H, W, 3] of uint8 (RGB), got {image.dtype} array of shape {image.shape}")
+        # A copy: arrays may be read-only or have negative strides (e.g. array[:, ::-1]).
+        return torch.from_numpy(np.array(image, copy=True, order="C")).permute(2, 0, 1).float() / 255.0
+    if isinstance(image, torch.Tensor):
+        if not image.is_floating_point() or image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(
+                f"expected a float Tensor[3, H, W] (RGB in [0, 1]), got {image.dtype} Tensor{list(image.shape)}"
+                + ("; pass a batch as a list of images" if image.ndim == 4 else "")
+            )
+        if image.numel() and (image.min() < 0 or image.max() > 1):
+            raise ValueError(f"expected image values in [0, 1], got [{float(image.min()):g}, {float(image.max()):g}] (divide uint8 values by 255)")
+        return image
+    raise TypeError(f"expected an image path, binary file object, PIL image, NumPy array or Tensor, got {type(image).__name__}")
+
+
 __all__ = [
-    "DEFAULT_REDUCE_TO", "SLICED_MAX_PIXELS", "check_image", "image_size", "load_annotated_image", "load_image", "load_image_uint8",
+    "DEFAULT_REDUCE_TO",
+    "SLICED_MAX_PIXELS",
+    "ImageInput",
+    "check_image",
+    "image_size",
+    "in_original_pixels",
+    "is_file_object",
+    "load_annotated_image",
+    "load_image",
+    "load_image_uint8",
+    "position_kept",
     "reduction_factor",
-]  # fmt: skip
+    "to_image_tensor",
+]

@@ -7,11 +7,12 @@ A new format is one module with a class that satisfies ``DetectionDataset`` plus
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["DetectionDataset"]
+__all__ = ["DetectionDataset", "label_statistics"]
 
 
 @runtime_checkable
@@ -38,8 +39,15 @@ class DetectionDataset(Protocol):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]: ...
 
+    ids: list[Any]
+    """The image ids, in index order (``ground_truth``'s and results files' ``image_id``)."""
+
     def image_size(self, index: int) -> tuple[int, int]:
         """(height, width) of image ``index`` without decoding it (aspect-ratio grouping)."""
+        ...
+
+    def image_path(self, index: int) -> Path:
+        """The file of image ``index`` (samples, predictions drawn on it)."""
         ...
 
     def ground_truth(self) -> list[dict[str, Any]]:
@@ -49,3 +57,16 @@ class DetectionDataset(Protocol):
     def describe(self) -> dict[str, Any]:
         """Where it comes from, as plain values (``{"format", "path", ...}``), for a run's ``config.json``."""
         ...
+
+
+def label_statistics(dataset: DetectionDataset) -> tuple[Tensor, Tensor]:
+    """``(labels [K] int64 in 1..C, boxes [K, 4] float32 xyxy as fractions of their image's width and height)``
+    of every annotated object of ``dataset`` (``ground_truth``, in image order; ``image_size`` without decoding)."""
+    import torch
+
+    labels, boxes = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, 4)]
+    for index, truth in enumerate(dataset.ground_truth()):
+        height, width = dataset.image_size(index)
+        labels.append(truth["labels"].to(torch.int64))
+        boxes.append(truth["boxes"].float() / torch.tensor([width, height, width, height], dtype=torch.float32))
+    return torch.cat(labels), torch.cat(boxes)

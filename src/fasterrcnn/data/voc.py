@@ -41,7 +41,6 @@ difficult objects.
 
 from __future__ import annotations
 
-import logging
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -52,11 +51,11 @@ import torch
 
 from fasterrcnn.data.bad_images import BadImages
 from fasterrcnn.data.images import DEFAULT_REDUCE_TO, check_image, load_annotated_image
+from fasterrcnn.data.records import RecordDataset
 from fasterrcnn.data.transforms import resize_boxes
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.reading import ANNOTATION_BYTES, LIST_BYTES, read_bytes, read_text
 
-logger = logging.getLogger("fasterrcnn")
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -118,7 +117,7 @@ def _side(size, tag: str, xml_path: Path) -> int:
     return int(number)
 
 
-class VOCDataset(torch.utils.data.Dataset):
+class VOCDataset(RecordDataset):
     """A PASCAL VOC split as ``(image, target)`` samples.
 
     image: ``Tensor[3, H, W]`` float32 RGB in [0, 1].
@@ -136,6 +135,12 @@ class VOCDataset(torch.utils.data.Dataset):
     default_metric = "voc"
     label_to_category_id = None
     coco = None
+    evaluation_split = "test"  # what a run validates and eval scores on unless told otherwise
+
+    @staticmethod
+    def has_split(root, split: str) -> bool:
+        """Whether the VOC root ``root`` has the split ``split`` (``ImageSets/Main/<split>.txt``)."""
+        return (Path(root) / "ImageSets" / "Main" / f"{split}.txt").is_file()
 
     def __init__(
         self, root, split: str = "trainval", classes=None, transforms=None, keep_difficult: bool = True,
@@ -174,15 +179,7 @@ class VOCDataset(torch.utils.data.Dataset):
                 bad(error)
         bad.finish(f"VOC {self.root} ({split})", len(listed), split_file)
         self.skipped = bad.skipped
-        self.ids = [record.image_id for record in self._records]
-        self.num_clipped = sum(record.num_clipped for record in self._records)
-        self.num_dropped = sum(record.num_dropped for record in self._records)
-        if self.num_clipped or self.num_dropped:
-            first = next(r for r in self._records if r.num_clipped or r.num_dropped)
-            logger.warning(
-                "VOC %s (%s): %d boxes clipped to the image, %d empty boxes dropped (the first in %s)",
-                self.root, split, self.num_clipped, self.num_dropped, self.root / "Annotations" / f"{first.image_id}.xml",
-            )  # fmt: skip
+        self._keep_records(self._records, f"VOC {self.root} ({split})", lambda record: self.root / "Annotations" / f"{record.image_id}.xml")
 
         names = {name for record in self._records for name in record.names}
         if classes is not None:
@@ -272,17 +269,6 @@ class VOCDataset(torch.utils.data.Dataset):
             if candidate.is_file():
                 return candidate
         raise DataError(folder / (filename or f"{image_id}.jpg"), "image file not found")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_size(self, i: int) -> tuple[int, int]:
-        """``(height, width)`` of image ``i`` from its annotation (no decoding)."""
-        return self._records[i].size
-
-    def image_path(self, i: int) -> Path:
-        """The file of image ``i``."""
-        return self._records[i].image_path
 
     def __getitem__(self, i: int):
         record = self._records[i]

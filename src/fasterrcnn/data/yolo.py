@@ -44,7 +44,6 @@ without suffix, with ``/`` separators: ``000001``, ``street/000002``.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -55,11 +54,11 @@ import torch
 
 from fasterrcnn.data.bad_images import BadImages
 from fasterrcnn.data.images import DEFAULT_REDUCE_TO, check_image, load_annotated_image
+from fasterrcnn.data.records import RecordDataset
 from fasterrcnn.data.transforms import resize_boxes
 from fasterrcnn.errors import DataError
 from fasterrcnn.reading import ANNOTATION_BYTES, CONFIG_BYTES, LIST_BYTES, parse_yaml, read_text
 
-logger = logging.getLogger("fasterrcnn")
 
 YAML_NAMES = ("data.yaml", "data.yml")  # the file looked up when ``root`` is a folder
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -196,7 +195,7 @@ def parse_label_line(fields: list[str], num_classes: int, label_file: Path, line
     return int(cls), box
 
 
-class YOLODataset(torch.utils.data.Dataset):
+class YOLODataset(RecordDataset):
     """One split of a YOLO data set as ``(image, target)`` samples.
 
     image: ``Tensor[3, H, W]`` float32 RGB in [0, 1].
@@ -208,6 +207,13 @@ class YOLODataset(torch.utils.data.Dataset):
 
     # data.DetectionDataset: VOC AP by default; result category ids are the labels; no pycocotools ground truth
     default_metric = "voc"
+    evaluation_split = "val"  # ultralytics' convention: validate and evaluate on val unless told otherwise
+
+    @staticmethod
+    def has_split(path, split: str) -> bool:
+        """Whether the data.yaml at ``path`` (or in the folder) names images for ``split``."""
+        yaml_path = find_data_yaml(path)
+        return yaml_path is not None and read_data_yaml(yaml_path).get(split) not in (None, "", [])
     label_to_category_id = None
     coco = None
 
@@ -252,15 +258,7 @@ class YOLODataset(torch.utils.data.Dataset):
         self.skipped = bad.skipped
         if drop_empty:
             self._records = [record for record in self._records if len(record.classes)]
-        self.ids = [record.image_id for record in self._records]
-        self.num_clipped = sum(record.num_clipped for record in self._records)
-        self.num_dropped = sum(record.num_dropped for record in self._records)
-        if self.num_clipped or self.num_dropped:
-            first = next(r for r in self._records if r.num_clipped or r.num_dropped)
-            logger.warning(
-                "YOLO %s (%s): %d boxes clipped to the image, %d empty boxes dropped (the first in %s)",
-                yaml_path, split, self.num_clipped, self.num_dropped, first.label_path,
-            )  # fmt: skip
+        self._keep_records(self._records, f"YOLO {yaml_path} ({split})", lambda record: record.label_path)
 
     def _root(self, path) -> Path:
         folder = self.yaml_path.parent
@@ -342,17 +340,6 @@ class YOLODataset(torch.utils.data.Dataset):
             num_clipped=num_clipped,
             num_dropped=num_dropped,
         )
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_size(self, i: int) -> tuple[int, int]:
-        """``(height, width)`` of image ``i`` (read from its header at construction, no decoding)."""
-        return self._records[i].size
-
-    def image_path(self, i: int) -> Path:
-        """The file of image ``i``."""
-        return self._records[i].image_path
 
     def __getitem__(self, i: int):
         record = self._records[i]

@@ -1,7 +1,9 @@
-"""Export a detector to ONNX or OpenVINO IR: one graph from an image to its detections.
+"""Export a model to ONNX or OpenVINO IR: one graph from an image to its detections.
 
-    export_checkpoint("runs/x/checkpoints/best.pt", "model.onnx")              # ONNX, opset 17
-    export_checkpoint("runs/x/checkpoints/best.pt", "model.xml", format="openvino")   # + model.bin
+    export_model(model, "model.onnx", class_names)                        # ONNX, opset 17
+    export_model(model, "model.xml", class_names, format="openvino")      # + model.bin
+
+(A checkpoint's model: ``fasterrcnn.runs.export`` in ``runs/exporting.py``, which the ``export`` command calls.)
 
 The graph (``deploy.graph.DeployGraph``, traced by ``torch.onnx.export(dynamo=False)``):
 
@@ -10,8 +12,8 @@ The graph (``deploy.graph.DeployGraph``, traced by ``torch.onnx.export(dynamo=Fa
 - outputs ``boxes`` float32 [D, 4] ``(x1, y1, x2, y2)`` in pixels of the input image, ``labels`` int64
   [D] in 1..C, ``scores`` float32 [D], by decreasing score, D <= ``box_detections_per_img``;
 - operators: standard ONNX (opset 17) only: NonMaxSuppression, RoiAlign / MaxRoiPool, TopK, Resize;
-- metadata (ONNX ``metadata_props``, OpenVINO ``rt_info`` under ``fasterrcnn``): ``class_names``
-  (JSON list, ``class_names[label - 1]``), ``config`` (the ModelConfig as JSON), ``format_version``,
+- metadata (``deploy.metadata``: ONNX ``metadata_props``, OpenVINO ``rt_info`` under ``fasterrcnn``):
+  ``class_names`` (JSON list, ``class_names[label - 1]``), ``config`` (the ModelConfig as JSON), ``format_version``,
   and ``precision`` ``"int8"`` in an int8 file.
 
 The model's BatchNorm is folded into its convolutions first (``modeling.fuse``).
@@ -27,22 +29,20 @@ and box deltas would move the detections most). It stays one file, loaded like a
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from fasterrcnn.errors import ConfigError, DataError
+from fasterrcnn.deploy.metadata import METADATA_SECTION, metadata, read_metadata
+from fasterrcnn.errors import ConfigError
 from fasterrcnn.io import atomic_write_bytes
 
-__all__ = ["EXPORT_FORMATS", "INT8_MISSING", "OPSET", "export_checkpoint", "export_files", "export_model", "onnx_to_openvino", "read_metadata"]
+__all__ = ["EXPORT_FORMATS", "INT8_MISSING", "OPSET", "export_files", "export_model", "onnx_to_openvino"]
 
 EXPORT_FORMATS = ("onnx", "openvino")
 OPSET = 17
-FORMAT_VERSION = "1"
-METADATA_SECTION = "fasterrcnn"
 INPUT_NAMES = ["image"]
 OUTPUT_NAMES = ["boxes", "labels", "scores"]
 QUANTIZED_SCOPE = r"^/backbone/"  # the traced names of the nodes NNCF quantizes (the backbone and its FPN)
@@ -81,14 +81,6 @@ def onnx_bytes(model, class_names: Sequence[str], opset: int = OPSET) -> bytes:
         entry.key, entry.value = key, value
     proto.producer_name = "fasterrcnn"
     return proto.SerializeToString()
-
-
-def metadata(model, class_names: Sequence[str]) -> dict[str, str]:
-    """The key -> string metadata stored in an exported file."""
-    from fasterrcnn.config import to_dict
-
-    config = to_dict(model.config) if getattr(model, "config", None) is not None else {}
-    return {"format_version": FORMAT_VERSION, "class_names": json.dumps(list(class_names)), "config": json.dumps(config)}
 
 
 def export_model(
@@ -172,32 +164,3 @@ def export_files(path: str | Path, format: str | None = None) -> tuple[str, list
     path = Path(path)
     format = format or ("openvino" if path.suffix == ".xml" else "onnx")
     return format, [path, path.with_suffix(".bin")] if format == "openvino" else [path]
-
-
-def export_checkpoint(checkpoint: str | Path, path: str | Path, *, format: str | None = None, opset: int = OPSET) -> list[Path]:
-    """Export the model of a training checkpoint (``fasterrcnn train`` / ``compress``); ``format`` defaults
-    from ``path``'s suffix (``.xml``: openvino, else onnx). Raises DataError naming a bad checkpoint."""
-    from fasterrcnn.detector import Detector
-
-    format, _ = export_files(path, format)
-    detector = Detector.from_checkpoint(checkpoint, device="cpu", precision="f32", fuse=False)
-    return export_model(detector.model, path, detector.class_names, format=format, opset=opset)
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of an exported ``.onnx`` or OpenVINO ``.xml`` file (see the module docstring)."""
-    path = Path(path)
-    if path.suffix == ".xml":
-        import openvino as ov
-
-        model = ov.Core().read_model(str(path))
-        keys = ("format_version", "class_names", "config", "precision")
-        return {key: model.get_rt_info([METADATA_SECTION, key]).astype(str) for key in keys if model.has_rt_info([METADATA_SECTION, key])}
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    # External data (weights in files beside the graph, read by the runtime whatever their size): never written here.
-    tensors = [*proto.graph.initializer, *(a.t for node in proto.graph.node for a in node.attribute if a.HasField("t"))]
-    if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in tensors):
-        raise DataError(path, "its weights are in external data files, which fasterrcnn export never writes (export the checkpoint again)")
-    return {entry.key: entry.value for entry in proto.metadata_props}

@@ -129,7 +129,7 @@ def load_exported(path: str | Path, threads: int | None = None, precision: str =
 
     Raises DataError naming the file when it is missing, not loadable, or lacks the class names.
     """
-    from fasterrcnn.deploy.export import read_metadata
+    from fasterrcnn.deploy.metadata import read_metadata
 
     path = Path(path)
     if not path.exists():

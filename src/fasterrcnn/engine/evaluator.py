@@ -104,7 +104,7 @@ def run_inference(
     per_image: list[list[dict]] = []  # results of every image, in loader order
     autocast = autocast_context(torch.device(device), amp_dtype)
     try:
-        for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+        for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not progress or None, leave=False):  # None: only on a terminal
             if inference is not None and not inference.plain:  # one image at a time, its tiles batched
                 detections = [detect_image(model, image, inference, device=device, amp_dtype=amp_dtype) for image in images]
             else:

@@ -7,7 +7,7 @@
      "time": 0.41}
     {"type": "skip", "iteration": 21, "epoch": 0, "losses": {"loss_classifier": null, ...},
      "consecutive": 1}                        # a step skipped because a loss was not finite
-    {"type": "eval", "iteration": 100, "mAP": 0.71, "metric": "voc", "per_class": {...},
+    {"type": "eval", "iteration": 100, "mAP": 0.71, "metric": "voc", "split": "test", "per_class": {...},
      "val_loss": 1.4, "val_loss_objectness": 0.3, ...}   # validation losses: engine/validation.py
 
 ``iteration`` counts optimizer steps taken (1 after the first step). Train records are written every
@@ -17,6 +17,10 @@ under ``train/<name>`` and ``eval/<name>``, and the validation losses ``val_<los
 eval record under ``val/<loss name>`` (beside ``train/<loss name>``); at every evaluation the per-class
 precision / recall curves go under ``pr_curve/<class>`` and the sample picture (``engine/report.py``)
 under ``eval/samples``.
+
+``DIR/log.txt`` (``console_log``) holds the run's console lines from the moment it is accepted (its start line),
+as a reader of the terminal saw them: the progress bar's redraws and escape codes left out. The progress bar is drawn only on a terminal; when the output
+is a file or a pipe, the train records are printed as plain lines instead.
 
 ``DIR/results.csv`` holds one row per evaluation (``results_rows``), rewritten at every evaluation; it is
 written when the logger starts too (only a header in a new run; on resume, without the rows after the
@@ -30,9 +34,12 @@ import datetime
 import io
 import json
 import math
+import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -40,7 +47,7 @@ from fasterrcnn.errors import DataError
 from fasterrcnn.io import atomic_write_text
 from fasterrcnn.reading import METRICS_BYTES, JSONError, loads_json, read_text
 
-__all__ = ["MetricsLogger", "json_safe", "pr_curve_arrays", "read_metrics", "results_csv", "results_rows"]
+__all__ = ["ConsoleLog", "MetricsLogger", "console_log", "json_safe", "pr_curve_arrays", "read_metrics", "results_csv", "results_rows"]
 
 RESULTS_METRICS = ("mAP", "AP", "AP50", "AP75")  # the metric columns of results.csv, when an evaluation has them
 
@@ -182,7 +189,8 @@ class MetricsLogger:
         start_iteration: iterations already done (resume); records after it are dropped from an
             existing metrics.jsonl, and TensorBoard events after it are purged.
         log_every: iterations between train records.
-        quiet: print one plain line per train record instead of a progress bar.
+        quiet: print one plain line per train record instead of a progress bar (also when stderr is not a
+            terminal: a bar's redraws would fill a log file with escape codes).
     """
 
     def __init__(
@@ -200,7 +208,7 @@ class MetricsLogger:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.max_iters = max_iters
         self.log_every = max(1, log_every)
-        self.quiet = quiet
+        self.quiet = quiet = quiet or not sys.stderr.isatty()
         self.path = self.output_dir / "metrics.jsonl"
         kept = [r for r in read_metrics(self.path) if r.get("iteration", 0) <= start_iteration] if start_iteration else []
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -304,7 +312,8 @@ class MetricsLogger:
         headline = ", ".join(
             f"{k} {record[k]:.4f}" for k in ("mAP", "AP", "AP50", "AP75", "val_loss") if isinstance(record.get(k), float)
         )
-        self.info(f"evaluation at iteration {iteration}: {headline}")
+        where = f" on {record['split']}" if isinstance(record.get("split"), str) else ""
+        self.info(f"evaluation at iteration {iteration}{where}: {headline}")
 
     # -- misc ----------------------------------------------------------------------------------------
     def info(self, message: str) -> None:
@@ -364,3 +373,85 @@ class _TrainingBar(tqdm):
             if meter["ncols"] is None or len(self.format_meter(**{**wide, "ncols": None})) <= meter["ncols"]:
                 return wide
         return meter
+
+
+_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal control sequences (cursor moves, colours)
+
+
+class ConsoleLog:
+    """The lines of a run's console, appended to ``path`` (its ``log.txt``) once ``start`` is called: the lines
+    before it are kept in memory, so a run refused before it starts (a bad setting, a missing file) leaves no
+    file, and an earlier run's files deleted on the way (``--overwrite``) take none of this run's lines. The
+    file is opened for each line (appended), so that nothing written goes to a deleted file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._held: list[str] | None = []  # None once started
+
+    def write_line(self, line: str) -> None:
+        if self._held is not None:
+            self._held.append(line)
+            return
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write(line + "\n")
+
+    def start(self) -> None:
+        """From now on lines go to the file, the held ones first."""
+        held, self._held = self._held or [], None
+        if held:
+            with open(self.path, "a", encoding="utf-8") as file:
+                file.write("".join(line + "\n" for line in held))
+
+
+class _LoggedStream(io.TextIOBase):
+    """A text stream that gives its complete lines to ``log`` (what is left after the last carriage return,
+    escape codes removed, blank lines dropped) and passes everything to ``stream`` when ``echo``."""
+
+    def __init__(self, stream: TextIO, log: ConsoleLog, echo: bool):
+        self.stream, self.log, self.echo = stream, log, echo
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        if self.echo:
+            self.stream.write(text)
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            line = _ESCAPE.sub("", line.rpartition("\r")[2]).rstrip()
+            if line:
+                self.log.write_line(line)
+        self._pending = self._pending.rpartition("\r")[2]  # a redrawn bar: only its last state
+        return len(text)
+
+    def flush(self) -> None:
+        if self.echo:
+            self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.echo and self.stream.isatty()
+
+    def fileno(self) -> int:
+        if not self.echo:
+            raise io.UnsupportedOperation("fileno")
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+@contextmanager
+def console_log(path: str | Path, *, echo: bool = True) -> Iterator[ConsoleLog]:
+    """While the block runs, every line written to ``sys.stdout`` / ``sys.stderr`` also goes to ``path`` (a run's
+    ``log.txt``) once the yielded ``ConsoleLog`` is started; ``echo`` False: only there (``train(..., quiet=True)``
+    prints nothing)."""
+    stdout, stderr = sys.stdout, sys.stderr
+    log = ConsoleLog(path)
+    logged = _LoggedStream(stdout, log, echo), _LoggedStream(stderr, log, echo)
+    sys.stdout, sys.stderr = logged
+    try:
+        yield log
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+        for stream in logged:  # a last line without its newline
+            if line := _ESCAPE.sub("", stream._pending).rstrip():
+                log.write_line(line)

@@ -299,6 +299,7 @@ class Trainer:
         self.state = TrainState()
         self._saved_at: int | None = None  # the iteration of the last.pt written (or resumed from)
         self.last_metrics: dict[str, Any] | None = None
+        self.evaluations_since_best = 0  # for config.patience; counted from this session's start
         if hasattr(self.model, "generator") and self.model.generator is None:
             self.model.generator = torch.Generator()  # the model samples anchors / RoIs with it
         generator = getattr(self.model, "generator", None)
@@ -519,6 +520,12 @@ class Trainer:
                 if evaluating:
                     self._evaluate(logger)
                     self._plot_losses(logger)
+                    if config.patience is not None and self.evaluations_since_best >= config.patience:
+                        logger.info(
+                            f"stopping at iteration {state.iteration}: no better validation metric in {config.patience} "
+                            f"evaluations (best {self.state.best_metric:.4f}, kept in best.pt)"
+                        )
+                        return
                 if state.iteration % config.checkpoint_every == 0:
                     periodic = [self.checkpoints.periodic_name(state.iteration)] if config.keep_checkpoints else []
                     self.save(*periodic, "last.pt")
@@ -540,7 +547,8 @@ class Trainer:
             length = f"{iterations(self.max_iters)} ({self.config.epochs} epochs x {self.batches_per_epoch} batches)"
         else:
             length = iterations(self.max_iters)
-        return f"schedule: {length}; {describe_schedule(self._placed(), self.lr)}"
+        validation = f"; validation every {iterations(self.config.eval_every)}" if self.evaluate is not None and self.config.eval_every else ""
+        return f"schedule: {length}; {describe_schedule(self._placed(), self.lr)}{validation}"
 
     @property
     def free_schedule(self) -> list[str]:
@@ -728,7 +736,10 @@ class Trainer:
         _, value = headline(metrics)
         if math.isfinite(value) and (self.state.best_metric is None or value > self.state.best_metric):
             self.state.best_metric = value
+            self.evaluations_since_best = 0
             self.save("best.pt")
+        else:
+            self.evaluations_since_best += 1
 
     def _plot_losses(self, logger) -> None:
         from fasterrcnn.evaluation.plots import plot_results

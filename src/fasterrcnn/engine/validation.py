@@ -85,7 +85,7 @@ def validation_losses(
         if has_generator:
             model.generator = torch.Generator().manual_seed(seed)  # on the CPU, as the trainer's: the same samples on any device
         try:
-            for images, targets in tqdm(loader, desc="validation losses", unit="batch", disable=not progress, leave=False):
+            for images, targets in tqdm(loader, desc="validation losses", unit="batch", disable=not progress or None, leave=False):
                 images = [image.to(device) for image in images]
                 for name, value in model(images, _to_device(targets, device)).items():
                     sums[name] = sums.get(name, 0.0) + float(value) * len(images)

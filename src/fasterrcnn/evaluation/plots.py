@@ -1,4 +1,5 @@
-"""PNG plots: precision/recall curves per class, a training run's results and confusion matrices.
+"""PNG plots: precision/recall curves per class, a training run's results and confusion matrices; the JPEG of a
+training set's labels.
 
 Figures are drawn with matplotlib's ``Figure`` and the Agg canvas directly (no ``pyplot``, no
 global backend or figure state) and written atomically with ``fasterrcnn.io.atomic_save``.
@@ -12,10 +13,11 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle as matplotlib_rectangle
 
 from fasterrcnn.io import atomic_save
 
-__all__ = ["plot_confusion_matrix", "plot_error_breakdown", "plot_pr_curves", "plot_reliability", "plot_results"]
+__all__ = ["plot_confusion_matrix", "plot_error_breakdown", "plot_labels", "plot_pr_curves", "plot_reliability", "plot_results"]
 
 
 def _save_png(figure: Figure, path: str | os.PathLike) -> None:
@@ -224,3 +226,46 @@ def plot_reliability(bins: Sequence[Mapping[str, float]], ece: float, path: str 
     bottom.set_ylabel("share of detections")
     bottom.grid(True, alpha=0.3)
     _save_png(figure, path)
+
+
+def plot_labels(labels, boxes, class_names: Sequence[str], path: str | os.PathLike) -> None:
+    """A training set's labels in one JPEG (as ultralytics' ``labels.jpg``), written atomically to ``path``.
+
+    Four panels: the instances of every class; where the boxes' centres lie (x, y as fractions of the image);
+    the boxes' widths and heights (fractions); a sample of up to 500 boxes drawn centred, to show their shapes.
+
+    Args:
+        labels: [K] int64 in 1..C; boxes: [K, 4] float xyxy as fractions of their image (``data.protocol.label_statistics``).
+        class_names: the C names, ``class_names[label - 1]``.
+    """
+    import numpy as np
+
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    counts = np.bincount(labels, minlength=len(class_names) + 1)[1 : len(class_names) + 1]
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    figure = Figure(figsize=(10, 9), layout="constrained")
+    (bars, where), (size, shapes) = figure.subplots(2, 2)
+    bars.bar(range(len(class_names)), counts, color="#3b75af")
+    bars.set_xticks(range(len(class_names)), list(class_names), rotation=90 if len(class_names) > 8 else 0, fontsize="small")
+    bars.set_ylabel("instances")
+    bars.set_title(f"{len(labels)} boxes, {len(class_names)} classes")
+    for axes, values, (x_name, y_name) in ((where, centres, ("x", "y")), (size, sizes, ("width", "height"))):
+        if len(values):
+            axes.hist2d(values[:, 0], values[:, 1], bins=40, range=[[0, 1], [0, 1]], cmap="viridis", cmin=1)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel(f"{x_name} (fraction of the image)")
+        axes.set_ylabel(f"{y_name} (fraction of the image)")
+    where.invert_yaxis()  # image coordinates: y grows downwards
+    where.set_title("box centres")
+    size.set_title("box sizes")
+    for label, (w, h) in list(zip(labels, sizes))[:500]:
+        shapes.add_patch(matplotlib_rectangle((0.5 - w / 2, 0.5 - h / 2), w, h, fill=False, linewidth=0.5, alpha=0.4, color=f"C{(label - 1) % 10}"))
+    shapes.set_xlim(0, 1)
+    shapes.set_ylim(1, 0)
+    shapes.set_aspect("equal")
+    shapes.set_title("box shapes (up to 500, centred)")
+    FigureCanvasAgg(figure)
+    atomic_save(path, lambda f: figure.savefig(f, format="jpg", dpi=80, bbox_inches="tight"))

@@ -71,6 +71,8 @@ class GeneralizedRCNNTransform(nn.Module):
         One new tensor, then in-place steps (the same operations in the same order, so the same
         values): a full-size image costs one copy, not three.
         """
+        if not image.is_floating_point():  # torchvision's error (an integer image has no [0, 1] range to normalize)
+            raise TypeError(f"Expected input images to be of floating type (in range [0, 1]), but found type {image.dtype} instead")
         mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
         std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
         if self.pixel_format == "caffe_bgr255":

@@ -103,7 +103,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
     Returns:
         Tensor[K] int64 kept indices in decreasing score order.
+
+    As torchvision's, boxes without elements (e.g. ``torch.empty(0)``) return no indices whatever the other
+    arguments are (``None`` included), so code written for it runs unchanged.
     """
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
     _check_inputs(boxes, scores, idxs)
     return _nms(boxes, scores, idxs, float(iou_threshold))
 

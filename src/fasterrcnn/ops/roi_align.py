@@ -755,9 +755,6 @@ class MultiScaleRoIAlign(nn.Module):
                 result.index_copy_(0, idx, pooled.view(-1, oh * ow, C).transpose(1, 2).to(result.dtype))
         return result.view(K, C, oh, ow)
 
-    def extra_repr(self) -> str:
-        return (
-            f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
-            f"sampling_ratio={self.sampling_ratio}, canonical_scale={self.canonical_scale}, "
-            f"canonical_level={self.canonical_level}"
-        )
+    def __repr__(self) -> str:
+        # torchvision's (the canonical scale and level are not shown): printed models read the same
+        return f"{type(self).__name__}(featmap_names={self.featmap_names}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio})"

@@ -1,6 +1,6 @@
 """Whole runs from Python, the same as the ``fasterrcnn`` commands (which call these and print).
 
-    from fasterrcnn.runs import train, evaluate, predict, compress, benchmark
+    from fasterrcnn.runs import train, evaluate, predict, compress, export, benchmark
     run = train("VOCdevkit/VOC2007", "runs/voc07", preset="vgg16", epochs=16, backbone_weights="vgg16.pth")
     result = evaluate("VOCdevkit/VOC2007", weights=run.best or run.last, output="runs/voc07/eval")
     print(result.metrics["mAP"])
@@ -17,7 +17,7 @@ from fasterrcnn.runs.exporting import ExportResult, export
 from fasterrcnn.runs.folder import OutputFolder, RunFolder
 from fasterrcnn.runs.inference import EvalResult, compress, evaluate
 from fasterrcnn.runs.prediction import PredictResult, VideoResult, predict
-from fasterrcnn.runs.training import RESUMABLE_CHANGES, TrainResult, train
+from fasterrcnn.runs.training import RESUMABLE_CHANGES, TrainingData, TrainResult, ValidationData, train
 
 __all__ = [
     "RESUMABLE_CHANGES",
@@ -30,6 +30,8 @@ __all__ = [
     "PredictResult",
     "RunFolder",
     "TrainResult",
+    "TrainingData",
+    "ValidationData",
     "VideoResult",
     "benchmark",
     "benchmark_table",

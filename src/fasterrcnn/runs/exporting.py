@@ -13,6 +13,7 @@ default the calibration data, ``val_split``), so the accuracy int8 costs is meas
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -22,11 +23,22 @@ from pathlib import Path
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.paths import check_output_file
 
-__all__ = ["CALIBRATION_IMAGES", "ExportResult", "export"]
+__all__ = ["CALIBRATION_IMAGES", "ExportResult", "export", "require_exporter"]
 
 logger = logging.getLogger("fasterrcnn")
 
 CALIBRATION_IMAGES = 300  # NNCF's default subset size: more rarely changes the ranges
+# The packages an export to each format imports (the ``deploy`` extra installs them).
+EXPORTER_PACKAGES = {"onnx": ("onnx",), "openvino": ("onnx", "openvino")}
+
+
+def require_exporter(format: str) -> None:
+    """Raise ConfigError (one line, with the install command) when a package the export needs is missing."""
+    for name in EXPORTER_PACKAGES.get(format, ()):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ConfigError(f"exporting to {format} needs the {name} package, which is not installed; pip install 'fasterrcnn[deploy]'") from None
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ def export(
         raise ConfigError(f"an int8 model is written as OpenVINO IR: --output NAME.xml, got {output}")
     if int8 and (isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1):
         raise ConfigError(f"calibration_images must be a whole number >= 1, got {calibration_images!r}")
+    require_exporter(format)
     detector = Detector.from_checkpoint(weights, device="cpu", precision="f32", fuse=False)
     start = time.perf_counter()
     if not int8:

@@ -9,6 +9,8 @@ files it creates in that run, or files it is told to replace (``overwrite``), ne
     DIR/metrics.jsonl, DIR/tb/, DIR/results.csv, DIR/results.png    engine/logging.py, evaluation/plots.py
     DIR/confusion_matrix.png, .csv, DIR/per_class.csv, DIR/samples.jpg    the last evaluation's (engine/report.py)
     DIR/error.log          the traceback of a run that ended with an unexpected exception
+    DIR/labels.jpg         the training set's labels: class counts, box positions and sizes (evaluation/plots.py)
+    DIR/log.txt            the run's console lines (engine.logging.console_log), appended on --resume
 
 ``OutputFolder`` is the folder of ``eval`` and ``predict``: its files are claimed before the long work
 starts (the folder is created and written to once, existing files are refused unless ``overwrite``).
@@ -44,7 +46,10 @@ __all__ = ["OutputFolder", "RunFolder", "RunLock"]
 logger = logging.getLogger("fasterrcnn")
 
 # loss.png: the figure of runs written before results.png, so that --overwrite replaces such a run too
-RUN_ENTRIES = ("config.json", "checkpoints", "metrics.jsonl", "tb", "results.csv", "results.png", *REPORT_FILES, "loss.png", "error.log")
+RUN_ENTRIES = (
+    "config.json", "checkpoints", "metrics.jsonl", "tb", "results.csv", "results.png", *REPORT_FILES, "loss.png", "error.log", "log.txt",
+    "labels.jpg",
+)  # fmt: skip
 LOCK_NAME = ".lock"
 PROBE_PREFIX = ".write-test-"
 # What a run writes, so what --overwrite may delete: its files, its checkpoints, its TensorBoard event files

@@ -38,7 +38,8 @@ logger = logging.getLogger("fasterrcnn")
 class EvalResult:
     """``metrics``: the evaluator's dict (``mAP`` or ``AP``, ``per_class``, ...); ``metric``: which one;
     ``num_images`` scored; ``skipped``: bad images left out; ``output``: the folder written (or None);
-    ``report``: the confusion matrix, per-class table and samples (``engine.report``; None off rank 0)."""
+    ``report``: the confusion matrix, per-class table and samples (``engine.report``; None off rank 0);
+    ``split``: the data it scored (VOC / YOLO split, or the COCO file's name); ``files``: the files it wrote."""
 
     metrics: dict[str, Any]
     metric: str
@@ -46,6 +47,19 @@ class EvalResult:
     skipped: int
     output: Path | None
     report: EvaluationReport | None = None
+    split: str = ""
+    files: tuple[Path, ...] = ()
+
+    def __repr__(self) -> str:
+        # short: the metrics hold the precision / recall curves of every class
+        from fasterrcnn.engine.evaluator import headline
+
+        score = "no metrics"
+        if self.metrics:
+            name, value = headline(self.metrics)
+            score = f"{name}={value:.4f} ({self.metric})"
+        output = "" if self.output is None else f", output={str(self.output)!r}"
+        return f"EvalResult({score} on {self.split or '?'}, {self.num_images} images{output})"
 
 
 def load_detector(weights, *, device, precision="auto", preset=None, classes=None) -> Detector:
@@ -69,7 +83,7 @@ def evaluate(
     detections: str | Path | None = None,
     output: str | Path | None = None,
     overwrite: bool = False,
-    split: str = "test",
+    split: str | None = None,
     images: str | Path | None = None,
     classes: list[str] | None = None,
     metric: str | None = None,
@@ -87,6 +101,7 @@ def evaluate(
 ) -> EvalResult:
     """Score a checkpoint (``weights``: a path or a ``Detector``) or a COCO results file (``detections``) on ``data``.
 
+    ``split``: of a VOC root or a YOLO data.yaml (default: VOC ``test``, YOLO ``val``, as training validates).
     With ``output``, writes ``metrics.json``, ``pr_curves.png``, ``confusion_matrix.png`` / ``.csv`` and
     ``per_class.csv`` there, and with ``weights`` ``detections.json`` and ``samples.jpg`` (ground truth |
     predictions). The confusion matrix and the per-class precision / recall count the detections scoring
@@ -96,7 +111,7 @@ def evaluate(
     ``slice`` / ``overlap`` / ``full_image`` / ``tta``: sliced inference and test-time augmentation, as
     ``Detector.detect`` (``fasterrcnn.inference``); with ``slice`` the images are decoded at full resolution.
     """
-    from fasterrcnn.data import build_dataset
+    from fasterrcnn.data import build_dataset, evaluation_split, split_name
     from fasterrcnn.data.yolo import split_folders
     from fasterrcnn.engine import distributed
     from fasterrcnn.engine.evaluator import evaluate_model, evaluate_results, headline
@@ -114,13 +129,14 @@ def evaluate(
     inference = InferenceOptions(slice=slice, overlap=overlap, full_image=full_image, tta=tta)
     if weights is None and not inference.plain:
         raise ConfigError("slice and tta are ways to run a checkpoint: they go with weights, not with a detections file")
+    split = evaluation_split(data, split) or "test"  # a COCO JSON is its own split
     folder = OutputFolder(output) if output is not None else None
     device = distributed.init_distributed(device)  # torchrun: this process's device, process group joined
     main = distributed.is_main_process()
+    written = ["metrics.json", "pr_curves.png", *REPORT_FILES, *(["detections.json"] if weights is not None else [])]
+    written = [name for name in written if weights is not None or name != "samples.jpg"]  # samples need the images
     if folder is not None and main:  # before the long work; never among a YOLO split's images (read recursively)
-        written = ["metrics.json", "pr_curves.png", *REPORT_FILES, *(["detections.json"] if weights is not None else [])]
-        names = [name for name in written if weights is not None or name != "samples.jpg"]
-        folder.claim(names, overwrite=overwrite, input_folders=split_folders(data, split))
+        folder.claim(written, overwrite=overwrite, input_folders=split_folders(data, split))
     if weights is not None:
         detector = load_detector(weights, device=device, precision=precision)
         if classes is not None and list(classes) != list(detector.class_names):
@@ -155,7 +171,8 @@ def evaluate(
     if main:  # samples need the images, which a results file's data set may not have
         num_samples = NUM_SAMPLES if weights is not None else 0
         report = build_report(results, dataset, metrics, class_names=dataset.classes, score_threshold=score_threshold, num_samples=num_samples)
-    result = EvalResult(metrics, metric, len(dataset), len(dataset.skipped), folder.path if folder else None, report)
+    files = tuple(folder.path / name for name in written) if folder is not None and main else ()
+    result = EvalResult(metrics, metric, len(dataset), len(dataset.skipped), folder.path if folder else None, report, split_name(dataset), files)
     if folder is None or not main:
         return result
     report.write(folder.path)

@@ -176,10 +176,10 @@ def _detect(
 ):
     """The model's detections scoring >= ``score_threshold`` on ``image`` (CPU tensors; sliced and / or TTA
     by ``inference``; with the class ``probabilities`` of plain inference), and the same in the pixels of the
-    original image of ``size`` (``fasterrcnn.detector.in_original_pixels``)."""
+    original image of ``size`` (``fasterrcnn.data.images.in_original_pixels``)."""
     import torch
 
-    from fasterrcnn.detector import in_original_pixels
+    from fasterrcnn.data.images import in_original_pixels
     from fasterrcnn.inference import detect_image
 
     if inference.plain:
@@ -230,9 +230,8 @@ def _predict_video(
     from PIL import Image
     from tqdm import tqdm
 
-    from fasterrcnn.data.images import reduction_factor
+    from fasterrcnn.data.images import reduction_factor, to_image_tensor
     from fasterrcnn.data.video import VideoReader, VideoWriter, to_rgb
-    from fasterrcnn.detector import to_image_tensor
     from fasterrcnn.visualize import draw_detections
 
     frames: list[FrameDetections] = []
@@ -243,7 +242,7 @@ def _predict_video(
         total = None if video.num_frames is None else -(-video.num_frames // frame_stride)
 
         def run(writer: VideoWriter | None, lines) -> None:
-            with tqdm(total=total, desc=entry.path.name, unit="frame", disable=quiet, leave=False) as bar:
+            with tqdm(total=total, desc=entry.path.name, unit="frame", disable=quiet or None, leave=False) as bar:
                 for index, time, frame in video.frames(frame_stride):
                     sliced = inference.slice is not None
                     full = to_rgb(frame) if writer is not None or reduce == 1 or sliced else None

@@ -26,23 +26,26 @@ difference is refused with the list of differences.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.runs.folder import RunFolder
 
-__all__ = ["RESUMABLE_CHANGES", "TrainResult", "train"]
+__all__ = ["RESUMABLE_CHANGES", "TrainResult", "TrainingData", "ValidationData", "train"]
 
 # TrainConfig fields that may differ on resume: they change how long the run is, or what it writes and
 # when, not the trajectory of the weights up to the checkpoint.
-RESUMABLE_CHANGES = ("max_iters", "epochs", "time", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "max_nonfinite_steps")
+RESUMABLE_CHANGES = (
+    "max_iters", "epochs", "time", "eval_every", "patience", "checkpoint_every", "keep_checkpoints", "log_every", "max_nonfinite_steps",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a run left: its folder, ``last.pt`` (and ``best.pt`` when validated), where it ended and its metrics."""
+    """What a run left: its folder, ``last.pt`` (and ``best.pt`` when validated), where it ended, its metrics and
+    ``files``: the run's files and folders in ``run_dir`` (``runs.folder.RUN_ENTRIES``), by name."""
 
     run_dir: Path
     last: Path
@@ -51,6 +54,7 @@ class TrainResult:
     metrics: dict[str, Any] | None  # the last validation's, None without a validation set
     best_metric: float | None
     skipped: int  # bad images left out under on_bad_image="skip"
+    files: tuple[Path, ...] = ()
 
 
 def _nest(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -78,9 +82,8 @@ def resolve_run_config(
 
 
 def _resolve(preset, base, base_source, config_file, overrides):
-    """``resolve_run_config``'s configs, and the schedule fields the user set (in the file or the overrides)."""
+    """``resolve_run_config``'s configs, and the training fields the user set (in the file or the overrides)."""
     from fasterrcnn.config import load_config_file, resolve
-    from fasterrcnn.engine.schedule import SCHEDULE_FIELDS
 
     nested = _nest(overrides)
     train = nested["train"]
@@ -90,7 +93,7 @@ def _resolve(preset, base, base_source, config_file, overrides):
         train["time"] = None  # ... and a time budget
     file = load_config_file(config_file) if config_file is not None else None
     name, model_config, train_config = resolve(preset, base=base, file=file, overrides=nested, base_source=base_source, file_source=config_file)
-    user_set = [key for key in SCHEDULE_FIELDS if key in train or key in (file or {}).get("train", {})]
+    user_set = {f.name for f in fields(train_config) if f.name in train or f.name in (file or {}).get("train", {})}
     return name, model_config, train_config, user_set
 
 
@@ -113,29 +116,114 @@ def _resume_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str,
     return changes
 
 
-def _validation_set(data, split, val_data, val_split, val_images, classes, on_bad_image, reduce_to):
-    """The validation data set (or None): ``val_data``, else the ``val_split`` of a VOC root when it exists, or
-    of a YOLO ``data.yaml`` (its ``val`` entry when it has no ``val_split``)."""
-    from fasterrcnn.data import build_dataset
-    from fasterrcnn.data.yolo import find_data_yaml, read_data_yaml
+EVALUATIONS_PER_RUN = 10  # a validated run's default: results.csv / results.png get about this many points
 
-    if val_data is not None:
-        return build_dataset(val_data, split=val_split, images_dir=val_images, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
-    yaml_path = find_data_yaml(data)
-    if yaml_path is not None:
-        entries = read_data_yaml(yaml_path)
-        for name in (val_split, "val"):
-            if name != split and entries.get(name) not in (None, "", []):
-                return build_dataset(data, split=name, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
-        return None
-    data = Path(data)
-    if data.is_dir() and val_split != split and (data / "ImageSets" / "Main" / f"{val_split}.txt").is_file():
-        return build_dataset(data, split=val_split, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
+
+def default_eval_every(config, num_images: int, world_size: int = 1) -> int:
+    """``eval_every`` of a validated run that does not set it: about ``EVALUATIONS_PER_RUN`` evaluations over
+    the run's length (``max_iters``, or ``epochs`` x batches), never more often than the ``log_every`` records;
+    0 (at the end only) under a time budget, whose length is not known before it starts."""
+    import math
+
+    if config.time is not None:
+        return 0
+    batches = math.ceil(num_images / (config.batch_size * world_size))
+    length = config.max_iters if config.epochs is None else config.epochs * batches
+    return max(math.ceil(length / EVALUATIONS_PER_RUN), config.log_every)
+
+
+def _validation_set(training: TrainingData, validation: ValidationData, classes, reduce_to):
+    """The validation data set (or None): ``validation.path`` (its split, default its format's evaluation split),
+    else the validation split of the training data when it has one other than the training split; the split
+    None: the format's evaluation split (VOC: test, YOLO: val; ``data.formats``)."""
+    from fasterrcnn.data import build_dataset, dataset_class, evaluation_split
+
+    on_bad_image = training.on_bad_image
+    if validation.path is not None:
+        return build_dataset(
+            validation.path, split=evaluation_split(validation.path, validation.split) or "test", images_dir=validation.images,
+            classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to,
+        )  # fmt: skip
+    data, name = training.path, evaluation_split(training.path, validation.split)
+    if name is not None and name != training.split and dataset_class(data).has_split(data, name):
+        return build_dataset(data, split=name, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
     return None
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """A run's training set: ``path`` (a VOC root, COCO instances JSON or YOLO data.yaml), its ``split`` (VOC, YOLO),
+    the COCO ``images`` folder, the VOC ``classes`` (None: found), ``drop_empty`` (COCO, YOLO), ``on_bad_image``, and
+    ``slice``: a tile size for sliced training (``data.transforms.RandomTile``; None: whole images)."""
+
+    path: str | Path
+    split: str = "trainval"
+    images: str | Path | None = None
+    classes: list[str] | None = None
+    drop_empty: bool = False
+    on_bad_image: str = "skip"
+    slice: int | None = None
+
+
+@dataclass(frozen=True)
+class ValidationData:
+    """A run's validation set: ``path`` (None: the ``split`` of the training data, when it has one), ``split`` (None:
+    the format's evaluation split), the COCO ``images`` folder, the ``metric`` (None: the data's); ``enabled`` False:
+    no validation."""
+
+    path: str | Path | None = None
+    split: str | None = None
+    images: str | Path | None = None
+    metric: str | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """How a run starts: its configuration sources, the resumed checkpoint, and where it runs."""
+
+    preset: str | None
+    config_file: str | Path | None
+    overrides: Mapping[str, Any]
+    resume: bool
+    backbone_weights: str | Path | None
+    download: bool | None
+    device: str
+    num_workers: int
+    quiet: bool
+    overwrite: bool = False
+
+
+@dataclass
+class _Configs:
+    """The resolved configurations (``resolve``), the fields the user set, and a resumed run's checkpoint."""
+
+    preset: str
+    model: Any  # ModelConfig
+    train: Any  # TrainConfig
+    user_set: set[str]
+    checkpoint: Any = None  # engine.checkpoint.Checkpoint of a resumed run, until its state is loaded
+    changes: dict[str, list] = field(default_factory=dict)
+
+
+def recorded_data(config_file: str | Path) -> dict[str, Any] | None:
+    """The data a run's own ``config.json`` records (``{"train": describe(), "val": describe() or None, "metric"}``,
+    see ``data.protocol``), None for a config file without it. DataError naming a malformed file."""
+    import json
+
+    from fasterrcnn.config import load_config_file
+
+    path = Path(config_file)
+    if path.suffix.lower() != ".json":
+        return None
+    load_config_file(path)  # a DataError naming an unreadable or malformed file
+    record = json.loads(path.read_text())
+    record = record.get("data") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) and isinstance(record.get("train"), dict) and "path" in record["train"] else None
+
+
 def train(
-    data: str | Path,
+    data: str | Path | TrainingData | None,
     output: str | Path,
     *,
     preset: str | None = None,
@@ -151,12 +239,12 @@ def train(
     seed: int | None = None,
     backbone_weights: str | Path | None = None,
     download: bool | None = None,
-    split: str = "trainval",
+    split: str | None = None,
     images: str | Path | None = None,
     classes: list[str] | None = None,
     drop_empty: bool = False,
-    val_data: str | Path | None = None,
-    val_split: str = "test",
+    val_data: str | Path | ValidationData | None = None,
+    val_split: str | None = None,
     val_images: str | Path | None = None,
     validate: bool = True,
     metric: str | None = None,
@@ -164,9 +252,17 @@ def train(
     num_workers: int = 0,
     on_bad_image: str = "skip",
     quiet: bool = False,
+    progress: bool = True,
     slice: int | None = None,
 ) -> TrainResult:
-    """Train a Faster R-CNN on ``data`` (a VOC root or a COCO instances JSON) into the run folder ``output``.
+    """Train a Faster R-CNN on ``data`` (a VOC root, a COCO instances JSON or a YOLO data.yaml) into the run folder ``output``.
+
+    The data in two groups: ``data`` may be a ``TrainingData`` (then it replaces ``split``, ``images``, ``classes``,
+    ``drop_empty`` and ``on_bad_image``) and ``val_data`` a ``ValidationData`` (replacing ``val_split``, ``val_images``,
+    ``metric`` and ``validate``).
+    ``data`` None: the data that ``config`` (a run's ``config.json``), or with ``resume`` the run's own
+    config.json, records: its training set (path, split, images), validation set and metric, each unless given
+    here. ``split`` None: ``trainval`` (YOLO: ``train`` when its data.yaml has no trainval entry).
 
     ``output`` must be new or empty; ``resume`` continues the run in it from ``checkpoints/last.pt``;
     ``overwrite`` deletes an earlier run's files there (only the files a run writes, and only once the new
@@ -175,7 +271,10 @@ def train(
     downloaded into the cache when ``download`` allows it (None: when ``FASTERRCNN_DOWNLOAD=1``).
     The run's length: ``epochs``, ``max_iters`` or ``time`` (minutes of wall-clock training, see the module
     docstring), at most one of them; none: the configuration's.
-    Validation uses ``val_data`` (or the ``val_split`` of a VOC root) unless ``validate`` is False.
+    Validation uses ``val_data``, else the ``val_split`` of ``data`` (default: VOC ``test``, YOLO ``val``) when it
+    has one, unless ``validate`` is False.
+    The console lines also go to ``log.txt`` in the run folder; ``quiet`` prints nothing (the lines go only
+    there); ``progress`` False prints plain lines instead of progress bars (as when the output is no terminal).
     Any exception during training first writes ``last.pt`` (``engine.trainer.TrainingFailed``).
     Started by torchrun, every process calls it (data parallel); rank 0 owns the folder.
     ``slice=SIZE``: sliced training, every sample a random SIZE x SIZE tile of its image decoded at full
@@ -183,143 +282,56 @@ def train(
     Returns a ``TrainResult``.
     """
     from fasterrcnn.engine import distributed
+    from fasterrcnn.engine.logging import console_log
 
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the folder, --overwrite deletes it: choose one")
     folder = RunFolder(output)
+    if data is None:
+        source = config if config is not None else folder.config_file if resume else None
+        recorded = recorded_data(source) if source is not None and Path(source).is_file() else None
+        if recorded is None:
+            raise ConfigError("give the training data (--data), or a run's config.json (--config) that records it")
+        data, split, images = recorded["train"]["path"], split or recorded["train"].get("split"), images or recorded["train"].get("images")
+        val = recorded.get("val")
+        if isinstance(val, dict) and val_data is None and validate:
+            val_data, val_split, val_images = val["path"], val_split or val.get("split"), val_images or val.get("images")
+        metric = metric or recorded.get("metric")
     length = {key: value for key, value in (("epochs", epochs), ("max_iters", max_iters), ("time", time)) if value is not None}
     if len(length) > 1:
         raise ConfigError(f"give the run's length as epochs, max_iters or time, not several (got {', '.join(length)})")
     flags = {"batch_size": batch_size, "lr": lr, "seed": seed, **length}
     overrides = {**(overrides or {}), **{f"train.{k}": v for k, v in flags.items() if v is not None}}
-    options = dict(
-        split=split, images=images, classes=classes, drop_empty=drop_empty, val_data=val_data, val_split=val_split,
-        val_images=val_images, validate=validate, metric=metric, device=device, num_workers=num_workers,
-        on_bad_image=on_bad_image, quiet=quiet, download=download, overwrite=overwrite, slice=slice,
-    )  # fmt: skip
-    if slice is not None and (isinstance(slice, bool) or not isinstance(slice, int) or slice < 32):
-        raise ConfigError(f"slice must be a tile size of at least 32 pixels, got {slice!r}")
+    training = data if isinstance(data, TrainingData) else TrainingData(data, split or "trainval", images, classes, drop_empty, on_bad_image, slice)
+    if training.slice is not None and (isinstance(training.slice, bool) or not isinstance(training.slice, int) or training.slice < 32):
+        raise ConfigError(f"slice must be a tile size of at least 32 pixels, got {training.slice!r}")
+    validation = val_data if isinstance(val_data, ValidationData) else ValidationData(val_data, val_split, val_images, metric, validate)
+    setup = _Setup(preset, config, overrides, resume, backbone_weights, download, device, num_workers, quiet or not progress, overwrite)
     distributed.init_distributed(device)  # torchrun: join the process group (a no-op otherwise)
     if not distributed.is_main_process():  # rank 0 owns the folder; the others train beside it
-        return _train(folder, data, preset, config, overrides, resume, backbone_weights, options)
+        return _train(folder, training, validation, setup, None)
     with folder.lock():
         folder.prepare(resume=resume, overwrite=overwrite)
-        return _train(folder, data, preset, config, overrides, resume, backbone_weights, options)
+        with console_log(folder.path / "log.txt", echo=not quiet) as log:
+            return _train(folder, training, validation, setup, log)
 
 
-def _train(folder: RunFolder, data, preset, config_file, overrides, resume, backbone_weights, options: dict) -> TrainResult:
-    import torch
-
-    from fasterrcnn.config import get_preset, replace, to_dict
-    from fasterrcnn.data import RandomHorizontalFlip, build_dataset
-    from fasterrcnn.data.transforms import Compose, RandomTile
+def _train(folder: RunFolder, training: TrainingData, validation: ValidationData, setup: _Setup, log) -> TrainResult:
+    """resolve -> data -> model -> trainer -> record, then train. ``log``: the console's ``engine.logging.ConsoleLog``
+    (rank 0), started once the run is accepted."""
     from fasterrcnn.engine import distributed
-    from fasterrcnn.engine.checkpoint import Checkpoint
-    from fasterrcnn.engine.evaluator import evaluate_model
-    from fasterrcnn.engine.report import build_report
-    from fasterrcnn.engine.trainer import Trainer
-    from fasterrcnn.engine.validation import validation_losses
-    from fasterrcnn.modeling.faster_rcnn import FasterRCNN
-    from fasterrcnn.pretrained import warn_untrained_backbone
 
-    device = distributed.init_distributed(options["device"])
-    main_process, world_size = distributed.is_main_process(), distributed.get_world_size()
-    checkpoint, base, class_names = None, None, options["classes"]
-    if resume:
-        checkpoint = Checkpoint.read(folder.checkpoints.last)  # read once: its config, then its state
-        checkpoint.require_training(folder.checkpoints.last)
-        base = checkpoint.config
-        if class_names is None and checkpoint.label_to_category_id is None:
-            class_names = list(checkpoint.class_names)
-    preset_name, model_config, train_config, user_schedule = _resolve(
-        preset, base, folder.checkpoints.last if resume else None, config_file, overrides
-    )
-
-    flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
-    on_bad_image = options["on_bad_image"]
-    reduce_to = (model_config.min_size, model_config.max_size)  # a huge image is decoded reduced to about this
-    transforms = flip
-    if options["slice"] is not None:  # full resolution, one random tile per sample
-        transforms = Compose([RandomTile(options["slice"]), *([flip] if flip is not None else [])])
-    dataset = build_dataset(
-        data, split=options["split"], images_dir=options["images"], classes=class_names, transforms=transforms,
-        on_bad_image=on_bad_image, drop_empty=options["drop_empty"], reduce_to=None if options["slice"] is not None else reduce_to,
-    )  # fmt: skip
-    val_dataset = None
-    if options["validate"]:
-        val_dataset = _validation_set(
-            data, options["split"], options["val_data"], options["val_split"], options["val_images"], dataset.classes,
-            on_bad_image, reduce_to,
-        )  # fmt: skip
-    model_config = replace(model_config, num_classes=len(dataset.classes))
-    changes = {}
-    if checkpoint is not None:
-        changes = _resume_changes(base, {"model": to_dict(model_config), "train": to_dict(train_config)})
-    metric = options["metric"] or (val_dataset if val_dataset is not None else dataset).default_metric
-
-    if not resume and main_process:
-        warn_untrained_backbone(model_config.backbone, backbone_weights)
-    torch.manual_seed(train_config.seed)  # weight initialisation
-    model = FasterRCNN.from_config(model_config, backbone_weights=None if resume else backbone_weights, download=options["download"])
-    if options["overwrite"] and main_process:  # the new run is accepted: only now the earlier one's files go
+    device = distributed.init_distributed(setup.device)
+    configs = _resolve_configs(folder, setup)
+    dataset, val_dataset = _datasets(training, validation, configs, setup)
+    metric = validation.metric or (val_dataset if val_dataset is not None else dataset).default_metric
+    model = _model(configs, setup)
+    if setup.overwrite and distributed.is_main_process():  # the new run is accepted: only now the earlier one's files go
         folder.clear()
-    evaluate = None
-    if val_dataset is not None:
-        num_workers, quiet = options["num_workers"], options["quiet"]
-
-        def evaluate(model):
-            results, metrics = evaluate_model(
-                model, val_dataset, metric=metric, class_names=dataset.classes,
-                label_to_category_id=dataset.label_to_category_id, num_workers=num_workers, device=device, progress=not quiet,
-            )  # fmt: skip
-            # val_loss, val_loss_objectness, ...: logged and drawn beside the training losses
-            losses = validation_losses(model, val_dataset, num_workers=num_workers, device=device, seed=train_config.seed, progress=not quiet)
-            # confusion matrix, per-class table, samples: the trainer writes them and takes them out of the metrics
-            report = build_report(results, val_dataset, metrics, class_names=dataset.classes) if main_process else None
-            return {**metrics, **losses, "report": report}
-
-    trainer = Trainer(
-        model, dataset, config=train_config, output_dir=folder.path, preset=preset_name, class_names=dataset.classes,
-        label_to_category_id=dataset.label_to_category_id, evaluate=evaluate, device=device,
-        num_workers=options["num_workers"], quiet=options["quiet"],
-        # a new run's preset schedule follows its length; a resumed one keeps its checkpoint's
-        schedule_length=None if resume else get_preset(preset_name).train.max_iters, fixed_schedule=user_schedule,
-    )  # fmt: skip
-    if checkpoint is not None:
-        trainer.resume(checkpoint, folder.checkpoints.last)
-        checkpoint = None  # its tensors are in the model and the optimizer now
-    if main_process:
-        record = folder.read_config() if resume else {}
-        record.update(
-            {key: value for key, value in trainer.checkpoint().config.items() if not resume or key not in record},
-            class_names=list(dataset.classes),
-            data={
-                "train": dataset.describe(),
-                "val": None if val_dataset is None else val_dataset.describe(),
-                "metric": metric if val_dataset is not None else None,
-            },
-            max_iters=trainer.max_iters,
-            processes=world_size,
-        )
-        if changes:
-            record.setdefault("changes", []).append({"iteration": trainer.state.iteration, "changed": changes})
-        folder.write_config(record)
-        print(
-            f"training {preset_name} on {len(dataset)} images ({len(dataset.classes)} classes) for "
-            + (f"{train_config.time:g} minute{'' if train_config.time == 1 else 's'}" if train_config.time is not None else f"{trainer.max_iters} iterations")
-            + f" on {device}" + (f", resuming at {trainer.state.iteration}" if resume else "")
-            + ("" if val_dataset is not None else "; no validation set")
-            + "".join(f"; {key} {old!r} -> {new!r}" for key, (old, new) in changes.items()),
-            flush=True,
-        )  # fmt: skip
-        if world_size > 1:
-            base_lr = f"{train_config.lr:g}"
-            rule = f"= {base_lr} x {world_size} (linear scaling; --no-scale-lr keeps {base_lr})" if train_config.scale_lr else "(not scaled: --no-scale-lr)"
-            print(
-                f"data parallel: {world_size} processes x {train_config.batch_size} images = global batch "
-                f"{world_size * train_config.batch_size}; lr {trainer.lr:g} {rule}",
-                flush=True,
-            )
+    trainer = _trainer(model, dataset, val_dataset, metric, configs, folder, setup, device)
+    if distributed.is_main_process():
+        log.start()  # the run is accepted: its lines go to log.txt from here (the start line first)
+        _record(folder, trainer, dataset, val_dataset, metric, configs, setup, device)
     summary = trainer.train()
     best = folder.checkpoints.best
     return TrainResult(
@@ -330,4 +342,154 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         metrics=summary["metrics"],
         best_metric=summary["best_metric"],
         skipped=len(dataset.skipped) + len(trainer.loader.skipped),
+        files=tuple(folder.path / name for name in folder.run_files()),
     )
+
+
+def _resolve_configs(folder: RunFolder, setup: _Setup) -> _Configs:
+    """The run's configurations: the preset (or a resumed run's checkpoint) < the config file < the overrides."""
+    from fasterrcnn.engine.checkpoint import Checkpoint
+
+    checkpoint, base = None, None
+    if setup.resume:
+        checkpoint = Checkpoint.read(folder.checkpoints.last)  # read once: its config, then its state
+        checkpoint.require_training(folder.checkpoints.last)
+        base = checkpoint.config
+    source = folder.checkpoints.last if setup.resume else None
+    preset, model_config, train_config, user_set = _resolve(setup.preset, base, source, setup.config_file, setup.overrides)
+    return _Configs(preset, model_config, train_config, user_set, checkpoint)
+
+
+def _datasets(training: TrainingData, validation: ValidationData, configs: _Configs, setup: _Setup):
+    """The training and validation data sets (the latter None); the configurations follow them: the number of
+    classes, the default ``eval_every``, and a resumed run's changes (refused unless resumable)."""
+    from fasterrcnn.config import replace, to_dict
+    from fasterrcnn.data import RandomHorizontalFlip, build_dataset
+    from fasterrcnn.data.transforms import Compose, RandomTile
+    from fasterrcnn.engine import distributed
+
+    classes, checkpoint = training.classes, configs.checkpoint
+    if classes is None and checkpoint is not None and checkpoint.label_to_category_id is None:
+        classes = list(checkpoint.class_names)
+    flip = RandomHorizontalFlip(configs.train.hflip_prob) if configs.train.hflip_prob > 0 else None
+    reduce_to = (configs.model.min_size, configs.model.max_size)  # a huge image is decoded reduced to about this
+    transforms = flip
+    if training.slice is not None:  # full resolution, one random tile per sample
+        transforms = Compose([RandomTile(training.slice), *([flip] if flip is not None else [])])
+    dataset = build_dataset(
+        training.path, split=training.split, images_dir=training.images, classes=classes, transforms=transforms,
+        on_bad_image=training.on_bad_image, drop_empty=training.drop_empty, reduce_to=None if training.slice is not None else reduce_to,
+    )  # fmt: skip
+    val_dataset = None
+    if validation.enabled:
+        val_dataset = _validation_set(training, validation, dataset.classes, reduce_to)
+    configs.model = replace(configs.model, num_classes=len(dataset.classes))
+    if val_dataset is not None and not setup.resume and "eval_every" not in configs.user_set:
+        configs.train = replace(configs.train, eval_every=default_eval_every(configs.train, len(dataset), distributed.get_world_size()))
+    if checkpoint is not None:
+        configs.changes = _resume_changes(checkpoint.config, {"model": to_dict(configs.model), "train": to_dict(configs.train)})
+    return dataset, val_dataset
+
+
+def _model(configs: _Configs, setup: _Setup):
+    """A new FasterRCNN of the model configuration (its weights initialised from the run's seed)."""
+    import torch
+
+    from fasterrcnn.engine import distributed
+    from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+    from fasterrcnn.pretrained import warn_untrained_backbone
+
+    if not setup.resume and distributed.is_main_process():
+        warn_untrained_backbone(configs.model.backbone, setup.backbone_weights)
+    torch.manual_seed(configs.train.seed)  # weight initialisation
+    backbone_weights = None if setup.resume else setup.backbone_weights
+    return FasterRCNN.from_config(configs.model, backbone_weights=backbone_weights, download=setup.download)
+
+
+def _validator(val_dataset, dataset, metric: str, configs: _Configs, setup: _Setup, device):
+    """``evaluate(model) -> metrics`` of the trainer: the metric, the validation losses, the report and the split."""
+    from fasterrcnn.data import split_name
+    from fasterrcnn.engine import distributed
+    from fasterrcnn.engine.evaluator import evaluate_model
+    from fasterrcnn.engine.report import build_report
+    from fasterrcnn.engine.validation import validation_losses
+
+    num_workers, progress, seed = setup.num_workers, not setup.quiet, configs.train.seed
+    split = split_name(val_dataset)  # beside every metric: which data it was measured on
+
+    def evaluate(model):
+        results, metrics = evaluate_model(
+            model, val_dataset, metric=metric, class_names=dataset.classes,
+            label_to_category_id=dataset.label_to_category_id, num_workers=num_workers, device=device, progress=progress,
+        )  # fmt: skip
+        # val_loss, val_loss_objectness, ...: logged and drawn beside the training losses
+        losses = validation_losses(model, val_dataset, num_workers=num_workers, device=device, seed=seed, progress=progress)
+        # confusion matrix, per-class table, samples: the trainer writes them and takes them out of the metrics
+        report = build_report(results, val_dataset, metrics, class_names=dataset.classes) if distributed.is_main_process() else None
+        return {**metrics, **losses, "split": split, "report": report}
+
+    return evaluate
+
+
+def _trainer(model, dataset, val_dataset, metric: str, configs: _Configs, folder: RunFolder, setup: _Setup, device):
+    """The Trainer of the run (a resumed run's state loaded into it)."""
+    from fasterrcnn.config import get_preset
+    from fasterrcnn.engine.schedule import SCHEDULE_FIELDS
+    from fasterrcnn.engine.trainer import Trainer
+
+    evaluate = None if val_dataset is None else _validator(val_dataset, dataset, metric, configs, setup, device)
+    trainer = Trainer(
+        model, dataset, config=configs.train, output_dir=folder.path, preset=configs.preset, class_names=dataset.classes,
+        label_to_category_id=dataset.label_to_category_id, evaluate=evaluate, device=device,
+        num_workers=setup.num_workers, quiet=setup.quiet,
+        # a new run's preset schedule follows its length; a resumed one keeps its checkpoint's
+        schedule_length=None if setup.resume else get_preset(configs.preset).train.max_iters,
+        fixed_schedule=[key for key in SCHEDULE_FIELDS if key in configs.user_set],
+    )  # fmt: skip
+    if configs.checkpoint is not None:
+        trainer.resume(configs.checkpoint, folder.checkpoints.last)
+        configs.checkpoint = None  # its tensors are in the model and the optimizer now
+    return trainer
+
+
+def _record(folder: RunFolder, trainer, dataset, val_dataset, metric: str, configs: _Configs, setup: _Setup, device) -> None:
+    """config.json (settings, data, accepted changes), labels.jpg and the start lines: rank 0, before training."""
+    from fasterrcnn.data import split_name
+    from fasterrcnn.data.protocol import label_statistics
+    from fasterrcnn.engine import distributed
+    from fasterrcnn.evaluation.plots import plot_labels
+
+    resume, train_config, world_size = setup.resume, configs.train, distributed.get_world_size()
+    record = folder.read_config() if resume else {}
+    record.update(
+        {key: value for key, value in trainer.checkpoint().config.items() if not resume or key not in record},
+        class_names=list(dataset.classes),
+        data={
+            "train": dataset.describe(),
+            "val": None if val_dataset is None else val_dataset.describe(),
+            "metric": metric if val_dataset is not None else None,
+        },
+        max_iters=trainer.max_iters,
+        processes=world_size,
+    )
+    if configs.changes:
+        record.setdefault("changes", []).append({"iteration": trainer.state.iteration, "changed": configs.changes})
+    folder.write_config(record)
+    if not resume:  # what the model will learn from, before it starts (as ultralytics' labels.jpg)
+        plot_labels(*label_statistics(dataset), dataset.classes, folder.path / "labels.jpg")
+    print(
+        f"training {configs.preset} on {len(dataset)} images ({len(dataset.classes)} classes, {split_name(dataset)}) for "
+        + (f"{train_config.time:g} minute{'' if train_config.time == 1 else 's'}" if train_config.time is not None else f"{trainer.max_iters} iterations")
+        + f" on {device}" + (f", resuming at {trainer.state.iteration}" if resume else "")
+        + (f"; validating on {split_name(val_dataset)} ({len(val_dataset)} images)" if val_dataset is not None else "; no validation set")
+        + "".join(f"; {key} {old!r} -> {new!r}" for key, (old, new) in configs.changes.items()),
+        flush=True,
+    )  # fmt: skip
+    if world_size > 1:
+        base_lr = f"{train_config.lr:g}"
+        rule = f"= {base_lr} x {world_size} (linear scaling; --no-scale-lr keeps {base_lr})" if train_config.scale_lr else "(not scaled: --no-scale-lr)"
+        print(
+            f"data parallel: {world_size} processes x {train_config.batch_size} images = global batch "
+            f"{world_size * train_config.batch_size}; lr {trainer.lr:g} {rule}",
+            flush=True,
+        )
