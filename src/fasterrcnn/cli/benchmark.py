@@ -19,7 +19,7 @@ def add_parser(commands) -> None:
         "no int8 file). See docs/deployment.md.",
     )
     p.add_argument("--weights", required=True, metavar="FILE", help="a checkpoint written by 'fasterrcnn train' (or compress)")
-    add_data(p, split_default="test")
+    add_data(p, split_default="test", split_help="test")
     p.add_argument("--metric", choices=("voc", "voc07", "coco"), help="default: voc for VOC data, coco for COCO")
     p.add_argument("--output", metavar="FILE.csv", help="also write the table as CSV (atomically)")
     add_overwrite(p, "an existing --output file")

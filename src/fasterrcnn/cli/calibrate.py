@@ -17,7 +17,7 @@ def add_parser(commands) -> None:
         "before and after. The data must not be the model's training data, and --output never replaces --weights.",
     )
     p.add_argument("--weights", required=True, metavar="CKPT", help="a checkpoint written by 'fasterrcnn train'")
-    add_data(p, split_default="val")
+    add_data(p, split_default="val", split_help="val: held-out data, never the training split")
     p.add_argument("--output", required=True, metavar="CKPT", help="the calibrated checkpoint to write")
     add_overwrite(p, "an existing --output file")
     p.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="images per forward pass (default: 1)")
