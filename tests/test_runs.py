@@ -375,7 +375,9 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     from fasterrcnn.engine.interrupt import TrainingInterrupted
 
     fake_clock()
-    log = {**SMALL, "train.log_every": 1}
+    # weight averaging and the augmentations are exact across the interruption too
+    recipe = {"train.ema_decay": 0.9, "train.scale_jitter": [0.75, 1.25], "train.color_jitter": [0.2, 0.2, 0.2, 0.05]}
+    log = {**SMALL, "train.log_every": 1, **recipe}
     whole = train(voc_root, tmp_path / "whole", **{**FAST, "overrides": log}, time=0.4)  # 24 s: 12 iterations of 2 s
     assert whole.iteration == 12 and whole.last.is_file()
     state = load_checkpoint(whole.last)
@@ -403,8 +405,9 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     assert resumed.iteration == 12
     again = load_checkpoint(resumed.last)
     assert again["time"] == state["time"] and again["scheduler"] == state["scheduler"]
-    for name, tensor in state["model"].items():  # exactly the uninterrupted run
-        assert torch.equal(tensor, again["model"][name]), name
+    for name, tensor in state["model"].items():  # exactly the uninterrupted run: the average and the trained weights
+        assert torch.equal(tensor, again["model"][name]) and torch.equal(state["ema"]["model"][name], again["ema"]["model"][name]), name
+    assert again["ema"]["updates"] == 12
     # a longer budget on resume extends the run: 12 s more, 6 iterations; the step taken at 9 stays
     fake_clock()
     longer = train(voc_root, tmp_path / "run", **FAST, resume=True, time=0.6)
@@ -432,6 +435,35 @@ def test_a_slow_start_never_ends_a_time_budget_and_a_finished_one_stays_finished
     again = train(voc_root, tmp_path / "run", **FAST, resume=True)  # the same budget: nothing left to train
     assert again.iteration == 4
     assert load_checkpoint(again.last)["time"] == state["time"]
+
+
+def test_a_step_not_yet_taken_follows_the_machines_speed_and_a_longer_budget(voc_root, tmp_path, fake_clock, capsys):
+    """A slow start (4 s per iteration) estimates 7 iterations and puts the step of 900/1200 at 5; the machine
+    then speeds up to 1 s per iteration: the step fires when 3/4 of the 30 s are spent, not at 5."""
+    import itertools
+    import signal
+
+    from fasterrcnn.engine.interrupt import TrainingInterrupted
+
+    fake_clock(increments=itertools.chain([4.0] * 5, itertools.repeat(1.0)))
+    result = train(voc_root, tmp_path / "run", **FAST, time=0.5)
+    assert result.iteration == 15  # 5 x 4 s + 10 x 1 s
+    state = load_checkpoint(result.last)
+    assert state["scheduler"]["lr_steps"] == [8]  # after iteration 8 (23 s >= 22.5 s): the 9th step has x0.1
+    assert "x0.1 at 5 -> 0.002" in capsys.readouterr().out  # what the slow start had estimated
+
+    def interrupt_after_iteration_4(now):
+        if now == 8.0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    fake_clock(interrupt_after_iteration_4)  # 2 s per iteration: 12 fit in 24 s, the step estimated at 9
+    with pytest.raises(TrainingInterrupted):
+        train(voc_root, tmp_path / "other", **FAST, time=0.4)
+    assert load_checkpoint(tmp_path / "other" / "checkpoints" / "last.pt")["scheduler"]["lr_steps"] == [9]
+    fake_clock()
+    longer = train(voc_root, tmp_path / "other", **FAST, resume=True, time=0.8)  # 48 s: the step moves to 36 s
+    assert longer.iteration == 24
+    assert load_checkpoint(longer.last)["scheduler"] == {"iteration": 24, "warmup_iters": 1, "lr_steps": [18]}
 
 
 def test_the_runs_length_is_given_once(voc_root, tmp_path, capsys):

@@ -205,7 +205,8 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
     import torch
 
     from fasterrcnn.config import get_preset, replace, to_dict
-    from fasterrcnn.data import RandomHorizontalFlip, build_dataset
+    from fasterrcnn.data import build_dataset
+    from fasterrcnn.data.transforms import training_transforms
     from fasterrcnn.engine import distributed
     from fasterrcnn.engine.checkpoint import Checkpoint
     from fasterrcnn.engine.evaluator import evaluate_model
@@ -228,7 +229,7 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
         preset, base, folder.checkpoints.last if resume else None, config_file, overrides
     )
 
-    flip = RandomHorizontalFlip(train_config.hflip_prob) if train_config.hflip_prob > 0 else None
+    flip = training_transforms(train_config.hflip_prob, train_config.color_jitter)
     on_bad_image = options["on_bad_image"]
     reduce_to = (model_config.min_size, model_config.max_size)  # a huge image is decoded reduced to about this
     dataset = build_dataset(
