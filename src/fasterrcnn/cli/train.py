@@ -15,7 +15,7 @@ TRAIN_FLAGS = {
     "log_every": "log_every",
     "amp_dtype": "amp_dtype",
 }
-TRAIN_SWITCHES = {"amp": ("amp", True), "sync_bn": ("sync_bn", True), "no_scale_lr": ("scale_lr", False)}
+TRAIN_SWITCHES = {"amp": ("amp", True), "sync_bn": ("sync_bn", True), "no_scale_lr": ("scale_lr", False), "fit_anchors": ("fit_anchors", True)}
 
 
 def add_parser(commands) -> None:
@@ -89,6 +89,11 @@ def add_parser(commands) -> None:
         "--no-scale-lr", action="store_true",
         help="several processes (torchrun): use --lr as given; by default the learning rate is multiplied by "
         "the number of processes, as the global batch is --batch-size x processes (train.scale_lr)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fit-anchors", action="store_true",
+        help="choose the anchor sizes and ratios from the training boxes (k-means on their shapes, as YOLOv5's autoanchor) "
+        "before training; recorded in the run's config (train.fit_anchors)",
     )  # fmt: skip
     add_common(p)
     p.set_defaults(func=run)

@@ -243,6 +243,12 @@ def _train(folder: RunFolder, data, preset, config_file, overrides, resume, back
             on_bad_image, reduce_to,
         )  # fmt: skip
     model_config = replace(model_config, num_classes=len(dataset.classes))
+    if not resume:  # the anchors' fit to the boxes (fitted with train.fit_anchors), recorded in the model's config
+        from fasterrcnn.modeling.anchor_fit import check_anchors
+
+        model_config, fit = check_anchors(dataset, model_config, fit=train_config.fit_anchors)
+        if fit is not None and main_process:
+            print(fit, flush=True)
     changes = {}
     if checkpoint is not None:
         changes = _resume_changes(base, {"model": to_dict(model_config), "train": to_dict(train_config)})
