@@ -29,6 +29,7 @@ from fasterrcnn.modeling.anchors import cell_anchors
 __all__ = ["POOR_FIT", "anchor_shapes", "box_shapes", "check_anchors", "fit_anchors", "kmeans_1d", "shape_iou", "unmatched_share"]
 
 POOR_FIT = 0.10  # a larger share of training boxes matching no anchor is reported before training
+MAX_FIT_BOXES = 10000  # fit_anchors fits a random subset of this many boxes
 
 
 def box_shapes(dataset, min_size: int, max_size: int) -> Tensor:
@@ -97,12 +98,16 @@ def fit_anchors(
     """Anchor ``(sizes, aspect_ratios)`` for ``boxes`` [K, 2] with the layout of the given ones (sizes per level,
     ``len(aspect_ratios[0])`` ratios on every level). Sizes rounded to 0.1 pixel, ratios to 0.001.
 
-    Fewer distinct boxes than anchors to place: the given anchors are returned unchanged.
+    Fewer boxes than anchors to place: the given anchors are returned unchanged. More than ``MAX_FIT_BOXES``:
+    a seeded random subset of that many is fitted (a data set of any size fits in seconds).
     """
     per_level = [len(level) for level in sizes]
     n_sizes, n_ratios = sum(per_level), len(aspect_ratios[0])
     if len(boxes) < max(n_sizes, n_ratios):
         return sizes, aspect_ratios
+    generator = torch.Generator().manual_seed(seed)
+    if len(boxes) > MAX_FIT_BOXES:
+        boxes = boxes[torch.randperm(len(boxes), generator=generator)[:MAX_FIT_BOXES]]
     boxes = boxes.double()
     log_size = 0.5 * boxes.log().sum(dim=1)  # log sqrt(w h)
     log_ratio = (boxes[:, 1] / boxes[:, 0]).log()
@@ -118,7 +123,6 @@ def fit_anchors(
         level_ratios = tuple(sorted(round(float(r), 3) for r in flat_ratios.clamp(min=1e-3)))
         return tuple(chunks), (level_ratios,) * len(per_level)
 
-    generator = torch.Generator().manual_seed(seed)
     best = layout(all_sizes, ratios)
     best_fit = _fitness(boxes, *best, threshold)
     for _ in range(generations):  # YOLOv5's evolution: mutate all shapes a little, keep what fits better
