@@ -438,32 +438,28 @@ def test_a_slow_start_never_ends_a_time_budget_and_a_finished_one_stays_finished
 
 
 def test_a_step_not_yet_taken_follows_the_machines_speed_and_a_longer_budget(voc_root, tmp_path, fake_clock, capsys):
-    """A slow start (4 s per iteration) estimates 7 iterations and puts the step of 900/1200 at 5; the machine
-    then speeds up to 1 s per iteration: the step fires when 3/4 of the 30 s are spent, not at 5."""
+    """A slow start (4 s per iteration) estimates 7 iterations of the 30 s and puts the step of 900/1200 at 5; the
+    machine then speeds up to 1 s per iteration: the step waits for 3/4 of the budget instead of firing at 5.
+    Resumed with a longer budget, the step not yet taken moves to 3/4 of the new one."""
     import itertools
     import signal
 
     from fasterrcnn.engine.interrupt import TrainingInterrupted
 
-    fake_clock(increments=itertools.chain([4.0] * 5, itertools.repeat(1.0)))
-    result = train(voc_root, tmp_path / "run", **FAST, time=0.5)
-    assert result.iteration == 15  # 5 x 4 s + 10 x 1 s
-    state = load_checkpoint(result.last)
-    assert state["scheduler"]["lr_steps"] == [8]  # after iteration 8 (23 s >= 22.5 s): the 9th step has x0.1
-    assert "x0.1 at 5 -> 0.002" in capsys.readouterr().out  # what the slow start had estimated
-
-    def interrupt_after_iteration_4(now):
-        if now == 8.0:
+    def interrupt_after_iteration_6(now):
+        if now == 21.0:  # 5 x 4 s + 1 s
             os.kill(os.getpid(), signal.SIGINT)
 
-    fake_clock(interrupt_after_iteration_4)  # 2 s per iteration: 12 fit in 24 s, the step estimated at 9
+    fake_clock(interrupt_after_iteration_6, increments=itertools.chain([4.0] * 5, itertools.repeat(1.0)))
     with pytest.raises(TrainingInterrupted):
-        train(voc_root, tmp_path / "other", **FAST, time=0.4)
-    assert load_checkpoint(tmp_path / "other" / "checkpoints" / "last.pt")["scheduler"]["lr_steps"] == [9]
-    fake_clock()
-    longer = train(voc_root, tmp_path / "other", **FAST, resume=True, time=0.8)  # 48 s: the step moves to 36 s
-    assert longer.iteration == 24
-    assert load_checkpoint(longer.last)["scheduler"] == {"iteration": 24, "warmup_iters": 1, "lr_steps": [18]}
+        train(voc_root, tmp_path / "run", **FAST, time=0.5)
+    assert "x0.1 at 5 -> 0.002" in capsys.readouterr().out  # what the slow start estimated
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["iteration"] == 6 and state["scheduler"]["lr_steps"] == [7]  # 21 s < 22.5 s: not yet
+    fake_clock(increments=itertools.repeat(1.0))
+    longer = train(voc_root, tmp_path / "run", **FAST, resume=True, time=0.6)  # 36 s: the step moves to 27 s
+    assert longer.iteration == 21  # 21 s spent + 15 x 1 s
+    assert load_checkpoint(longer.last)["scheduler"] == {"iteration": 21, "warmup_iters": 1, "lr_steps": [12]}
 
 
 def test_the_runs_length_is_given_once(voc_root, tmp_path, capsys):
