@@ -4,6 +4,7 @@
     python benchmarks/recipe.py --minutes 1 --sets shapes glyphs --seeds 2 --variants current ema cosine
     python benchmarks/recipe.py --list                              # the sets and variants
     python benchmarks/recipe.py --minutes 1 --report-only           # the table of the runs finished so far
+    python benchmarks/recipe.py --iterations 300                    # a fixed number of iterations instead of time
 
 Three generated data sets with different looks, each written once as a VOC folder under ``--work`` with
 train / val / test splits (seeded, so every run sees the same images):
@@ -183,14 +184,15 @@ SETS = ("shapes", "glyphs", "small")
 
 
 # -- runs ----------------------------------------------------------------------------------------------------
-def run_one(root: Path, classes: list[str], out: Path, preset: str, minutes: float, seed: int, overrides: dict) -> dict:
-    """Train (or reuse a finished run's results.json) and score last.pt on val and test."""
+def run_one(root: Path, classes: list[str], out: Path, preset: str, length: dict, seed: int, overrides: dict) -> dict:
+    """Train for ``length`` (``{"time": minutes}`` or ``{"max_iters": n}``), or reuse a finished run's bench.json,
+    and score last.pt on val and test."""
     results = out / "bench.json"
     if results.is_file():
         return json.loads(results.read_text())
     started = time.perf_counter()
     trained = fasterrcnn.train(
-        root, out, preset=preset, time=minutes, seed=seed, overrides=overrides, split="train", classes=classes,
+        root, out, preset=preset, **length, seed=seed, overrides=overrides, split="train", classes=classes,
         validate=False, device="cpu", quiet=True, overwrite=True,
     )  # fmt: skip
     scores = {}
@@ -210,6 +212,10 @@ def _mean(values) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="training time per run (default: 5)")
+    parser.add_argument(
+        "--iterations", type=int, default=None,
+        help="train for N iterations instead of --minutes: the recipe per iteration, for a machine whose speed varies",
+    )  # fmt: skip
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=[v for v in VARIANTS if v != "all"])
     parser.add_argument("--seeds", type=int, default=2, help="seeds per variant (default: 2)")
@@ -231,15 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    length = {"time": args.minutes} if args.iterations is None else {"max_iters": args.iterations}
+    budget = f"{args.minutes:g}min" if args.iterations is None else f"{args.iterations}it"
     runs: dict[tuple[str, str], list[dict]] = {}
     data = {name: make_set(name, args.work / "data" / f"{name}_{args.images:g}", args.images) for name in args.sets}
     for seed in range(args.seeds):  # seeds outermost: a benchmark cut short has every set and variant once
         for set_name, (root, classes) in data.items():
             for variant in args.variants:
-                out = args.work / "runs" / f"{set_name}_{args.images:g}" / f"{variant}_{args.minutes:g}min_seed{seed}"
+                out = args.work / "runs" / f"{set_name}_{args.images:g}" / f"{variant}_{budget}_seed{seed}"
                 if args.report_only and not (out / "bench.json").is_file():
                     continue
-                record = run_one(root, classes, out, args.preset, args.minutes, seed, VARIANTS[variant])
+                record = run_one(root, classes, out, args.preset, length, seed, VARIANTS[variant])
                 runs.setdefault((set_name, variant), []).append(record)
                 print(
                     f"{set_name:7s} {variant:12s} seed {seed}: {record['iterations']} iterations, "
@@ -253,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_tables(runs: dict[tuple[str, str], list[dict]], args) -> None:
     cpu = _cpu_name()
-    print(f"\npreset {args.preset}, {args.minutes:g} min per run, {args.seeds} seed(s), CPU: {cpu}, torch threads {_threads()}")
+    per_run = f"{args.minutes:g} min" if args.iterations is None else f"{args.iterations} iterations"
+    print(f"\npreset {args.preset}, {per_run} per run, {args.seeds} seed(s), CPU: {cpu}, torch threads {_threads()}")
     stats = ("AP", "AP50", "AP75", "APs")
     sets = list(dict.fromkeys(s for s, _ in runs))
     variants = list(dict.fromkeys(v for _, v in runs))
