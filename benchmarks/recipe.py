@@ -266,7 +266,7 @@ def print_tables(runs: dict[tuple[str, str], list[dict]], args) -> None:
     stats = ("AP", "AP50", "AP75", "APs")
     sets = list(dict.fromkeys(s for s, _ in runs))
     variants = list(dict.fromkeys(v for _, v in runs))
-    header = "| variant | val AP (mean) | " + " | ".join(f"{s} test AP" for s in sets) + " | mean test AP | AP50 | AP75 | AP_small | AP vs current |"
+    header = "| variant | iterations (mean) | val AP (mean) | " + " | ".join(f"{s} test AP" for s in sets) + " | mean test AP | AP50 | AP75 | AP_small | AP vs current |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     base = None
@@ -278,7 +278,8 @@ def print_tables(runs: dict[tuple[str, str], list[dict]], args) -> None:
             base = means["AP"]
         change = "" if base is None or variant == "current" or not base else f"{100 * (means['AP'] / base - 1):+.1f} %"
         cells = " | ".join(f"{_mean(r['test']['AP'] for r in per_set[s]):.3f}" for s in sets)
-        print(f"| {variant} | {val:.3f} | {cells} | {means['AP']:.3f} | {means['AP50']:.3f} | {means['AP75']:.3f} | {means['APs']:.3f} | {change} |")
+        iters = _mean(r["iterations"] for rs in per_set.values() for r in rs)
+        print(f"| {variant} | {iters:.0f} | {val:.3f} | {cells} | {means['AP']:.3f} | {means['AP50']:.3f} | {means['AP75']:.3f} | {means['APs']:.3f} | {change} |")
     chosen = max(variants, key=lambda v: _mean(_mean(r["val"]["AP"] for r in runs.get((s, v), [])) for s in sets))
     print(f"decided on val: {chosen}")
 
