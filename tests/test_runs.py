@@ -155,6 +155,21 @@ def test_resume_refuses_changed_settings_and_records_a_longer_run(voc_root, tmp_
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]["max_iters"] == 2
 
 
+def test_fitted_anchors_are_recorded_so_resume_and_eval_rebuild_the_model(voc_root, tmp_path, capsys):
+    from fasterrcnn.detector import Detector
+
+    run = tmp_path / "run"
+    train(voc_root, run, **{**FAST, "overrides": {**SMALL, "train.fit_anchors": True}}, max_iters=1)
+    assert "anchors fitted to the training boxes: sizes (" in capsys.readouterr().out
+    sizes = json.loads((run / "config.json").read_text())["model"]["anchor_sizes"]
+    assert sizes != [[16.0, 32.0, 64.0, 128.0]]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["model"]["anchor_sizes"] == sizes
+    resumed = train(voc_root, run, **FAST, resume=True, max_iters=2)  # the checkpoint's anchors, not fitted again
+    assert resumed.iteration == 2 and "anchors fitted" not in capsys.readouterr().out
+    detector = Detector.from_checkpoint(resumed.last, device="cpu")
+    assert [list(level) for level in detector.model.config.anchor_sizes] == sizes
+
+
 def test_periodic_checkpoints_keep_the_newest(voc_root, tmp_path):
     run = tmp_path / "run"
     train(voc_root, run, **{**FAST, "overrides": {**SMALL, "train.checkpoint_every": 1, "train.keep_checkpoints": 2}}, max_iters=5)
