@@ -145,6 +145,14 @@ def test_ints_are_floats_and_null_is_allowed_where_annotated():
         ("train", dict(time=0), "train.time = 0: must be > 0"),
         ("train", dict(time=-1.5), "train.time = -1.5: must be > 0"),
         ("train", dict(time=float("inf")), "train.time = inf: must be a finite number or null"),
+        ("train", dict(lr_schedule="linear"), "train.lr_schedule = 'linear': must be one of step, cosine"),
+        ("train", dict(ema_decay=1.0), "train.ema_decay = 1.0: must be in (0, 1)"),
+        ("train", dict(scale_jitter=[0.0, 1.2]), "train.scale_jitter = (0.0, 1.2): every value must be > 0"),
+        ("train", dict(scale_jitter=[1.2, 0.8]), "train.scale_jitter = (1.2, 0.8): must be (low, high) with low <= high"),
+        ("train", dict(color_jitter=[0.2, -0.1, 0.0, 0.0]), "train.color_jitter = (0.2, -0.1, 0.0, 0.0): every value must be >= 0"),
+        ("train", dict(color_jitter=[0.2, 0.2, 0.2, 0.6]), "train.color_jitter = (0.2, 0.2, 0.2, 0.6): hue (the 4th value) must be <= 0.5 (half a turn of the colour wheel)"),
+        ("train", dict(color_jitter=[0.2, 0.2]), "train.color_jitter = (0.2, 0.2): must be a tuple of 4 finite numbers or null"),
+        ("train", dict(fit_anchors="yes"), "train.fit_anchors = 'yes': must be true or false"),
     ],
 )
 def test_range_errors(section, fields, message):

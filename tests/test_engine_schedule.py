@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 from torch import nn
 
 from fasterrcnn.config import check_config, get_preset
-from fasterrcnn.engine.schedule import WarmupStepLR, describe_schedule, keep_reached, lr_factor, scale_schedule
+from fasterrcnn.engine.schedule import WarmupStepLR, describe_schedule, follow_time, keep_reached, lr_factor, scale_schedule
 
 
 def test_lr_factor_warmup_and_steps():
@@ -89,3 +90,25 @@ def test_placed_steps_are_the_schedulers_state():
     assert (again.iteration, again.lr_steps, again.get_last_lr()) == (3, (2,), pytest.approx([0.1]))
     again.load_state_dict({"iteration": 2})  # a checkpoint written before the steps were saved: steps as they are
     assert again.lr_steps == (2,) and again.get_last_lr() == pytest.approx([0.1])
+
+
+def test_cosine_decays_to_zero_at_its_end_and_stays_there():
+    kw = dict(warmup_iters=2, warmup_factor=0.5, lr_steps=(1,), gamma=0.1, cosine_iters=4)  # lr_steps unused
+    values = [lr_factor(i, **kw) for i in range(6)]
+    assert values == pytest.approx([0.5, 0.75 * (0.5 + 0.5 * 0.5**0.5), 0.5, 0.5 - 0.5 * 0.5**0.5, 0.0, 0.0], abs=1e-12)
+    param = nn.Parameter(torch.zeros(1))
+    sched = WarmupStepLR(torch.optim.SGD([param], lr=1.0), warmup_iters=0, warmup_factor=1.0, lr_steps=(), gamma=0.1, cosine_iters=4)
+    sched.step()
+    sched.place(0, (), 8)  # a re-estimated (longer) run stretches the cosine
+    assert sched.get_last_lr() == pytest.approx([0.5 + 0.5 * math.cos(math.pi / 8)])
+    assert sched.state_dict() == {"iteration": 1, "warmup_iters": 0, "lr_steps": [], "cosine_iters": 8}
+    assert describe_schedule(dataclasses.replace(TINY, lr_schedule="cosine"), 0.02, 300) == "warm-up 100 iterations from 0.01 x lr; lr 0.02, cosine to 0 at 300"
+
+
+def test_follow_time_fires_a_step_when_its_share_of_the_budget_is_spent():
+    # a step estimated at 5 (of 0.75 of the budget) after 5 iterations, with 2/3 of the budget spent: not yet
+    assert follow_time((5,), (0.75,), spent=2 / 3, done=5) == (6,)
+    assert follow_time((5,), (0.75,), spent=0.76, done=5) == (5,)  # its time came: the next iteration takes it
+    assert follow_time((20,), (0.75,), spent=0.76, done=8) == (8,)  # estimated later than its time: pulled in
+    assert follow_time((3, 20), (0.5, 0.75), spent=0.9, done=8) == (3, 8)  # a step already taken stays
+    assert follow_time((9, 10), (0.5, 0.6), spent=0.9, done=8) == (8, 9)  # due together: one after the other

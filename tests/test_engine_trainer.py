@@ -135,15 +135,17 @@ def test_epochs_set_the_number_of_iterations(voc_root, tmp_path):
     assert trainer.max_iters == 6
 
 
-def test_resume_gives_identical_weights(voc_root, tmp_path):
-    full = make_trainer(voc_root, tmp_path / "full", config=CONFIG)
+@pytest.mark.parametrize("recipe", [{}, {"ema_decay": 0.9}], ids=["plain", "ema"])
+def test_resume_gives_identical_weights(voc_root, tmp_path, recipe):
+    config = replace(CONFIG, **recipe)
+    full = make_trainer(voc_root, tmp_path / "full", config=config)
     full.train()
 
-    half = make_trainer(voc_root, tmp_path / "half", config=replace(CONFIG, max_iters=4))
+    half = make_trainer(voc_root, tmp_path / "half", config=replace(config, max_iters=4))
     half.train()
     # a fresh process state: different global RNG, different model init
     torch.manual_seed(1234)
-    resumed = make_trainer(voc_root, tmp_path / "half", config=CONFIG, model=FakeDetector(5))
+    resumed = make_trainer(voc_root, tmp_path / "half", config=config, model=FakeDetector(5))
     last = tmp_path / "half" / "checkpoints" / "last.pt"
     resumed.resume(Checkpoint.read(last), last)
     assert resumed.state.iteration == 4 and resumed.state.epoch == 1 and resumed.state.epoch_iteration == 1
@@ -152,11 +154,48 @@ def test_resume_gives_identical_weights(voc_root, tmp_path):
     full_params = dict(full.model.named_parameters())
     for name, param in resumed.model.named_parameters():
         assert torch.equal(param, full_params[name]), name
+    if recipe:  # the average too, and the files hold it as their model, the trained weights beside it
+        assert resumed.ema.updates == full.ema.updates == 8
+        saved = load_checkpoint(tmp_path / "half" / "checkpoints" / "last.pt")
+        for name, value in full.ema.state_dict().items():
+            assert torch.equal(resumed.ema.state_dict()[name], value) and torch.equal(saved["model"][name], value), name
+        assert not torch.equal(saved["model"]["head.weight"], saved["ema"]["model"]["head.weight"])
+        assert torch.equal(saved["ema"]["model"]["head.weight"], full_params["head.weight"])
     for key, value in full.optimizer.state_dict()["state"].items():
         assert torch.equal(resumed.optimizer.state_dict()["state"][key]["momentum_buffer"], value["momentum_buffer"])
     # the resumed run's metrics.jsonl continues the first half's records without duplicates
     records = read_metrics(tmp_path / "half" / "metrics.jsonl")
     assert [r["iteration"] for r in records if r["type"] == "train"] == [2, 4, 6, 8]
+
+
+def test_ema_warms_its_decay_up_and_averages_every_floating_point_tensor():
+    from fasterrcnn.engine.ema import ModelEMA, ema_decay
+
+    assert [ema_decay(0.9, u) for u in (1, 2, 8, 100)] == pytest.approx([2 / 11, 3 / 12, 0.5, 0.9])
+    model = nn.BatchNorm1d(1)
+    ema = ModelEMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+        model.running_mean.fill_(2.0)
+        model.num_batches_tracked.fill_(7)
+    ema.update(model)  # d = 2/11: 2/11 x 1 + 9/11 x 3 (weight), 2/11 x 0 + 9/11 x 2 (running mean)
+    assert ema.module.weight.item() == pytest.approx(29 / 11) and ema.module.running_mean.item() == pytest.approx(18 / 11)
+    assert ema.module.num_batches_tracked.item() == 7 and not ema.module.weight.requires_grad and not ema.module.training
+
+
+def test_ema_is_what_validation_sees(voc_root, tmp_path):
+    seen = []
+
+    def evaluate(model):
+        seen.append({name: p.clone() for name, p in model.named_parameters()})
+        return {"mAP": 0.5}
+
+    trainer = make_trainer(voc_root, tmp_path, config=replace(CONFIG, ema_decay=0.5, max_iters=2), evaluate=evaluate)
+    trainer.train()
+    assert all(torch.equal(seen[-1][name], value) for name, value in trainer.ema.state_dict().items() if name in seen[-1])
+    assert not torch.equal(seen[-1]["head.weight"], trainer.model.head.weight)
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert torch.equal(best["model"]["head.weight"], seen[-1]["head.weight"])
 
 
 def test_nonfinite_losses_skip_steps_then_stop(voc_root, tmp_path):

@@ -186,6 +186,21 @@ def test_resume_refuses_changed_settings_and_records_a_longer_run(voc_root, tmp_
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]["max_iters"] == 2
 
 
+def test_fitted_anchors_are_recorded_so_resume_and_eval_rebuild_the_model(voc_root, tmp_path, capsys):
+    from fasterrcnn.detector import Detector
+
+    run = tmp_path / "run"
+    train(voc_root, run, **{**FAST, "overrides": {**SMALL, "train.fit_anchors": True}}, max_iters=1)
+    assert "anchors fitted to the training boxes: sizes (" in capsys.readouterr().out
+    sizes = json.loads((run / "config.json").read_text())["model"]["anchor_sizes"]
+    assert sizes != [[16.0, 32.0, 64.0, 128.0]]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["model"]["anchor_sizes"] == sizes
+    resumed = train(voc_root, run, **FAST, resume=True, max_iters=2)  # the checkpoint's anchors, not fitted again
+    assert resumed.iteration == 2 and "anchors fitted" not in capsys.readouterr().out
+    detector = Detector.from_checkpoint(resumed.last, device="cpu")
+    assert [list(level) for level in detector.model.config.anchor_sizes] == sizes
+
+
 def test_periodic_checkpoints_keep_the_newest(voc_root, tmp_path):
     run = tmp_path / "run"
     train(voc_root, run, **{**FAST, "overrides": {**SMALL, "train.checkpoint_every": 1, "train.keep_checkpoints": 2}}, max_iters=5)
@@ -428,7 +443,9 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     from fasterrcnn.engine.interrupt import TrainingInterrupted
 
     fake_clock()
-    log = {**SMALL, "train.log_every": 1}
+    # weight averaging and the augmentations are exact across the interruption too
+    recipe = {"train.ema_decay": 0.9, "train.scale_jitter": [0.75, 1.25], "train.color_jitter": [0.2, 0.2, 0.2, 0.05]}
+    log = {**SMALL, "train.log_every": 1, **recipe}
     whole = train(voc_root, tmp_path / "whole", **{**FAST, "overrides": log}, time=0.4)  # 24 s: 12 iterations of 2 s
     assert whole.iteration == 12 and whole.last.is_file()
     state = load_checkpoint(whole.last)
@@ -456,8 +473,9 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     assert resumed.iteration == 12
     again = load_checkpoint(resumed.last)
     assert again["time"] == state["time"] and again["scheduler"] == state["scheduler"]
-    for name, tensor in state["model"].items():  # exactly the uninterrupted run
-        assert torch.equal(tensor, again["model"][name]), name
+    for name, tensor in state["model"].items():  # exactly the uninterrupted run: the average and the trained weights
+        assert torch.equal(tensor, again["model"][name]) and torch.equal(state["ema"]["model"][name], again["ema"]["model"][name]), name
+    assert again["ema"]["updates"] == 12
     # a longer budget on resume extends the run: 12 s more, 6 iterations; the step taken at 9 stays
     fake_clock()
     longer = train(voc_root, tmp_path / "run", **FAST, resume=True, time=0.6)
@@ -485,6 +503,31 @@ def test_a_slow_start_never_ends_a_time_budget_and_a_finished_one_stays_finished
     again = train(voc_root, tmp_path / "run", **FAST, resume=True)  # the same budget: nothing left to train
     assert again.iteration == 4
     assert load_checkpoint(again.last)["time"] == state["time"]
+
+
+def test_a_step_not_yet_taken_follows_the_machines_speed_and_a_longer_budget(voc_root, tmp_path, fake_clock, capsys):
+    """A slow start (4 s per iteration) estimates 7 iterations of the 30 s and puts the step of 900/1200 at 5; the
+    machine then speeds up to 1 s per iteration: the step waits for 3/4 of the budget instead of firing at 5.
+    Resumed with a longer budget, the step not yet taken moves to 3/4 of the new one."""
+    import itertools
+    import signal
+
+    from fasterrcnn.engine.interrupt import TrainingInterrupted
+
+    def interrupt_after_iteration_6(now):
+        if now == 21.0:  # 5 x 4 s + 1 s
+            os.kill(os.getpid(), signal.SIGINT)
+
+    fake_clock(interrupt_after_iteration_6, increments=itertools.chain([4.0] * 5, itertools.repeat(1.0)))
+    with pytest.raises(TrainingInterrupted):
+        train(voc_root, tmp_path / "run", **FAST, time=0.5)
+    assert "x0.1 at 5 -> 0.002" in capsys.readouterr().out  # what the slow start estimated
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["iteration"] == 6 and state["scheduler"]["lr_steps"] == [7]  # 21 s < 22.5 s: not yet
+    fake_clock(increments=itertools.repeat(1.0))
+    longer = train(voc_root, tmp_path / "run", **FAST, resume=True, time=0.6)  # 36 s: the step moves to 27 s
+    assert longer.iteration == 21  # 21 s spent + 15 x 1 s
+    assert load_checkpoint(longer.last)["scheduler"] == {"iteration": 21, "warmup_iters": 1, "lr_steps": [12]}
 
 
 def test_the_runs_length_is_given_once(voc_root, tmp_path, capsys):

@@ -44,6 +44,7 @@ CAFFE_BGR_MEAN = (102.9801, 115.9465, 122.7717)
 PIXEL_FORMATS = ("rgb01", "caffe_bgr255")
 BOX_POOLERS = ("roi_pool", "roi_align", "multiscale_roi_align")
 AMP_DTYPES = ("bf16", "fp16")
+LR_SCHEDULES = ("step", "cosine")
 SEED_MAX = 2**64 - 1  # torch.manual_seed takes seeds in [0, 2**64 - 1] (negative ones alias large ones)
 # Upper bounds of sizes that allocate memory in proportion (a typo such as 1e8 would end in an allocation failure):
 MAX_CLASSES = 100_000  # num_classes (LVIS: 1203, ImageNet-21k: 21841)
@@ -146,11 +147,17 @@ class TrainConfig:
     warmup_factor: float = 1.0 / 3.0  # lr multiplier at iteration 0, rising linearly to 1
     lr_steps: tuple[int, ...] = (50000,)  # iterations at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
+    lr_schedule: str = "step"  # "step": x lr_gamma at each of lr_steps; "cosine": half a cosine to 0 at the run's end (lr_steps unused)
     max_iters: int = 70000
     epochs: int | None = None  # when set, max_iters = epochs * batches per epoch (overrides max_iters)
     time: float | None = None  # minutes of training (validation, checkpoints included), None: no budget; warm-up and lr_steps keep their fractions of the run on the iterations that fit
     grad_clip_norm: float | None = None  # clip the global gradient L2 norm to this; None: no clipping
     hflip_prob: float = 0.5
+    # Augmentation beyond the flip (data/transforms.py); None: off
+    scale_jitter: tuple[float, float] | None = None  # per batch, the short side (and max_size) x a factor drawn in [low, high]
+    color_jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue strengths (torchvision's ColorJitter)
+    ema_decay: float | None = None  # exponential moving average of the weights (validation, checkpoints, export); None: off
+    fit_anchors: bool = False  # before training: anchor sizes and ratios by k-means on the training boxes (modeling/anchor_fit.py)
     seed: int = 0  # data order, flips and the model's sampling are a function of (seed, epoch, iteration)
     log_every: int = 20  # iterations per metrics.jsonl / TensorBoard train record (losses averaged)
     checkpoint_every: int = 1000  # iterations between checkpoints/last.pt + iter_XXXXXXX.pt (and at the end)
@@ -448,11 +455,16 @@ _TRAIN_RULES: dict[str, tuple[_Rule, ...]] = {
     "warmup_factor": (_FRACTION,),
     "lr_steps": (_each(_at_least(1)), _increasing),  # steps past max_iters are allowed (never reached)
     "lr_gamma": (_above(0),),
+    "lr_schedule": (_one_of(LR_SCHEDULES),),
     "max_iters": (),  # >= 1 unless epochs is set (_train_relations)
     "epochs": (_at_least(1),),
     "time": (_above(0), _at_most(MAX_TIME)),  # at most 10 days
     "grad_clip_norm": (_above(0),),
     "hflip_prob": (_UNIT_INTERVAL,),
+    "scale_jitter": (_each(_above(0)),),  # low <= high: _train_relations
+    "color_jitter": (_each(_at_least(0)),),  # hue at most 0.5: _train_relations
+    "ema_decay": (_within(0, 1, open_low=True, open_high=True),),
+    "fit_anchors": (),
     "seed": (_seed,),
     "log_every": (_at_least(1),),
     "checkpoint_every": (_at_least(1),),
@@ -503,6 +515,10 @@ def _train_relations(c: TrainConfig, clean: Callable[..., bool]) -> Iterator[tup
     """(field, rule) for each broken relation between fields (see ``_model_relations``)."""
     if clean("max_iters", "epochs") and c.epochs is None and c.max_iters < 1:
         yield "max_iters", "must be >= 1 (or set epochs)"
+    if clean("scale_jitter") and c.scale_jitter is not None and c.scale_jitter[0] > c.scale_jitter[1]:
+        yield "scale_jitter", "must be (low, high) with low <= high"
+    if clean("color_jitter") and c.color_jitter is not None and c.color_jitter[3] > 0.5:
+        yield "color_jitter", "hue (the 4th value) must be <= 0.5 (half a turn of the colour wheel)"
 
 
 _SECTIONS = {ModelConfig: "model", TrainConfig: "train"}

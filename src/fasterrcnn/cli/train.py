@@ -16,7 +16,7 @@ TRAIN_FLAGS = {
     "log_every": "log_every",
     "amp_dtype": "amp_dtype",
 }
-TRAIN_SWITCHES = {"amp": ("amp", True), "sync_bn": ("sync_bn", True), "no_scale_lr": ("scale_lr", False)}
+TRAIN_SWITCHES = {"amp": ("amp", True), "sync_bn": ("sync_bn", True), "no_scale_lr": ("scale_lr", False), "fit_anchors": ("fit_anchors", True)}
 
 
 def add_parser(commands) -> None:
@@ -106,6 +106,11 @@ def add_parser(commands) -> None:
         "--slice", type=positive_int, metavar="SIZE",
         help="sliced training: each sample is a random SIZE x SIZE tile of its image at full resolution (boxes clipped; "
         "a box with less than 30%% of its area or 2 px a side in the tile is dropped), for 'predict/eval --slice SIZE'",
+    )  # fmt: skip
+    p.add_argument(
+        "--fit-anchors", action="store_true",
+        help="choose the anchor sizes and ratios from the training boxes (k-means on their shapes, as YOLOv5's autoanchor) "
+        "before training; recorded in the run's config (train.fit_anchors)",
     )  # fmt: skip
     add_common(p)
     p.set_defaults(func=run)

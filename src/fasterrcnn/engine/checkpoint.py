@@ -9,7 +9,11 @@ A checkpoint file holds a dict::
      "optimizer": state_dict, "scheduler": {"iteration": i, "warmup_iters": w, "lr_steps": [s, ...]},
      "iteration": int, "epoch": int, "epoch_iteration": int, "best_metric": float | None, "rng": rng_state(),
      "scaler": (fp16 only), "time": {"budget": s, "elapsed": s, "max_iters": n, "fixed": schedule fields set by the user}
-     (a time budget only)}
+     (a time budget only), "ema": {"updates": n, "model": state_dict} (weight averaging only)}
+
+With weight averaging (``train.ema_decay``) "model" holds the average, the weights every reader uses (eval,
+predict, export), and "ema" the weights being trained with the number of steps averaged (what --resume needs).
+The scheduler adds "cosine_iters" (the iteration its cosine reaches 0) for a cosine schedule.
 
 ``Checkpoint`` is that dict as an object: ``Checkpoint.read(path)`` loads and checks a file once
 (configurations validated, class names matching the model), and everything that reads checkpoints
@@ -145,7 +149,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
 
 
-TRAINING_KEYS = ("optimizer", "scheduler", "iteration", "epoch", "epoch_iteration", "best_metric", "rng", "scaler", "time")
+TRAINING_KEYS = ("optimizer", "scheduler", "iteration", "epoch", "epoch_iteration", "best_metric", "rng", "scaler", "time", "ema")
 
 
 @dataclass

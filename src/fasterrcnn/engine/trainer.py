@@ -67,10 +67,20 @@ Time budget (``config.time`` minutes): the run ends when the budget is spent, co
 iteration of the run (a resumed run continues the time recorded in its checkpoint), periodic validation
 and checkpoint writes included, the final evaluation not. After the first iteration of each session (its
 start-up included), after 4, 8, 16, ... iterations measured from the second one, and whenever the current
-target is reached, the target ``max_iters`` becomes the iterations that fit in the time left, and the warm-up and LR steps keep
-their fractions of the configured length on it (``keep_reached``: a step already taken stays). At the
+target is reached, the target ``max_iters`` becomes the iterations that fit in the time left at the speed of
+the recent half of the iterations measured, and the warm-up and LR steps keep
+their fractions of the configured length on it (``keep_reached``: a step already taken stays). An LR step
+not yet taken fires when its fraction of the configured length is spent of the budget (``follow_time``),
+checked after every iteration: a machine that speeds up or slows down after an estimate moves it (a budget
+grown on resume too). A cosine schedule ends at the estimated length. At the
 deadline the loop stops after the current iteration and the run ends as at ``max_iters``. Data-parallel
 processes all read rank 0's clock, so they stop together.
+
+Weight averaging (``ema_decay``, ``engine/ema.py``): after every optimizer step the average is updated;
+validation, ``best.pt`` and ``last.pt`` (their ``model``) hold the average, the checkpoint's training state
+the weights being trained (``ema``), so resuming is exact. Scale jitter (``scale_jitter``): every batch
+is resized to a short side drawn from a range of the model transform's ``min_size``, seeded by
+(seed, iteration) like the sampling, so resuming is exact too.
 
 Mixed precision (``amp``): the forward runs under ``torch.autocast`` in bfloat16 (CUDA or CPU) or
 float16 (CUDA, with a ``GradScaler`` whose state is checkpointed); the model keeps anchors, box
@@ -95,7 +105,10 @@ from fasterrcnn.config import TrainConfig, check_config
 from fasterrcnn.device import autocast_context, autocast_dtype
 from fasterrcnn.engine.checkpoint import Checkpoint, CheckpointFolder, get_rng_state, set_rng_state, weights_are_finite
 from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
-from fasterrcnn.engine.schedule import SCHEDULE_FIELDS, WarmupStepLR, describe_schedule, iterations, keep_reached, scale_schedule
+from fasterrcnn.engine.ema import ModelEMA
+from fasterrcnn.engine.schedule import (
+    SCHEDULE_FIELDS, WarmupStepLR, describe_schedule, follow_time, iterations, keep_reached, scale_schedule,
+)  # fmt: skip
 from fasterrcnn.errors import ConfigError, DataError, FasterRCNNError
 from fasterrcnn.io import atomic_write_text
 
@@ -177,14 +190,17 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, lr: float | Non
     return torch.optim.SGD(params, lr=config.lr if lr is None else lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> WarmupStepLR:
-    """Linear warm-up over ``warmup_iters`` from ``warmup_factor``, then ``lr_gamma`` at each of ``lr_steps``."""
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, length: int | None = None) -> WarmupStepLR:
+    """Linear warm-up over ``warmup_iters`` from ``warmup_factor``, then ``lr_gamma`` at each of ``lr_steps``
+    (``lr_schedule`` "step") or half a cosine to 0 at ``length`` iterations ("cosine"; default ``max_iters``)."""
+    cosine = config.lr_schedule == "cosine"
     return WarmupStepLR(
         optimizer,
         warmup_iters=config.warmup_iters,
         warmup_factor=config.warmup_factor,
         lr_steps=config.lr_steps,
         gamma=config.lr_gamma,
+        cosine_iters=(config.max_iters if length is None else length) if cosine else None,
     )
 
 
@@ -294,7 +310,7 @@ class Trainer:
         self._budget_before: float | None = None  # the resumed checkpoint's budget, seconds
         self.lr = config.lr * self.world_size if config.scale_lr else config.lr  # linear scaling rule
         self.optimizer = build_optimizer(self.model, config, lr=self.lr)
-        self.scheduler = build_scheduler(self.optimizer, config)
+        self.scheduler = build_scheduler(self.optimizer, config, self.max_iters)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.state = TrainState()
         self._saved_at: int | None = None  # the iteration of the last.pt written (or resumed from)
@@ -305,6 +321,7 @@ class Trainer:
         generator = getattr(self.model, "generator", None)
         self.model_generator = generator if isinstance(generator, torch.Generator) else None
         self.per_image_generators = "generator" in inspect.signature(self.model.forward).parameters
+        self.ema = ModelEMA(self.model, config.ema_decay) if config.ema_decay is not None else None
         self._stop = StopRequest()  # replaced by the active one while train() runs its loop
         self._seed_rngs()
 
@@ -339,12 +356,16 @@ class Trainer:
         }
         if self.scaler is not None:
             training["scaler"] = self.scaler.state_dict()
+        weights = self.model.state_dict()
+        if self.ema is not None:  # the average is the model; the weights being trained are kept to resume
+            training["ema"] = {"updates": self.ema.updates, "model": weights}
+            weights = self.ema.state_dict()
         if self.budget is not None:
             training["time"] = {
                 "budget": self.budget, "elapsed": self._elapsed, "max_iters": self.max_iters, "fixed": self.fixed_schedule,
             }  # fmt: skip
         return Checkpoint(
-            model=self.model.state_dict(),
+            model=weights,
             preset=self.preset,
             model_config=self.model.config,
             train_config=self.config,
@@ -364,7 +385,13 @@ class Trainer:
                 f"was trained on classes {', '.join(checkpoint.class_names)}, "
                 f"the training data has {', '.join(self.class_names)}",
             )
-        load_state_dict_strictly(self.model, checkpoint.model, path, "this model")
+        state = checkpoint.training
+        ema = state.get("ema")  # with weight averaging the file's model is the average: the trained weights are here
+        if ema is not None and not (isinstance(ema, dict) and isinstance(ema.get("model"), dict) and isinstance(ema.get("updates"), int)):
+            raise DataError(path, "holds a weight average ('ema') that is not a model's weights and an update count")
+        load_state_dict_strictly(self.model, checkpoint.model if ema is None else ema["model"], path, "this model")
+        if self.ema is not None:
+            self.ema.load(checkpoint.model, 0 if ema is None else ema["updates"])
         try:
             self._restore(checkpoint.training)
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as e:
@@ -404,6 +431,8 @@ class Trainer:
             self.fixed_schedule = sorted({*self.fixed_schedule, *spent.get("fixed", ())})
             if self.budget is not None:
                 self.max_iters = int(spent["max_iters"])
+        if self.scheduler.cosine_iters is not None and self.budget is None:
+            self.scheduler.place(self.scheduler.warmup_iters, self.scheduler.lr_steps, self.max_iters)  # a longer run
         rng = state["rng"]
         set_rng_state(rng)
         if self.model_generator is not None and "model_generator" in rng:
@@ -483,7 +512,7 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 saved = [b.clone() for b in statistics]
                 kwargs = {"generator": self._sampling_generators(len(images))} if self.per_image_generators else {}
-                with autocast_context(self.device, self.amp_dtype):
+                with autocast_context(self.device, self.amp_dtype), self._jittered_scale():
                     loss_dict = self.train_model(images, targets, **kwargs)
                 loss = sum(loss_dict.values())
                 values = self._mean_over_processes(loss_dict)
@@ -494,6 +523,8 @@ class Trainer:
                     if grad_norm is not None and not math.isfinite(grad_norm):  # a finite loss can still have a NaN gradient
                         finite = False
                         values["grad_norm"] = grad_norm
+                    elif self.ema is not None:
+                        self.ema.update(self.model)
                 if not finite:
                     with torch.no_grad():
                         for buffer, value in zip(statistics, saved):
@@ -537,6 +568,31 @@ class Trainer:
             state.epoch += 1
             state.epoch_iteration = 0
 
+    def _jittered_scale(self):
+        """Context: the model's transform resizes this batch to a short side drawn from ``scale_jitter``'s factors
+        of its ``min_size`` (and ``max_size``), seeded by (seed, iteration); restored afterwards."""
+        import contextlib
+
+        from fasterrcnn.data.loader import mix_seed
+        from fasterrcnn.data.transforms import jittered_sizes
+
+        transform = getattr(self.model, "transform", None)
+        if self.config.scale_jitter is None or transform is None:
+            return contextlib.nullcontext()
+        generator = torch.Generator().manual_seed(mix_seed(self.config.seed, 0x5CA, self.state.iteration))
+        sizes = jittered_sizes(transform.min_size, transform.max_size, self.config.scale_jitter, generator)
+
+        @contextlib.contextmanager
+        def jitter():
+            saved = transform.min_size, transform.max_size
+            transform.min_size, transform.max_size = sizes
+            try:
+                yield
+            finally:
+                transform.min_size, transform.max_size = saved
+
+        return jitter()
+
     # -- schedule and time budget -----------------------------------------------------------------------
     def _describe_schedule(self) -> str:
         """One line: the run's length (iterations, epochs x batches or the time budget), warm-up and LR steps."""
@@ -548,7 +604,7 @@ class Trainer:
         else:
             length = iterations(self.max_iters)
         validation = f"; validation every {iterations(self.config.eval_every)}" if self.evaluate is not None and self.config.eval_every else ""
-        return f"schedule: {length}; {describe_schedule(self._placed(), self.lr)}{validation}"
+        return f"schedule: {length}; {describe_schedule(self._placed(), self.lr, self.max_iters)}{validation}"
 
     @property
     def free_schedule(self) -> list[str]:
@@ -574,10 +630,12 @@ class Trainer:
         if self.budget is None:
             return
         self._session = (self.state.iteration, self._read_clock(), self._elapsed)  # iteration, clock, elapsed at start
-        self._timing = self._session[:2]  # (iteration, clock) the speed is measured from
+        self._timing = [self._session[1]]  # the clock after each iteration measured, from the session's start
         if self._elapsed >= self.budget:
             self.max_iters = self.state.iteration
-        elif self.max_iters <= self.state.iteration and (self._budget_before is None or self.budget > self._budget_before):
+            return
+        self.scheduler.place(self.scheduler.warmup_iters, self._follow_time(self.scheduler.lr_steps))  # a budget grown on resume
+        if self.max_iters <= self.state.iteration and (self._budget_before is None or self.budget > self._budget_before):
             self.max_iters = self.state.iteration + 1  # a budget given or grown on resume: run until it is measured
 
     def _track_budget(self, logger) -> None:
@@ -590,17 +648,31 @@ class Trainer:
             self.max_iters = done
             logger.set_max_iters(done)
             return
-        measured_from, measured_at = self._timing
-        measured = done - measured_from
+        self._timing.append(now)
+        measured = len(self._timing) - 1  # iterations measured (clock readings since the first one)
         first = done == start_iteration + 1  # start-up included: a cautious first estimate, refined below
         if first or done >= self.max_iters or (measured >= ESTIMATE_AFTER and measured & (measured - 1) == 0):
-            seconds = max((now - measured_at) / measured, 1e-9)  # per iteration, > 0 even for a coarse clock
+            # the speed of the recent half of the iterations measured (at least ESTIMATE_AFTER): a machine
+            # whose speed changed is followed, not averaged with what it was
+            recent = min(measured, max(ESTIMATE_AFTER, measured // 2))
+            seconds = max((now - self._timing[-1 - recent]) / recent, 1e-9)  # per iteration, > 0 even for a coarse clock
             target = done + int((self.budget - self._elapsed) // seconds)
             if first:  # start-up is in this estimate: only a speed measured after it may end the run
                 target = max(target, done + 1)
             self._retarget(target, seconds, logger)
         if first:  # the first iteration of a session pays for start-up: the speed is measured after it
-            self._timing = (done, now)
+            self._timing = [now]
+        steps = self._follow_time(self.scheduler.lr_steps)
+        if steps != self.scheduler.lr_steps:
+            self.scheduler.place(self.scheduler.warmup_iters, steps)
+
+    def _follow_time(self, steps: tuple[int, ...]) -> tuple[int, ...]:
+        """Free LR steps not yet taken placed on elapsed time (``follow_time``): each fires when its fraction of
+        the configured run is spent of the budget, whatever the speed did since the estimates."""
+        if "lr_steps" in self.fixed_schedule or self.config.lr_schedule != "step":
+            return steps
+        fractions = [step / self.configured_length for step in self.config.lr_steps]
+        return follow_time(steps, fractions, self._elapsed / self.budget, self.state.iteration)
 
     def _retarget(self, target: int, seconds: float, logger) -> None:
         """Make ``target`` the run's length and place the schedule's fractions on it."""
@@ -608,13 +680,14 @@ class Trainer:
         if target == self.max_iters:
             return
         placed = keep_reached(self._placed(), scale_schedule(self.config, target, self.configured_length, self.free_schedule), done)
-        self.scheduler.place(placed.warmup_iters, placed.lr_steps)
+        placed = dataclasses.replace(placed, lr_steps=self._follow_time(placed.lr_steps))
+        self.scheduler.place(placed.warmup_iters, placed.lr_steps, target)
         self.max_iters = target
         logger.set_max_iters(target)
         left = (self.budget - self._elapsed) / 60
         logger.info(
             f"time budget: {iterations(target)} fit ({seconds:.3g} s each, {left:.3g} of {self.budget / 60:g} min left); "
-            + describe_schedule(placed, self.lr)
+            + describe_schedule(placed, self.lr, target)
         )
 
     def _next_batch(self, batches):
@@ -724,9 +797,13 @@ class Trainer:
         from fasterrcnn.engine.evaluator import headline
 
         distributed.broadcast_buffers(self.model)  # every process evaluates rank 0's weights
-        metrics = dict(self.evaluate(self.model))
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema.module)
+        metrics = dict(self.evaluate(self.model if self.ema is None else self.ema.module))
         report = metrics.pop("report", None)  # confusion matrix, per-class table, samples (rank 0)
         self.model.train()
+        if self.ema is not None:
+            self.ema.module.eval()
         self.last_metrics = metrics
         logger.log_eval(self.state.iteration, metrics, report)
         if report is not None and self.is_main:

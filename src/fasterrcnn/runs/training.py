@@ -364,18 +364,18 @@ def _datasets(training: TrainingData, validation: ValidationData, configs: _Conf
     """The training and validation data sets (the latter None); the configurations follow them: the number of
     classes, the default ``eval_every``, and a resumed run's changes (refused unless resumable)."""
     from fasterrcnn.config import replace, to_dict
-    from fasterrcnn.data import RandomHorizontalFlip, build_dataset
-    from fasterrcnn.data.transforms import Compose, RandomTile
+    from fasterrcnn.data import build_dataset
+    from fasterrcnn.data.transforms import Compose, RandomTile, training_transforms
     from fasterrcnn.engine import distributed
 
     classes, checkpoint = training.classes, configs.checkpoint
     if classes is None and checkpoint is not None and checkpoint.label_to_category_id is None:
         classes = list(checkpoint.class_names)
-    flip = RandomHorizontalFlip(configs.train.hflip_prob) if configs.train.hflip_prob > 0 else None
+    augment = training_transforms(configs.train.hflip_prob, configs.train.color_jitter)  # flip, colour jitter
     reduce_to = (configs.model.min_size, configs.model.max_size)  # a huge image is decoded reduced to about this
-    transforms = flip
+    transforms = augment
     if training.slice is not None:  # full resolution, one random tile per sample
-        transforms = Compose([RandomTile(training.slice), *([flip] if flip is not None else [])])
+        transforms = Compose([RandomTile(training.slice), *([augment] if augment is not None else [])])
     dataset = build_dataset(
         training.path, split=training.split, images_dir=training.images, classes=classes, transforms=transforms,
         on_bad_image=training.on_bad_image, drop_empty=training.drop_empty, reduce_to=None if training.slice is not None else reduce_to,
@@ -384,6 +384,12 @@ def _datasets(training: TrainingData, validation: ValidationData, configs: _Conf
     if validation.enabled:
         val_dataset = _validation_set(training, validation, dataset.classes, reduce_to)
     configs.model = replace(configs.model, num_classes=len(dataset.classes))
+    if not setup.resume:  # the anchors' fit to the boxes (fitted with train.fit_anchors), recorded in the model's config
+        from fasterrcnn.modeling.anchor_fit import check_anchors
+
+        configs.model, fit = check_anchors(dataset, configs.model, fit=configs.train.fit_anchors)
+        if fit is not None and distributed.is_main_process():
+            print(fit, flush=True)
     if val_dataset is not None and not setup.resume and "eval_every" not in configs.user_set:
         configs.train = replace(configs.train, eval_every=default_eval_every(configs.train, len(dataset), distributed.get_world_size()))
     if checkpoint is not None:
