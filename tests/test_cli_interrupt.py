@@ -168,8 +168,7 @@ def save(obj, f, *args, **kwargs):  # the 4th checkpoint write (last.pt at itera
         buffer = io.BytesIO()
         real_save(obj, buffer, *args, **kwargs)
         f.write(buffer.getvalue()[: buffer.tell() // 2])
-        f.flush()
-        os.fsync(f.fileno())
+        f.flush()  # in the page cache: the half-written file is what the next process sees
         open(sys.argv[1], "w").close()
         time.sleep(600)
     return real_save(obj, f, *args, **kwargs)

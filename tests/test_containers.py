@@ -86,7 +86,7 @@ def test_the_makefile_venv_step_is_the_single_source_of_the_torch_pin():
     assert re.fullmatch(r"torch==\d+\.\d+\.\d+", variables["TORCH_PIN"])
     assert variables["TORCH_INDEX"] == ""  # pip's configured index by default
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert set(variables["EXTRAS"].split(",")) == {"test", "docs", "deploy", "video"} <= set(extras)
+    assert set(variables["EXTRAS"].split(",")) == {"test", "docs", "deploy", "video", "int8"} <= set(extras)
     py = f"{variables['VENV']}/bin/python"
     plain = make_dry_run("venv")
     assert f"{py} -m pip install --quiet {variables['TORCH_PIN']}" in plain

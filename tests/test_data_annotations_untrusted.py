@@ -211,6 +211,6 @@ def test_eval_on_an_empty_split_is_a_one_line_error_not_a_score(tmp_path, capsys
     root = write_voc(tmp_path / "voc", {"a": ((10, 12), [obj("dog", 1, 1, 5, 5)])})
     split_file = root / "ImageSets" / "Main" / "test.txt"
     split_file.write_text("")
-    code = main(["eval", "--weights", str(weights), "--data", str(root), "--split", "test", "--output", str(tmp_path / "eval")])
+    code = main(["eval", "--weights", str(weights), "--data", str(root), "--split", "test", "--output", str(tmp_path / "eval"), "--precision", "f32"])
     err = capsys.readouterr().err
     assert code == 2 and err == f"fasterrcnn: error: {split_file}: split file of split 'test' lists no images\n"

@@ -82,14 +82,14 @@ def test_train_eval_and_predict_report_a_malformed_exif_image_in_one_line(tmp_pa
     assert f"fasterrcnn: WARNING: {bad}: cannot read image (malformed EXIF block" in err
     weights = str(tmp_path / "run" / "checkpoints" / "last.pt")
 
-    args = ["eval", "--weights", weights, "--data", str(root), "--split", "train", "--device", "cpu", "--output", str(tmp_path / "eval")]
+    args = ["eval", "--weights", weights, "--data", str(root), "--split", "train", "--device", "cpu", "--precision", "f32", "--output", str(tmp_path / "eval")]
     assert main([*args, "--on-bad-image", "error"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"fasterrcnn: error: {bad}: cannot read image (malformed EXIF block: unpack requires a buffer of 4 bytes)"]
     assert main([*args, "--on-bad-image", "skip"]) == 0
     assert "Traceback" not in capsys.readouterr().err
 
-    predict = ["predict", "--weights", weights, str(bad), "--device", "cpu", "--on-bad-image", "error"]
+    predict = ["predict", "--weights", weights, str(bad), "--device", "cpu", "--precision", "f32", "--on-bad-image", "error"]
     assert main([*predict, "--output", str(tmp_path / "pred")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"fasterrcnn: error: {bad}: cannot read image (malformed EXIF block: unpack requires a buffer of 4 bytes)"]

@@ -161,7 +161,8 @@ def test_sharded_evaluation_during_training_equals_one_process(runs, voc_root):
 def test_eval_command_under_torchrun_is_sharded_and_equals_one_process(runs, voc_root, tmp_path):
     _, two, _ = runs
     weights = str(two / "checkpoints" / "last.pt")
-    common = ["eval", "--weights", weights, "--data", str(voc_root), "--batch-size", "2", "--quiet"]
+    # --precision f32: precision auto follows the CPU in the torchrun processes (no test fixture there)
+    common = ["eval", "--weights", weights, "--data", str(voc_root), "--batch-size", "2", "--quiet", "--precision", "f32"]
     assert main([*common, "--output", str(tmp_path / "one")]) == 0
     stdout = torchrun("-m", "fasterrcnn", *common, "--output", str(tmp_path / "two"))
     assert stdout.count("mAP (voc) on test:") == 1  # rank 0 alone prints and writes

@@ -8,26 +8,10 @@ import logging
 from fasterrcnn.errors import ConfigError
 
 __all__ = [
-    "DATA_HELP",
-    "Parser",
-    "add_amp",
-    "add_precision",
-    "add_common",
-    "add_data",
-    "add_device",
-    "add_inference",
-    "add_overwrite",
-    "add_torchvision_weights",
-    "class_list",
-    "inference_options",
-    "inference_precision",
-    "nonnegative_int",
-    "positive_float",
-    "positive_int",
-    "print_skipped",
-    "score_threshold",
-    "torchvision_classes",
-]
+    "DATA_HELP", "Parser", "add_amp", "add_common", "add_data", "add_device", "add_inference", "add_overwrite", "add_precision",
+    "add_torchvision_weights", "class_list", "inference_options", "inference_precision", "nonnegative_int", "positive_float",
+    "positive_int", "print_skipped", "score_threshold", "torchvision_classes",
+]  # fmt: skip
 
 
 class Parser(argparse.ArgumentParser):
