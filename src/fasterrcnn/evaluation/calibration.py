@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fasterrcnn.evaluation.tide import FOREGROUND_IOU, MAX_DETECTIONS, _array, greedy_match, inside_ignored
+from fasterrcnn.evaluation.confusion import as_array, truth_arrays
+from fasterrcnn.evaluation.tide import FOREGROUND_IOU, MAX_DETECTIONS, greedy_match, inside_ignored
 from fasterrcnn.ops.boxes import box_iou
 
 __all__ = ["ECE_BINS", "detection_outcomes", "expected_calibration_error", "fit_temperature", "reliability_bins"]
@@ -49,13 +50,10 @@ def detection_outcomes(
     scores, right, where = [], [], {}
     for image_id, found in detections.items():
         entry = images.get(image_id, {"boxes": [], "labels": []})
-        gt_boxes = _array(entry["boxes"], np.float64, (-1, 4))
-        gt_labels = _array(entry["labels"], np.int64, (-1,))
-        difficult = entry.get("difficult")
-        difficult = np.zeros(len(gt_labels), bool) if difficult is None else _array(difficult, bool, (-1,))
-        det_scores = _array(found["scores"], np.float64, (-1,))
+        gt_boxes, gt_labels, difficult = truth_arrays(entry)
+        det_scores = as_array(found["scores"], np.float64, (-1,))
         order = np.argsort(-det_scores, kind="stable")[:max_detections]
-        det_boxes, det_labels = _array(found["boxes"], np.float64, (-1, 4))[order], _array(found["labels"], np.int64, (-1,))[order]
+        det_boxes, det_labels = as_array(found["boxes"], np.float64, (-1, 4))[order], as_array(found["labels"], np.int64, (-1,))[order]
         iou = box_iou(torch.from_numpy(det_boxes), torch.from_numpy(gt_boxes[~difficult])).numpy()  # [D, K]
         matched, _ = greedy_match(iou * (det_labels[:, None] == gt_labels[~difficult][None, :]), iou_threshold)
         ignored = ~matched & inside_ignored(det_boxes, gt_boxes[difficult], det_labels, gt_labels[difficult], iou_threshold)

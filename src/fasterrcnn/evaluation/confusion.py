@@ -33,16 +33,26 @@ import torch
 
 from fasterrcnn.ops.boxes import box_iou
 
-__all__ = ["IOU_THRESHOLD", "SCORE_THRESHOLD", "confusion_matrix", "per_class_counts"]
+__all__ = ["IOU_THRESHOLD", "SCORE_THRESHOLD", "as_array", "confusion_matrix", "per_class_counts", "truth_arrays"]
 
 IOU_THRESHOLD = 0.5
 SCORE_THRESHOLD = 0.5  # predict's default: the detections a user sees
 
 
-def _array(value: Any, dtype, shape: tuple[int, ...]) -> np.ndarray:
+def as_array(value: Any, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A tensor, list or array as a NumPy array of ``dtype`` and ``shape`` (on the CPU)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=dtype).reshape(shape)
+
+
+def truth_arrays(entry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's ground truth ``{"boxes", "labels"[, "difficult"]}`` as ``(boxes [G, 4] float64 xyxy,
+    labels [G] int64, difficult [G] bool)`` (no ``difficult``: none is)."""
+    boxes = as_array(entry["boxes"], np.float64, (-1, 4))
+    labels = as_array(entry["labels"], np.int64, (-1,))
+    difficult = entry.get("difficult")
+    return boxes, labels, np.zeros(len(labels), bool) if difficult is None else as_array(difficult, bool, (-1,))
 
 
 def confusion_matrix(
@@ -70,14 +80,11 @@ def confusion_matrix(
     images = {entry["image_id"]: entry for entry in ground_truth}
     for image_id in list(images) + [i for i in detections if i not in images]:
         entry = images.get(image_id, {"boxes": [], "labels": []})
-        gt_boxes = _array(entry["boxes"], np.float64, (-1, 4))
-        gt_labels = _array(entry["labels"], np.int64, (-1,))
-        difficult = entry.get("difficult")
-        difficult = np.zeros(len(gt_labels), bool) if difficult is None else _array(difficult, bool, (-1,))
+        gt_boxes, gt_labels, difficult = truth_arrays(entry)
         found = detections.get(image_id, {"boxes": [], "labels": [], "scores": []})
-        keep = _array(found["scores"], np.float64, (-1,)) >= score_threshold
-        det_boxes = _array(found["boxes"], np.float64, (-1, 4))[keep]
-        det_labels = _array(found["labels"], np.int64, (-1,))[keep]
+        keep = as_array(found["scores"], np.float64, (-1,)) >= score_threshold
+        det_boxes = as_array(found["boxes"], np.float64, (-1, 4))[keep]
+        det_labels = as_array(found["labels"], np.int64, (-1,))[keep]
         for labels in (gt_labels, det_labels):
             if len(labels) and not ((labels >= 1) & (labels <= num_classes)).all():
                 raise ValueError(f"image {image_id!r}: labels {sorted(set(labels.tolist()))} outside 1..{num_classes}")

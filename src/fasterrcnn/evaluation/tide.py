@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fasterrcnn.evaluation.confusion import as_array, truth_arrays
 from fasterrcnn.ops.boxes import box_iou
 
 __all__ = [
@@ -82,12 +83,6 @@ class ErrorBreakdown:
         return best if self.delta_ap[best] > 0 else None
 
 
-def _array(value: Any, dtype, shape: tuple[int, ...]) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=dtype).reshape(shape)
-
-
 @dataclass
 class _Point:
     """One kept detection: its class, score, and (for a false positive) its error and the box it points at."""
@@ -127,14 +122,11 @@ def error_breakdown(
     images = {entry["image_id"]: entry for entry in ground_truth}
     for image_id in list(images) + [i for i in detections if i not in images]:
         entry = images.get(image_id, {"boxes": [], "labels": []})
-        gt_boxes = _array(entry["boxes"], np.float64, (-1, 4))
-        gt_labels = _array(entry["labels"], np.int64, (-1,))
-        difficult = entry.get("difficult")
-        difficult = np.zeros(len(gt_labels), bool) if difficult is None else _array(difficult, bool, (-1,))
+        gt_boxes, gt_labels, difficult = truth_arrays(entry)
         found = detections.get(image_id, {"boxes": [], "labels": [], "scores": []})
-        scores = _array(found["scores"], np.float64, (-1,))
+        scores = as_array(found["scores"], np.float64, (-1,))
         order = np.argsort(-scores, kind="stable")[:max_detections]
-        det_boxes, det_labels, scores = _array(found["boxes"], np.float64, (-1, 4))[order], _array(found["labels"], np.int64, (-1,))[order], scores[order]
+        det_boxes, det_labels, scores = as_array(found["boxes"], np.float64, (-1, 4))[order], as_array(found["labels"], np.int64, (-1,))[order], scores[order]
         for labels in (gt_labels, det_labels):
             if len(labels) and not ((labels >= 1) & (labels <= num_classes)).all():
                 raise ValueError(f"image {image_id!r}: labels {sorted(set(labels.tolist()))} outside 1..{num_classes}")
