@@ -376,6 +376,16 @@ def test_every_command_that_writes_leaves_a_planted_links_target_and_a_foreign_f
     assert main(["convert", str(voc_root), str(out), "--to", "yolo"]) == 2
     check(out, "data.yaml")
 
+    out = planted(tmp_path / "calibrate", "calibrated.pt")
+    args = ["calibrate", "--weights", *weights, "--data", str(voc_root), "--split", "test", "--output", str(out / "calibrated.pt")]
+    assert main([*args, "--overwrite", "--quiet", "--device", "cpu"]) == 0
+    assert check(out, "calibrated.pt") and load_checkpoint(out / "calibrated.pt")["config"]["model"]["box_score_temperature"] > 0
+
+    out = planted(tmp_path / "benchmark", "benchmark.csv")
+    args = ["benchmark", "--weights", *weights, "--data", str(voc_root), "--paths", "eager f32", "--output", str(out / "benchmark.csv")]
+    assert main([*args, "--overwrite", "--quiet"]) == 0
+    assert check(out, "benchmark.csv") and (out / "benchmark.csv").read_text().startswith("path,available")
+
     pytest.importorskip("onnx")  # the 'deploy' extra
     out = planted(tmp_path / "export", "model.onnx")
     assert main(["export", "--weights", *weights, "--output", str(out / "model.onnx"), "--overwrite"]) == 0
