@@ -186,17 +186,18 @@ def test_resume_refuses_changed_settings_and_records_a_longer_run(voc_root, tmp_
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]["max_iters"] == 2
 
 
-def test_fitted_anchors_are_recorded_so_resume_and_eval_rebuild_the_model(voc_root, tmp_path, capsys):
+def test_fitted_anchors_are_recorded_so_resume_and_eval_rebuild_the_model(voc_root, tmp_path):
     from fasterrcnn.detector import Detector
 
     run = tmp_path / "run"
     train(voc_root, run, **{**FAST, "overrides": {**SMALL, "train.fit_anchors": True}}, max_iters=1)
-    assert "anchors fitted to the training boxes: sizes (" in capsys.readouterr().out
+    log = (run / "log.txt").read_text().splitlines()  # quiet: the console lines go to log.txt only
+    assert log[0].startswith("training tiny on ") and log[1].startswith("anchors fitted to the training boxes: sizes (")
     sizes = json.loads((run / "config.json").read_text())["model"]["anchor_sizes"]
     assert sizes != [[16.0, 32.0, 64.0, 128.0]]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["model"]["anchor_sizes"] == sizes
     resumed = train(voc_root, run, **FAST, resume=True, max_iters=2)  # the checkpoint's anchors, not fitted again
-    assert resumed.iteration == 2 and "anchors fitted" not in capsys.readouterr().out
+    assert resumed.iteration == 2 and (run / "log.txt").read_text().count("anchors fitted") == 1
     detector = Detector.from_checkpoint(resumed.last, device="cpu")
     assert [list(level) for level in detector.model.config.anchor_sizes] == sizes
 
@@ -505,7 +506,7 @@ def test_a_slow_start_never_ends_a_time_budget_and_a_finished_one_stays_finished
     assert load_checkpoint(again.last)["time"] == state["time"]
 
 
-def test_a_step_not_yet_taken_follows_the_machines_speed_and_a_longer_budget(voc_root, tmp_path, fake_clock, capsys):
+def test_a_step_not_yet_taken_follows_the_machines_speed_and_a_longer_budget(voc_root, tmp_path, fake_clock):
     """A slow start (4 s per iteration) estimates 7 iterations of the 30 s and puts the step of 900/1200 at 5; the
     machine then speeds up to 1 s per iteration: the step waits for 3/4 of the budget instead of firing at 5.
     Resumed with a longer budget, the step not yet taken moves to 3/4 of the new one."""
@@ -521,7 +522,7 @@ def test_a_step_not_yet_taken_follows_the_machines_speed_and_a_longer_budget(voc
     fake_clock(interrupt_after_iteration_6, increments=itertools.chain([4.0] * 5, itertools.repeat(1.0)))
     with pytest.raises(TrainingInterrupted):
         train(voc_root, tmp_path / "run", **FAST, time=0.5)
-    assert "x0.1 at 5 -> 0.002" in capsys.readouterr().out  # what the slow start estimated
+    assert "x0.1 at 5 -> 0.002" in (tmp_path / "run" / "log.txt").read_text()  # what the slow start estimated
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["iteration"] == 6 and state["scheduler"]["lr_steps"] == [7]  # 21 s < 22.5 s: not yet
     fake_clock(increments=itertools.repeat(1.0))

@@ -204,6 +204,7 @@ class _Configs:
     user_set: set[str]
     checkpoint: Any = None  # engine.checkpoint.Checkpoint of a resumed run, until its state is loaded
     changes: dict[str, list] = field(default_factory=dict)
+    anchor_fit: str | None = None  # the anchors' fit to the boxes, printed after the start line (modeling.anchor_fit)
 
 
 def recorded_data(config_file: str | Path) -> dict[str, Any] | None:
@@ -332,6 +333,8 @@ def _train(folder: RunFolder, training: TrainingData, validation: ValidationData
     if distributed.is_main_process():
         log.start()  # the run is accepted: its lines go to log.txt from here (the start line first)
         _record(folder, trainer, dataset, val_dataset, metric, configs, setup, device)
+        if configs.anchor_fit is not None:
+            print(configs.anchor_fit, flush=True)
     summary = trainer.train()
     best = folder.checkpoints.best
     return TrainResult(
@@ -387,9 +390,7 @@ def _datasets(training: TrainingData, validation: ValidationData, configs: _Conf
     if not setup.resume:  # the anchors' fit to the boxes (fitted with train.fit_anchors), recorded in the model's config
         from fasterrcnn.modeling.anchor_fit import check_anchors
 
-        configs.model, fit = check_anchors(dataset, configs.model, fit=configs.train.fit_anchors)
-        if fit is not None and distributed.is_main_process():
-            print(fit, flush=True)
+        configs.model, configs.anchor_fit = check_anchors(dataset, configs.model, fit=configs.train.fit_anchors)
     if val_dataset is not None and not setup.resume and "eval_every" not in configs.user_set:
         configs.train = replace(configs.train, eval_every=default_eval_every(configs.train, len(dataset), distributed.get_world_size()))
     if checkpoint is not None:
