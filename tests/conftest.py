@@ -1,9 +1,15 @@
 """Fixtures shared by several test files."""
 
 import os
+import signal
 
 import pytest
 import torch
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # A suite started as a background job (`make test &`, nohup) inherits SIGINT ignored, which training respects
+    # (engine/interrupt.py): the interrupt tests need it delivered, in this process and in the commands it starts.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two worker processes on two cores: one torch thread each (and in the commands
