@@ -188,10 +188,11 @@ def build_report(
         to_label = {category_id: label for label, category_id in dataset.label_to_category_id.items()}
     results = [r for r in results if r["category_id"] in to_label]  # other ids are no class of ours (COCOeval ignores them too)
     detections = results_to_detections(results, to_label)
-    matrix = confusion_matrix(detections, dataset.ground_truth(), len(class_names), score_threshold=score_threshold)
+    ground_truth = dataset.ground_truth()  # built once for the three readings of it
+    matrix = confusion_matrix(detections, ground_truth, len(class_names), score_threshold=score_threshold)
     samples = _samples(dataset, detections, class_names, score_threshold, num_samples)
-    breakdown = error_breakdown(detections, dataset.ground_truth(), class_names)
-    scores, right, _ = detection_outcomes(detections, dataset.ground_truth())
+    breakdown = error_breakdown(detections, ground_truth, class_names)
+    scores, right, _ = detection_outcomes(detections, ground_truth)
     return EvaluationReport(
         tuple(class_names), dict(metrics), matrix, per_class_rows(metrics, matrix, class_names), samples, score_threshold,
         breakdown, reliability_bins(scores, right), expected_calibration_error(scores, right),

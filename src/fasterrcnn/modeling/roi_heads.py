@@ -218,6 +218,8 @@ class RoIHeads(nn.Module):
         keep = ((boxes[:, 2] - boxes[:, 0]) >= self.min_size) & ((boxes[:, 3] - boxes[:, 1]) >= self.min_size)
         boxes, cand_scores, cls, image, roi_idx = boxes[keep], cand_scores[keep], cls[keep], image[keep], roi_idx[keep]
         kept = ops.batched_nms(boxes, cand_scores, image * num_classes + cls, self.nms_thresh) if len(boxes) else cls.new_zeros((0,))
-        rows = (probabilities[roi_idx],) if self.class_probabilities else ()  # [Q, C+1]: each candidate's RoI row
+        rows = (roi_idx,) if self.class_probabilities else ()  # [Q]: each candidate's RoI, its row gathered once kept
         per_image = split_top_n(kept, image[kept], n, self.detections_per_img, boxes, cand_scores, cls, *rows)
-        return [{"boxes": b, "labels": lb, "scores": s, **({"probabilities": p[0]} if p else {})} for b, s, lb, *p in zip(*per_image)]
+        return [
+            {"boxes": b, "labels": lb, "scores": s, **({"probabilities": probabilities[r[0]]} if r else {})} for b, s, lb, *r in zip(*per_image)
+        ]

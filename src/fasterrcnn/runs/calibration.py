@@ -108,7 +108,7 @@ def calibrate(
                 model, dataset, class_names=checkpoint.class_names, label_to_category_id=dataset.label_to_category_id,
                 batch_size=batch_size, num_workers=num_workers, device=device, progress=not quiet, shard=False,
             )  # fmt: skip
-        metrics = evaluate_results([{k: v for k, v in r.items() if k != "probabilities"} for r in results], dataset, metric="voc")
+        metrics = evaluate_results(results, dataset, metric="voc")  # VOC AP reads ids, boxes and scores only
         detections = results_to_detections(results, to_label)
         scores, right, where = detection_outcomes(detections, ground_truth)
         summary = {"ece": expected_calibration_error(scores, right), "mAP": float(metrics["mAP"]), "detections": len(scores)}
