@@ -580,18 +580,7 @@ class Trainer:
         if self.config.scale_jitter is None or transform is None:
             return contextlib.nullcontext()
         generator = torch.Generator().manual_seed(mix_seed(self.config.seed, 0x5CA, self.state.iteration))
-        sizes = jittered_sizes(transform.min_size, transform.max_size, self.config.scale_jitter, generator)
-
-        @contextlib.contextmanager
-        def jitter():
-            saved = transform.min_size, transform.max_size
-            transform.min_size, transform.max_size = sizes
-            try:
-                yield
-            finally:
-                transform.min_size, transform.max_size = saved
-
-        return jitter()
+        return transform.resizing_to(*jittered_sizes(transform.min_size, transform.max_size, self.config.scale_jitter, generator))
 
     # -- schedule and time budget -----------------------------------------------------------------------
     def _describe_schedule(self) -> str:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fasterrcnn.data.transforms import hflip_boxes
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.ops.boxes import clip_boxes_to_image
 from fasterrcnn.ops.merge import MERGE_RULES, box_voting, merge_detections, weighted_box_fusion
@@ -125,12 +126,8 @@ def _input_scale(model: torch.nn.Module, scale: float):
         yield
         return
     transform = model.transform
-    sizes = transform.min_size, transform.max_size
-    transform.min_size, transform.max_size = round(sizes[0] * scale), round(sizes[1] * scale)
-    try:
+    with transform.resizing_to(round(transform.min_size * scale), round(transform.max_size * scale)):
         yield
-    finally:
-        transform.min_size, transform.max_size = sizes
 
 
 def _forward(model: torch.nn.Module, tensors: list[Tensor], options: InferenceOptions, autocast) -> list[dict[str, Tensor]]:
@@ -146,8 +143,7 @@ def _forward(model: torch.nn.Module, tensors: list[Tensor], options: InferenceOp
         for per_image, tensor, output in zip(found, tensors, outputs):
             boxes = output["boxes"].float().cpu()
             if flip:
-                width = tensor.shape[-1]
-                boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+                boxes = hflip_boxes(boxes, tensor.shape[-1])
             per_image.append({"boxes": boxes, "scores": output["scores"].float().cpu(), "labels": output["labels"].cpu()})
     if not tta:
         return [per_image[0] for per_image in found]
@@ -236,14 +232,11 @@ def load_uint8(image) -> Tensor:
     import numpy as np
     from PIL import Image
 
-    from fasterrcnn.data.images import load_image_uint8
+    from fasterrcnn.data.images import is_file_object, load_image_uint8, position_kept
 
-    if hasattr(image, "read") and hasattr(image, "seek") and hasattr(image, "tell"):
-        start = image.tell()
-        try:
+    if is_file_object(image):
+        with position_kept(image):
             return load_image_uint8(image)
-        finally:
-            image.seek(start)
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray):

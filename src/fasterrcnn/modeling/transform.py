@@ -14,6 +14,8 @@ ratio of new to old size per axis.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +66,17 @@ class GeneralizedRCNNTransform(nn.Module):
         self.image_std = tuple(float(s) for s in image_std)
         self.pixel_format = pixel_format
         self.size_divisible = int(size_divisible)
+
+    @contextmanager
+    def resizing_to(self, min_size: int, max_size: int) -> Iterator[None]:
+        """Resize to ``min_size`` / ``max_size`` inside the block (a batch's scale jitter, a test-time scale);
+        the configured sizes again after it."""
+        saved = self.min_size, self.max_size
+        self.min_size, self.max_size = min_size, max_size
+        try:
+            yield
+        finally:
+            self.min_size, self.max_size = saved
 
     def normalize(self, image: Tensor) -> Tensor:
         """[3, H, W] RGB in [0, 1] -> normalized [3, H, W] (a new tensor).
