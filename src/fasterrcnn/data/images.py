@@ -250,14 +250,15 @@ def load_image_uint8(path, *, max_pixels: int = SLICED_MAX_PIXELS) -> torch.Tens
     (150 megapixels by default, a 12000 x 12000 aerial tile) is refused from its header, before
     decoding, with ``DataError``; below it Pillow's decompression-bomb warning is silenced.
     """
-    height, width = image_size(path)
-    if height * width > max_pixels:
-        raise DataError(path, f"the image is {width}x{height}, {height * width / 1e6:.0f} megapixels: more than the {max_pixels / 1e6:.0f} accepted")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with _open(path) as im:  # one open: the header's size is checked before any pixel is decoded
+                height, width = _header_sizes(im)[1]
+                if height * width > max_pixels:
+                    megapixels = height * width / 1e6
+                    raise DataError(path, f"the image is {width}x{height}, {megapixels:.0f} megapixels: more than the {max_pixels / 1e6:.0f} accepted")
                 orientation = _orientation(im)
                 array = _to_rgb_array_by_strips(_oriented(_decode(im, 1), orientation))
     except DataError:
