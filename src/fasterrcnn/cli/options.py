@@ -77,8 +77,10 @@ def add_amp(p: argparse.ArgumentParser, amp_help: str, dtype_help: str) -> None:
 
 def add_precision(p: argparse.ArgumentParser) -> None:
     """``--precision`` of eval, predict and serve, and its deprecated spelling ``--amp [--amp-dtype]`` (hidden)."""
+    from fasterrcnn.device import PRECISIONS  # here: importing the options needs no torch
+
     p.add_argument(
-        "--precision", choices=("auto", "f32", "bf16", "fp16", "int8"), default=None,
+        "--precision", choices=PRECISIONS, default=None,
         help="what the model computes in: 'auto' (bf16 where the CPU has bf16 instructions (avx512_bf16, AMX) or the "
         "GPU supports it, else f32; the choice is logged and recorded in the outputs), 'f32', 'bf16', 'fp16' (CUDA), "
         "or 'int8' (an OpenVINO file written by 'fasterrcnn export --int8') (default: auto)",

@@ -257,7 +257,7 @@ def render_big_scene(rng: np.random.Generator, size: tuple[int, int]):
     Each shape is drawn on a canvas of its own box only, so the cost grows with the objects, not the image."""
     height, width = size
     image = _background(rng, size)
-    objects, colors = [], []
+    objects = []
     sizes = [BIG_SCENE_LARGE] * int(rng.integers(1, 4)) + [BIG_SCENE_SMALL] * int(rng.integers(20, 51))
     for low, high in sizes:
         for _attempt in range(_ATTEMPTS):
@@ -278,7 +278,6 @@ def render_big_scene(rng: np.random.Generator, size: tuple[int, int]):
             color = _pick_color(rng, [region[mask].mean(axis=0)])
             region[mask] = color
             objects.append((name, box))
-            colors.append(color)
             break
     image += rng.standard_normal((height, width, 1), dtype=np.float32) * 3.0  # sensor-like grain
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), objects

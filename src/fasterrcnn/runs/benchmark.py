@@ -103,14 +103,14 @@ def benchmark(
     from fasterrcnn.device import bf16_support
     from fasterrcnn.engine.evaluator import evaluate_model, headline
     from fasterrcnn.io import atomic_write_text
+    from fasterrcnn.paths import check_output_file
 
     unknown = [path for path in paths if path not in PATHS]
     if unknown:
         raise ConfigError(f"unknown benchmark path(s) {', '.join(map(repr, unknown))}; choose from {', '.join(PATHS)}")
-    if output is not None:
+    if output is not None:  # before the work: never the checkpoint benchmarked, never a folder
         output = Path(output)
-        if output.exists() and not overwrite:
-            raise ConfigError(f"{output} exists; pass --overwrite to replace it or choose another --output")
+        check_output_file(output, overwrite=overwrite, inputs=[weights])
     if int8 is not None and not Path(int8).is_file():
         raise ConfigError(f"--int8 {int8}: no such file (write one with 'fasterrcnn export --int8')")
     if threads:
@@ -188,9 +188,9 @@ def _csv(rows: list[BenchmarkRow]) -> str:
     return text.getvalue()
 
 
-def benchmark_table(rows: list[BenchmarkRow], metric_name: str = "mAP") -> str:
+def benchmark_table(rows: list[BenchmarkRow]) -> str:
     """The rows as an aligned text table (one line per path; a path that cannot run says why)."""
-    header = ["path", metric_name, "median ms", "images/s", "file MiB", "export s", "available"]
+    header = ["path", "mAP", "median ms", "images/s", "file MiB", "export s", "available"]
     lines = [header]
     fmt = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
     for row in rows:
