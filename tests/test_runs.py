@@ -578,6 +578,10 @@ def test_benchmark_command_prints_the_table_and_refuses_what_it_cannot_do(traine
     assert one_line_error(capsys, main(args[:5] + ["--paths", "eager f16"])) == (
         "fasterrcnn: error: unknown benchmark path(s) 'eager f16'; choose from eager f32, eager bf16, onnxruntime f32, openvino f32, openvino bf16, openvino int8"
     )
+    weights = ["--output", str(trained.last), "--overwrite"]  # the checkpoint benchmarked is never written over
+    assert one_line_error(capsys, main(args[:7] + weights)) == (
+        f"fasterrcnn: error: {trained.last} is the input {trained.last}, which is never written over; choose another --output"
+    )
     missing = tmp_path / "missing.xml"
     assert one_line_error(capsys, main(args[:5] + ["--int8", str(missing)])) == (
         f"fasterrcnn: error: --int8 {missing}: no such file (write one with 'fasterrcnn export --int8')"
