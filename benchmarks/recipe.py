@@ -192,8 +192,8 @@ def run_one(root: Path, classes: list[str], out: Path, preset: str, length: dict
         return json.loads(results.read_text())
     started = time.perf_counter()
     trained = fasterrcnn.train(
-        root, out, preset=preset, **length, seed=seed, overrides=overrides, split="train", classes=classes,
-        validate=False, device="cpu", quiet=True, overwrite=True,
+        fasterrcnn.TrainingData(root, split="train", classes=classes), out, val=False, preset=preset, **length, seed=seed,
+        overrides=overrides, device="cpu", quiet=True, overwrite=True,
     )  # fmt: skip
     scores = {}
     for split in ("val", "test"):

@@ -393,7 +393,7 @@ def test_image_size_sets_the_short_and_the_long_side_and_patience_the_train_fiel
     from fasterrcnn.cli.train import overrides_of
 
     args = build_parser().parse_args(["train", "--data", "d", "--output", "o", "--image-size", "640", "--patience", "3", "--set", "model.min_size=800"])
-    assert overrides_of(args) == {"model.min_size": 640, "model.max_size": 640, "train.patience": 3}
+    assert overrides_of(args) == {"model": {"min_size": 640, "max_size": 640}, "train": {"patience": 3}}
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])

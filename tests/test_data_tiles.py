@@ -60,8 +60,8 @@ def test_big_scene_has_small_objects_and_a_few_large_ones_deterministically():
 
 def test_train_refuses_a_tile_smaller_than_32_pixels(tmp_path):
     from fasterrcnn.errors import ConfigError
-    from fasterrcnn.runs import train
+    from fasterrcnn.runs import TrainingData, train
 
     with pytest.raises(ConfigError, match="slice must be a tile size of at least 32 pixels, got 8"):
-        train(tmp_path / "data", tmp_path / "run", preset="tiny", slice=8)
+        train(TrainingData(tmp_path / "data", slice=8), tmp_path / "run", preset="tiny")
     assert not (tmp_path / "run").exists()

@@ -81,4 +81,4 @@ def test_the_cli_flag_sets_the_field():
     from fasterrcnn.cli.train import overrides_of
 
     args = build_parser().parse_args(["train", "--data", "x", "--output", "y", "--fit-anchors"])
-    assert overrides_of(args)["train.fit_anchors"] is True
+    assert overrides_of(args)["train"]["fit_anchors"] is True

@@ -22,11 +22,11 @@ from fasterrcnn.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
 from fasterrcnn.engine.checkpoint import load_checkpoint
 from fasterrcnn.errors import DataError
 from fasterrcnn.paths import FILE, WriteError, check_inside, open_replacing, owned_entries
-from fasterrcnn.runs import train
+from fasterrcnn.runs import TrainingData, train
 from fasterrcnn.runs.folder import check_writable
 
 SMALL = {"model.min_size": 48, "model.max_size": 64}
-FAST = dict(split="train", preset="tiny", overrides=SMALL, batch_size=2, device="cpu", quiet=True, validate=False)
+FAST = dict(preset="tiny", overrides=SMALL, batch_size=2, device="cpu", quiet=True, val=False)
 TRAIN = ["--split", "train", "--preset", "tiny", "--set", "model.min_size=48", "--set", "model.max_size=64", "--batch-size", "2"]
 TRAIN += ["--no-val", "--quiet", "--device", "cpu"]
 
@@ -38,7 +38,7 @@ def voc_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(voc_root, tmp_path_factory):
-    return train(voc_root, tmp_path_factory.mktemp("runs") / "run", **FAST, max_iters=1)
+    return train(TrainingData(voc_root, split="train"), tmp_path_factory.mktemp("runs") / "run", **FAST, max_iters=1)
 
 
 def one_line_error(capsys, code):
@@ -129,7 +129,7 @@ def test_train_overwrite_deletes_only_what_a_run_writes_and_only_once_the_run_is
     assert "no_such_field" in err
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # refused: the earlier run is whole
 
-    train(voc_root, run, **FAST, max_iters=2, overwrite=True)  # accepted: the earlier run's files go
+    train(TrainingData(voc_root, split="train"), run, **FAST, max_iters=2, overwrite=True)  # accepted: the earlier run's files go
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
     assert len(list((run / "tb").iterdir())) == 1  # this run's event file only
 

@@ -23,10 +23,10 @@ from fasterrcnn.engine.logging import read_metrics
 from fasterrcnn.engine.report import REPORT_FILES
 from fasterrcnn.engine.trainer import TrainingFailed
 from fasterrcnn.errors import ConfigError, DataError
-from fasterrcnn.runs import EvalResult, PredictResult, RunFolder, TrainResult, compress, evaluate, predict, train
+from fasterrcnn.runs import EvalResult, PredictResult, RunFolder, TrainingData, TrainResult, ValidationData, compress, evaluate, predict, train
 
 SMALL = {"model.min_size": 48, "model.max_size": 64}
-FAST = dict(split="train", preset="tiny", overrides=SMALL, batch_size=2, device="cpu", quiet=True, validate=False)
+FAST = dict(preset="tiny", overrides=SMALL, batch_size=2, device="cpu", quiet=True, val=False)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def voc_root(tmp_path_factory):
 def trained(voc_root, tmp_path_factory):
     """A run of 2 iterations, validated on the test split, trained from Python."""
     run = tmp_path_factory.mktemp("runs") / "run"
-    return train(voc_root, run, **{**FAST, "validate": True}, max_iters=2)
+    return train(TrainingData(voc_root, split="train"), run, **{**FAST, "val": None}, max_iters=2)
 
 
 def one_line_error(capsys, code):
@@ -117,7 +117,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(voc_root, tmp_path, caplog)
     run.mkdir()
     (run / ".lock").write_text("999999 on elsewhere")  # no process holds the flock
     with caplog.at_level("WARNING", logger="fasterrcnn"):
-        train(voc_root, run, **FAST, max_iters=1)
+        train(TrainingData(voc_root, split="train"), run, **FAST, max_iters=1)
     assert "taking over the lock left by PID 999999 on elsewhere" in caplog.text
     assert (run / ".lock").read_text() == ""  # released cleanly
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 1
@@ -126,7 +126,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(voc_root, tmp_path, caplog)
 def test_a_folder_with_a_run_is_refused_unless_resume_or_overwrite(trained, voc_root, tmp_path, capsys):
     run = tmp_path / "run"
     every_step = {**FAST, "overrides": {**SMALL, "train.checkpoint_every": 1}}
-    train(voc_root, run, **every_step, max_iters=1)
+    train(TrainingData(voc_root, split="train"), run, **every_step, max_iters=1)
     (run / "checkpoints" / "last.pt").unlink()  # an earlier run whose last.pt is gone: still a run
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     code = main(["train", "--data", str(voc_root), "--preset", "tiny", "--output", str(run), "--max-iters", "1"])
@@ -134,19 +134,19 @@ def test_a_folder_with_a_run_is_refused_unless_resume_or_overwrite(trained, voc_
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000001.pt"]
 
-    train(voc_root, run, **every_step, max_iters=2, overwrite=True)  # starts over: the old run's files are gone
+    train(TrainingData(voc_root, split="train"), run, **every_step, max_iters=2, overwrite=True)  # starts over: the old run's files are gone
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000001.pt", "iter_0000002.pt", "last.pt"]
     assert [r["iteration"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [2]  # not the old run's 1
 
     (run / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match=r"holds files that are not a training run's \(notes.txt\)"):
-        train(voc_root, run, **FAST, max_iters=2, overwrite=True)
+        train(TrainingData(voc_root, split="train"), run, **FAST, max_iters=2, overwrite=True)
     assert (run / "notes.txt").read_text() == "mine" and (run / "checkpoints" / "last.pt").is_file()
 
 
 def test_quiet_prints_nothing_and_the_console_lines_go_to_log_txt(voc_root, tmp_path, capsys):
     """train(..., quiet=True) from Python is silent; log.txt holds the lines (no bar redraws)."""
-    train(voc_root, tmp_path / "run", **{**FAST, "validate": True}, max_iters=1)
+    train(TrainingData(voc_root, split="train"), tmp_path / "run", **{**FAST, "val": None}, max_iters=1)
     assert capsys.readouterr() == ("", "")
     log = (tmp_path / "run" / "log.txt").read_text()
     assert log.startswith("training tiny on 4 images (5 classes, train) for 1 iterations on cpu; validating on test (")
@@ -173,7 +173,7 @@ def test_console_log_keeps_the_last_state_of_redrawn_lines(tmp_path):
 
 def test_resume_refuses_changed_settings_and_records_a_longer_run(voc_root, tmp_path, capsys):
     run = tmp_path / "run"
-    train(voc_root, run, **FAST, max_iters=1)
+    train(TrainingData(voc_root, split="train"), run, **FAST, max_iters=1)
     args = ["train", "--data", str(voc_root), "--split", "train", "--output", str(run), "--resume", "--quiet", "--no-val", "--device", "cpu"]
     err = one_line_error(capsys, main(args + ["--lr", "0.5", "--seed", "4", "--batch-size", "1"]))
     assert "--resume would change the run's settings: train.batch_size 2 -> 1; train.lr 0.02 -> 0.5; train.seed 0 -> 4." in err
@@ -190,13 +190,13 @@ def test_fitted_anchors_are_recorded_so_resume_and_eval_rebuild_the_model(voc_ro
     from fasterrcnn.detector import Detector
 
     run = tmp_path / "run"
-    train(voc_root, run, **{**FAST, "overrides": {**SMALL, "train.fit_anchors": True}}, max_iters=1)
+    train(TrainingData(voc_root, split="train"), run, **{**FAST, "overrides": {**SMALL, "train.fit_anchors": True}}, max_iters=1)
     log = (run / "log.txt").read_text().splitlines()  # quiet: the console lines go to log.txt only
     assert log[0].startswith("training tiny on ") and log[1].startswith("anchors fitted to the training boxes: sizes (")
     sizes = json.loads((run / "config.json").read_text())["model"]["anchor_sizes"]
     assert sizes != [[16.0, 32.0, 64.0, 128.0]]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["model"]["anchor_sizes"] == sizes
-    resumed = train(voc_root, run, **FAST, resume=True, max_iters=2)  # the checkpoint's anchors, not fitted again
+    resumed = train(TrainingData(voc_root, split="train"), run, **FAST, resume=True, max_iters=2)  # the checkpoint's anchors, not fitted again
     assert resumed.iteration == 2 and (run / "log.txt").read_text().count("anchors fitted") == 1
     detector = Detector.from_checkpoint(resumed.last, device="cpu")
     assert [list(level) for level in detector.model.config.anchor_sizes] == sizes
@@ -204,7 +204,7 @@ def test_fitted_anchors_are_recorded_so_resume_and_eval_rebuild_the_model(voc_ro
 
 def test_periodic_checkpoints_keep_the_newest(voc_root, tmp_path):
     run = tmp_path / "run"
-    train(voc_root, run, **{**FAST, "overrides": {**SMALL, "train.checkpoint_every": 1, "train.keep_checkpoints": 2}}, max_iters=5)
+    train(TrainingData(voc_root, split="train"), run, **{**FAST, "overrides": {**SMALL, "train.checkpoint_every": 1, "train.keep_checkpoints": 2}}, max_iters=5)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_0000004.pt", "iter_0000005.pt", "last.pt"]
 
 
@@ -242,7 +242,7 @@ def test_a_failing_final_evaluation_keeps_the_trained_checkpoint(voc_root, tmp_p
     monkeypatch.setattr(evaluator, "evaluate_model", broken)
     run = tmp_path / "run"
     with pytest.raises(TrainingFailed, match=r"^training stopped at iteration 3: annotations.json: area 'big' is not a number; .*last.pt holds iteration 3$") as info:
-        train(voc_root, run, **{**FAST, "validate": True}, max_iters=3)
+        train(TrainingData(voc_root, split="train"), run, **{**FAST, "val": None}, max_iters=3)
     assert info.value.checkpoint == run / "checkpoints" / "last.pt" and load_checkpoint(info.value.checkpoint)["iteration"] == 3
     assert not (run / "error.log").exists()  # the user's to fix: no traceback
 
@@ -360,11 +360,8 @@ def test_the_command_line_is_a_package_of_thin_commands_and_layers_import_downwa
 
 
 def test_a_runs_config_json_repeats_the_run(trained, voc_root, tmp_path):
-    from fasterrcnn.runs import TrainingData, ValidationData
-
-    # the data in its two groups: a training-data spec and a validation-data spec
-    data, no_validation = TrainingData(voc_root, split="train"), ValidationData(enabled=False)
-    again = train(data, tmp_path / "again", config=trained.run_dir / "config.json", val_data=no_validation, device="cpu", quiet=True)
+    # the data in its two groups: a training-data spec, and val=False for no validation set
+    again = train(TrainingData(voc_root, split="train"), tmp_path / "again", config=trained.run_dir / "config.json", val=False, device="cpu", quiet=True)
     assert json.loads((again.run_dir / "config.json").read_text())["data"]["val"] is None
     original = load_checkpoint(trained.last)
     repeated = load_checkpoint(again.last)
@@ -396,11 +393,11 @@ def _schedule(run):
 
 def test_the_presets_schedule_follows_the_runs_length_unless_set(voc_root, tmp_path, capsys):
     # tiny: warm-up 100, step 900 of 1200 iterations; 2 iterations: step at round(1.5) = 2, warm-up round(0.17) = 0
-    train(voc_root, tmp_path / "iters", **FAST, max_iters=2)
+    train(TrainingData(voc_root, split="train"), tmp_path / "iters", **FAST, max_iters=2)
     assert _schedule(tmp_path / "iters") == (0, [2])
     assert "schedule: 2 iterations; no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in (tmp_path / "iters" / "log.txt").read_text()
     # 4 images in batches of 2: 1 epoch = 2 iterations
-    train(voc_root, tmp_path / "epochs", **FAST, epochs=1)
+    train(TrainingData(voc_root, split="train"), tmp_path / "epochs", **FAST, epochs=1)
     assert _schedule(tmp_path / "epochs") == (0, [2])
     assert "schedule: 2 iterations (1 epochs x 2 batches); no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in (tmp_path / "epochs" / "log.txt").read_text()
     # set by the user (--set or overrides, a config file): kept as given
@@ -411,7 +408,7 @@ def test_the_presets_schedule_follows_the_runs_length_unless_set(voc_root, tmp_p
     assert main(args) == 0
     assert _schedule(tmp_path / "cli") == (3, [1])
     # resuming for longer moves nothing: the checkpoint holds the placed schedule
-    train(voc_root, tmp_path / "iters", **FAST, max_iters=3, resume=True)
+    train(TrainingData(voc_root, split="train"), tmp_path / "iters", **FAST, max_iters=3, resume=True)
     assert _schedule(tmp_path / "iters") == (0, [2])
 
 
@@ -447,7 +444,7 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     # weight averaging and the augmentations are exact across the interruption too
     recipe = {"train.ema_decay": 0.9, "train.scale_jitter": [0.75, 1.25], "train.color_jitter": [0.2, 0.2, 0.2, 0.05]}
     log = {**SMALL, "train.log_every": 1, **recipe}
-    whole = train(voc_root, tmp_path / "whole", **{**FAST, "overrides": log}, time=0.4)  # 24 s: 12 iterations of 2 s
+    whole = train(TrainingData(voc_root, split="train"), tmp_path / "whole", **{**FAST, "overrides": log}, time=0.4)  # 24 s: 12 iterations of 2 s
     assert whole.iteration == 12 and whole.last.is_file()
     state = load_checkpoint(whole.last)
     # estimated after the first iteration (and again after 4 and 8 more): 12 iterations fit; the step of
@@ -467,10 +464,10 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
 
     fake_clock(interrupt_after_iteration_6)
     with pytest.raises(TrainingInterrupted):
-        train(voc_root, tmp_path / "run", **{**FAST, "overrides": log}, time=0.4)
+        train(TrainingData(voc_root, split="train"), tmp_path / "run", **{**FAST, "overrides": log}, time=0.4)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["time"] == {"budget": 24.0, "elapsed": 12.0, "max_iters": 12, "fixed": []}
     fake_clock()  # a new process: its clock starts anywhere, the 12 s already spent count
-    resumed = train(voc_root, tmp_path / "run", **FAST, resume=True)
+    resumed = train(TrainingData(voc_root, split="train"), tmp_path / "run", **FAST, resume=True)
     assert resumed.iteration == 12
     again = load_checkpoint(resumed.last)
     assert again["time"] == state["time"] and again["scheduler"] == state["scheduler"]
@@ -479,7 +476,7 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     assert again["ema"]["updates"] == 12
     # a longer budget on resume extends the run: 12 s more, 6 iterations; the step taken at 9 stays
     fake_clock()
-    longer = train(voc_root, tmp_path / "run", **FAST, resume=True, time=0.6)
+    longer = train(TrainingData(voc_root, split="train"), tmp_path / "run", **FAST, resume=True, time=0.6)
     assert longer.iteration == 18
     assert load_checkpoint(longer.last)["scheduler"] == {"iteration": 18, "warmup_iters": 1, "lr_steps": [9]}
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -493,7 +490,7 @@ def test_a_slow_start_never_ends_a_time_budget_and_a_finished_one_stays_finished
 
     fake_clock(increments=itertools.chain([20.0], itertools.repeat(3.0)))
     overrides = {**SMALL, "train.lr_steps": [3]}
-    result = train(voc_root, tmp_path / "run", **{**FAST, "overrides": overrides}, time=0.5)  # 30 s
+    result = train(TrainingData(voc_root, split="train"), tmp_path / "run", **{**FAST, "overrides": overrides}, time=0.5)  # 30 s
     # after iteration 1 (20 s): one more; after 2 (23 s): 2 more fit; after 4 (29 s): none
     assert result.iteration == 4
     state = load_checkpoint(result.last)
@@ -501,7 +498,7 @@ def test_a_slow_start_never_ends_a_time_budget_and_a_finished_one_stays_finished
     assert state["scheduler"]["lr_steps"] == [3]  # as given, not placed on the estimated length
     assert "time budget: 2 iterations fit (20 s each" in (tmp_path / "run" / "log.txt").read_text()
     fake_clock()
-    again = train(voc_root, tmp_path / "run", **FAST, resume=True)  # the same budget: nothing left to train
+    again = train(TrainingData(voc_root, split="train"), tmp_path / "run", **FAST, resume=True)  # the same budget: nothing left to train
     assert again.iteration == 4
     assert load_checkpoint(again.last)["time"] == state["time"]
 
@@ -521,19 +518,19 @@ def test_a_step_not_yet_taken_follows_the_machines_speed_and_a_longer_budget(voc
 
     fake_clock(interrupt_after_iteration_6, increments=itertools.chain([4.0] * 5, itertools.repeat(1.0)))
     with pytest.raises(TrainingInterrupted):
-        train(voc_root, tmp_path / "run", **FAST, time=0.5)
+        train(TrainingData(voc_root, split="train"), tmp_path / "run", **FAST, time=0.5)
     assert "x0.1 at 5 -> 0.002" in (tmp_path / "run" / "log.txt").read_text()  # what the slow start estimated
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["iteration"] == 6 and state["scheduler"]["lr_steps"] == [7]  # 21 s < 22.5 s: not yet
     fake_clock(increments=itertools.repeat(1.0))
-    longer = train(voc_root, tmp_path / "run", **FAST, resume=True, time=0.6)  # 36 s: the step moves to 27 s
+    longer = train(TrainingData(voc_root, split="train"), tmp_path / "run", **FAST, resume=True, time=0.6)  # 36 s: the step moves to 27 s
     assert longer.iteration == 21  # 21 s spent + 15 x 1 s
     assert load_checkpoint(longer.last)["scheduler"] == {"iteration": 21, "warmup_iters": 1, "lr_steps": [12]}
 
 
 def test_the_runs_length_is_given_once(voc_root, tmp_path, capsys):
     with pytest.raises(ConfigError, match="give the run's length as epochs, max_iters or time, not several"):
-        train(voc_root, tmp_path / "run", **FAST, max_iters=2, time=1.0)
+        train(TrainingData(voc_root, split="train"), tmp_path / "run", **FAST, max_iters=2, time=1.0)
     base = ["train", "--data", str(voc_root), "--preset", "tiny", "--output", str(tmp_path / "run")]
     assert "--time: must be a finite number > 0" in one_line_error(capsys, main(base + ["--time", "0"]))
     assert "not allowed with argument" in one_line_error(capsys, main(base + ["--time", "1", "--epochs", "2"]))
@@ -687,7 +684,7 @@ def test_a_validated_run_evaluates_about_ten_times_unless_told_and_says_so(voc_r
     assert default_eval_every(replace(tiny, time=5.0), 100) == 0  # a time budget: at the end
 
     overrides = {**SMALL, "train.log_every": 2}
-    train(voc_root, tmp_path / "run", **{**FAST, "validate": True, "overrides": overrides}, max_iters=4)
+    train(TrainingData(voc_root, split="train"), tmp_path / "run", **{**FAST, "val": None, "overrides": overrides}, max_iters=4)
     evaluations = [r["iteration"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["type"] == "eval"]
     assert evaluations == [2, 4] and "; validation every 2 iterations\n" in (tmp_path / "run" / "log.txt").read_text()
 
@@ -710,3 +707,26 @@ def test_train_writes_a_picture_of_its_labels(trained, voc_root, tmp_path):
     assert 0 <= boxes.min() and boxes.max() <= 1
     plot_labels(torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4), ["a"], tmp_path / "empty.jpg")  # no objects: empty panels
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jpg"]  # written atomically: no temporary file left
+
+
+def test_train_takes_its_data_in_two_specs_and_overrides_in_either_shape(tmp_path):
+    """train's data options live in TrainingData / ValidationData (not 10 flat keywords); overrides stay nested from
+    the CLI to config.resolve, and a Python caller's dotted keys are nested once; unset data fields come from a
+    run's config.json."""
+    import inspect
+
+    from fasterrcnn.runs.training import _nest, _recorded
+
+    assert len(inspect.signature(train).parameters) == 20
+    assert _nest({"train": {"lr": 0.01}, "model.min_size": 64}) == {"model": {"min_size": 64}, "train": {"lr": 0.01}}
+    with pytest.raises(ConfigError, match="override 'lr': expected model.FIELD or train.FIELD"):
+        _nest({"lr": 0.01})
+    record = {"data": {"train": {"path": "/d/voc", "split": "trainval", "images": None}, "val": {"path": "/d/voc", "split": "test"}, "metric": "voc07"}}
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    training, validation = _recorded(TrainingData(split="train"), ValidationData(), tmp_path / "config.json")
+    assert (training.path, training.split) == ("/d/voc", "train")  # the split given wins over the recorded one
+    assert (validation.path, validation.split, validation.metric) == ("/d/voc", "test", "voc07")
+    assert _recorded(TrainingData(split="train"), None, tmp_path / "config.json")[1] is None  # val=False stays off
+    assert _recorded(TrainingData("/other"), ValidationData(), tmp_path / "config.json") == (TrainingData("/other", split="trainval"), ValidationData())
+    with pytest.raises(ConfigError, match="give the training data"):
+        _recorded(TrainingData(), ValidationData(), None)

@@ -15,7 +15,10 @@ __version__ = "0.1.0"
 # (as the ``fasterrcnn`` command does). Set it to 0 to opt out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-__all__ = ["Detection", "Detector", "FasterRCNN", "__version__", "benchmark", "compress", "evaluate", "predict", "train"]
+__all__ = [
+    "Detection", "Detector", "FasterRCNN", "TrainingData", "ValidationData", "__version__", "benchmark", "compress", "evaluate",
+    "predict", "train",
+]  # fmt: skip
 
 
 def __dir__() -> list[str]:
@@ -29,7 +32,8 @@ def __getattr__(name: str):
         from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 
         return FasterRCNN
-    if name in ("train", "evaluate", "predict", "compress", "benchmark"):  # whole runs, as the commands do them
+    # whole runs, as the commands do them, and train's two data specs
+    if name in ("train", "evaluate", "predict", "compress", "benchmark", "TrainingData", "ValidationData"):
         from fasterrcnn import runs
 
         return getattr(runs, name)

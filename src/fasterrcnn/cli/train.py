@@ -116,32 +116,30 @@ def add_parser(commands) -> None:
     p.set_defaults(func=run)
 
 
-def overrides_of(args: argparse.Namespace) -> dict[str, object]:
-    """``--set`` items, then the flags that set a training field (explicit flags win), as ``{"train.lr": 0.01}``."""
+def overrides_of(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """``--set`` items, then the flags that set a field (explicit flags win), as ``{"model": {...}, "train": {...}}``."""
     from fasterrcnn.config import parse_overrides
 
-    overrides = {f"{section}.{name}": value for section, fields in parse_overrides(args.set).items() for name, value in fields.items()}
-    overrides.update({f"train.{field}": getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
-    overrides.update({f"train.{field}": value for flag, (field, value) in TRAIN_SWITCHES.items() if getattr(args, flag)})
+    overrides = parse_overrides(args.set)
+    overrides["train"].update({field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None})
+    overrides["train"].update({field: value for flag, (field, value) in TRAIN_SWITCHES.items() if getattr(args, flag)})
     if args.image_size is not None:  # ultralytics' imgsz: one number for the short and the long side
-        overrides.update({"model.min_size": args.image_size, "model.max_size": args.image_size})
+        overrides["model"].update(min_size=args.image_size, max_size=args.image_size)
     return overrides
 
 
 def run(args: argparse.Namespace) -> int:
     from fasterrcnn.engine import distributed
     from fasterrcnn.engine.evaluator import headline
-    from fasterrcnn.runs import train
+    from fasterrcnn.runs import TrainingData, ValidationData, train
 
+    data = TrainingData(args.data, args.split, args.images, class_list(args.classes), args.drop_empty, args.on_bad_image, args.slice)
+    val = False if args.no_val else ValidationData(args.val_data, args.val_split, args.val_images, args.metric)
     result = train(
-        args.data, args.output, preset=args.preset, config=args.config, overrides=overrides_of(args),
+        data, args.output, val=val, preset=args.preset, config=args.config, overrides=overrides_of(args),
         resume=args.resume, overwrite=args.overwrite, epochs=args.epochs, max_iters=args.max_iters, time=args.time,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, backbone_weights=args.backbone_weights,
-        download=True if args.download else None,
-        split=args.split, images=args.images, classes=class_list(args.classes), drop_empty=args.drop_empty,
-        val_data=args.val_data, val_split=args.val_split, val_images=args.val_images, validate=not args.no_val,
-        metric=args.metric, device=args.device, num_workers=args.num_workers, on_bad_image=args.on_bad_image, progress=not args.quiet,
-        slice=args.slice,
+        download=True if args.download else None, device=args.device, num_workers=args.num_workers, progress=not args.quiet,
     )  # fmt: skip
     if not distributed.is_main_process():
         return 0

@@ -74,7 +74,7 @@ def demo(output: str | Path = "demo_output", *, max_iters: int | None = None, qu
     from fasterrcnn.runs.inference import evaluate
     from fasterrcnn.runs.prediction import predict
     from fasterrcnn.io import atomic_write_text
-    from fasterrcnn.runs.training import train
+    from fasterrcnn.runs.training import TrainingData, ValidationData, train
 
     output = Path(output)
     _check_folder(output)
@@ -94,8 +94,8 @@ def demo(output: str | Path = "demo_output", *, max_iters: int | None = None, qu
 
     print(f"[2/5] training the {DEMO_PRESET} preset on the CPU in {run_dir}, validating on the val split", flush=True)
     result = train(
-        root, run_dir, preset=DEMO_PRESET, split="train", val_split="val", metric="voc", device="cpu", seed=DEMO_SEED,
-        overrides={f"train.{key}": value for key, value in schedule.items()}, overwrite=True, progress=not quiet,
+        TrainingData(root, split="train"), run_dir, val=ValidationData(split="val", metric="voc"), preset=DEMO_PRESET,
+        device="cpu", seed=DEMO_SEED, overrides={"train": schedule}, overwrite=True, progress=not quiet,
     )  # fmt: skip
 
     print(f"[3/5] evaluating on the {DEMO_NUM_TEST} test images in {eval_dir}", flush=True)

@@ -57,17 +57,6 @@ class TrainResult:
     files: tuple[Path, ...] = ()
 
 
-def _nest(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """``{"train.lr": 0.01}`` -> ``{"model": {}, "train": {"lr": 0.01}}``."""
-    nested: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-    for key, value in (overrides or {}).items():
-        section, dot, name = str(key).partition(".")
-        if not dot or section not in nested or not name:
-            raise ConfigError(f"override {key!r}: expected model.FIELD or train.FIELD")
-        nested[section][name] = value
-    return nested
-
-
 def resolve_run_config(
     preset: str | None,
     *,
@@ -152,30 +141,35 @@ def _validation_set(training: TrainingData, validation: ValidationData, classes,
 
 @dataclass(frozen=True)
 class TrainingData:
-    """A run's training set: ``path`` (a VOC root, COCO instances JSON or YOLO data.yaml), its ``split`` (VOC, YOLO),
-    the COCO ``images`` folder, the VOC ``classes`` (None: found), ``drop_empty`` (COCO, YOLO), ``on_bad_image``, and
-    ``slice``: a tile size for sliced training (``data.transforms.RandomTile``; None: whole images)."""
+    """A run's training set: ``path`` (a VOC root, COCO instances JSON or YOLO data.yaml; None: the data that a run's
+    config.json records, see ``train``), its ``split`` (VOC, YOLO; None: ``trainval``, which means ``train`` for a
+    data.yaml without a trainval entry, or the recorded split), the COCO ``images`` folder, the VOC ``classes`` (None:
+    found), ``drop_empty`` (COCO, YOLO), ``on_bad_image``, and ``slice``: a tile size for sliced training
+    (``data.transforms.RandomTile``; None: whole images)."""
 
-    path: str | Path
-    split: str = "trainval"
+    path: str | Path | None = None
+    split: str | None = None
     images: str | Path | None = None
     classes: list[str] | None = None
     drop_empty: bool = False
     on_bad_image: str = "skip"
     slice: int | None = None
 
+    def __post_init__(self):
+        if self.slice is not None and (isinstance(self.slice, bool) or not isinstance(self.slice, int) or self.slice < 32):
+            raise ConfigError(f"slice must be a tile size of at least 32 pixels, got {self.slice!r}")
+
 
 @dataclass(frozen=True)
 class ValidationData:
-    """A run's validation set: ``path`` (None: the ``split`` of the training data, when it has one), ``split`` (None:
-    the format's evaluation split), the COCO ``images`` folder, the ``metric`` (None: the data's); ``enabled`` False:
-    no validation."""
+    """A run's validation set: ``path`` (None: the ``split`` of the training data, when it has one, or the
+    validation set a run's config.json records), ``split`` (None: the format's evaluation split), the COCO
+    ``images`` folder, the ``metric`` (None: the data's). ``train(..., val=False)`` validates on nothing."""
 
     path: str | Path | None = None
     split: str | None = None
     images: str | Path | None = None
     metric: str | None = None
-    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -210,23 +204,56 @@ class _Configs:
 def recorded_data(config_file: str | Path) -> dict[str, Any] | None:
     """The data a run's own ``config.json`` records (``{"train": describe(), "val": describe() or None, "metric"}``,
     see ``data.protocol``), None for a config file without it. DataError naming a malformed file."""
-    import json
-
-    from fasterrcnn.config import load_config_file
+    from fasterrcnn.reading import CONFIG_BYTES, load_json
 
     path = Path(config_file)
     if path.suffix.lower() != ".json":
         return None
-    load_config_file(path)  # a DataError naming an unreadable or malformed file
-    record = json.loads(path.read_text())
+    record = load_json(path, CONFIG_BYTES, "run configuration")
     record = record.get("data") if isinstance(record, dict) else None
     return record if isinstance(record, dict) and isinstance(record.get("train"), dict) and "path" in record["train"] else None
+
+
+def _recorded(training: TrainingData, validation: ValidationData | None, source) -> tuple[TrainingData, ValidationData | None]:
+    """``training`` and ``validation`` with what they leave unset (None) taken from the data that ``source`` (a
+    run's config.json) records; ``training.split`` then defaults to ``trainval``."""
+    from dataclasses import replace
+
+    recorded = recorded_data(source) if source is not None and Path(source).is_file() else None
+    if training.path is None:
+        if recorded is None:
+            raise ConfigError("give the training data (--data), or a run's config.json (--config) that records it")
+        train = recorded["train"]
+        training = replace(training, path=train["path"], split=training.split or train.get("split"), images=training.images or train.get("images"))
+        val = recorded.get("val")
+        if validation is not None and validation.path is None and isinstance(val, dict):
+            validation = replace(
+                validation, path=val["path"], split=validation.split or val.get("split"),
+                images=validation.images or val.get("images"), metric=validation.metric or recorded.get("metric"),
+            )  # fmt: skip
+    return replace(training, split=training.split or "trainval"), validation
+
+
+def _nest(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Overrides as ``config.resolve`` takes them, ``{"model": {...}, "train": {...}}``: given so (as the CLI's
+    ``config.parse_overrides`` gives them), or as dotted keys ``{"train.lr": 0.01}``."""
+    nested: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for key, value in (overrides or {}).items():
+        if key in nested and isinstance(value, Mapping):
+            nested[key].update(value)
+            continue
+        section, dot, name = str(key).partition(".")
+        if not dot or section not in nested or not name:
+            raise ConfigError(f"override {key!r}: expected model.FIELD or train.FIELD")
+        nested[section][name] = value
+    return nested
 
 
 def train(
     data: str | Path | TrainingData | None,
     output: str | Path,
     *,
+    val: str | Path | ValidationData | bool | None = None,
     preset: str | None = None,
     config: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -240,31 +267,22 @@ def train(
     seed: int | None = None,
     backbone_weights: str | Path | None = None,
     download: bool | None = None,
-    split: str | None = None,
-    images: str | Path | None = None,
-    classes: list[str] | None = None,
-    drop_empty: bool = False,
-    val_data: str | Path | ValidationData | None = None,
-    val_split: str | None = None,
-    val_images: str | Path | None = None,
-    validate: bool = True,
-    metric: str | None = None,
     device: str = "auto",
     num_workers: int = 0,
-    on_bad_image: str = "skip",
     quiet: bool = False,
     progress: bool = True,
-    slice: int | None = None,
 ) -> TrainResult:
-    """Train a Faster R-CNN on ``data`` (a VOC root, a COCO instances JSON or a YOLO data.yaml) into the run folder ``output``.
+    """Train a Faster R-CNN on ``data`` into the run folder ``output``.
 
-    The data in two groups: ``data`` may be a ``TrainingData`` (then it replaces ``split``, ``images``, ``classes``,
-    ``drop_empty`` and ``on_bad_image``) and ``val_data`` a ``ValidationData`` (replacing ``val_split``, ``val_images``,
-    ``metric`` and ``validate``).
-    ``data`` None: the data that ``config`` (a run's ``config.json``), or with ``resume`` the run's own
-    config.json, records: its training set (path, split, images), validation set and metric, each unless given
-    here. ``split`` None: ``trainval`` (YOLO: ``train`` when its data.yaml has no trainval entry).
+    ``data``: a VOC root, a COCO instances JSON or a YOLO data.yaml, or a ``TrainingData`` naming its split, COCO
+    images folder, VOC classes, bad-image policy or tile size (``TrainingData("VOC2007", split="train")``).
+    ``val``: the validation set, a path or a ``ValidationData`` (split, images, metric); None: the evaluation split
+    of ``data`` when it has one (VOC ``test``, YOLO ``val``); False: no validation.
+    ``data`` None (or a ``TrainingData`` without a path): the data that ``config`` (a run's ``config.json``), or with
+    ``resume`` the run's own config.json, records: its training set (path, split, images), and unless ``val`` names
+    one or is False, its validation set and metric; what is given here wins.
 
+    ``overrides``: ``{"model": {...}, "train": {...}}`` or ``{"train.lr": 0.01, ...}`` (module docstring).
     ``output`` must be new or empty; ``resume`` continues the run in it from ``checkpoints/last.pt``;
     ``overwrite`` deletes an earlier run's files there (only the files a run writes, and only once the new
     run's configuration, data and model were accepted). The folder is locked while training.
@@ -272,14 +290,10 @@ def train(
     downloaded into the cache when ``download`` allows it (None: when ``FASTERRCNN_DOWNLOAD=1``).
     The run's length: ``epochs``, ``max_iters`` or ``time`` (minutes of wall-clock training, see the module
     docstring), at most one of them; none: the configuration's.
-    Validation uses ``val_data``, else the ``val_split`` of ``data`` (default: VOC ``test``, YOLO ``val``) when it
-    has one, unless ``validate`` is False.
     The console lines also go to ``log.txt`` in the run folder; ``quiet`` prints nothing (the lines go only
     there); ``progress`` False prints plain lines instead of progress bars (as when the output is no terminal).
     Any exception during training first writes ``last.pt`` (``engine.trainer.TrainingFailed``).
     Started by torchrun, every process calls it (data parallel); rank 0 owns the folder.
-    ``slice=SIZE``: sliced training, every sample a random SIZE x SIZE tile of its image decoded at full
-    resolution (``data.transforms.RandomTile``: boxes clipped, remnants under 30 % of a box or 2 px dropped).
     Returns a ``TrainResult``.
     """
     from fasterrcnn.engine import distributed
@@ -288,26 +302,15 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the folder, --overwrite deletes it: choose one")
     folder = RunFolder(output)
-    if data is None:
-        source = config if config is not None else folder.config_file if resume else None
-        recorded = recorded_data(source) if source is not None and Path(source).is_file() else None
-        if recorded is None:
-            raise ConfigError("give the training data (--data), or a run's config.json (--config) that records it")
-        data, split, images = recorded["train"]["path"], split or recorded["train"].get("split"), images or recorded["train"].get("images")
-        val = recorded.get("val")
-        if isinstance(val, dict) and val_data is None and validate:
-            val_data, val_split, val_images = val["path"], val_split or val.get("split"), val_images or val.get("images")
-        metric = metric or recorded.get("metric")
+    training = data if isinstance(data, TrainingData) else TrainingData(data)
+    validation = None if val is False else val if isinstance(val, ValidationData) else ValidationData(None if val is True else val)
+    training, validation = _recorded(training, validation, config if config is not None else folder.config_file if resume else None)
     length = {key: value for key, value in (("epochs", epochs), ("max_iters", max_iters), ("time", time)) if value is not None}
     if len(length) > 1:
         raise ConfigError(f"give the run's length as epochs, max_iters or time, not several (got {', '.join(length)})")
-    flags = {"batch_size": batch_size, "lr": lr, "seed": seed, **length}
-    overrides = {**(overrides or {}), **{f"train.{k}": v for k, v in flags.items() if v is not None}}
-    training = data if isinstance(data, TrainingData) else TrainingData(data, split or "trainval", images, classes, drop_empty, on_bad_image, slice)
-    if training.slice is not None and (isinstance(training.slice, bool) or not isinstance(training.slice, int) or training.slice < 32):
-        raise ConfigError(f"slice must be a tile size of at least 32 pixels, got {training.slice!r}")
-    validation = val_data if isinstance(val_data, ValidationData) else ValidationData(val_data, val_split, val_images, metric, validate)
-    setup = _Setup(preset, config, overrides, resume, backbone_weights, download, device, num_workers, quiet or not progress, overwrite)
+    nested = _nest(overrides)
+    nested["train"].update({k: v for k, v in {"batch_size": batch_size, "lr": lr, "seed": seed, **length}.items() if v is not None})
+    setup = _Setup(preset, config, nested, resume, backbone_weights, download, device, num_workers, quiet or not progress, overwrite)
     distributed.init_distributed(device)  # torchrun: join the process group (a no-op otherwise)
     if not distributed.is_main_process():  # rank 0 owns the folder; the others train beside it
         return _train(folder, training, validation, setup, None)
@@ -317,7 +320,7 @@ def train(
             return _train(folder, training, validation, setup, log)
 
 
-def _train(folder: RunFolder, training: TrainingData, validation: ValidationData, setup: _Setup, log) -> TrainResult:
+def _train(folder: RunFolder, training: TrainingData, validation: ValidationData | None, setup: _Setup, log) -> TrainResult:
     """resolve -> data -> model -> trainer -> record, then train. ``log``: the console's ``engine.logging.ConsoleLog``
     (rank 0), started once the run is accepted."""
     from fasterrcnn.engine import distributed
@@ -325,7 +328,7 @@ def _train(folder: RunFolder, training: TrainingData, validation: ValidationData
     device = distributed.init_distributed(setup.device)
     configs = _resolve_configs(folder, setup)
     dataset, val_dataset = _datasets(training, validation, configs, setup)
-    metric = validation.metric or (val_dataset if val_dataset is not None else dataset).default_metric
+    metric = (validation.metric if validation is not None else None) or (val_dataset if val_dataset is not None else dataset).default_metric
     model = _model(configs, setup)
     if setup.overwrite and distributed.is_main_process():  # the new run is accepted: only now the earlier one's files go
         folder.clear()
@@ -363,7 +366,7 @@ def _resolve_configs(folder: RunFolder, setup: _Setup) -> _Configs:
     return _Configs(preset, model_config, train_config, user_set, checkpoint)
 
 
-def _datasets(training: TrainingData, validation: ValidationData, configs: _Configs, setup: _Setup):
+def _datasets(training: TrainingData, validation: ValidationData | None, configs: _Configs, setup: _Setup):
     """The training and validation data sets (the latter None); the configurations follow them: the number of
     classes, the default ``eval_every``, and a resumed run's changes (refused unless resumable)."""
     from fasterrcnn.config import replace, to_dict
@@ -384,7 +387,7 @@ def _datasets(training: TrainingData, validation: ValidationData, configs: _Conf
         on_bad_image=training.on_bad_image, drop_empty=training.drop_empty, reduce_to=None if training.slice is not None else reduce_to,
     )  # fmt: skip
     val_dataset = None
-    if validation.enabled:
+    if validation is not None:
         val_dataset = _validation_set(training, validation, dataset.classes, reduce_to)
     configs.model = replace(configs.model, num_classes=len(dataset.classes))
     if not setup.resume:  # the anchors' fit to the boxes (fitted with train.fit_anchors), recorded in the model's config
