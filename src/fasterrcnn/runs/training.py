@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fasterrcnn.data.specs import TrainingData, ValidationData
 from fasterrcnn.errors import ConfigError
 from fasterrcnn.runs.folder import RunFolder
 
@@ -119,57 +120,6 @@ def default_eval_every(config, num_images: int, world_size: int = 1) -> int:
     batches = math.ceil(num_images / (config.batch_size * world_size))
     length = config.max_iters if config.epochs is None else config.epochs * batches
     return max(math.ceil(length / EVALUATIONS_PER_RUN), config.log_every)
-
-
-def _validation_set(training: TrainingData, validation: ValidationData, classes, reduce_to):
-    """The validation data set (or None): ``validation.path`` (its split, default its format's evaluation split),
-    else the validation split of the training data when it has one other than the training split; the split
-    None: the format's evaluation split (VOC: test, YOLO: val; ``data.formats``)."""
-    from fasterrcnn.data import build_dataset, dataset_class, evaluation_split
-
-    on_bad_image = training.on_bad_image
-    if validation.path is not None:
-        return build_dataset(
-            validation.path, split=evaluation_split(validation.path, validation.split) or "test", images_dir=validation.images,
-            classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to,
-        )  # fmt: skip
-    data, name = training.path, evaluation_split(training.path, validation.split)
-    if name is not None and name != training.split and dataset_class(data).has_split(data, name):
-        return build_dataset(data, split=name, classes=classes, on_bad_image=on_bad_image, reduce_to=reduce_to)
-    return None
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """A run's training set: ``path`` (a VOC root, COCO instances JSON or YOLO data.yaml; None: the data that a run's
-    config.json records, see ``train``), its ``split`` (VOC, YOLO; None: ``trainval``, which means ``train`` for a
-    data.yaml without a trainval entry, or the recorded split), the COCO ``images`` folder, the VOC ``classes`` (None:
-    found), ``drop_empty`` (COCO, YOLO), ``on_bad_image``, and ``slice``: a tile size for sliced training
-    (``data.transforms.RandomTile``; None: whole images)."""
-
-    path: str | Path | None = None
-    split: str | None = None
-    images: str | Path | None = None
-    classes: list[str] | None = None
-    drop_empty: bool = False
-    on_bad_image: str = "skip"
-    slice: int | None = None
-
-    def __post_init__(self):
-        if self.slice is not None and (isinstance(self.slice, bool) or not isinstance(self.slice, int) or self.slice < 32):
-            raise ConfigError(f"slice must be a tile size of at least 32 pixels, got {self.slice!r}")
-
-
-@dataclass(frozen=True)
-class ValidationData:
-    """A run's validation set: ``path`` (None: the ``split`` of the training data, when it has one, or the
-    validation set a run's config.json records), ``split`` (None: the format's evaluation split), the COCO
-    ``images`` folder, the ``metric`` (None: the data's). ``train(..., val=False)`` validates on nothing."""
-
-    path: str | Path | None = None
-    split: str | None = None
-    images: str | Path | None = None
-    metric: str | None = None
 
 
 @dataclass(frozen=True)
@@ -370,25 +320,16 @@ def _datasets(training: TrainingData, validation: ValidationData | None, configs
     """The training and validation data sets (the latter None); the configurations follow them: the number of
     classes, the default ``eval_every``, and a resumed run's changes (refused unless resumable)."""
     from fasterrcnn.config import replace, to_dict
-    from fasterrcnn.data import build_dataset
-    from fasterrcnn.data.transforms import Compose, RandomTile, training_transforms
+    from fasterrcnn.data.transforms import training_transforms
     from fasterrcnn.engine import distributed
 
-    classes, checkpoint = training.classes, configs.checkpoint
-    if classes is None and checkpoint is not None and checkpoint.label_to_category_id is None:
+    classes, checkpoint = None, configs.checkpoint
+    if checkpoint is not None and checkpoint.label_to_category_id is None:
         classes = list(checkpoint.class_names)
     augment = training_transforms(configs.train.hflip_prob, configs.train.color_jitter)  # flip, colour jitter
     reduce_to = (configs.model.min_size, configs.model.max_size)  # a huge image is decoded reduced to about this
-    transforms = augment
-    if training.slice is not None:  # full resolution, one random tile per sample
-        transforms = Compose([RandomTile(training.slice), *([augment] if augment is not None else [])])
-    dataset = build_dataset(
-        training.path, split=training.split, images_dir=training.images, classes=classes, transforms=transforms,
-        on_bad_image=training.on_bad_image, drop_empty=training.drop_empty, reduce_to=None if training.slice is not None else reduce_to,
-    )  # fmt: skip
-    val_dataset = None
-    if validation is not None:
-        val_dataset = _validation_set(training, validation, dataset.classes, reduce_to)
+    dataset = training.dataset(augment, classes, reduce_to)
+    val_dataset = None if validation is None else validation.dataset(training, dataset.classes, reduce_to)
     configs.model = replace(configs.model, num_classes=len(dataset.classes))
     if not setup.resume:  # the anchors' fit to the boxes (fitted with train.fit_anchors), recorded in the model's config
         from fasterrcnn.modeling.anchor_fit import check_anchors
