@@ -4,7 +4,8 @@
 length), finite numbers, its range or allowed names (``rules``), and the relations between fields
 (thresholds in order, anchors that fit the backbone ...). All problems are reported in one
 ``ConfigError`` line, each as ``section.field = value: rule``, followed by ``(in FILE)`` when the value
-was read from a file. ``from_dict`` and ``replace`` build configs with the same checks.
+was read from a file. ``from_dict`` builds a checked config from a dict, ``replace`` refuses unknown
+field names (not values: ``check_config`` checks those).
 """
 
 from __future__ import annotations
