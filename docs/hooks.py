@@ -7,8 +7,8 @@ A page asks for generated content with an HTML comment (block markers on a line 
     <!-- fasterrcnn:presets model -->   a table of every ``ModelConfig`` field in every preset
     <!-- fasterrcnn:presets train -->   the same for ``TrainConfig``
                                         (read from ``fasterrcnn.config.PRESETS``; the last column is
-                                        the field's comment in ``config.py``; the comment lines above a group of fields in
-                                        ``config.py`` become the table's section rows)
+                                        the field's comment in ``config/schema.py``; the comment lines above a group of fields
+                                        there become the table's section rows)
     <!-- fasterrcnn:preset-names -->    the preset names as a comma-separated list of code spans
     <!-- fasterrcnn:pretrained -->      a table of the registered pretrained files
                                         (read from ``fasterrcnn.pretrained.PRETRAINED``)
@@ -72,7 +72,7 @@ def cli_help_markdown() -> str:
 
 # -- preset tables ---------------------------------------------------------------------------------------
 def _field_comments(cls) -> dict[str, tuple[str, str]]:
-    """{field name: (section, comment)} for a dataclass in config.py: ``comment`` is the ``# ...`` on
+    """{field name: (section, comment)} for a dataclass of config/schema.py: ``comment`` is the ``# ...`` on
     the field's line, ``section`` the last ``# ...`` line of its own above it in the class body."""
     source = inspect.getsource(inspect.getmodule(cls))
     lines = source.splitlines()

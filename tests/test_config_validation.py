@@ -1,4 +1,4 @@
-"""Configuration validation (config.py): one-line errors naming the key and the file, for every way a config arrives."""
+"""Configuration validation (the fasterrcnn.config package): one-line errors naming the key and the file, for every way a config arrives."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fasterrcnn import config as cfg
+from fasterrcnn.config import rules, schema
 from fasterrcnn.config import (
     PRESETS,
     ModelConfig,
@@ -74,13 +75,13 @@ def test_every_preset_validates(name):
 
 
 def test_every_field_has_a_rule():
-    assert list(cfg._MODEL_RULES) == [f.name for f in dataclasses.fields(ModelConfig)]
-    assert list(cfg._TRAIN_RULES) == [f.name for f in dataclasses.fields(TrainConfig)]
+    assert list(rules._MODEL_RULES) == [f.name for f in dataclasses.fields(ModelConfig)]
+    assert list(rules._TRAIN_RULES) == [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 @pytest.mark.parametrize("cls", [ModelConfig, TrainConfig])
 def test_every_field_is_type_checked(cls):
-    section = cfg._SECTIONS[cls]
+    section = schema._SECTIONS[cls]
     for f in dataclasses.fields(cls):
         wrong = 7 if isinstance(getattr(cls(), f.name), str) else "x"
         with pytest.raises(ConfigError) as e:

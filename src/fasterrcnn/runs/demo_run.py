@@ -5,7 +5,7 @@ The demo must end in <= 10 minutes on 2 CPU cores with test mAP@0.5 >= 0.90. Its
 ``DEMO_EVALUATIONS`` validations on the ``DEMO_NUM_VAL`` held-out validation images (their mAP and losses
 make the rows of ``train/results.csv``), one pass over the test images, and the benchmark of the inference
 paths (``runs.benchmark``) on the validation images, one pass per path that can run here (the eager ones
-only, without the ``deploy`` extra); the model's hyper-parameters are the tiny preset's (config.py).
+only, without the ``deploy`` extra); the model's hyper-parameters are the tiny preset's (config/presets.py).
 
 The demo writes only into a new or empty folder, or into an earlier demo's: one holding ``DEMO_MARKER``,
 the file the demo writes there first, and nothing else than what the demo writes (``DEMO_PARTS``: the
