@@ -14,7 +14,7 @@ A schedule written for a run of ``reference`` iterations follows a run of anothe
 shrinks with a shorter run but never grows beyond its configured length (it guards the first
 updates of a fresh model, whose number does not grow with the run). A cosine decay ends with the run.
 
-Under a time budget the run's length is an estimate that changes with the machine's speed; an LR step not
+Under a time budget (``engine/budget.py``) the run's length is an estimate that changes with the machine's speed; an LR step not
 yet taken then fires when its fraction of the budget is spent (``follow_time``), whatever was estimated
 before, so a step placed early by a slow start moves when the machine speeds up.
 """
