@@ -91,7 +91,7 @@ class TimeBudget:
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint's ``training["time"]``."""
-        return {"budget": self.seconds, "elapsed": self.elapsed, "max_iters": self.max_iters, "fixed": self.fixed}
+        return {"budget": self.seconds, "elapsed": self.elapsed, "max_iters": self.max_iters, "fixed": list(self.fixed)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue a checkpoint's budget (its numbers checked by the caller): the time spent counts, its target

@@ -411,7 +411,7 @@ class Trainer:
             raise ValueError(f"best_metric is {_short(best)}, expected a finite number or None")
         self._saved_at = counts["iteration"]
         self.state = TrainState(iteration=counts["iteration"], epoch=counts["epoch"], epoch_iteration=counts["epoch_iteration"], best_metric=best)
-        if "time" in state:  # time already spent counts; a run given a budget on resume starts counting now
+        if "time" in state:  # checked, budget or not; time already spent counts; a budget given on resume starts now
             spent = state["time"]
             numbers = [spent["elapsed"], spent["budget"], spent["max_iters"]]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in numbers):
