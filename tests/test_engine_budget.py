@@ -169,7 +169,7 @@ def test_one_process_reads_its_own_clock():
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORKER = '''
 import itertools, json, sys
-import torch
+from pathlib import Path
 from fasterrcnn.engine import distributed
 from fasterrcnn.engine.budget import agreed_clock
 from test_engine_budget import Logger, make_budget
@@ -183,7 +183,8 @@ done = 0
 while done < budget.max_iters:
     done += 1
     budget.track(done, logger)
-print(json.dumps({"rank": rank, "done": done, "state": budget.state_dict(), "lines": logger.lines}))
+report = {"rank": rank, "done": done, "state": budget.state_dict(), "lines": logger.lines}
+(Path(sys.argv[1]) / f"rank{rank}.json").write_text(json.dumps(report))
 distributed.cleanup()
 '''
 
@@ -201,12 +202,12 @@ def test_every_process_follows_rank_zeros_clock(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [str(TORCHRUN), "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}"]
-    command += ["--local-addr=127.0.0.1", str(script)]
+    command += ["--local-addr=127.0.0.1", str(script), str(tmp_path)]  # each rank writes tmp_path/rank<r>.json
     paths = [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
-    reports = sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["rank"] for r in reports] == [0, 1]
     assert reports[0]["done"] == reports[1]["done"] == 12  # 24 s at rank 0's 2 s per iteration
     assert reports[0]["state"] == reports[1]["state"] == {"budget": 24.0, "elapsed": 24.0, "max_iters": 12, "fixed": ["lr_steps", "warmup_iters"]}
