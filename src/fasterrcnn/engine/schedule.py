@@ -14,7 +14,7 @@ A schedule written for a run of ``reference`` iterations follows a run of anothe
 shrinks with a shorter run but never grows beyond its configured length (it guards the first
 updates of a fresh model, whose number does not grow with the run). A cosine decay ends with the run.
 
-Under a time budget the run's length is an estimate that changes with the machine's speed; an LR step not
+Under a time budget (``engine/budget.py``) the run's length is an estimate that changes with the machine's speed; an LR step not
 yet taken then fires when its fraction of the budget is spent (``follow_time``), whatever was estimated
 before, so a step placed early by a slow start moves when the machine speeds up.
 """
@@ -31,10 +31,16 @@ import torch
 from fasterrcnn.config import TrainConfig
 
 __all__ = [
-    "SCHEDULE_FIELDS", "WarmupStepLR", "describe_schedule", "follow_time", "iterations", "keep_reached", "lr_factor", "scale_schedule",
+    "SCHEDULE_FIELDS", "WarmupStepLR", "describe_schedule", "follow_time", "free_fields", "iterations", "keep_reached", "lr_factor",
+    "scale_schedule",
 ]  # fmt: skip
 
 SCHEDULE_FIELDS = ("warmup_iters", "lr_steps")  # the TrainConfig fields placed in iterations of the run
+
+
+def free_fields(fixed: Collection[str]) -> list[str]:
+    """The ``SCHEDULE_FIELDS`` placed on the run's length: those not in ``fixed`` (set by the user)."""
+    return [name for name in SCHEDULE_FIELDS if name not in fixed]
 
 
 def lr_factor(
@@ -184,6 +190,10 @@ class WarmupStepLR:
         if cosine_iters is not None and self.cosine_iters is not None:
             self.cosine_iters = int(cosine_iters)
         self._apply()
+
+    def placed(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with this scheduler's warm-up and LR steps (where ``place`` put them)."""
+        return dataclasses.replace(config, warmup_iters=self.warmup_iters, lr_steps=self.lr_steps)
 
     def state_dict(self) -> dict:
         state = {"iteration": self.iteration, "warmup_iters": self.warmup_iters, "lr_steps": list(self.lr_steps)}

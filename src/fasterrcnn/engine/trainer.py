@@ -63,18 +63,10 @@ Schedule: ``build_scheduler``'s warm-up and LR steps, in iterations. A trainer g
 (``engine.schedule.scale_schedule``), except the fields in ``fixed_schedule`` (set by the user); its
 ``config`` (checkpoints, config.json) then holds the placed values. The schedule is printed when training starts.
 
-Time budget (``config.time`` minutes): the run ends when the budget is spent, counted from the first
-iteration of the run (a resumed run continues the time recorded in its checkpoint), periodic validation
-and checkpoint writes included, the final evaluation not. After the first iteration of each session (its
-start-up included), after 4, 8, 16, ... iterations measured from the second one, and whenever the current
-target is reached, the target ``max_iters`` becomes the iterations that fit in the time left at the speed of
-the recent half of the iterations measured, and the warm-up and LR steps keep
-their fractions of the configured length on it (``keep_reached``: a step already taken stays). An LR step
-not yet taken fires when its fraction of the configured length is spent of the budget (``follow_time``),
-checked after every iteration: a machine that speeds up or slows down after an estimate moves it (a budget
-grown on resume too). A cosine schedule ends at the estimated length. At the
-deadline the loop stops after the current iteration and the run ends as at ``max_iters``. Data-parallel
-processes all read rank 0's clock, so they stop together.
+Time budget (``config.time`` minutes): a ``TimeBudget`` (``engine/budget.py``) starts its clock with the loop,
+re-estimates after iterations the ``max_iters`` that fit in the time left (the warm-up and LR steps placed on
+it), ends the run at the deadline after the current iteration, and is saved in every checkpoint (``training["time"]``),
+so a resumed run continues the time spent. Data-parallel processes all read rank 0's clock, so they stop together.
 
 Weight averaging (``ema_decay``, ``engine/ema.py``): after every optimizer step the average is updated;
 validation, ``best.pt`` and ``last.pt`` (their ``model``) hold the average, the checkpoint's training state
@@ -90,7 +82,6 @@ the mixed-precision detections).
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 import time
@@ -106,9 +97,8 @@ from fasterrcnn.device import autocast_context, autocast_dtype
 from fasterrcnn.engine.checkpoint import Checkpoint, CheckpointFolder, get_rng_state, set_rng_state, weights_are_finite
 from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
 from fasterrcnn.engine.ema import ModelEMA
-from fasterrcnn.engine.schedule import (
-    SCHEDULE_FIELDS, WarmupStepLR, describe_schedule, follow_time, iterations, keep_reached, scale_schedule,
-)  # fmt: skip
+from fasterrcnn.engine.budget import TimeBudget, agreed_clock
+from fasterrcnn.engine.schedule import WarmupStepLR, describe_schedule, free_fields, iterations, scale_schedule
 from fasterrcnn.errors import ConfigError, DataError, FasterRCNNError
 from fasterrcnn.io import atomic_write_text
 
@@ -138,9 +128,7 @@ class TrainingFailed(FasterRCNNError):
         super().__init__("; ".join([f"training stopped at iteration {iteration}: {what}", *notes]))
 
 
-# Time budget: the iterations that fit are re-estimated after 4, 8, 16, ... iterations measured.
-ESTIMATE_AFTER = 4
-_clock = time.monotonic  # seconds; tests replace it with a fake clock
+_clock = time.monotonic  # the time budget's clock, seconds; tests replace it with a fake clock
 
 
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
@@ -299,18 +287,17 @@ class Trainer:
         )
         self.loader.batch_sampler.set_epoch(0)
         self.batches_per_epoch = len(self.loader.batch_sampler)
-        self.max_iters = config.max_iters if config.epochs is None else config.epochs * self.batches_per_epoch
-        self.fixed_schedule = sorted(set(fixed_schedule))  # set by the user: never placed, under a time budget either
-        if schedule_length is not None and schedule_length != self.max_iters:
-            self.config = config = scale_schedule(config, self.max_iters, schedule_length, self.free_schedule)
-        self.configured_length = self.max_iters  # with a time budget: max_iters is re-estimated, this is not
-        self.budget = None if config.time is None else config.time * 60.0  # seconds
-        self.clock = clock if clock is not None else _clock
-        self._elapsed = 0.0  # seconds of the budget spent (before this session too)
-        self._budget_before: float | None = None  # the resumed checkpoint's budget, seconds
+        # the run's length as configured; with a time budget max_iters is re-estimated, this is not
+        self.configured_length = config.max_iters if config.epochs is None else config.epochs * self.batches_per_epoch
+        if schedule_length is not None and schedule_length != self.configured_length:  # fixed_schedule: never placed
+            self.config = config = scale_schedule(config, self.configured_length, schedule_length, free_fields(fixed_schedule))
         self.lr = config.lr * self.world_size if config.scale_lr else config.lr  # linear scaling rule
         self.optimizer = build_optimizer(self.model, config, lr=self.lr)
-        self.scheduler = build_scheduler(self.optimizer, config, self.max_iters)
+        self.scheduler = build_scheduler(self.optimizer, config, self.configured_length)
+        self.budget = None
+        if config.time is not None:
+            clock = agreed_clock(clock if clock is not None else _clock, self.device)
+            self.budget = TimeBudget(config, self.configured_length, self.scheduler, fixed=fixed_schedule, lr=self.lr, clock=clock)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.state = TrainState()
         self._saved_at: int | None = None  # the iteration of the last.pt written (or resumed from)
@@ -324,6 +311,11 @@ class Trainer:
         self.ema = ModelEMA(self.model, config.ema_decay) if config.ema_decay is not None else None
         self._stop = StopRequest()  # replaced by the active one while train() runs its loop
         self._seed_rngs()
+
+    @property
+    def max_iters(self) -> int:
+        """The run's length in iterations: the configured one, or the time budget's current estimate."""
+        return self.configured_length if self.budget is None else self.budget.max_iters
 
     # -- state ---------------------------------------------------------------------------------------
     def _seed_rngs(self) -> None:
@@ -361,9 +353,7 @@ class Trainer:
             training["ema"] = {"updates": self.ema.updates, "model": weights}
             weights = self.ema.state_dict()
         if self.budget is not None:
-            training["time"] = {
-                "budget": self.budget, "elapsed": self._elapsed, "max_iters": self.max_iters, "fixed": self.fixed_schedule,
-            }  # fmt: skip
+            training["time"] = self.budget.state_dict()
         return Checkpoint(
             model=weights,
             preset=self.preset,
@@ -421,16 +411,13 @@ class Trainer:
             raise ValueError(f"best_metric is {_short(best)}, expected a finite number or None")
         self._saved_at = counts["iteration"]
         self.state = TrainState(iteration=counts["iteration"], epoch=counts["epoch"], epoch_iteration=counts["epoch_iteration"], best_metric=best)
-        if "time" in state:  # time already spent counts; a run given a budget on resume starts counting now
+        if "time" in state:  # checked, budget or not; time already spent counts; a budget given on resume starts now
             spent = state["time"]
             numbers = [spent["elapsed"], spent["budget"], spent["max_iters"]]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in numbers):
                 raise ValueError(f"time is {_short(spent)}, expected finite numbers >= 0")
-            self._elapsed = float(spent["elapsed"])
-            self._budget_before = float(spent["budget"])
-            self.fixed_schedule = sorted({*self.fixed_schedule, *spent.get("fixed", ())})
             if self.budget is not None:
-                self.max_iters = int(spent["max_iters"])
+                self.budget.load_state_dict(spent)
         if self.scheduler.cosine_iters is not None and self.budget is None:
             self.scheduler.place(self.scheduler.warmup_iters, self.scheduler.lr_steps, self.max_iters)  # a longer run
         rng = state["rng"]
@@ -463,7 +450,8 @@ class Trainer:
                 quiet=self.quiet,
             )
         try:
-            self._start_budget()
+            if self.budget is not None:
+                self.budget.start(self.state.iteration)
             logger.info(self._describe_schedule())
             if self.state.iteration >= self.max_iters:
                 logger.info(f"already trained for {self.state.iteration} iterations (max {self.max_iters})")
@@ -533,7 +521,7 @@ class Trainer:
                 state.iteration += 1
                 state.epoch_iteration += 1
                 if self.budget is not None:
-                    self._track_budget(logger)
+                    self.budget.track(state.iteration, logger)
                 seconds = time.perf_counter() - start
                 evaluating = bool(config.eval_every and self.evaluate is not None and state.iteration % config.eval_every == 0)
                 losses = {"loss": sum(values.values()), **values}
@@ -582,102 +570,17 @@ class Trainer:
         generator = torch.Generator().manual_seed(mix_seed(self.config.seed, 0x5CA, self.state.iteration))
         return transform.resizing_to(*jittered_sizes(transform.min_size, transform.max_size, self.config.scale_jitter, generator))
 
-    # -- schedule and time budget -----------------------------------------------------------------------
+    # -- schedule ------------------------------------------------------------------------------------------
     def _describe_schedule(self) -> str:
         """One line: the run's length (iterations, epochs x batches or the time budget), warm-up and LR steps."""
         if self.budget is not None:
-            spent = f", {self._elapsed / 60:.3g} min spent" if self._elapsed else ""
-            length = f"time budget {self.budget / 60:g} min{spent}, {iterations(self.max_iters)} until the speed is measured"
+            length = self.budget.describe()
         elif self.config.epochs is not None:
             length = f"{iterations(self.max_iters)} ({self.config.epochs} epochs x {self.batches_per_epoch} batches)"
         else:
             length = iterations(self.max_iters)
         validation = f"; validation every {iterations(self.config.eval_every)}" if self.evaluate is not None and self.config.eval_every else ""
-        return f"schedule: {length}; {describe_schedule(self._placed(), self.lr, self.max_iters)}{validation}"
-
-    @property
-    def free_schedule(self) -> list[str]:
-        """The schedule fields placed on the run's length: those not in ``fixed_schedule``."""
-        return [name for name in SCHEDULE_FIELDS if name not in self.fixed_schedule]
-
-    def _placed(self) -> TrainConfig:
-        """The config with the scheduler's warm-up and LR steps (re-placed under a time budget)."""
-        return dataclasses.replace(self.config, warmup_iters=self.scheduler.warmup_iters, lr_steps=self.scheduler.lr_steps)
-
-    def _read_clock(self) -> float:
-        """``clock()``; rank 0's on every process of a data-parallel run, so that all decide alike."""
-        now = self.clock()
-        if self.world_size == 1:
-            return now
-        from fasterrcnn.engine import distributed
-
-        mine = torch.tensor([now if self.is_main else 0.0], dtype=torch.float64, device=self.device)
-        return float(distributed.all_reduce_sum(mine))
-
-    def _start_budget(self) -> None:
-        """Start this session's clock; a budget already spent ends the run where it is."""
-        if self.budget is None:
-            return
-        self._session = (self.state.iteration, self._read_clock(), self._elapsed)  # iteration, clock, elapsed at start
-        self._timing = [self._session[1]]  # the clock after each iteration measured, from the session's start
-        if self._elapsed >= self.budget:
-            self.max_iters = self.state.iteration
-            return
-        self.scheduler.place(self.scheduler.warmup_iters, self._follow_time(self.scheduler.lr_steps))  # a budget grown on resume
-        if self.max_iters <= self.state.iteration and (self._budget_before is None or self.budget > self._budget_before):
-            self.max_iters = self.state.iteration + 1  # a budget given or grown on resume: run until it is measured
-
-    def _track_budget(self, logger) -> None:
-        """After each iteration: the elapsed time; the deadline, or a new estimate of the iterations that fit."""
-        done, now = self.state.iteration, self._read_clock()
-        start_iteration, start_clock, start_elapsed = self._session
-        self._elapsed = start_elapsed + now - start_clock
-        if self._elapsed >= self.budget:
-            logger.info(f"time budget of {self.budget / 60:g} min spent at iteration {done}")
-            self.max_iters = done
-            logger.set_max_iters(done)
-            return
-        self._timing.append(now)
-        measured = len(self._timing) - 1  # iterations measured (clock readings since the first one)
-        first = done == start_iteration + 1  # start-up included: a cautious first estimate, refined below
-        if first or done >= self.max_iters or (measured >= ESTIMATE_AFTER and measured & (measured - 1) == 0):
-            # the speed of the recent half of the iterations measured (at least ESTIMATE_AFTER): a machine
-            # whose speed changed is followed, not averaged with what it was
-            recent = min(measured, max(ESTIMATE_AFTER, measured // 2))
-            seconds = max((now - self._timing[-1 - recent]) / recent, 1e-9)  # per iteration, > 0 even for a coarse clock
-            target = done + int((self.budget - self._elapsed) // seconds)
-            if first:  # start-up is in this estimate: only a speed measured after it may end the run
-                target = max(target, done + 1)
-            self._retarget(target, seconds, logger)
-        if first:  # the first iteration of a session pays for start-up: the speed is measured after it
-            self._timing = [now]
-        steps = self._follow_time(self.scheduler.lr_steps)
-        if steps != self.scheduler.lr_steps:
-            self.scheduler.place(self.scheduler.warmup_iters, steps)
-
-    def _follow_time(self, steps: tuple[int, ...]) -> tuple[int, ...]:
-        """Free LR steps not yet taken placed on elapsed time (``follow_time``): each fires when its fraction of
-        the configured run is spent of the budget, whatever the speed did since the estimates."""
-        if "lr_steps" in self.fixed_schedule or self.config.lr_schedule != "step":
-            return steps
-        fractions = [step / self.configured_length for step in self.config.lr_steps]
-        return follow_time(steps, fractions, self._elapsed / self.budget, self.state.iteration)
-
-    def _retarget(self, target: int, seconds: float, logger) -> None:
-        """Make ``target`` the run's length and place the schedule's fractions on it."""
-        done = self.state.iteration
-        if target == self.max_iters:
-            return
-        placed = keep_reached(self._placed(), scale_schedule(self.config, target, self.configured_length, self.free_schedule), done)
-        placed = dataclasses.replace(placed, lr_steps=self._follow_time(placed.lr_steps))
-        self.scheduler.place(placed.warmup_iters, placed.lr_steps, target)
-        self.max_iters = target
-        logger.set_max_iters(target)
-        left = (self.budget - self._elapsed) / 60
-        logger.info(
-            f"time budget: {iterations(target)} fit ({seconds:.3g} s each, {left:.3g} of {self.budget / 60:g} min left); "
-            + describe_schedule(placed, self.lr, target)
-        )
+        return f"schedule: {length}; {describe_schedule(self.scheduler.placed(self.config), self.lr, self.max_iters)}{validation}"
 
     def _next_batch(self, batches):
         """The loader's next batch, or None at the end of the epoch.
