@@ -48,7 +48,7 @@ def add_parser(commands) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, default=1, metavar="N",
         help="run up to N consecutive images of the same size in one forward pass, with the same detections as one at "
-        "a time (default: 1; not with --slice or --tta). Images are decoded ahead of the model in a background thread either way",
+        "a time up to float rounding (default: 1; not with --slice or --tta). Images are decoded ahead of the model in a background thread either way",
     )  # fmt: skip
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip", help=BAD_IMAGE_HELP + "; a video alike")
     add_inference(p)

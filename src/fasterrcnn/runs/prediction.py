@@ -230,7 +230,7 @@ def _loaded(entries: Sequence[PredictInput], load: Callable) -> Iterator[tuple[P
 
 def _batches(loaded: Iterator[tuple[PredictInput, tuple | DataError]], batch_size: int):
     """``(batch, bad)`` in input order: ``batch`` up to ``batch_size`` consecutive images ``(entry, image, size)``
-    of one tensor shape (no padding in the model: the detections are those of one image at a time), possibly
+    of one tensor shape (no padding in the model: the detections of one image at a time), possibly
     empty; ``bad`` the ``(entry, DataError)`` that follows it, or None."""
     batch: list = []
     for entry, found in loaded:
@@ -410,9 +410,10 @@ def predict(
 
     Images are decoded ``READ_AHEAD`` ahead of the model in a background thread (``read_ahead``), and
     ``batch_size=N`` runs up to N consecutive images of the same size in one forward pass (plain inference
-    only: sliced inference and TTA batch each image's own tiles and passes); the outputs, their order, and
-    the detections are those of one image at a time. Images of different sizes are not batched together:
-    the model would pad them to one size, which moves the anchors and proposals near the padded edges.
+    only: sliced inference and TTA batch each image's own tiles and passes); the outputs and their order are
+    those of one image at a time, the detections up to float rounding (batch 1: byte for byte). Images of
+    different sizes are not batched together: the model would pad them to one size, which moves the anchors
+    and proposals near the padded edges.
     """
     from fasterrcnn.inference import InferenceOptions, check_probabilities, load_uint8
 
