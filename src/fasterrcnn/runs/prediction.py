@@ -195,7 +195,7 @@ def read_ahead(items: Iterator, ahead: int) -> Iterator:
                 produced.put((item, None))
                 if stop.is_set():
                     return
-        except Exception as error:  # raised in the reader's place
+        except BaseException as error:  # any: raised in the reader's place, which never waits for an item that will not come
             produced.put((done, error))
         else:
             produced.put((done, None))
