@@ -45,6 +45,11 @@ def add_parser(commands) -> None:
         "over background and the classes, in label order (background first)",
     )  # fmt: skip
     p.add_argument("--frame-stride", type=positive_int, default=1, metavar="N", help="process every N-th frame of a video (default: 1)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=1, metavar="N",
+        help="run up to N consecutive images of the same size in one forward pass, with the same detections as one at "
+        "a time up to float rounding (default: 1; not with --slice or --tta). Images are decoded ahead of the model in a background thread either way",
+    )  # fmt: skip
     p.add_argument("--on-bad-image", choices=("skip", "error"), default="skip", help=BAD_IMAGE_HELP + "; a video alike")
     add_inference(p)
     add_precision(p)
@@ -60,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     result = predict(
         args.weights, args.inputs, output=args.output, overwrite=args.overwrite, score_threshold=args.score_threshold,
         on_bad_image=args.on_bad_image, frame_stride=args.frame_stride, preset=args.preset, classes=classes, device=args.device,
-        precision=inference_precision(args), quiet=args.quiet, probabilities=args.probabilities, **inference_options(args),
+        precision=inference_precision(args), quiet=args.quiet, probabilities=args.probabilities, batch_size=args.batch_size,
+        **inference_options(args),
     )  # fmt: skip
     read = []
     if result.detections or not result.videos:

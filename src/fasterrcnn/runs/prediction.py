@@ -37,10 +37,14 @@ through (``fasterrcnn.paths``). A write that fails (a full disk, ``ulimit -f``) 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -69,6 +73,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 INPUT_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 OUTPUT_MARKERS = ("detections.json", "detections.jsonl")  # files that make a folder a predict output folder
 PICTURE_MAX_SIDE = 4096  # the largest side of a picture drawn on an image read whole for slicing
+READ_AHEAD = 2  # images or video frames decoded ahead of the model, besides a batch being gathered
 
 
 class FrameDetections(NamedTuple):
@@ -170,13 +175,87 @@ def _claim_outputs(folder: OutputFolder, inputs: Sequence[str | Path], found: li
     folder.claim([*writers, *OUTPUT_MARKERS], overwrite=overwrite, inputs=[entry.path for entry in found], input_folders=input_folders)
 
 
+def read_ahead(items: Iterator, ahead: int) -> Iterator:
+    """``items`` in order, each produced by one background thread up to ``ahead`` items before it is asked for
+    (Pillow's and PyAV's decoders and torch release the GIL: the next images decode while the model runs).
+
+    An exception of ``items`` is raised here, in its place. Closing this generator (``contextlib.closing``;
+    Ctrl-C, an error, the end) stops the thread and waits for the item it is producing, so that what
+    ``items`` reads (an open video) may be closed then. One thread: Pillow is decoded inside
+    ``warnings.catch_warnings``, whose filters are the process's, so two decoders at once could leave
+    each other's filters behind. The thread is a daemon: it never keeps the process alive.
+    """
+    done = object()
+    produced: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                produced.put((item, None))
+                if stop.is_set():
+                    return
+        except BaseException as error:  # any: raised in the reader's place, which never waits for an item that will not come
+            produced.put((done, error))
+        else:
+            produced.put((done, None))
+
+    thread = threading.Thread(target=produce, name="fasterrcnn-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = produced.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock its put, then let it finish the item it reads
+            try:
+                produced.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+def _loaded(entries: Sequence[PredictInput], load: Callable) -> Iterator[tuple[PredictInput, tuple | DataError]]:
+    """``(entry, load(entry.path))`` of each image, or ``(entry, DataError)`` for one that cannot be read."""
+    for entry in entries:
+        try:
+            yield entry, load(entry.path)
+        except DataError as error:
+            yield entry, error
+
+
+def _batches(loaded: Iterator[tuple[PredictInput, tuple | DataError]], batch_size: int):
+    """``(batch, bad)`` in input order: ``batch`` up to ``batch_size`` consecutive images ``(entry, image, size)``
+    of one tensor shape (no padding in the model: the detections of one image at a time), possibly
+    empty; ``bad`` the ``(entry, DataError)`` that follows it, or None."""
+    batch: list = []
+    for entry, found in loaded:
+        if isinstance(found, DataError):
+            yield batch, (entry, found)
+            batch = []
+            continue
+        if batch and found[0].shape != batch[0][1].shape:
+            yield batch, None
+            batch = []
+        batch.append((entry, *found))
+        if len(batch) == batch_size:
+            yield batch, None
+            batch = []
+    if batch:
+        yield batch, None
+
+
 def _detect(
-    detector: Detector, image: torch.Tensor, size: tuple[int, int] | None, score_threshold: float, inference: InferenceOptions,
+    detector: Detector, images: list[torch.Tensor], sizes: list[tuple[int, int] | None], score_threshold: float, inference: InferenceOptions,
     probabilities: bool = False,
-):
-    """The model's detections scoring >= ``score_threshold`` on ``image`` (CPU tensors; sliced and / or TTA
-    by ``inference``; with the class ``probabilities`` of plain inference), and the same in the pixels of the
-    original image of ``size`` (``fasterrcnn.data.images.in_original_pixels``)."""
+) -> list[tuple[dict, dict]]:
+    """Per image, the model's detections scoring >= ``score_threshold`` on it (CPU tensors; sliced and / or TTA
+    by ``inference``, one image at a time; plain inference in one batch, with the class ``probabilities``), and the
+    same in the pixels of the original image of its size (``fasterrcnn.data.images.in_original_pixels``)."""
     import torch
 
     from fasterrcnn.data.images import in_original_pixels
@@ -184,14 +263,18 @@ def _detect(
 
     if inference.plain:
         with torch.inference_mode(), detector.autocast(), detector.keeping_probabilities(probabilities):
-            detection = detector.model([image.to(detector.device)])[0]
+            found = detector.model([image.to(detector.device) for image in images])
     else:
-        detection = detect_image(
-            detector.model, image, inference, device=detector.device, amp_dtype=detector.amp_dtype, score_threshold=score_threshold
-        )  # fmt: skip
-    keep = detection["scores"] >= score_threshold
-    detection = {k: v[keep].cpu() for k, v in detection.items()}
-    return detection, {**detection, "boxes": in_original_pixels(detection["boxes"], image, size)}
+        found = [
+            detect_image(detector.model, image, inference, device=detector.device, amp_dtype=detector.amp_dtype, score_threshold=score_threshold)
+            for image in images
+        ]  # fmt: skip
+    pairs = []
+    for detection, image, size in zip(found, images, sizes):
+        keep = detection["scores"] >= score_threshold
+        detection = {k: v[keep].cpu() for k, v in detection.items()}
+        pairs.append((detection, {**detection, "boxes": in_original_pixels(detection["boxes"], image, size)}))
+    return pairs
 
 
 def _picture(image: torch.Tensor, detection: dict, class_names) -> Image.Image:
@@ -224,7 +307,8 @@ def _predict_video(
     probabilities: bool = False,
 ) -> VideoResult:
     """Detect objects in every ``frame_stride``-th frame of a video; with ``folder``, write its annotated video
-    and JSON Lines (see the module docstring). One decoded frame in memory at a time."""
+    and JSON Lines (see the module docstring). The frames are decoded (to RGB arrays) ``READ_AHEAD`` ahead
+    of the model, in a background thread (``read_ahead``): at most that many more in memory."""
     import numpy as np
     import torch
     from PIL import Image
@@ -241,16 +325,24 @@ def _predict_video(
         reduce = 1 if transform is None else reduction_factor(size, transform.min_size, transform.max_size)
         total = None if video.num_frames is None else -(-video.num_frames // frame_stride)
 
+        sliced = inference.slice is not None
+
+        def decoded(drawn: bool) -> Iterator[tuple[int, float, np.ndarray | None, np.ndarray | None]]:
+            """``(index, time, full, small)``: the frame as RGB at full size (when drawn, sliced or not reduced) and
+            reduced (when neither sliced nor at full size), from the decoded frame."""
+            for index, time, frame in video.frames(frame_stride):
+                full = to_rgb(frame) if drawn or reduce == 1 or sliced else None
+                yield index, time, full, None if sliced or reduce == 1 else to_rgb(frame, reduce)
+
         def run(writer: VideoWriter | None, lines) -> None:
-            with tqdm(total=total, desc=entry.path.name, unit="frame", disable=quiet or None, leave=False) as bar:
-                for index, time, frame in video.frames(frame_stride):
-                    sliced = inference.slice is not None
-                    full = to_rgb(frame) if writer is not None or reduce == 1 or sliced else None
+            with tqdm(total=total, desc=entry.path.name, unit="frame", disable=quiet or None, leave=False) as bar, \
+                    closing(read_ahead(decoded(writer is not None), READ_AHEAD)) as ahead:  # fmt: skip
+                for index, time, full, small in ahead:
                     if sliced:  # uint8 at full resolution, cut into tiles
                         image, reduced = torch.from_numpy(full).permute(2, 0, 1), False
                     else:  # a large frame reduced before any float copy
-                        image, reduced = to_image_tensor(full if reduce == 1 else to_rgb(frame, reduce)), reduce > 1
-                    _, original = _detect(detector, image, size if reduced else None, score_threshold, inference, probabilities)
+                        image, reduced = to_image_tensor(full if small is None else small), small is not None
+                    [(_, original)] = _detect(detector, [image], [size if reduced else None], score_threshold, inference, probabilities)
                     detections = detector.as_detections(original)
                     frames.append(FrameDetections(index, time, detections))
                     if lines is not None:
@@ -299,6 +391,7 @@ def predict(
     full_image: bool = True,
     tta: bool = False,
     probabilities: bool = False,
+    batch_size: int = 1,
 ) -> PredictResult:
     """Detect objects in image and video files and folders with a checkpoint, a ``Detector`` or (``preset``)
     a torchvision file.
@@ -314,6 +407,13 @@ def predict(
     ``slice`` / ``overlap`` / ``full_image`` / ``tta``: sliced inference and test-time augmentation, as
     ``Detector.detect`` (``fasterrcnn.inference``). With ``slice``, images (up to 150 megapixels) and frames
     are read whole as uint8, and the picture is drawn reduced to at most ``PICTURE_MAX_SIDE`` pixels a side.
+
+    Images are decoded ``READ_AHEAD`` ahead of the model in a background thread (``read_ahead``), and
+    ``batch_size=N`` runs up to N consecutive images of the same size in one forward pass (plain inference
+    only: sliced inference and TTA batch each image's own tiles and passes); the outputs and their order are
+    those of one image at a time, the detections up to float rounding (batch 1: byte for byte). Images of
+    different sizes are not batched together: the model would pad them to one size, which moves the anchors
+    and proposals near the padded edges.
     """
     from fasterrcnn.inference import InferenceOptions, check_probabilities, load_uint8
 
@@ -326,6 +426,10 @@ def predict(
     check_probabilities(probabilities, inference)
     if isinstance(frame_stride, bool) or not isinstance(frame_stride, int) or frame_stride < 1:
         raise ConfigError(f"frame_stride must be a whole number >= 1, got {frame_stride!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if batch_size > 1 and not inference.plain:
+        raise ConfigError("batch_size > 1 goes with plain inference (no slice, no tta): those already batch each image's tiles and passes")
     found = find_inputs(inputs)
     videos = [entry for entry in found if entry.is_video]
     if videos:
@@ -340,44 +444,58 @@ def predict(
     results: list[dict] = []
     lines_path = folder.path / "detections.jsonl" if folder is not None else None
     lines = open_replacing(lines_path) if folder is not None else None  # a link there is replaced, never written through
+    load = (lambda path: (load_uint8(path), None)) if slice is not None else detector.load  # (image, original size or None)
+
+    def bad(entry: PredictInput, error: DataError) -> None:
+        if on_bad_image == "error" or isinstance(error, WriteError):  # a write that fails is an output's, never skipped
+            raise error
+        logger.warning(f"skipping {error}")
+        skipped.append((str(entry.path), error.problem))
+
+    def write(entry: PredictInput, image: torch.Tensor, size: tuple[int, int] | None, detection: dict, original: dict) -> None:
+        detections[entry.path] = detector.as_detections(original)
+        results.extend(detections_to_results(entry.name, original, detector.class_names, detector.label_to_category_id))
+        if folder is not None:
+            height, width = size or tuple(image.shape[1:])
+            record = {"image": str(entry.path), "image_id": entry.name, "height": height, "width": width, "precision": detector.precision}
+            with writing(lines_path, "the detections"):
+                lines.write(_json_line({**record, "detections": [d.to_dict() for d in detections[entry.path]]}))
+                lines.flush()
+            picture = _picture(image, detection, detector.class_names)
+            target = folder.path / entry.outputs()[0]
+            with writing(target, "the picture"):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                atomic_save(target, lambda f: picture.save(f, format="JPEG", quality=92))
+        if not quiet:
+            print(f"{entry.path}: {len(detections[entry.path])} detections", flush=True)
+
     try:
-        for entry in found:
-            try:
-                if entry.is_video:
-                    video = _predict_video(
-                        detector, entry, folder, score_threshold=score_threshold, frame_stride=frame_stride, quiet=quiet,
-                        inference=inference, probabilities=probabilities,
-                    )  # fmt: skip
+        for is_video, run in itertools.groupby(found, key=lambda entry: entry.is_video):
+            if is_video:
+                for entry in run:
+                    try:
+                        video = _predict_video(
+                            detector, entry, folder, score_threshold=score_threshold, frame_stride=frame_stride, quiet=quiet,
+                            inference=inference, probabilities=probabilities,
+                        )  # fmt: skip
+                    except DataError as error:
+                        bad(entry, error)
+                        continue
                     video_results[entry.path] = video
                     if not quiet:
                         count = sum(len(frame.detections) for frame in video.frames)
                         print(f"{entry.path}: {count} detections on {len(video.frames)} frames", flush=True)
-                    continue
-                image, size = (load_uint8(entry.path), None) if slice is not None else detector.load(entry.path)
-            except WriteError:  # an output, not a bad input: never skipped
-                raise
-            except DataError as error:
-                if on_bad_image == "error":
-                    raise
-                logger.warning(f"skipping {error}")
-                skipped.append((str(entry.path), error.problem))
                 continue
-            detection, original = _detect(detector, image, size, score_threshold, inference, probabilities)
-            detections[entry.path] = detector.as_detections(original)
-            results.extend(detections_to_results(entry.name, original, detector.class_names, detector.label_to_category_id))
-            if folder is not None:
-                height, width = size or tuple(image.shape[1:])
-                record = {"image": str(entry.path), "image_id": entry.name, "height": height, "width": width, "precision": detector.precision}
-                with writing(lines_path, "the detections"):
-                    lines.write(_json_line({**record, "detections": [d.to_dict() for d in detections[entry.path]]}))
-                    lines.flush()
-                picture = _picture(image, detection, detector.class_names)
-                target = folder.path / entry.outputs()[0]
-                with writing(target, "the picture"):
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_save(target, lambda f: picture.save(f, format="JPEG", quality=92))
-            if not quiet:
-                print(f"{entry.path}: {len(detections[entry.path])} detections", flush=True)
+            # a run of images, decoded ahead of the model in one background thread (read_ahead), in batches
+            with closing(read_ahead(_loaded(list(run), load), READ_AHEAD + batch_size - 1)) as loaded:
+                for batch, failed in _batches(loaded, batch_size):
+                    if batch:
+                        _, images, sizes = zip(*batch)
+                        pairs = _detect(detector, list(images), list(sizes), score_threshold, inference, probabilities)
+                        for (entry, image, size), (detection, original) in zip(batch, pairs):
+                            write(entry, image, size, detection, original)
+                    if failed is not None:
+                        bad(*failed)
     finally:
         if folder is not None:
             with writing(lines_path, "the detections"):
