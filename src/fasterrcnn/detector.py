@@ -80,6 +80,10 @@ class Detector:
             dtype, boxes and scores still float32; the detections differ slightly from float32 ones. An exported
             model (``from_checkpoint("model.xml")``) chose its precision when it was loaded (``"int8"`` for a
             file written by ``fasterrcnn export --int8``). ``self.precision`` is the one chosen.
+        prepack: in float32 on the CPU, make the model's ``nn.Linear`` layers ``modeling.prepack.PackedLinear``
+            (in place: the same parameters and state_dict), which multiply by their weights packed once for
+            oneDNN, not on every call: the box head about 10-25 % faster, equal up to float rounding. False
+            keeps plain ``nn.Linear``; other precisions and devices never prepack.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class Detector:
         device: str | torch.device | None = None,
         label_to_category_id: dict[int, int] | None = None,
         precision: str = "auto",
+        prepack: bool = True,
     ):
         num_classes = getattr(model, "num_classes", None)
         if num_classes is not None and num_classes != len(class_names):
@@ -103,6 +108,10 @@ class Detector:
             self.precision = resolve_precision(precision, self.device)
         self.amp_dtype = AMP_DTYPES.get(self.precision)  # None: float32 (or the exported model's own)
         self.model = model.to(self.device).eval()
+        if prepack and self.device.type == "cpu" and self.precision == "f32" and not hasattr(model, "precision"):
+            from fasterrcnn.modeling.prepack import prepack_linear
+
+            prepack_linear(self.model)
         self.class_names = tuple(str(name) for name in class_names)
         self.label_to_category_id = label_to_category_id
 
@@ -115,6 +124,7 @@ class Detector:
         precision: str = "auto",
         *,
         fuse: bool = True,
+        prepack: bool = True,
     ) -> "Detector":
         """The detector of a checkpoint written by ``fasterrcnn train`` (or ``compress``): a path, or a
         ``Checkpoint`` already read (``engine.checkpoint.Checkpoint.read``); or of a file written by
@@ -122,6 +132,7 @@ class Detector:
 
         ``fuse``: fold the BatchNorm into the convolutions (``modeling.fuse``; faster, equal up to float
         rounding); False keeps the checkpoint's ``state_dict`` layout (for callers that save the model).
+        ``prepack``: as in ``Detector`` (float32 on the CPU; the ``state_dict`` is unchanged either way).
         Raises DataError naming the file when it is missing, unsafe, not a checkpoint, or its
         weights do not fit its configuration.
         """
@@ -138,7 +149,7 @@ class Detector:
             from fasterrcnn.modeling.fuse import fuse_batchnorm
 
             model = fuse_batchnorm(model.eval())
-        return cls(model, checkpoint.class_names, device=device, label_to_category_id=checkpoint.label_to_category_id, precision=precision)
+        return cls(model, checkpoint.class_names, device=device, label_to_category_id=checkpoint.label_to_category_id, precision=precision, prepack=prepack)
 
     @classmethod
     def from_torchvision(
