@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fasterrcnn.modeling.prepack import PackedLinear, prepack_linear
+from fasterrcnn.modeling.prepack import FrozenBackbone, PackedLinear, prepack_linear
 
 
 def linear_and_input(bias: bool = True) -> tuple[nn.Linear, torch.Tensor]:
@@ -77,3 +77,65 @@ def test_prepack_linear_keeps_the_parameters_and_state_dict_and_copies():
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         with torch.inference_mode():
             assert torch.equal(clone(x), out)
+
+
+def tiny_backbone() -> nn.Module:
+    from fasterrcnn.modeling.faster_rcnn import FasterRCNN
+
+    torch.manual_seed(0)
+    return FasterRCNN.from_preset("tiny", num_classes=2).eval().backbone
+
+
+def first_map(features) -> torch.Tensor:
+    return next(iter(features.values())) if isinstance(features, dict) else features
+
+
+def assert_features_close(actual, expected) -> None:
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-4)
+    else:
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_backbone_traces_one_module_per_size_and_keeps_the_last_ones():
+    backbone = tiny_backbone()
+    frozen = FrozenBackbone(backbone, sizes=2)
+    g = torch.Generator().manual_seed(1)
+    inputs = [torch.rand(1, 3, h, w, generator=g) for h, w in ((64, 96), (96, 64), (64, 96), (32, 32))]
+    with torch.inference_mode():
+        assert frozen.usable(inputs[0])
+        for x in inputs:
+            assert_features_close(frozen(x), backbone(x))
+    assert list(frozen.frozen) == [(1, 3, 64, 96), (1, 3, 32, 32)]  # (96, 64) was the least recently used
+    module = frozen.frozen[(1, 3, 64, 96)]
+    with torch.inference_mode():
+        frozen(inputs[0])
+    assert frozen.frozen[(1, 3, 64, 96)] is module and list(frozen.frozen)[-1] == (1, 3, 64, 96)
+    with pytest.raises(ValueError, match="sizes must be at least 1, got 0"):
+        FrozenBackbone(backbone, sizes=0)
+
+
+def test_frozen_backbone_is_for_float32_cpu_inference_and_follows_the_weights():
+    backbone = tiny_backbone()
+    frozen = FrozenBackbone(backbone)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert not frozen.usable(x)  # gradients enabled
+    with torch.no_grad():
+        assert frozen.usable(x) and not frozen.usable(x.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not frozen.usable(x)
+        backbone.train()
+        assert not frozen.usable(x)
+        backbone.eval()
+        before = first_map(frozen(x))
+        for parameter in backbone.parameters():
+            parameter.mul_(0.5)  # in place: the frozen copies are stale
+        after = frozen(x)
+        assert_features_close(after, backbone(x))
+        assert len(frozen.frozen) == 1 and not torch.allclose(first_map(after), before)
+    for clone in (copy.deepcopy(frozen), pickle.loads(pickle.dumps(frozen))):
+        assert not clone.frozen and clone.sizes == frozen.sizes
+        with torch.no_grad():
+            assert_features_close(clone(x), backbone(x))
