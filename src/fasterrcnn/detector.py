@@ -82,8 +82,8 @@ class Detector:
             file written by ``fasterrcnn export --int8``). ``self.precision`` is the one chosen.
         prepack: in float32 on the CPU, make the model's ``nn.Linear`` layers ``modeling.prepack.PackedLinear``
             (in place: the same parameters and state_dict), which multiply by their weights packed once for
-            oneDNN, not on every call: the box head about 10-25 % faster, equal up to float rounding. False
-            keeps plain ``nn.Linear``; other precisions and devices never prepack.
+            oneDNN, not on every call: about 27-30 % less box-head time (docs/deployment.md), equal up to float
+            rounding. False keeps plain ``nn.Linear``; other precisions and devices never prepack.
         freeze_backbone: in float32 on the CPU, also run the backbone (with its FPN) frozen for oneDNN, one
             TorchScript module per padded input size, traced when that size first comes, the last 4 sizes kept
             (``modeling.prepack.FrozenBackbone``): 13-18 % less backbone time, but each new size first costs
