@@ -3,6 +3,7 @@
     python benchmarks/profile.py                                     # mobilenet_v3_large_fpn at 480x640
     python benchmarks/profile.py --presets resnet50_fpn tiny --size 480x640 --repeat 5 --threads 2
     python benchmarks/profile.py --variants eager,channels_last,frozen   # eager variants, A/B alternating
+    python benchmarks/profile.py --presets resnet50_fpn mobilenet_v3_large_fpn --threads 1 --variants "eager,prepacked,openvino f32"
 
 Random weights (seeded), one random image, batch 1, BatchNorm folded (what ``Detector`` runs). Each repeat
 runs every column once, in turn (A/B alternating in one process, so a loaded machine slows them alike); the
@@ -20,10 +21,13 @@ Eager stages are timed by forward hooks; OpenVINO's by its per-node performance 
 each node given to the stage its traced name belongs to (``/backbone/body/...``, ``/backbone/fpn/...``,
 ``/head/...``, ``/box_head/...``, ``/box_predictor/...``; RoiAlign / MaxRoiPool nodes to RoI pooling; the
 others to proposals and post-processing, which OpenVINO does not tell apart). Variants (``--variants``) of
-the eager f32 model: ``channels_last`` (the backbone's weights and input in channels-last memory order),
-``frozen`` (the backbone through ``torch.jit.freeze`` + ``optimize_for_inference``: oneDNN weight prepacking
-and conv fusion); ``openvino int8`` is ``export --int8``'s graph (the backbone quantized, calibrated here on
-random images: its speed, not its accuracy). Never asserts timings.
+the eager f32 model (``eager``: BatchNorm folded, plain ``nn.Linear``): ``prepacked`` (the linear layers as
+``modeling.prepack.PackedLinear``: what ``Detector`` runs in f32 on the CPU by default), ``channels_last``
+(the backbone's weights and input in channels-last memory order), ``frozen`` (the backbone through
+``modeling.prepack.FrozenBackbone``: traced, ``torch.jit.freeze`` + ``optimize_for_inference``, oneDNN weight
+prepacking and conv fusion, traced in the warm-up run), ``prepacked+frozen`` (both: what
+``Detector(freeze_backbone=True)`` runs); ``openvino int8`` is ``export --int8``'s graph (the backbone quantized,
+calibrated here on random images: its speed, not its accuracy). Never asserts timings.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import torch  # noqa: E402
 from fasterrcnn.deploy.export import export_model  # noqa: E402
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN  # noqa: E402
 from fasterrcnn.modeling.fuse import fuse_batchnorm  # noqa: E402
+from fasterrcnn.modeling.prepack import FrozenBackbone, prepack_linear  # noqa: E402
 
 STAGES = ("backbone", "FPN", "RPN head", "proposals", "RoI pooling", "box head", "post-processing")
 HOOKED = {  # module path -> stage (eager)
@@ -115,25 +120,23 @@ def channels_last(model: FasterRCNN) -> FasterRCNN:
     return model
 
 
-def frozen(model: FasterRCNN, image_size: tuple[int, int]) -> FasterRCNN:
-    """The backbone scripted, frozen and optimized for inference (traced on a padded input of the image's size)."""
+def frozen(model: FasterRCNN, prepacked: bool) -> FasterRCNN:
+    """The backbone through ``modeling.prepack.FrozenBackbone`` (traced, frozen and optimized for inference on its
+    first input size; the warm-up call traces it); with ``prepacked``, the linear layers too (``Detector(freeze_backbone=True)``)."""
     model = copy.deepcopy(model)
-    images, _ = model.transform([torch.rand(3, *image_size)])
-    with torch.no_grad():
-        traced = torch.jit.trace(model.backbone, images.tensors, strict=False)
-        model.backbone = Hookable(torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval())))
-    return model
+    model.backbone = Hookable(FrozenBackbone(model.backbone))
+    return prepack_linear(model) if prepacked else model
 
 
 class Hookable(torch.nn.Module):
-    """A ScriptModule inside a plain module (hooks time it; the backbone and its FPN then count as "backbone")."""
+    """A FrozenBackbone inside a plain module (hooks time it; the backbone and its FPN then count as "backbone")."""
 
-    def __init__(self, module):
+    def __init__(self, frozen: FrozenBackbone):
         super().__init__()
-        self.module = module
+        self.frozen = frozen
 
     def forward(self, x):
-        return self.module(x)
+        return self.frozen(x)
 
 
 def main() -> None:
@@ -144,7 +147,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
         "--variants", default="eager,eager bf16,openvino f32,openvino bf16",
-        help="columns, comma-separated: eager, eager bf16, channels_last, frozen, openvino f32, openvino bf16, openvino int8",
+        help="columns, comma-separated: eager, eager bf16, prepacked, channels_last, frozen, prepacked+frozen, openvino f32, openvino bf16, openvino int8",
     )  # fmt: skip
     parser.add_argument("--calibration", type=int, default=8, help="random images that calibrate the int8 variant (needs NNCF)")
     args = parser.parse_args()
@@ -162,11 +165,14 @@ def main() -> None:
             for variant in variants:
                 if variant in ("eager", "eager bf16"):
                     runs[variant] = (lambda v=variant: eager_stages(model, image, torch.bfloat16 if v == "eager bf16" else None))
+                elif variant == "prepacked":
+                    packed = prepack_linear(copy.deepcopy(model))
+                    runs[variant] = lambda packed=packed: eager_stages(packed, image, None)
                 elif variant == "channels_last":
                     cl = channels_last(model)
                     runs[variant] = lambda cl=cl: eager_stages(cl, image, None)
-                elif variant == "frozen":
-                    fr = frozen(model, size)
+                elif variant in ("frozen", "prepacked+frozen"):
+                    fr = frozen(model, prepacked=variant != "frozen")
                     runs[variant] = lambda fr=fr: eager_stages(fr, image, None)
                 elif variant.startswith("openvino"):
                     hint = variant.split()[1]

@@ -298,17 +298,22 @@ def matching_fraction(expected: list[Detection], actual: list[Detection], box_px
     return found / max(len(expected), 1)
 
 
+def tie_free_model() -> FasterRCNN:
+    """``predictable_model`` whose detections do not hang on near ties, for comparing two ways of computing them."""
+    # The untrained model's scores are near ties (RPN objectness, the ~0.83 class scores), which rounding reorders:
+    # other proposals, other NMS survivors. Here every anchor scores 0 and moves by 0 (the same proposals), and the
+    # head keeps every detection (no NMS, no top-K), so what rounding changes is the features, scores and boxes.
+    model = predictable_model()
+    for parameter in (*model.rpn.head.cls_logits.parameters(), *model.rpn.head.bbox_pred.parameters()):
+        parameter.data.zero_()
+    model.roi_heads.nms_thresh, model.roi_heads.detections_per_img = 1.0, 10_000
+    return model
+
+
 def test_bf16_runs_the_forward_pass_in_bf16_and_matches_float32(image_path):
     """``precision="bf16"``: the backbone computes in bfloat16 (autocast), the detections are float32, in the
     image, and match the float32 ones (the accuracy rule of bf16: >= 95 % within 2 px and 0.02 both ways)."""
-    # The untrained model's scores are near ties (RPN objectness, the ~0.83 class scores), which rounding reorders:
-    # other proposals, other NMS survivors. Here every anchor scores 0 and moves by 0 (the same proposals), and the
-    # head keeps every detection (no NMS, no top-K), so what bf16 changes is the features, scores and boxes.
-    models = [predictable_model() for _ in range(2)]
-    for model in models:
-        for parameter in (*model.rpn.head.cls_logits.parameters(), *model.rpn.head.bbox_pred.parameters()):
-            parameter.data.zero_()
-        model.roi_heads.nms_thresh, model.roi_heads.detections_per_img = 1.0, 10_000
+    models = [tie_free_model() for _ in range(2)]
     detector, bf16 = (Detector(model, CLASS_NAMES, device="cpu", precision=p) for model, p in zip(models, ("f32", "bf16")))
     reference = detector.detect(image_path, score_threshold=0.0)
     seen = {}
@@ -327,6 +332,29 @@ def test_bf16_runs_the_forward_pass_in_bf16_and_matches_float32(image_path):
     found = bf16.detect(image_path, score_threshold=0.0)
     assert found != reference  # it ran in bf16: rounding moved the scores
     assert matching_fraction(reference, found, 2.0, 0.02) >= 0.95 and matching_fraction(found, reference, 2.0, 0.02) >= 0.95
+
+
+def test_f32_on_the_cpu_prepacks_and_freezes_and_matches_the_plain_model(image_path, tmp_path):
+    """The default f32 CPU path runs ``modeling.prepack.PackedLinear``s, and ``freeze_backbone`` a frozen backbone per
+    input size; their detections match the plain eager model's (the accuracy rule of the f32 paths: >= 98 % within
+    0.5 px and 1e-3 both ways), at two image sizes."""
+    from fasterrcnn.modeling.prepack import PackedLinear
+
+    fast, plain = Detector(tie_free_model(), CLASS_NAMES, device="cpu", precision="f32"), Detector(tie_free_model(), CLASS_NAMES, device="cpu", precision="f32", prepack=False)
+    linears = lambda d: {type(m) for m in d.model.modules() if isinstance(m, torch.nn.Linear)}  # noqa: E731
+    assert linears(fast) == {PackedLinear} and linears(plain) == {torch.nn.Linear}
+    assert fast.model.state_dict().keys() == plain.model.state_dict().keys()
+    bf16 = Detector(tie_free_model(), CLASS_NAMES, device="cpu", precision="bf16")
+    assert linears(bf16) == {torch.nn.Linear}
+    frozen = Detector(tie_free_model(), CLASS_NAMES, device="cpu", precision="f32", freeze_backbone=True)
+    assert fast.model.frozen_backbone is None and frozen.model.frozen_backbone.backbone is frozen.model.backbone
+    other = tmp_path / "other.png"
+    Image.open(image_path).resize((90, 150)).save(other)
+    for path in (image_path, other):
+        reference = plain.detect(path, score_threshold=0.0)
+        for found in (fast.detect(path, score_threshold=0.0), frozen.detect(path, score_threshold=0.0)):
+            assert reference and matching_fraction(reference, found, 0.5, 1e-3) >= 0.98 and matching_fraction(found, reference, 0.5, 1e-3) >= 0.98
+    assert len(frozen.model.frozen_backbone.frozen) == 2  # one frozen backbone per padded input size
 
 
 def test_auto_precision_follows_the_cpu_instructions(monkeypatch, caplog):

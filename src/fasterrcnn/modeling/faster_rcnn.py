@@ -24,6 +24,7 @@ from fasterrcnn.errors import ConfigError
 from fasterrcnn.modeling.anchors import AnchorGenerator
 from fasterrcnn.modeling.backbones.base import BackboneParts
 from fasterrcnn.modeling.low_rank import low_rank_box_head
+from fasterrcnn.modeling.prepack import FrozenBackbone
 from fasterrcnn.modeling.roi_heads import FastRCNNPredictor, RoIHeads, SingleLevelRoIPool
 from fasterrcnn.modeling.rpn import RegionProposalNetwork, RPNHead
 from fasterrcnn.modeling.transform import GeneralizedRCNNTransform
@@ -64,6 +65,9 @@ class FasterRCNN(nn.Module):
     images of the batch (the trainer passes these, so that data-parallel processes sample each image
     as one process with the whole batch would).
 
+    ``frozen_backbone`` (None by default; ``modeling.prepack.FrozenBackbone``, set by ``Detector(freeze_backbone=True)``)
+    runs the backbone in the calls that are float32 CPU inference; every other call runs ``backbone``.
+
     Mixed precision: under ``torch.autocast`` the convolutions and linear layers run in the reduced
     precision, while anchors, box coding, proposal selection, NMS, RoI coordinates, the losses and
     the detections stay float32.
@@ -78,6 +82,7 @@ class FasterRCNN(nn.Module):
         self.num_classes = num_classes
         self.config = config
         self.generator: torch.Generator | None = None
+        self.frozen_backbone: FrozenBackbone | None = None  # float32 CPU inference through it when set (modeling.prepack)
 
     @classmethod
     def from_config(cls, model_config: ModelConfig, backbone_weights: str | os.PathLike | None = None, *, download: bool | None = None) -> "FasterRCNN":
@@ -153,7 +158,8 @@ class FasterRCNN(nn.Module):
         self.rpn.generator = self.roi_heads.generator = generator
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, targets = self.transform(images, targets if self.training else None)
-        features = self.backbone(image_list.tensors)
+        frozen = self.frozen_backbone
+        features = frozen(image_list.tensors) if frozen is not None and frozen.usable(image_list.tensors) else self.backbone(image_list.tensors)
         if isinstance(features, Tensor):
             features = {"0": features}
         proposals, rpn_losses = self.rpn(image_list, features, targets)

@@ -746,13 +746,18 @@ class MultiScaleRoIAlign(nn.Module):
             return roi_align(features[0], rois, self.output_size, scales[0], self.sampling_ratio)
         # Every RoI is written at most once, by the level it maps to; the copy also transposes the
         # pooled channels-last rows, so the result is NCHW-contiguous for a box head's flatten.  A
-        # box of no level (negative or NaN area) stays zero, as in torchvision.
-        result = features[0].new_zeros((K, C, oh * ow))
+        # box of no level (negative or NaN area) is set to zero, as in torchvision; only then, as
+        # zeroing the whole result first took about 15 % of the call (mobilenet_v3_large_fpn, 1000 RoIs).
+        result = features[0].new_empty((K, C, oh * ow))
+        written = 0
         for level, (feature, scale) in enumerate(zip(features, scales)):
             idx = torch.nonzero(levels == level).squeeze(1)
             if idx.numel() > 0:  # host synchronisation: a tensor size
+                written += idx.numel()
                 pooled = _roi_align_rows(feature, rois[idx], oh, ow, scale, self.sampling_ratio, False)
                 result.index_copy_(0, idx, pooled.view(-1, oh * ow, C).transpose(1, 2).to(result.dtype))
+        if written < K:
+            result[(levels < 0) | (levels >= len(features))] = 0
         return result.view(K, C, oh, ow)
 
     def __repr__(self) -> str:
