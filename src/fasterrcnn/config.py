@@ -131,6 +131,7 @@ class ModelConfig:
     box_min_size: float = 1e-2
     box_smooth_l1_beta: float = 1.0
     box_score_temperature: float = 1.0  # class logits / T before the softmax (`fasterrcnn calibrate` fits T); 1: as trained
+    box_score_map: tuple[float, float] | None = None  # (a, b): final score s -> sigmoid(a logit(s) + b) (`fasterrcnn calibrate` fits it); None: as trained
     representation_size: int | None = 4096  # width of the fully connected box head (VGG fc6/fc7, two-MLP); None: the backbone's
     box_head_ranks: tuple[int, int] | None = None  # truncated SVD of fc6 / fc7 (modeling/low_rank.py, `fasterrcnn compress`); None: full
 
@@ -442,6 +443,7 @@ _MODEL_RULES: dict[str, tuple[_Rule, ...]] = {
     "box_min_size": (_at_least(0),),
     "box_smooth_l1_beta": (_at_least(0),),
     "box_score_temperature": (_above(0),),
+    "box_score_map": (lambda v: None if v[0] > 0 else "its slope a (the first value) must be > 0: the map must keep the score order",),
     "representation_size": (_at_least(1), _at_most(MAX_REPRESENTATION_SIZE)),
     "box_head_ranks": (_each(_at_least(1)),),  # upper bounds depend on the layers: modeling/low_rank.py checks them
 }

@@ -10,11 +10,13 @@ from fasterrcnn.cli.options import add_common, add_data, add_overwrite, positive
 def add_parser(commands) -> None:
     p = commands.add_parser(
         "calibrate",
-        help="fit a temperature so that scores mean precisions",
-        description="Fit the temperature that divides the box head's class logits (temperature scaling) on held-out "
-        "data, so that of the detections scoring about p a share p is right (IoU >= 0.5), and write a new checkpoint "
-        "with it: 'eval', 'predict', 'serve' and 'export' use it. Prints the detection ECE and mAP@0.5 of the data "
-        "before and after. The data must not be the model's training data, and --output never replaces --weights.",
+        help="fit a temperature and a score map so that scores mean precisions",
+        description="On held-out data, fit the temperature that divides the box head's class logits (temperature "
+        "scaling: the class probabilities), then the map sigmoid(a logit(s) + b), a > 0, of each detection's score s "
+        "(Platt scaling: the same detections in the same order), so that of the detections scoring about p a share p "
+        "is right (IoU >= 0.5), and write a new checkpoint with both: 'eval', 'predict', 'serve' and 'export' use "
+        "them. Prints the detection ECE and mAP@0.5 of the data before, with the temperature only, and after both. "
+        "The data must not be the model's training data, and --output never replaces --weights.",
     )
     p.add_argument("--weights", required=True, metavar="CKPT", help="a checkpoint written by 'fasterrcnn train'")
     add_data(p, split_default="val", split_help="val: held-out data, never the training split")
@@ -33,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, batch_size=args.batch_size, num_workers=args.num_workers, on_bad_image=args.on_bad_image,
         quiet=args.quiet,
     )  # fmt: skip
-    print(f"temperature {result.temperature:.4f} fitted on {result.num_images} images ({args.data}, {args.split})")
-    for name, values in (("before", result.before), ("after", result.after)):
-        print(f"{name:>6}: detection ECE {values['ece']:.4f}, mAP@0.5 {values['mAP']:.4f} ({values['detections']} detections)")
+    a, b = result.score_map
+    print(f"temperature {result.temperature:.4f}, score map sigmoid({a:.4f} logit(s) {b:+.4f}) fitted on {result.num_images} images ({args.data}, {args.split})")
+    for name, values in (("before", result.before), ("temperature only", result.scaled), ("after", result.after)):
+        print(f"{name}: detection ECE {values['ece']:.4f}, mAP@0.5 {values['mAP']:.4f} ({values['detections']} detections)")
     print(f"wrote {result.output} (for eval, predict, serve and export; training does not resume from it)")
     return 0
