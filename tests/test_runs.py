@@ -653,7 +653,8 @@ def test_calibrate_writes_a_new_checkpoint_and_refuses_its_input_and_the_trainin
     written = Checkpoint.read(out)
     assert written.model_config.box_score_temperature == result.temperature > 0 and written.training == {}
     assert written.model_config.box_score_map == result.score_map and result.score_map[0] > 0  # read back from the file
-    assert result.after["detections"] == result.scaled["detections"]  # the map keeps the detections
+    assert result.temperature == 1.0 and result.scaled is None  # no temperature unless asked for
+    assert result.after["detections"] == result.before["detections"] and result.after["mAP"] == pytest.approx(result.before["mAP"])
     assert Checkpoint.read(trained.last).model_config.box_score_map is None  # the input is untouched
     assert Checkpoint.read(trained.last).model_config.box_score_temperature == 1.0
     with pytest.raises(ConfigError, match="exists; pass --overwrite"):
@@ -662,8 +663,9 @@ def test_calibrate_writes_a_new_checkpoint_and_refuses_its_input_and_the_trainin
         calibrate(trained.last, voc_root, tmp_path / "other.pt", split="train", device="cpu", quiet=True)
     code = main(["calibrate", "--weights", str(trained.last), "--data", str(voc_root), "--split", "test", "--output", str(trained.last)])
     assert "--output must differ from --weights" in one_line_error(capsys, code)
-    assert main(["calibrate", "--weights", str(trained.last), "--data", str(voc_root), "--split", "test", "--output", str(out), "--overwrite", "--device", "cpu", "--quiet"]) == 0
+    assert main(["calibrate", "--weights", str(trained.last), "--data", str(voc_root), "--split", "test", "--output", str(out), "--overwrite", "--device", "cpu", "--quiet", "--temperature"]) == 0
     printed = capsys.readouterr().out
+    assert Checkpoint.read(out).model_config.box_score_temperature != 1.0  # --temperature fits and writes one
     assert "temperature" in printed and "score map sigmoid(" in printed and "before: detection ECE" in printed
     assert "temperature only: detection ECE" in printed and "after: detection ECE" in printed
 

@@ -3,12 +3,13 @@
     result = calibrate("runs/x/checkpoints/best.pt", "VOCdevkit/VOC2007", "runs/x/calibrated.pt", split="val")
     print(result.temperature, result.score_map, result.before["ece"], result.after["ece"])
 
-Two steps (``evaluation/calibration.py``). The temperature T divides the box head's class logits before the
-softmax (``ModelConfig.box_score_temperature``): it calibrates each detection's class distribution
-(``probabilities``). The score map (a, b) then turns each detection's final score s into
+``evaluation/calibration.py``: the score map (a, b) turns each detection's final score s into
 ``sigmoid(a logit(s) + b)`` (``ModelConfig.box_score_map``, Platt scaling of the score): a > 0 keeps the
-detections and their order, so the mAP stays, while the scores come to mean precisions. The new checkpoint
-is the old one with both in its model config, so ``Detector``, ``eval``, ``predict``, ``serve`` and
+detections and their order, so the mAP stays, while the scores come to mean precisions. On request
+(``fit_temperature_too``, ``--temperature``) a temperature T is fitted first, which divides the box head's
+class logits before the softmax (``ModelConfig.box_score_temperature``): it calibrates each detection's
+class distribution (``probabilities``), but it also moves scores across ``box_score_thresh``, so the
+detections and the mAP can change. The new checkpoint is the old one with both in its model config, so ``Detector``, ``eval``, ``predict``, ``serve`` and
 ``export`` (which bakes both into the graph) all use them. Its weights are the same; it holds no training
 state (training does not resume from it). The input checkpoint is never written over, and the data set
 must not be the one the model was trained on (the run's ``config.json`` names it).
@@ -29,13 +30,14 @@ __all__ = ["CalibrationResult", "calibrate"]
 
 @dataclass(frozen=True)
 class CalibrationResult:
-    """The fitted temperature and score map (a, b), ``{"ece", "mAP", "detections"}`` on the data before, with the
-    temperature only (``scaled``) and after both, and the file written."""
+    """The temperature and score map (a, b) written, ``{"ece", "mAP", "detections"}`` on the data before (without
+    any earlier score map), with the fitted temperature only (``scaled``, None unless it was fitted) and after,
+    and the file written."""
 
     temperature: float
     score_map: tuple[float, float]
     before: dict[str, Any]
-    scaled: dict[str, Any]
+    scaled: dict[str, Any] | None
     after: dict[str, Any]
     output: Path
     num_images: int
@@ -71,16 +73,18 @@ def calibrate(
     num_workers: int = 0,
     on_bad_image: str = "skip",
     quiet: bool = False,
+    fit_temperature_too: bool = False,
 ) -> CalibrationResult:
-    """Fit the temperature and the score map of ``weights`` on ``data`` (``split``) and write the calibrated
-    checkpoint ``output``.
+    """Fit the score map (and with ``fit_temperature_too`` first the temperature) of ``weights`` on ``data``
+    (``split``) and write the calibrated checkpoint ``output``.
 
-    The fits keep the model's detections (every one above ``box_score_thresh``) and match them to the ground
-    truth at IoU 0.5: the temperature minimises the cross-entropy between each detection's softmax score and
-    its being right (``fit_temperature``, on the model as given); the score map then does the same for
-    ``sigmoid(a logit(s) + b)`` of the scores s with that temperature (``fit_score_map``, on a second pass
-    without any earlier map, which the new one replaces). The detection ECE and the mAP@0.5 (VOC) of the data
-    are measured before, with the temperature only and after both (the map applied to the second pass).
+    The fits keep the model's detections (every one above ``box_score_thresh``), without any earlier score map
+    (the new one replaces it), and match them to the ground truth at IoU 0.5. The temperature minimises the
+    cross-entropy between each detection's softmax score and its being right (``fit_temperature``); a second
+    pass with it gives the detections on which the map is fitted. The score map minimises the same
+    cross-entropy for ``sigmoid(a logit(s) + b)`` of the scores s (``fit_score_map``). The detection ECE and
+    the mAP@0.5 (VOC) of the data are measured before, with the temperature only and after (the map applied
+    to the last pass: the same detections).
     """
     import torch
 
@@ -127,19 +131,19 @@ def calibrate(
         scores, right, where = detection_outcomes(detections, ground_truth)
         return results, detections, where, scores, right
 
-    results, detections, where, scores, right = measure(True)
+    model.roi_heads.score_map = None  # the scores as the box head gives them: an earlier map is replaced
+    results, detections, where, scores, right = measure(fit_temperature_too)
     before = summary(results, scores, right)
-    rows = [detections[image]["probabilities"][torch.as_tensor(index, dtype=torch.long)] for image, index in where.items() if len(index)]
-    labels = [detections[image]["labels"][torch.as_tensor(index, dtype=torch.long)] for image, index in where.items() if len(index)]
-    start = model.roi_heads.temperature
-    if rows:  # log-probabilities are the logits / start up to a shift per row: T multiplies the one in use
-        log_p = torch.cat(rows).double().clamp(min=1e-300).log()
-        temperature = start * fit_temperature(log_p, torch.cat(labels), torch.from_numpy(right))
-    else:
-        temperature = start
-    model.roi_heads.temperature, model.roi_heads.score_map = temperature, None
-    results, _, _, scores, right = measure(False)
-    scaled = summary(results, scores, right)
+    temperature, scaled = model.roi_heads.temperature, None
+    if fit_temperature_too:
+        rows = [detections[image]["probabilities"][torch.as_tensor(index, dtype=torch.long)] for image, index in where.items() if len(index)]
+        labels = [detections[image]["labels"][torch.as_tensor(index, dtype=torch.long)] for image, index in where.items() if len(index)]
+        if rows:  # log-probabilities are the logits / T in use up to a shift per row: the fit multiplies it
+            log_p = torch.cat(rows).double().clamp(min=1e-300).log()
+            temperature *= fit_temperature(log_p, torch.cat(labels), torch.from_numpy(right))
+        model.roi_heads.temperature = temperature
+        results, _, _, scores, right = measure(False)
+        scaled = summary(results, scores, right)
     score_map = fit_score_map(scores, right)
     mapped = calibrated_scores(torch.tensor([r["score"] for r in results], dtype=torch.float32), score_map).tolist()
     results = [{**r, "score": s} for r, s in zip(results, mapped)]  # the order of every score is kept: same detections
