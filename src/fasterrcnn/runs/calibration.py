@@ -1,4 +1,4 @@
-"""``calibrate``: fit the box head's temperature and a score map on held-out data and write a calibrated checkpoint.
+"""``calibrate``: fit a score map (and on request a temperature) on held-out data and write a calibrated checkpoint.
 
     result = calibrate("runs/x/checkpoints/best.pt", "VOCdevkit/VOC2007", "runs/x/calibrated.pt", split="val")
     print(result.temperature, result.score_map, result.before["ece"], result.after["ece"])
@@ -9,10 +9,11 @@ detections and their order, so the mAP stays, while the scores come to mean prec
 (``fit_temperature_too``, ``--temperature``) a temperature T is fitted first, which divides the box head's
 class logits before the softmax (``ModelConfig.box_score_temperature``): it calibrates each detection's
 class distribution (``probabilities``), but it also moves scores across ``box_score_thresh``, so the
-detections and the mAP can change. The new checkpoint is the old one with both in its model config, so ``Detector``, ``eval``, ``predict``, ``serve`` and
-``export`` (which bakes both into the graph) all use them. Its weights are the same; it holds no training
-state (training does not resume from it). The input checkpoint is never written over, and the data set
-must not be the one the model was trained on (the run's ``config.json`` names it).
+detections and the mAP can change. The new checkpoint is the old one with both in its model config, so
+``Detector``, ``eval``, ``predict``, ``serve`` and ``export`` (which bakes both into the graph) all use them.
+Its weights are the same; it holds no training state (training does not resume from it). The input
+checkpoint is never written over, and the data set must not be the one the model was trained on (the run's
+``config.json`` names it).
 """
 
 from __future__ import annotations
