@@ -103,6 +103,7 @@ def test_every_field_is_type_checked(cls):
         (dict(anchor_sizes=((32.0, "64"),)), "model.anchor_sizes = ((32.0, '64'),): must be a tuple of tuples of finite numbers"),
         (dict(anchor_sizes=(32.0, 64.0)), "model.anchor_sizes = (32.0, 64.0): must be a tuple of tuples of finite numbers"),
         (dict(box_head_ranks=(8,)), "model.box_head_ranks = (8,): must be a tuple of 2 integers or null"),
+        (dict(box_score_map=(1.0, float("nan"))), "model.box_score_map = (1.0, nan): must be a tuple of 2 finite numbers or null"),
         (dict(representation_size=1.5), "model.representation_size = 1.5: must be an integer or null"),
         (dict(rpn_min_size=10**400), f"model.rpn_min_size = {str(10**400)[:60]}... (401 characters): must be a finite number"),
     ],
@@ -116,6 +117,7 @@ def test_type_errors(fields, message):
 def test_ints_are_floats_and_null_is_allowed_where_annotated():
     check_config(TrainConfig(lr=1, grad_clip_norm=None, epochs=None, warmup_factor=1))
     check_config(ModelConfig(image_mean=(0, 0, 0), representation_size=None, trainable_backbone_layers=None, box_head_ranks=(16, 8)))
+    check_config(ModelConfig(box_score_map=(0.5, -2)))  # a negative offset is fine: only the slope keeps the order
 
 
 # -- Ranges --------------------------------------------------------------------------------------------------
@@ -134,6 +136,8 @@ def test_ints_are_floats_and_null_is_allowed_where_annotated():
         ("model", dict(rpn_post_nms_top_n_test=0), "model.rpn_post_nms_top_n_test = 0: must be >= 1"),
         ("model", dict(box_smooth_l1_beta=-0.5), "model.box_smooth_l1_beta = -0.5: must be >= 0"),
         ("model", dict(box_head_ranks=(16, 0)), "model.box_head_ranks = (16, 0): every value must be >= 1"),
+        ("model", dict(box_score_map=[0.0, 1.0]), "model.box_score_map = (0.0, 1.0): its slope a (the first value) must be > 0: the map must keep the score order"),
+        ("model", dict(box_score_map=[-2, 0.5]), "model.box_score_map = (-2, 0.5): its slope a (the first value) must be > 0: the map must keep the score order"),
         ("model", dict(representation_size=0), "model.representation_size = 0: must be >= 1"),
         ("model", dict(trainable_backbone_layers=-1), "model.trainable_backbone_layers = -1: must be >= 0"),
         ("train", dict(warmup_factor=0), "train.warmup_factor = 0: must be in (0, 1]"),

@@ -124,3 +124,11 @@ def test_variable_image_sizes(tmp_path):
 def test_bad_image_size_rejected(tmp_path):
     with pytest.raises(ValueError, match="image side"):
         write_synthetic_voc(tmp_path, num_train=1, num_test=0, image_size=(16, 256))
+
+
+def test_grain_changes_the_noise_not_the_objects():
+    plain, objects = render_image(np.random.default_rng([3, 0]), (128, 160))
+    grainy, same_objects = render_image(np.random.default_rng([3, 0]), (128, 160), grain=12.0)
+    assert same_objects == objects
+    noise = lambda image: np.abs(np.diff(image.astype(np.float64), axis=1)).mean()  # noqa: E731  (pixel-to-pixel change)
+    assert noise(grainy) > 2 * noise(plain)

@@ -323,21 +323,25 @@ def test_a_file_of_the_other_format_or_with_external_data_is_named(tiny_onnx, tm
         Detector.from_checkpoint(external)
 
 
-def test_a_calibrated_temperature_is_baked_into_the_graph(tmp_path):
+def test_a_calibrated_temperature_and_score_map_are_baked_into_the_graph(tmp_path):
     model = _model("tiny")
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.weight.mul_(300)  # confident scores, which a temperature moves
     model.roi_heads.temperature = 3.0  # as built from a checkpoint that 'fasterrcnn calibrate' wrote
+    model.roi_heads.score_map = (0.5, -1.0)
     export_model(model, tmp_path / "model.onnx", [f"class{i}" for i in range(model.num_classes)])
     image = _images()[0]
     with torch.no_grad():
         eager = model([image])[0]
+        model.roi_heads.score_map = None
+        unmapped = model([image])[0]
         model.roi_heads.temperature = 1.0
         plain = model([image])[0]
     got = load_exported(tmp_path / "model.onnx")([image])[0]
     as_tuple = lambda d: (d["boxes"], d["labels"], d["scores"])  # noqa: E731
     assert len(eager["scores"]) > 10 and match_fraction(as_tuple(eager), as_tuple(got)) >= 0.98
     assert match_fraction(as_tuple(plain), as_tuple(got)) < 0.5  # the scores of T = 1 are not what the graph gives
+    assert match_fraction(as_tuple(unmapped), as_tuple(got)) < 0.5  # nor those without the map
 
 
 @pytest.mark.parametrize("missing, output", [("onnx", "tiny.onnx"), ("openvino", "tiny.xml")])

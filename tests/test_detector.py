@@ -459,3 +459,16 @@ def test_a_checkpoints_temperature_divides_the_logits(detector, image_path, tmp_
     assert len(found) == len(plain) > 0 and [d.box for d in found] == [d.box for d in plain]
     assert np.allclose([d.probabilities for d in found], softened.numpy(), atol=1e-6)
     assert all(f.score < p.score for f, p in zip(found, plain))  # ~0.83 -> ~0.6: less confident
+
+
+def test_a_checkpoints_score_map_changes_the_scores_not_the_detections(detector, image_path, tmp_path):
+    model = predictable_model()
+    config = {"preset": "tiny", "model": {**to_dict(model.config), "box_score_map": [0.5, -1.0]}, "train": to_dict(get_preset("tiny").train)}
+    save_checkpoint(tmp_path / "calibrated.pt", {"model": model.state_dict(), "config": config, "class_names": CLASS_NAMES})
+    calibrated = Detector.from_checkpoint(tmp_path / "calibrated.pt", device="cpu", fuse=False)
+    plain = detector.detect(image_path, score_threshold=0.0, probabilities=True)
+    found = calibrated.detect(image_path, score_threshold=0.0, probabilities=True)
+    assert len(found) == len(plain) > 0 and [(d.box, d.label) for d in found] == [(d.box, d.label) for d in plain]  # same order too
+    expected = torch.sigmoid(0.5 * torch.logit(torch.tensor([d.score for d in plain], dtype=torch.float64)) - 1.0)
+    assert np.allclose([d.score for d in found], expected.numpy(), atol=1e-6)
+    assert [d.probabilities for d in found] == [d.probabilities for d in plain]  # the class distribution stays

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from fasterrcnn.evaluation.calibration import detection_outcomes, expected_calibration_error, fit_temperature, reliability_bins
+from fasterrcnn.evaluation.calibration import (
+    calibrated_scores,
+    detection_outcomes,
+    expected_calibration_error,
+    fit_score_map,
+    fit_temperature,
+    reliability_bins,
+)
+from fasterrcnn.evaluation.voc import evaluate_voc
 
 
 def test_ece_of_hand_computed_bins():
@@ -48,3 +56,40 @@ def test_ece_agrees_with_netcal():
     right = rng.random(500) < scores**2
     theirs = netcal.ECE(bins=10, detection=True).measure(scores, right.astype(np.int64))
     assert expected_calibration_error(scores, right) == pytest.approx(float(theirs), abs=1e-9)
+
+
+def _over_confident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores sigmoid(2 logit(p) + 1) of detections right with probability p: over-confident, worst in the middle."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.02, 0.98, n)
+    scores = 1 / (1 + np.exp(-(2 * np.log(p / (1 - p)) + 1)))
+    return scores.astype(np.float32).astype(np.float64), rng.random(n) < p
+
+
+def test_fit_score_map_halves_the_ece_of_over_confident_scores_on_held_out_ones():
+    fit_scores, fit_right = _over_confident(3000, 0)
+    scores, right = _over_confident(3000, 1)
+    a, b = fit_score_map(fit_scores, fit_right)
+    assert a == pytest.approx(0.5, abs=0.05) and b == pytest.approx(-0.5, abs=0.1)  # the inverse of the distortion
+    mapped = calibrated_scores(torch.from_numpy(scores).float(), (a, b)).double().numpy()
+    before = expected_calibration_error(scores, right)
+    assert before > 0.1 and expected_calibration_error(mapped, right) <= before / 2
+    assert fit_score_map(np.array([0.9, 0.8]), np.array([True, True]))[0] > 0  # finite and increasing when all are right
+    assert fit_score_map(np.zeros(0), np.zeros(0, bool)) == (1.0, 0.0)
+
+
+def test_calibrated_scores_keep_the_order_and_the_map():
+    g = torch.Generator().manual_seed(0)
+    truth = [{"image_id": i, "boxes": torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 40, 40]]), "labels": torch.tensor([1, 2])} for i in range(20)]
+    results = [
+        {"image_id": i, "category_id": int(torch.randint(1, 3, (), generator=g)), "score": float(torch.rand((), generator=g) * 0.95 + 0.05),
+         "bbox": [float(x) for x in torch.tensor([0.0, 0, 10, 10]) + torch.randn(4, generator=g) * 3]}
+        for i in range(20) for _ in range(5)
+    ]  # fmt: skip
+    scores = torch.tensor([r["score"] for r in results])
+    mapped = calibrated_scores(scores, (0.4, -0.7))
+    assert torch.equal(torch.argsort(scores, stable=True), torch.argsort(mapped, stable=True)) and not torch.allclose(scores, mapped)
+    remapped = [{**r, "score": float(s)} for r, s in zip(results, mapped)]
+    before, after = (evaluate_voc(x, truth, ["a", "b"])["per_class"] for x in (results, remapped))
+    assert before == after and 0 < before["a"] < 1
+    assert calibrated_scores(torch.tensor([1.0]), (2.0, -1.0)).item() == 1.0  # logit(1) = inf: no NaN

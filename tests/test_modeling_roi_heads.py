@@ -208,3 +208,15 @@ def test_postprocess_temperature_divides_the_logits():
     roi = (dets["boxes"][:, 0] / 20).long()
     assert torch.allclose(dets["probabilities"], expected[roi])
     assert torch.allclose(dets["scores"], expected[roi, dets["labels"]])
+
+
+def test_postprocess_score_map_changes_the_scores_not_the_detections():
+    logits = torch.randn(40, 4, generator=torch.Generator().manual_seed(0)) * 3
+    heads = make_heads().eval()
+    with heads.keeping_probabilities():
+        plain = heads.postprocess_detections(logits, torch.zeros(40, 16), _disjoint_rois(40), [(10, 800)])[0]
+        heads.score_map = (0.5, -1.0)
+        mapped = heads.postprocess_detections(logits, torch.zeros(40, 16), _disjoint_rois(40), [(10, 800)])[0]
+    assert len(plain["scores"]) > 5 and torch.equal(plain["boxes"], mapped["boxes"]) and torch.equal(plain["labels"], mapped["labels"])
+    assert torch.allclose(mapped["scores"], torch.sigmoid(0.5 * torch.logit(plain["scores"].double()) - 1.0).float())
+    assert torch.equal(mapped["probabilities"], plain["probabilities"])  # the class distribution stays the softmax's

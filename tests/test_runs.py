@@ -650,16 +650,22 @@ def test_calibrate_writes_a_new_checkpoint_and_refuses_its_input_and_the_trainin
     assert result.output == out and result.num_images == 2 and set(result.before) == {"ece", "mAP", "detections"}
     written = Checkpoint.read(out)
     assert written.model_config.box_score_temperature == result.temperature > 0 and written.training == {}
-    assert Checkpoint.read(trained.last).model_config.box_score_temperature == 1.0  # the input is untouched
+    assert written.model_config.box_score_map == result.score_map and result.score_map[0] > 0  # read back from the file
+    assert result.temperature == 1.0 and result.scaled is None  # no temperature unless asked for
+    assert result.after["detections"] == result.before["detections"] and result.after["mAP"] == pytest.approx(result.before["mAP"])
+    assert Checkpoint.read(trained.last).model_config.box_score_map is None  # the input is untouched
+    assert Checkpoint.read(trained.last).model_config.box_score_temperature == 1.0
     with pytest.raises(ConfigError, match="exists; pass --overwrite"):
         calibrate(trained.last, voc_root, out, split="test", device="cpu", quiet=True)
     with pytest.raises(ConfigError, match="trained on; calibrate on held-out data"):
         calibrate(trained.last, voc_root, tmp_path / "other.pt", split="train", device="cpu", quiet=True)
     code = main(["calibrate", "--weights", str(trained.last), "--data", str(voc_root), "--split", "test", "--output", str(trained.last)])
     assert "--output must differ from --weights" in one_line_error(capsys, code)
-    assert main(["calibrate", "--weights", str(trained.last), "--data", str(voc_root), "--split", "test", "--output", str(out), "--overwrite", "--device", "cpu", "--quiet"]) == 0
+    assert main(["calibrate", "--weights", str(trained.last), "--data", str(voc_root), "--split", "test", "--output", str(out), "--overwrite", "--device", "cpu", "--quiet", "--temperature"]) == 0
     printed = capsys.readouterr().out
-    assert "temperature" in printed and "before: detection ECE" in printed and "after: detection ECE" in printed
+    assert Checkpoint.read(out).model_config.box_score_temperature != 1.0  # --temperature fits and writes one
+    assert "temperature" in printed and "score map sigmoid(" in printed and "before: detection ECE" in printed
+    assert "temperature only: detection ECE" in printed and "after: detection ECE" in printed
 
 
 def test_the_package_lists_its_public_names_and_an_eval_result_prints_short(tmp_path):

@@ -25,7 +25,8 @@ in the original image's pixels.
 Boxes are float ``(x1, y1, x2, y2)`` in pixels of the image as given (continuous coordinates);
 labels are 1..C with ``class_names[label - 1]`` their names. The model's own
 ``box_score_thresh`` (a ModelConfig field, 0.05 by default) already drops lower scores, so a
-``score_threshold`` below it returns nothing more.
+``score_threshold`` below it returns nothing more (except from a checkpoint of ``fasterrcnn calibrate``,
+whose score map applies after that threshold and can give lower scores).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ __all__ = ["Detection", "Detector"]
 class Detection:
     """One detected object: ``box`` ``(x1, y1, x2, y2)`` in original-image pixels, ``label`` in
     1..C, ``class_name`` its name, ``score`` in [0, 1]; ``probabilities`` (``detect(probabilities=True)``): the
-    box head's softmax over all C+1 classes of its RoI, background at 0, ``probabilities[label] == score``."""
+    box head's softmax over all C+1 classes of its RoI, background at 0, ``probabilities[label] == score`` unless
+    the checkpoint has a score map (``fasterrcnn calibrate``: the map changes the score, not the row)."""
 
     box: tuple[float, float, float, float]
     label: int

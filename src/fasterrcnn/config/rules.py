@@ -124,6 +124,7 @@ _MODEL_RULES: dict[str, tuple[_Rule, ...]] = {
     "box_min_size": (_at_least(0),),
     "box_smooth_l1_beta": (_at_least(0),),
     "box_score_temperature": (_above(0),),
+    "box_score_map": (lambda v: None if v[0] > 0 else "its slope a (the first value) must be > 0: the map must keep the score order",),
     "representation_size": (_at_least(1), _at_most(MAX_REPRESENTATION_SIZE)),
     "box_head_ranks": (_each(_at_least(1)),),  # upper bounds depend on the layers: modeling/low_rank.py checks them
 }

@@ -113,6 +113,7 @@ class ModelConfig:
     box_min_size: float = 1e-2
     box_smooth_l1_beta: float = 1.0
     box_score_temperature: float = 1.0  # class logits / T before the softmax (`fasterrcnn calibrate` fits T); 1: as trained
+    box_score_map: tuple[float, float] | None = None  # (a, b): final score s -> sigmoid(a logit(s) + b) (`fasterrcnn calibrate` fits it); None: as trained
     representation_size: int | None = 4096  # width of the fully connected box head (VGG fc6/fc7, two-MLP); None: the backbone's
     box_head_ranks: tuple[int, int] | None = None  # truncated SVD of fc6 / fc7 (modeling/low_rank.py, `fasterrcnn compress`); None: full
 

@@ -136,10 +136,12 @@ def _near(a, b, margin: float) -> bool:
     return a[0] - margin < b[2] and b[0] < a[2] + margin and a[1] - margin < b[3] and b[1] < a[3] + margin
 
 
-def render_image(rng: np.random.Generator, size: tuple[int, int]):
+def render_image(rng: np.random.Generator, size: tuple[int, int], *, grain: float = 3.0):
     """One synthetic image: (uint8 array [H, W, 3], [(class name, (x1, y1, x2, y2)) ...]).
 
-    Boxes are continuous pixel boxes: x1 = leftmost drawn column, x2 = rightmost + 1.
+    Boxes are continuous pixel boxes: x1 = leftmost drawn column, x2 = rightmost + 1. ``grain`` is the
+    standard deviation (0-255 levels) of the grey Gaussian noise added last: 3 for the demo's set, more
+    for a noisier look (``functools.partial(render_image, grain=12.0)`` as ``write_synthetic_voc``'s ``render``).
     """
     height, width = size
     image = _background(rng, size)
@@ -178,7 +180,7 @@ def render_image(rng: np.random.Generator, size: tuple[int, int]):
             areas.append(visible[-1])
             colors.append(color)
             break
-    image += rng.standard_normal((height, width, 1), dtype=np.float32) * 3.0  # sensor-like grain
+    image += rng.standard_normal((height, width, 1), dtype=np.float32) * grain  # sensor-like grain
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), objects
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fasterrcnn import ops
+from fasterrcnn.evaluation.calibration import calibrated_scores
 from fasterrcnn.modeling.anchors import cell_anchors
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN
 from fasterrcnn.modeling.roi_heads import SingleLevelRoIPool
@@ -357,4 +358,6 @@ class DeployGraph(nn.Module):
         k = torch.clamp(_Shape.apply(flat)[0], max=heads.detections_per_img)
         top_scores, top = _TopK.apply(kept_scores, k)
         flat = flat.index_select(0, top)  # [D]
+        if heads.score_map is not None:  # a calibrated score map (fasterrcnn calibrate), baked into the graph
+            top_scores = calibrated_scores(top_scores, heads.score_map)
         return boxes.reshape(-1, 4).index_select(0, flat), selected[:, 0].index_select(0, top) + 1, top_scores

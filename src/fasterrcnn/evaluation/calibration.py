@@ -14,6 +14,13 @@ Temperature scaling (Guo et al., 2017, for detectors as in Küppers et al.): the
 divided by one number T > 0 before the softmax; T keeps each RoI's class ranking. ``fit_temperature`` picks
 the T minimising the binary cross-entropy between each detection's score ``softmax(z / T)[label]`` and
 whether it is right.
+
+Score scaling (Platt scaling of the final score, Küppers et al.): each detection's score s becomes
+``sigmoid(a * logit(s) + b)`` (``calibrated_scores``), one (a, b) for every class; a > 0 keeps the order of
+all scores, so the detections, their ranking and the mAP stay those of the model. ``fit_score_map`` picks
+(a, b) by logistic regression of whether a detection is right on logit(s). Unlike a temperature, which acts
+on the class logits of every RoI and mostly moves the scores near 1, it moves the middle and low scores
+as much as the data asks.
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from fasterrcnn.evaluation.confusion import as_array, truth_arrays
 from fasterrcnn.evaluation.tide import FOREGROUND_IOU, MAX_DETECTIONS, greedy_match, inside_ignored
 from fasterrcnn.ops.boxes import box_iou
 
-__all__ = ["ECE_BINS", "detection_outcomes", "expected_calibration_error", "fit_temperature", "reliability_bins"]
+__all__ = [
+    "ECE_BINS", "calibrated_scores", "detection_outcomes", "expected_calibration_error", "fit_score_map", "fit_temperature",
+    "reliability_bins",
+]  # fmt: skip
 
 ECE_BINS = 10
 
@@ -125,3 +135,45 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, right: torch.Ten
         else:
             a = c
     return float(math.exp((a + b) / 2))
+
+
+def calibrated_scores(scores: torch.Tensor, score_map: tuple[float, float]) -> torch.Tensor:
+    """``sigmoid(a * logit(scores) + b)`` for ``score_map = (a, b)``, a > 0: [N] scores in (0, 1] -> [N].
+
+    A score of 1 stays 1 (logit +inf); the map is increasing, so it keeps the order of the scores.
+    Plain tensor operations, so that ``deploy.graph`` bakes the same map into an exported graph.
+    """
+    slope, offset = score_map
+    return torch.sigmoid(slope * (torch.log(scores) - torch.log(1 - scores)) + offset)
+
+
+def fit_score_map(scores: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+    """The (a, b) of ``calibrated_scores`` minimising the binary cross-entropy of ``sigmoid(a * logit(s) + b)``
+    against ``right``: logistic regression on logit(s), with a = exp(u) so that it stays > 0 (L-BFGS on (u, b)).
+
+    Args:
+        scores: [N] detection scores in (0, 1]; right: [N] bool, true positives.
+    As in Platt (1999), the targets are (N+ + 1) / (N+ + 2) for the right detections and 1 / (N- + 2) for the
+    wrong ones rather than 1 and 0, so that the fit stays finite when every detection is right (or wrong).
+    (1, 0), the identity, without detections.
+    """
+    scores, right = np.asarray(scores, np.float64), np.asarray(right, bool)
+    if len(scores) == 0:
+        return 1.0, 0.0
+    eps = float(np.finfo(np.float32).eps)  # scores are float32: 1 - eps is the largest below 1
+    s = torch.from_numpy(np.clip(scores, eps, 1 - eps))
+    logit = s.log() - (-s).log1p()
+    positives = int(right.sum())
+    target = torch.from_numpy(np.where(right, (positives + 1) / (positives + 2), 1 / (len(right) - positives + 2)))
+    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # (u, b): the identity
+    optimizer = torch.optim.LBFGS([params], max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(params[0].exp() * logit + params[1], target)
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    u, b = params.detach().tolist()
+    return math.exp(u), b

@@ -136,6 +136,7 @@ class FasterRCNN(nn.Module):
             min_size=cfg.box_min_size,
             smooth_l1_beta=cfg.box_smooth_l1_beta,
             temperature=cfg.box_score_temperature,
+            score_map=cfg.box_score_map,
         )
         return cls(transform, parts.body, rpn, roi_heads, num_classes=cfg.num_classes, config=cfg)
 

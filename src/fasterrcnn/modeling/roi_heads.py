@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fasterrcnn import ops
+from fasterrcnn.evaluation.calibration import calibrated_scores
 from fasterrcnn.modeling.matching import IGNORE, NEGATIVE, POSITIVE, Matcher, sample_labels
 from fasterrcnn.modeling.rpn import full_precision, padded_gt, smooth_l1_sum, split_top_n
 
@@ -86,9 +87,12 @@ class RoIHeads(nn.Module):
     ``batch_size_per_image`` RoIs are sampled, at most ``positive_fraction`` foreground.
     Inference: softmax (of the class logits divided by ``temperature``, 1 unless ``fasterrcnn calibrate``
     fitted one), class-specific decoding, clipping, score > ``score_thresh``, boxes smaller than
-    ``min_size`` dropped, NMS per class, at most ``detections_per_img`` per image by score. With
-    ``class_probabilities`` on (``keeping_probabilities``), each detection also carries its RoI's whole
-    softmax row, ``"probabilities"`` [D, C+1] (background at 0): ``probabilities[d, labels[d]] == scores[d]``.
+    ``min_size`` dropped, NMS per class, at most ``detections_per_img`` per image by score; then, with a
+    ``score_map`` (a, b) (``fasterrcnn calibrate``), each kept score s becomes ``sigmoid(a logit(s) + b)``
+    (``evaluation.calibration.calibrated_scores``: increasing, so the detections and their order stay).
+    With ``class_probabilities`` on (``keeping_probabilities``), each detection also carries its RoI's whole
+    softmax row, ``"probabilities"`` [D, C+1] (background at 0): ``probabilities[d, labels[d]] == scores[d]``
+    without a ``score_map`` (the map changes the score, not the row).
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class RoIHeads(nn.Module):
         min_size: float = 1e-2,
         smooth_l1_beta: float = 1.0 / 9.0,
         temperature: float = 1.0,
+        score_map: tuple[float, float] | None = None,
     ):
         super().__init__()
         self.box_roi_pool = box_roi_pool
@@ -125,6 +130,7 @@ class RoIHeads(nn.Module):
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
         self.temperature = temperature
+        self.score_map = score_map
         self.class_probabilities = False  # inference: also return each detection's softmax row
         self.generator: torch.Generator | Sequence[torch.Generator] | None = None  # one, or one per image
 
@@ -219,6 +225,8 @@ class RoIHeads(nn.Module):
         boxes, cand_scores, cls, image, roi_idx = boxes[keep], cand_scores[keep], cls[keep], image[keep], roi_idx[keep]
         kept = ops.batched_nms(boxes, cand_scores, image * num_classes + cls, self.nms_thresh) if len(boxes) else cls.new_zeros((0,))
         rows = (roi_idx,) if self.class_probabilities else ()  # [Q]: each candidate's RoI, its row gathered once kept
+        if self.score_map is not None:
+            cand_scores = calibrated_scores(cand_scores, self.score_map)
         per_image = split_top_n(kept, image[kept], n, self.detections_per_img, boxes, cand_scores, cls, *rows)
         return [
             {"boxes": b, "labels": lb, "scores": s, **({"probabilities": probabilities[r[0]]} if r else {})} for b, s, lb, *r in zip(*per_image)
