@@ -586,9 +586,10 @@ def test_benchmark_command_prints_the_table_and_refuses_what_it_cannot_do(traine
 
 
 # -- int8 export -----------------------------------------------------------------------------------------------
-def test_int8_export_quantizes_the_backbone_and_rpn_conv_only_and_scores_it_against_float32(trained, voc_root, tmp_path, capsys, monkeypatch):
-    """export --int8: one OpenVINO file whose FakeQuantize nodes all lie in the backbone and the RPN's 3x3 conv
-    (its objectness and delta layers, proposals, NMS, RoI pooling, the box head and box decoding stay float), marked int8, loaded by Detector as int8; the held-out scores of float32 and int8."""
+def test_int8_export_quantizes_backbone_rpn_conv_and_box_head_only_and_scores_it_against_float32(trained, voc_root, tmp_path, capsys, monkeypatch):
+    """export --int8: one OpenVINO file whose FakeQuantize nodes all lie in the backbone, the RPN's 3x3 conv and the
+    box head (the RPN's objectness and delta layers, proposals, NMS, RoI pooling, the box predictor and box decoding
+    stay float), marked int8, loaded by Detector as int8; the held-out scores of float32 and int8."""
     import openvino as ov
 
     from fasterrcnn import Detector
@@ -598,13 +599,15 @@ def test_int8_export_quantizes_the_backbone_and_rpn_conv_only_and_scores_it_agai
     args = ["export", "--weights", str(trained.last), "--output", str(out), "--int8", "--calibration", str(voc_root), "--calibration-images", "3"]
     assert main(args) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == f"quantizing the backbone and the RPN's 3x3 convolution on 3 images of {voc_root} (train)"
+    assert printed[0] == f"quantizing the backbone, the RPN's 3x3 convolution and the box head on 3 images of {voc_root} (train)"
     reference = evaluate(voc_root, weights=trained.last, device="cpu", precision="f32", quiet=True).metrics["mAP"]
     assert printed[-1].startswith(f"voc on 2 held-out images: float32 {reference:.4f}, int8 ")
     quantized = [op.get_friendly_name() for op in ov.Core().read_model(str(out)).get_ops() if op.get_type_name() == "FakeQuantize"]
-    # the backbone's layers, the RPN's 3x3 conv, and the input (the padded image: the first convolution's quantizer)
-    assert quantized and all(name.startswith(("/backbone/", "/head/conv/")) or name == "/Pad/fq_output_0" for name in quantized)
-    assert any(name.startswith("/head/conv/") for name in quantized) and not any("cls_logits" in name or "bbox_pred" in name for name in quantized)
+    # the backbone's layers, the RPN's 3x3 conv, fc6 / fc7, and the quantizers of their inputs that other nodes
+    # produce: the padded image (the first convolution's input) and the pooled RoIs (fc6's input)
+    scopes, inputs = ("/backbone/", "/head/conv/", "/box_head/"), ("/Pad/fq_output_0", "/RoiAlign/fq_output_0")
+    assert quantized and all(name.startswith(scopes) or name in inputs for name in quantized)
+    assert all(any(name.startswith(scope) for name in quantized) for scope in scopes)
     assert read_metadata(out)["precision"] == "int8"
     detector = Detector.from_checkpoint(out)
     assert detector.precision == "int8" and repr(detector.model).endswith(", int8)")

@@ -19,13 +19,14 @@ The graph (``deploy.graph.DeployGraph``, traced by ``torch.onnx.export(dynamo=Fa
 The model's BatchNorm is folded into its convolutions first (``modeling.fuse``).
 
 int8 (``export_model(..., calibration=images)``, OpenVINO only): NNCF's post-training quantization of the
-convolutions where the time goes: the backbone (with its FPN: every node under ``/backbone/``) and the RPN
-head's 3x3 convolution (``/head/conv/``, run on every feature level), their weights to int8 and int8
-activations at their inputs (the first one: the padded image), from the statistics of the calibration
-images. Everything else stays float: resizing and normalization, the RPN's objectness and box-delta layers,
-anchor decoding, proposal selection, NMS, RoI pooling, the box head and the detections' decoding (quantizing
-the whole graph gives a model OpenVINO refuses to compile, and int8 scores and box deltas would move the
-detections most). It stays one file, loaded like any other.
+layers where the time goes: the backbone (with its FPN: every node under ``/backbone/``), the RPN head's 3x3
+convolution (``/head/conv/``, run on every feature level) and the box head's hidden layers (``/box_head/``:
+fc6 / fc7, or res5 of the C4 presets, run on every proposal), their weights to int8 and int8 activations at
+their inputs (the first one: the padded image), from the statistics of the calibration images. Everything
+else stays float: resizing and normalization, the RPN's objectness and box-delta layers, anchor decoding,
+proposal selection, NMS, RoI pooling, the box predictor (class scores and box deltas) and the detections'
+decoding (quantizing the whole graph gives a model OpenVINO refuses to compile, and int8 scores and box
+deltas would move the detections most). It stays one file, loaded like any other.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ EXPORT_FORMATS = ("onnx", "openvino")
 OPSET = 17
 INPUT_NAMES = ["image"]
 OUTPUT_NAMES = ["boxes", "labels", "scores"]
-QUANTIZED_SCOPE = r"^/(backbone|head/conv)/"  # the traced names of the nodes NNCF quantizes: backbone, FPN, RPN 3x3 conv
+QUANTIZED_SCOPE = r"^/(backbone|head/conv|box_head)/"  # the traced names of the nodes NNCF quantizes (module docstring)
 INT8_MISSING = "int8 export needs NNCF: pip install 'fasterrcnn[int8]'"
 
 

@@ -106,7 +106,7 @@ def export(
     count = min(calibration_images, len(source))
     indices = [i * len(source) // count for i in range(count)]  # evenly spaced over the split
     if not quiet:
-        print(f"quantizing the backbone and the RPN's 3x3 convolution on {count} images of {calibration} ({calibration_split})", flush=True)
+        print(f"quantizing the backbone, the RPN's 3x3 convolution and the box head on {count} images of {calibration} ({calibration_split})", flush=True)
     written = export_model(detector.model, output, detector.class_names, format=format, calibration=[source[i][0] for i in indices])
     seconds = time.perf_counter() - start
     metric = metric or held_out.default_metric
