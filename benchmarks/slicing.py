@@ -69,7 +69,7 @@ def run_case(detector, data: str, split: str, options, limit: int | None) -> dic
 
 def print_row(set_name: str, case: str, row: dict) -> None:
     aps = "-" if row["APs"] < 0 else f"{100 * row['APs']:.1f}"
-    print(f"| {set_name} | {case} | {100 * row['AP']:.1f} | {100 * row['AP50']:.1f} | {aps} | {row['seconds']:.2f} |", flush=True)
+    print(f"| {set_name} | {case} | {100 * row['AP']:.1f} | {100 * row['AP50']:.1f} | {aps} | {1000 * row['seconds']:.0f} |", flush=True)
 
 
 def main() -> None:
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="evaluate the first N images of each set only")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print("| set | case | AP | AP50 | APs | s / image |\n|---|---|---|---|---|---|", flush=True)
+    print("| set | case | AP | AP50 | APs | ms / image |\n|---|---|---|---|---|---|", flush=True)
     if args.weights and args.data:
         detector = Detector.from_checkpoint(args.weights, device=args.device)
         size = args.slice
