@@ -54,7 +54,8 @@ def main(out_dir: str, checkpoint: str, voc_root: str, *train_args: str) -> None
     out = Path(out_dir)
     report: dict = {"rank": rank, "world_size": distributed.get_world_size(), "device": str(device)}
 
-    detector = Detector.from_checkpoint(checkpoint, device="cpu")
+    # f32 as in the test process (whose fixture makes precision auto f32): the same float32 model, linear layers prepacked
+    detector = Detector.from_checkpoint(checkpoint, device="cpu", precision="f32")
     test_set = VOCDataset(voc_root, split="test", classes=detector.class_names)
     results, metrics = evaluate_model(
         detector.model, test_set, metric="voc", class_names=list(detector.class_names), batch_size=2
