@@ -62,6 +62,14 @@ _C4 = dict(  # ResNet C4 (He et al. 2016, detectron2's C4): res2-res4 body at st
 )
 
 _C4_TRAIN = TrainConfig(batch_size=2, lr=0.005, momentum=0.9, weight_decay=1e-4, warmup_iters=1000, warmup_factor=0.001, lr_steps=(80000, 106667), max_iters=120000)
+_MOBILENET_FPN = dict(  # torchvision's fasterrcnn_mobilenet_v3_large_fpn: 3 levels, 15 anchors on each
+    backbone="mobilenet_v3_large_fpn",
+    anchor_sizes=((32.0, 64.0, 128.0, 256.0, 512.0),) * 3,
+    aspect_ratios=((0.5, 1.0, 2.0),) * 3,
+    rpn_score_thresh=0.05,
+    **_TORCHVISION_FPN,
+)
+_MOBILENET_TRAIN = TrainConfig(batch_size=2, lr=0.0025, momentum=0.9, weight_decay=4e-5, warmup_iters=1000, warmup_factor=0.001, lr_steps=(60000, 80000), max_iters=90000)
 
 PRESETS: dict[str, Preset] = {
     # The paper (Ren et al. 2015, VGG16 on PASCAL VOC 07+12): the ModelConfig / TrainConfig defaults.
@@ -79,27 +87,12 @@ PRESETS: dict[str, Preset] = {
         ),
         TrainConfig(batch_size=2, lr=0.0025, momentum=0.9, weight_decay=1e-4, warmup_iters=1000, warmup_factor=0.001, lr_steps=(60000, 80000), max_iters=90000),
     ),
-    "mobilenet_v3_large_fpn": Preset(
-        "mobilenet_v3_large_fpn",
-        ModelConfig(
-            backbone="mobilenet_v3_large_fpn",
-            anchor_sizes=((32.0, 64.0, 128.0, 256.0, 512.0),) * 3,
-            aspect_ratios=((0.5, 1.0, 2.0),) * 3,
-            rpn_score_thresh=0.05,
-            **_TORCHVISION_FPN,
-        ),
-        TrainConfig(batch_size=2, lr=0.0025, momentum=0.9, weight_decay=4e-5, warmup_iters=1000, warmup_factor=0.001, lr_steps=(60000, 80000), max_iters=90000),
-    ),
+    "mobilenet_v3_large_fpn": Preset("mobilenet_v3_large_fpn", ModelConfig(**_MOBILENET_FPN), _MOBILENET_TRAIN),
+    # torchvision's low-resolution variant: 320 px inputs, 150 proposals at test time
     "mobilenet_v3_large_320_fpn": Preset(
         "mobilenet_v3_large_320_fpn",
-        ModelConfig(
-            backbone="mobilenet_v3_large_fpn",
-            anchor_sizes=((32.0, 64.0, 128.0, 256.0, 512.0),) * 3,
-            aspect_ratios=((0.5, 1.0, 2.0),) * 3,
-            rpn_score_thresh=0.05,
-            **{**_TORCHVISION_FPN, "min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150},
-        ),
-        TrainConfig(batch_size=2, lr=0.0025, momentum=0.9, weight_decay=4e-5, warmup_iters=1000, warmup_factor=0.001, lr_steps=(60000, 80000), max_iters=90000),
+        ModelConfig(**{**_MOBILENET_FPN, "min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150}),
+        _MOBILENET_TRAIN,
     ),
     # Small CNN trained from scratch on CPU: ~256 px synthetic shapes (objects ~20-120 px), demo.
     "tiny": Preset(
