@@ -552,18 +552,24 @@ def in_original_pixels(boxes: torch.Tensor, tensor: torch.Tensor, size: tuple[in
     return boxes if size is None else resize_boxes(boxes, tuple(tensor.shape[1:]), size)
 
 
+def rgb_uint8(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """A PIL image (converted to RGB) or a uint8 NumPy array ``[H, W, 3]`` (RGB) -> uint8 ``Tensor[3, H, W]``, a
+    view of the array unless it is read-only or has negative strides (e.g. ``array[:, ::-1]``); ValueError for
+    another array."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a NumPy array [H, W, 3] of uint8 (RGB), got {image.dtype} array of shape {image.shape}")
+    return torch.from_numpy(np.array(image, copy=True) if not image.flags.writeable or min(image.strides) < 0 else image).permute(2, 0, 1)
+
+
 def to_image_tensor(image: ImageInput) -> torch.Tensor:
     """Any accepted image form -> float32 ``Tensor[3, H, W]`` RGB in [0, 1] (the forms ``fasterrcnn.detector.Detector.detect`` takes)."""
     if isinstance(image, (str, Path)) or is_file_object(image):
         with position_kept(image):
             return load_image(image)
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected a NumPy array [H, W, 3] of uint8 (RGB), got {image.dtype} array of shape {image.shape}")
-        # A copy: arrays may be read-only or have negative strides (e.g. array[:, ::-1]).
-        return torch.from_numpy(np.array(image, copy=True, order="C")).permute(2, 0, 1).float() / 255.0
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return rgb_uint8(image).float() / 255.0  # a new tensor: the caller's array is never written
     if isinstance(image, torch.Tensor):
         if not image.is_floating_point() or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(
@@ -588,6 +594,7 @@ __all__ = [
     "load_image",
     "load_image_uint8",
     "position_kept",
+    "rgb_uint8",
     "reduction_factor",
     "to_image_tensor",
 ]

@@ -232,17 +232,13 @@ def load_uint8(image) -> Tensor:
     import numpy as np
     from PIL import Image
 
-    from fasterrcnn.data.images import is_file_object, load_image_uint8, position_kept
+    from fasterrcnn.data.images import is_file_object, load_image_uint8, position_kept, rgb_uint8
 
     if is_file_object(image):
         with position_kept(image):
             return load_image_uint8(image)
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected a NumPy array [H, W, 3] of uint8 (RGB), got {image.dtype} array of shape {image.shape}")
-        return torch.from_numpy(np.array(image, copy=True) if not image.flags.writeable or min(image.strides) < 0 else image).permute(2, 0, 1)
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return rgb_uint8(image)
     if isinstance(image, Tensor):
         if not image.is_floating_point() or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a float Tensor[3, H, W] (RGB in [0, 1]), got {image.dtype} Tensor{list(image.shape)}")
