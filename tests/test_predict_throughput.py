@@ -26,7 +26,7 @@ from fasterrcnn.detector import Detector
 from fasterrcnn.errors import ConfigError, DataError
 from fasterrcnn.runs import prediction, predict
 from test_detector import CLASS_NAMES, predictable_model, write_predictable_checkpoint
-from test_predict_video import read_lines, write_clip
+from test_predict_video import interrupt_third_forward, read_lines, write_clip
 
 SIZES = [(96, 128)] * 5 + [(80, 112)] * 2 + [(96, 128)]  # (height, width): a run of another size in the middle
 
@@ -173,15 +173,7 @@ def test_a_bad_image_is_reported_at_its_place_or_stops_the_run_after_the_images_
 
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_ctrl_c_keeps_the_images_processed_and_leaves_no_thread(detector, photos, tmp_path, monkeypatch, batch_size):
-    forward, calls = detector.model.forward, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(detector.model, "forward", interrupted)
+    interrupt_third_forward(detector, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         predict(detector, [photos], output=tmp_path / "out", quiet=True, batch_size=batch_size)
     done = [str(index) for index in range(2 * batch_size)]  # the images of the first two forward passes

@@ -138,8 +138,8 @@ def test_a_bad_video_is_skipped_with_a_warning_or_stops_the_run(checkpoint, tmp_
     assert len(read_lines(tmp_path / "stop" / "clip.jsonl")) == 2 and (tmp_path / "stop" / "clip.mp4").is_file()
 
 
-def test_an_interrupted_video_keeps_its_lines_and_leaves_no_partial_video(checkpoint, clip, tmp_path, monkeypatch):
-    detector = Detector.from_checkpoint(checkpoint, device="cpu")
+def interrupt_third_forward(detector: Detector, monkeypatch) -> None:
+    """Ctrl-C during the third forward pass of ``detector``'s model (two passes done)."""
     forward, calls = detector.model.forward, []
 
     def interrupted(*args, **kwargs):
@@ -149,6 +149,11 @@ def test_an_interrupted_video_keeps_its_lines_and_leaves_no_partial_video(checkp
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(detector.model, "forward", interrupted)
+
+
+def test_an_interrupted_video_keeps_its_lines_and_leaves_no_partial_video(checkpoint, clip, tmp_path, monkeypatch):
+    detector = Detector.from_checkpoint(checkpoint, device="cpu")
+    interrupt_third_forward(detector, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         predict(detector, [clip], output=tmp_path / "out", quiet=True)
     assert [line["frame"] for line in read_lines(tmp_path / "out" / "clip.jsonl")] == [0, 1]
