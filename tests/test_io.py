@@ -6,6 +6,7 @@ import pytest
 
 from fasterrcnn.errors import DataError
 from fasterrcnn.io import atomic_save, atomic_write_bytes, atomic_write_text, load_tensors, not_a_tensor_file
+from fasterrcnn.paths import create_new
 
 
 def test_atomic_write_bytes_creates_and_replaces(tmp_path):
@@ -62,6 +63,33 @@ def test_failing_writer_on_new_file_creates_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_save(tmp_path / "d.bin", writer)
     assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_right_after_the_temporary_file_is_created_removes_it(tmp_path, monkeypatch):
+    """A SIGINT pending while the temporary file is opened is raised as soon as the open returns, before the
+    writer runs: the file is still removed (predict's pictures left ``.NAME.<hex>.tmp`` files on Ctrl-C)."""
+    import fasterrcnn.io
+
+    def interrupted_after(path, mode):
+        fd = create_new(path, mode)
+        os.close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fasterrcnn.io, "create_new", interrupted_after)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save(tmp_path / "g.jpg", lambda f: f.write(b"x"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_foreign_file_at_the_temporary_name_is_never_removed(tmp_path, monkeypatch):
+    import fasterrcnn.io
+
+    monkeypatch.setattr(fasterrcnn.io.secrets, "token_hex", lambda n: "0" * (2 * n))
+    foreign = tmp_path / ".h.bin.000000000000.tmp"
+    foreign.write_bytes(b"not ours")
+    with pytest.raises(FileExistsError):
+        atomic_save(tmp_path / "h.bin", lambda f: f.write(b"x"))
+    assert foreign.read_bytes() == b"not ours" and os.listdir(tmp_path) == [foreign.name]
 
 
 def test_missing_directory_raises_and_creates_nothing(tmp_path):

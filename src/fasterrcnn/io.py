@@ -56,18 +56,23 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[BinaryIO], object]) -
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     # Mode 0o666 filtered by the umask, like open(path, "wb") (tempfile.mkstemp would give 0o600); a new
     # file, never a link's target; the rename replaces a link at ``path`` itself, never writes through it.
-    fd = create_new(tmp, 0o666)
+    # The creation inside the try: a Ctrl-C that lands right after it (a signal pending during the open is
+    # raised as soon as it returns) still removes the file. Only a FileExistsError of the creation itself
+    # means the file there is not this call's, which is never removed.
+    fd = None
     try:
+        fd = create_new(tmp, 0o666)
         with os.fdopen(fd, "wb") as f:
             writer(_ThroughWrite(f))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as error:
+        if fd is not None or not isinstance(error, FileExistsError):
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         raise
 
 

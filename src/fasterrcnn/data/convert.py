@@ -195,14 +195,17 @@ def convert(
     target = dest.resolve()  # a name even for "."
     target.parent.mkdir(parents=True, exist_ok=True)
     work = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    work.mkdir()  # the usual permissions (tempfile.mkdtemp's would be 0o700)
-    try:
+    made = False
+    try:  # the mkdir inside: a Ctrl-C raised as it returns still removes the folder (as io.atomic_save does)
+        work.mkdir()  # the usual permissions (tempfile.mkdtemp's would be 0o700)
+        made = True
         summary = _write(work, to, datasets, classes)
         if target.exists():
             target.rmdir()  # empty, checked above
         work.rename(target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException as error:
+        if made or not isinstance(error, FileExistsError):  # a folder already at the random name is not ours
+            shutil.rmtree(work, ignore_errors=True)
         raise
     return summary
 
