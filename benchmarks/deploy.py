@@ -4,10 +4,12 @@
     python benchmarks/deploy.py --presets tiny --size 256x256 --repeat 5 --threads 2
     python benchmarks/deploy.py --compile                         # + torch.compile'd backbone (minutes)
 
-Random weights (seeded), one random image, batch 1, median of ``--repeat`` timed runs after one warm-up.
-Columns: eager float32 with the checkpoint's layers ("eager f32") and with BatchNorm folded
-("eager f32 fused", what ``Detector`` runs), eager bf16 autocast (fused), the exported ONNX file in
-onnxruntime, and the OpenVINO IR in f32 and bf16 (its default on CPUs with bf16 units). torchvision's
+Random weights (seeded), one random image, batch 1, median of ``--repeat`` timed runs after one warm-up, the
+columns timed in turn (A/B alternating). Columns: eager float32 with the checkpoint's layers ("eager f32"), with
+BatchNorm folded ("eager f32 fused"), and what ``Detector`` runs in f32 on the CPU ("Detector f32": folded,
+prepacked linear layers, a channels-last backbone, freed memory kept for reuse, which then holds for the
+whole process), eager bf16 autocast (fused), the exported ONNX file in onnxruntime, and the OpenVINO IR in
+f32 and bf16 (its default on CPUs with bf16 units). torchvision's
 model and its export are timed too when a working torchvision is importable. ``--compile`` adds the fused
 model with its backbone through ``torch.compile`` (inductor, needs a C++ compiler; "compile s" is the
 first call). Never asserts timings.
@@ -29,18 +31,22 @@ import fasterrcnn  # noqa: E402,F401
 import torch  # noqa: E402
 
 from fasterrcnn.deploy.export import export_model  # noqa: E402
+from fasterrcnn.detector import Detector  # noqa: E402
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN  # noqa: E402
 from fasterrcnn.modeling.fuse import fuse_batchnorm  # noqa: E402
 
 
-def median_ms(fn, repeat: int) -> float:
-    fn()  # warm-up (allocations, OpenVINO's first-shape compilation)
-    times = []
+def alternating_ms(runs: dict[str, object], repeat: int) -> dict[str, float]:
+    """Median ms of each callable, timed in turn (A/B alternating: a machine whose speed drifts slows them alike)."""
+    for fn in runs.values():
+        fn()  # warm-up (allocations, OpenVINO's first-shape compilation)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def torchvision_available() -> bool:
@@ -58,21 +64,29 @@ def time_preset(preset: str, size: tuple[int, int], repeat: int, threads: int, f
     torch.manual_seed(0)
     model = FasterRCNN.from_preset(preset).eval()
     image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
-    fused = fuse_batchnorm(copy.deepcopy(model))
-    row = {}
-    with torch.inference_mode():
-        row["eager f32"] = median_ms(lambda: model([image]), repeat)
-        row["eager f32 fused"] = median_ms(lambda: fused([image]), repeat)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            row["eager bf16 fused"] = median_ms(lambda: fused([image]), repeat)
-        if compile:
-            compiled = copy.deepcopy(fused)
-            compiled.backbone = torch.compile(compiled.backbone)
-            start = time.perf_counter()
-            compiled([image])
-            row["compile s"] = time.perf_counter() - start
-            row["eager f32 fused compiled"] = median_ms(lambda: compiled([image]), repeat)
     names = [str(i) for i in range(model.num_classes)]
+    fused = fuse_batchnorm(copy.deepcopy(model))
+    detector = Detector(fuse_batchnorm(copy.deepcopy(model)), names, device="cpu", precision="f32")  # prepacked, channels-last
+    row, runs = {}, {}
+
+    def eager(m, dtype=None):
+        def run():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                m([image])
+
+        return run
+
+    runs["eager f32"] = eager(model)
+    runs["eager f32 fused"] = eager(fused)
+    runs["Detector f32"] = eager(detector.model)
+    runs["eager bf16 fused"] = eager(fused, torch.bfloat16)
+    if compile:
+        compiled = copy.deepcopy(fused)
+        compiled.backbone = torch.compile(compiled.backbone)
+        start = time.perf_counter()
+        eager(compiled)()
+        row["compile s"] = time.perf_counter() - start
+        runs["eager f32 fused compiled"] = eager(compiled)
     start = time.perf_counter()
     export_model(model, folder / f"{preset}.onnx", names)
     row["export s"] = time.perf_counter() - start
@@ -81,22 +95,21 @@ def time_preset(preset: str, size: tuple[int, int], repeat: int, threads: int, f
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(folder / f"{preset}.onnx"), options, providers=["CPUExecutionProvider"])
     array = image.numpy()
-    row["onnxruntime"] = median_ms(lambda: session.run(None, {"image": array}), repeat)
+    runs["onnxruntime"] = lambda: session.run(None, {"image": array})
     core = ov.Core()
     for precision in ("f32", "bf16"):
         config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads}
         try:
-            compiled = core.compile_model(str(folder / f"{preset}.xml"), "CPU", config)
+            compiled_ov = core.compile_model(str(folder / f"{preset}.xml"), "CPU", config)
         except RuntimeError:  # no bf16 on this CPU
             continue
-        row[f"openvino {precision}"] = median_ms(lambda: compiled({"image": array}), repeat)
+        runs[f"openvino {precision}"] = lambda compiled_ov=compiled_ov: compiled_ov({"image": array})
     if torchvision_available():
         import torchvision
 
         tv = getattr(torchvision.models.detection, f"fasterrcnn_{preset}")(weights=None, weights_backbone=None).eval()
-        with torch.inference_mode():
-            row["torchvision eager"] = median_ms(lambda: tv([image]), repeat)
-    return row
+        runs["torchvision eager"] = eager(tv)
+    return {**alternating_ms(runs, repeat), **row}
 
 
 def main(argv=None) -> int:

@@ -5,7 +5,8 @@
     python benchmarks/profile.py --variants eager,channels_last,frozen   # eager variants, A/B alternating
     python benchmarks/profile.py --presets resnet50_fpn mobilenet_v3_large_fpn --threads 1 --variants "eager,prepacked,openvino f32"
 
-Random weights (seeded), one random image, batch 1, BatchNorm folded (what ``Detector`` runs). Each repeat
+Random weights (seeded), one random image, batch 1, BatchNorm folded (what ``Detector`` runs), freed memory
+kept for reuse (``device.keep_freed_memory``, as ``Detector`` does on the CPU). Each repeat
 runs every column once, in turn (A/B alternating in one process, so a loaded machine slows them alike); the
 table holds the medians in ms. Stages:
 
@@ -21,9 +22,9 @@ Eager stages are timed by forward hooks; OpenVINO's by its per-node performance 
 each node given to the stage its traced name belongs to (``/backbone/body/...``, ``/backbone/fpn/...``,
 ``/head/...``, ``/box_head/...``, ``/box_predictor/...``; RoiAlign / MaxRoiPool nodes to RoI pooling; the
 others to proposals and post-processing, which OpenVINO does not tell apart). Variants (``--variants``) of
-the eager f32 model (``eager``: BatchNorm folded, plain ``nn.Linear``): ``prepacked`` (the linear layers as
-``modeling.prepack.PackedLinear``: what ``Detector`` runs in f32 on the CPU by default), ``channels_last``
-(the backbone's weights and input in channels-last memory order), ``frozen`` (the backbone through
+the eager f32 model (``eager``: BatchNorm folded, plain ``nn.Linear``, NCHW): ``prepacked`` (the linear layers
+as ``modeling.prepack.PackedLinear`` and the backbone channels-last: what ``Detector`` runs in f32 on the CPU by
+default), ``channels_last`` (the backbone's weights and input in channels-last memory order alone), ``frozen`` (the backbone through
 ``modeling.prepack.FrozenBackbone``: traced, ``torch.jit.freeze`` + ``optimize_for_inference``, oneDNN weight
 prepacking and conv fusion, traced in the warm-up run), ``prepacked+frozen`` (both: what
 ``Detector(freeze_backbone=True)`` runs); ``openvino int8`` is ``export --int8``'s graph (the backbone quantized,
@@ -47,6 +48,7 @@ import fasterrcnn  # noqa: E402,F401
 import torch  # noqa: E402
 
 from fasterrcnn.deploy.export import export_model  # noqa: E402
+from fasterrcnn.device import keep_freed_memory  # noqa: E402
 from fasterrcnn.modeling.faster_rcnn import FasterRCNN  # noqa: E402
 from fasterrcnn.modeling.fuse import fuse_batchnorm  # noqa: E402
 from fasterrcnn.modeling.prepack import FrozenBackbone, prepack_linear  # noqa: E402
@@ -112,14 +114,6 @@ def openvino_stages(request, image) -> dict[str, float]:
     return out
 
 
-def channels_last(model: FasterRCNN) -> FasterRCNN:
-    model = copy.deepcopy(model)
-    model.backbone = model.backbone.to(memory_format=torch.channels_last)
-    forward = model.backbone.forward
-    model.backbone.forward = lambda x: forward(x.contiguous(memory_format=torch.channels_last))
-    return model
-
-
 def frozen(model: FasterRCNN, prepacked: bool) -> FasterRCNN:
     """The backbone through ``modeling.prepack.FrozenBackbone`` (traced, frozen and optimized for inference on its
     first input size; the warm-up call traces it); with ``prepacked``, the linear layers too (``Detector(freeze_backbone=True)``)."""
@@ -152,6 +146,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=8, help="random images that calibrate the int8 variant (needs NNCF)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as Detector does on the CPU
     size = tuple(int(v) for v in args.size.split("x"))
     variants = [v.strip() for v in args.variants.split(",")]
     import openvino as ov
@@ -166,10 +161,10 @@ def main() -> None:
                 if variant in ("eager", "eager bf16"):
                     runs[variant] = (lambda v=variant: eager_stages(model, image, torch.bfloat16 if v == "eager bf16" else None))
                 elif variant == "prepacked":
-                    packed = prepack_linear(copy.deepcopy(model))
+                    packed = prepack_linear(copy.deepcopy(model)).channels_last_backbone()
                     runs[variant] = lambda packed=packed: eager_stages(packed, image, None)
                 elif variant == "channels_last":
-                    cl = channels_last(model)
+                    cl = copy.deepcopy(model).channels_last_backbone()
                     runs[variant] = lambda cl=cl: eager_stages(cl, image, None)
                 elif variant in ("frozen", "prepacked+frozen"):
                     fr = frozen(model, prepacked=variant != "frozen")

@@ -335,17 +335,22 @@ def test_bf16_runs_the_forward_pass_in_bf16_and_matches_float32(image_path):
 
 
 def test_f32_on_the_cpu_prepacks_and_freezes_and_matches_the_plain_model(image_path, tmp_path):
-    """The default f32 CPU path runs ``modeling.prepack.PackedLinear``s, and ``freeze_backbone`` a frozen backbone per
-    input size; their detections match the plain eager model's (the accuracy rule of the f32 paths: >= 98 % within
-    0.5 px and 1e-3 both ways), at two image sizes."""
+    """The default f32 CPU path runs ``modeling.prepack.PackedLinear``s and a channels-last backbone, and
+    ``freeze_backbone`` a frozen backbone per input size; their detections match the plain eager model's (the
+    accuracy rule of the f32 paths: >= 98 % within 0.5 px and 1e-3 both ways), at two image sizes."""
     from fasterrcnn.modeling.prepack import PackedLinear
 
     fast, plain = Detector(tie_free_model(), CLASS_NAMES, device="cpu", precision="f32"), Detector(tie_free_model(), CLASS_NAMES, device="cpu", precision="f32", prepack=False)
     linears = lambda d: {type(m) for m in d.model.modules() if isinstance(m, torch.nn.Linear)}  # noqa: E731
     assert linears(fast) == {PackedLinear} and linears(plain) == {torch.nn.Linear}
     assert fast.model.state_dict().keys() == plain.model.state_dict().keys()
+    convs = lambda d: [m.weight for m in d.model.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]  # noqa: E731
+    assert convs(fast) and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs(fast))
+    assert all(w.is_contiguous() for w in convs(plain)) and plain.model.backbone_memory_format == torch.contiguous_format
+    seen = []
+    fast.model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     bf16 = Detector(tie_free_model(), CLASS_NAMES, device="cpu", precision="bf16")
-    assert linears(bf16) == {torch.nn.Linear}
+    assert linears(bf16) == {torch.nn.Linear} and bf16.model.backbone_memory_format == torch.contiguous_format
     frozen = Detector(tie_free_model(), CLASS_NAMES, device="cpu", precision="f32", freeze_backbone=True)
     assert fast.model.frozen_backbone is None and frozen.model.frozen_backbone.backbone is frozen.model.backbone
     other = tmp_path / "other.png"
@@ -355,6 +360,7 @@ def test_f32_on_the_cpu_prepacks_and_freezes_and_matches_the_plain_model(image_p
         for found in (fast.detect(path, score_threshold=0.0), frozen.detect(path, score_threshold=0.0)):
             assert reference and matching_fraction(reference, found, 0.5, 1e-3) >= 0.98 and matching_fraction(found, reference, 0.5, 1e-3) >= 0.98
     assert len(frozen.model.frozen_backbone.frozen) == 2  # one frozen backbone per padded input size
+    assert seen == [True, True]  # the backbone's input, channels-last too
 
 
 def test_auto_precision_follows_the_cpu_instructions(monkeypatch, caplog):

@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 from fasterrcnn.data.images import ImageInput, in_original_pixels, is_file_object, position_kept, to_image_tensor
-from fasterrcnn.device import AMP_DTYPES, autocast_context, resolve_device, resolve_precision
+from fasterrcnn.device import AMP_DTYPES, autocast_context, keep_freed_memory, resolve_device, resolve_precision
 from fasterrcnn.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -82,10 +82,13 @@ class Detector:
             dtype, boxes and scores still float32; the detections differ slightly from float32 ones. An exported
             model (``from_checkpoint("model.xml")``) chose its precision when it was loaded (``"int8"`` for a
             file written by ``fasterrcnn export --int8``). ``self.precision`` is the one chosen.
-        prepack: in float32 on the CPU, make the model's ``nn.Linear`` layers ``modeling.prepack.PackedLinear``
-            (in place: the same parameters and state_dict), which multiply by their weights packed once for
-            oneDNN, not on every call: about 27-30 % less box-head time (docs/deployment.md), equal up to float
-            rounding. False keeps plain ``nn.Linear``; other precisions and devices never prepack.
+        prepack: in float32 on the CPU, lay the model out for oneDNN, in place (the same parameters and
+            state_dict keys), equal up to float rounding: its ``nn.Linear`` layers become
+            ``modeling.prepack.PackedLinear``, which multiply by their weights packed once, not on every call
+            (about 27-30 % less box-head time), and the backbone runs channels-last
+            (``FasterRCNN.channels_last_backbone``; docs/deployment.md). False keeps the model as it is; other
+            precisions and devices never prepack. On the CPU the process also keeps freed memory for reuse
+            (``device.keep_freed_memory``), whatever the precision.
         freeze_backbone: in float32 on the CPU, also run the backbone (with its FPN) frozen for oneDNN, one
             TorchScript module per padded input size, traced when that size first comes, the last 4 sizes kept
             (``modeling.prepack.FrozenBackbone``): 13-18 % less backbone time, but each new size first costs
@@ -116,11 +119,15 @@ class Detector:
             self.precision = resolve_precision(precision, self.device)
         self.amp_dtype = AMP_DTYPES.get(self.precision)  # None: float32 (or the exported model's own)
         self.model = model.to(self.device).eval()
+        if self.device.type == "cpu" and not hasattr(model, "precision"):
+            keep_freed_memory()
         if self.device.type == "cpu" and self.precision == "f32" and not hasattr(model, "precision"):
             from fasterrcnn.modeling.prepack import FrozenBackbone, prepack_linear
 
             if prepack:
                 prepack_linear(self.model)
+                if hasattr(self.model, "channels_last_backbone"):
+                    self.model.channels_last_backbone()
             if freeze_backbone and hasattr(self.model, "frozen_backbone"):
                 self.model.frozen_backbone = FrozenBackbone(self.model.backbone)
         self.class_names = tuple(str(name) for name in class_names)

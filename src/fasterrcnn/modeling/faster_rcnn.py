@@ -67,6 +67,8 @@ class FasterRCNN(nn.Module):
 
     ``frozen_backbone`` (None by default; ``modeling.prepack.FrozenBackbone``, set by ``Detector(freeze_backbone=True)``)
     runs the backbone in the calls that are float32 CPU inference; every other call runs ``backbone``.
+    ``backbone_memory_format`` (``torch.contiguous_format`` by default; ``channels_last_backbone()`` sets
+    ``torch.channels_last``) is the memory order the backbone's input is given in, except while traced.
 
     Mixed precision: under ``torch.autocast`` the convolutions and linear layers run in the reduced
     precision, while anchors, box coding, proposal selection, NMS, RoI coordinates, the losses and
@@ -83,6 +85,7 @@ class FasterRCNN(nn.Module):
         self.config = config
         self.generator: torch.Generator | None = None
         self.frozen_backbone: FrozenBackbone | None = None  # float32 CPU inference through it when set (modeling.prepack)
+        self.backbone_memory_format = torch.contiguous_format
 
     @classmethod
     def from_config(cls, model_config: ModelConfig, backbone_weights: str | os.PathLike | None = None, *, download: bool | None = None) -> "FasterRCNN":
@@ -159,8 +162,11 @@ class FasterRCNN(nn.Module):
         self.rpn.generator = self.roi_heads.generator = generator
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, targets = self.transform(images, targets if self.training else None)
+        tensors = image_list.tensors  # [N, 3, H, W]
+        if self.backbone_memory_format != torch.contiguous_format and not torch.jit.is_tracing():
+            tensors = tensors.contiguous(memory_format=self.backbone_memory_format)
         frozen = self.frozen_backbone
-        features = frozen(image_list.tensors) if frozen is not None and frozen.usable(image_list.tensors) else self.backbone(image_list.tensors)
+        features = frozen(tensors) if frozen is not None and frozen.usable(tensors) else self.backbone(tensors)
         if isinstance(features, Tensor):
             features = {"0": features}
         proposals, rpn_losses = self.rpn(image_list, features, targets)
@@ -168,6 +174,18 @@ class FasterRCNN(nn.Module):
         if self.training:
             return {**rpn_losses, **head_losses}
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+
+    def channels_last_backbone(self) -> "FasterRCNN":
+        """Lays the backbone's weights and its input out channels-last (NHWC), in place; returns the model.
+
+        For inference on the CPU (``Detector`` does it in float32): oneDNN's convolutions read and write
+        NHWC directly, where NCHW tensors are reordered on every call, and the RoI pooling reads the NHWC
+        feature maps without a copy. The results equal those of the NCHW model up to float rounding;
+        the ``state_dict`` has the same keys and values (other strides). Measured in docs/deployment.md.
+        """
+        self.backbone.to(memory_format=torch.channels_last)
+        self.backbone_memory_format = torch.channels_last
+        return self
 
     def check_inputs(self, images, targets) -> None:
         """Raise ValueError naming the image index and the problem for malformed images or targets."""

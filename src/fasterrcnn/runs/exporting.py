@@ -93,7 +93,7 @@ def export(
     if int8 and (isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1):
         raise ConfigError(f"calibration_images must be a whole number >= 1, got {calibration_images!r}")
     require_exporter(format)
-    detector = Detector.from_checkpoint(weights, device="cpu", precision="f32", fuse=False)
+    detector = Detector.from_checkpoint(weights, device="cpu", precision="f32", fuse=False, prepack=False)  # traced as it is
     start = time.perf_counter()
     if not int8:
         written = export_model(detector.model, output, detector.class_names, format=format)
