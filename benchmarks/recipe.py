@@ -48,6 +48,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "scale_jitter": {"train.scale_jitter": [0.75, 1.25]},
     "photometric": {"train.color_jitter": [0.3, 0.3, 0.3, 0.02]},
     "cosine": {"train.lr_schedule": "cosine"},
+    "ema_cosine": {"train.ema_decay": 0.998, "train.lr_schedule": "cosine"},
     "fit_anchors": {"train.fit_anchors": True},
     "all": {
         "train.ema_decay": 0.998, "train.scale_jitter": [0.75, 1.25], "train.color_jitter": [0.3, 0.3, 0.3, 0.02],
@@ -195,11 +196,12 @@ def run_one(root: Path, classes: list[str], out: Path, preset: str, length: dict
         fasterrcnn.TrainingData(root, split="train", classes=classes), out, val=False, preset=preset, **length, seed=seed,
         overrides=overrides, device="cpu", quiet=True, overwrite=True,
     )  # fmt: skip
+    training_seconds = time.perf_counter() - started
     scores = {}
     for split in ("val", "test"):
         result = fasterrcnn.evaluate(root, weights=trained.last, split=split, classes=classes, metric="coco", device="cpu", quiet=True)
         scores[split] = {k: float(result.metrics[k]) for k in ("AP", "AP50", "AP75", "APs")}
-    record = {"iterations": trained.iteration, "seconds": time.perf_counter() - started, **scores}
+    record = {"iterations": trained.iteration, "seconds": time.perf_counter() - started, "training_seconds": training_seconds, **scores}
     results.write_text(json.dumps(record))
     return record
 
@@ -219,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=[v for v in VARIANTS if v != "all"])
     parser.add_argument("--seeds", type=int, default=2, help="seeds per variant (default: 2)")
+    parser.add_argument(
+        "--seed", type=int, nargs="+", default=None,
+        help="train only these of the --seeds seeds (two processes sharing --work, one seed each: every table still reads all runs)",
+    )  # fmt: skip
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--images", type=float, default=1.0, help=f"scale of the split sizes {SPLITS} (default: 1)")
     parser.add_argument("--work", type=Path, default=Path("runs/recipe_benchmark"), help="data sets and runs (reused when present)")
@@ -245,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         for set_name, (root, classes) in data.items():
             for variant in args.variants:
                 out = args.work / "runs" / f"{set_name}_{args.images:g}" / f"{variant}_{budget}_seed{seed}"
-                if args.report_only and not (out / "bench.json").is_file():
+                trains = not args.report_only and (args.seed is None or seed in args.seed)
+                if not trains and not (out / "bench.json").is_file():
                     continue
                 record = run_one(root, classes, out, args.preset, length, seed, VARIANTS[variant])
                 runs.setdefault((set_name, variant), []).append(record)
@@ -255,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"AP75 {record['test']['AP75']:.3f} APs {record['test']['APs']:.3f}",
                     flush=True,
                 )
+    if not runs:
+        print(f"no finished runs under {args.work} for these sets and variants")
+        return 0
     print_tables(runs, args)
     return 0
 
@@ -266,7 +276,7 @@ def print_tables(runs: dict[tuple[str, str], list[dict]], args) -> None:
     stats = ("AP", "AP50", "AP75", "APs")
     sets = list(dict.fromkeys(s for s, _ in runs))
     variants = list(dict.fromkeys(v for _, v in runs))
-    header = "| variant | iterations (mean) | val AP (mean) | " + " | ".join(f"{s} test AP" for s in sets) + " | mean test AP | AP50 | AP75 | AP_small | AP vs current |"
+    header = "| variant | iterations (mean) | training s (mean) | val AP (mean) | " + " | ".join(f"{s} test AP" for s in sets) + " | mean test AP | AP50 | AP75 | AP_small | AP vs current |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     base = None
@@ -279,7 +289,8 @@ def print_tables(runs: dict[tuple[str, str], list[dict]], args) -> None:
         change = "" if base is None or variant == "current" or not base else f"{100 * (means['AP'] / base - 1):+.1f} %"
         cells = " | ".join(f"{_mean(r['test']['AP'] for r in per_set[s]):.3f}" for s in sets)
         iters = _mean(r["iterations"] for rs in per_set.values() for r in rs)
-        print(f"| {variant} | {iters:.0f} | {val:.3f} | {cells} | {means['AP']:.3f} | {means['AP50']:.3f} | {means['AP75']:.3f} | {means['APs']:.3f} | {change} |")
+        seconds = _mean(r.get("training_seconds") for rs in per_set.values() for r in rs)
+        print(f"| {variant} | {iters:.0f} | {seconds:.0f} | {val:.3f} | {cells} | {means['AP']:.3f} | {means['AP50']:.3f} | {means['AP75']:.3f} | {means['APs']:.3f} | {change} |")
     chosen = max(variants, key=lambda v: _mean(_mean(r["val"]["AP"] for r in runs.get((s, v), [])) for s in sets))
     print(f"decided on val: {chosen}")
 

@@ -6,6 +6,7 @@ may lead back to where it started.
 """
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,11 @@ def test_no_import_circle():
 )
 def test_find_circle(graph, circle):
     assert find_circle(graph) == circle
+
+
+def test_no_script_in_benchmarks_shadows_a_standard_module():
+    """``python benchmarks/X.py`` puts benchmarks/ first on sys.path: a script named like a standard module (it was
+    ``profile.py``) replaces that module for every import in the process (torch's optimizers import cProfile, which
+    imports ``profile``)."""
+    scripts = {path.stem for path in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")}
+    assert scripts and not scripts & set(sys.stdlib_module_names)

@@ -1,9 +1,9 @@
 """Where inference time goes, stage by stage: eager PyTorch (f32, bf16) against OpenVINO (f32, bf16).
 
-    python benchmarks/profile.py                                     # mobilenet_v3_large_fpn at 480x640
-    python benchmarks/profile.py --presets resnet50_fpn tiny --size 480x640 --repeat 5 --threads 2
-    python benchmarks/profile.py --variants eager,channels_last,frozen   # eager variants, A/B alternating
-    python benchmarks/profile.py --presets resnet50_fpn mobilenet_v3_large_fpn --threads 1 --variants "eager,prepacked,openvino f32"
+    python benchmarks/stages.py                                     # mobilenet_v3_large_fpn at 480x640
+    python benchmarks/stages.py --presets resnet50_fpn tiny --size 480x640 --repeat 5 --threads 2
+    python benchmarks/stages.py --variants eager,channels_last,frozen   # eager variants, A/B alternating
+    python benchmarks/stages.py --presets resnet50_fpn mobilenet_v3_large_fpn --threads 1 --variants "eager,prepacked,openvino f32"
 
 Random weights (seeded), one random image, batch 1, BatchNorm folded (what ``Detector`` runs), freed memory
 kept for reuse (``device.keep_freed_memory``, as ``Detector`` does on the CPU). Each repeat
