@@ -49,6 +49,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "photometric": {"train.color_jitter": [0.3, 0.3, 0.3, 0.02]},
     "cosine": {"train.lr_schedule": "cosine"},
     "ema_cosine": {"train.ema_decay": 0.998, "train.lr_schedule": "cosine"},
+    "lr_x2": {"train.lr": 0.04},  # twice the tiny preset's (0.02)
     "warmup_25": {"train.warmup_iters": 25},  # the preset's 100, shorter and longer (scaled with the schedule's length)
     "warmup_300": {"train.warmup_iters": 300},
     "fit_anchors": {"train.fit_anchors": True},

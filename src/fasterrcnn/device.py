@@ -118,7 +118,8 @@ def keep_freed_memory() -> bool:
     them and the next pass reuses the same pages. The process's resident memory then stays at its peak
     instead of shrinking between passes.
 
-    ``Detector`` calls it for a CPU model; it changes how the whole process allocates, once. Linux with glibc
+    ``Detector`` and the ``Trainer`` call it on the CPU (a training step of mobilenet_v3_large_320_fpn took
+    about 10 % less time); it changes how the whole process allocates, once. Linux with glibc
     only (elsewhere nothing happens); ``FASTERRCNN_KEEP_FREED_MEMORY=0`` opts out. Returns whether it is in force.
     """
     if os.environ.get("FASTERRCNN_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):

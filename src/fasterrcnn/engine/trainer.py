@@ -93,7 +93,7 @@ from typing import Any
 import torch
 
 from fasterrcnn.config import TrainConfig, check_config
-from fasterrcnn.device import autocast_context, autocast_dtype
+from fasterrcnn.device import autocast_context, autocast_dtype, keep_freed_memory
 from fasterrcnn.engine.checkpoint import Checkpoint, CheckpointFolder, get_rng_state, set_rng_state, weights_are_finite
 from fasterrcnn.engine.interrupt import StopRequest, TrainingInterrupted
 from fasterrcnn.engine.ema import ModelEMA
@@ -261,6 +261,8 @@ class Trainer:
             raise ConfigError("the training set has no images")
         self.config = config
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults for the large tensors of each step (device.keep_freed_memory)
         self.amp_dtype = autocast_dtype(config.amp_dtype if config.amp else None, self.device)
         self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
         self.is_main = self.rank == 0
