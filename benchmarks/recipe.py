@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont  # noqa: E402
 
 import fasterrcnn  # noqa: E402
 
-# Variant -> train.* overrides on top of the preset (the current recipe: none).
+# Variant -> train.* overrides on top of the preset ("current": the preset as it is).
 VARIANTS: dict[str, dict[str, object]] = {
     "current": {},
     "ema": {"train.ema_decay": 0.998},
@@ -49,7 +49,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "photometric": {"train.color_jitter": [0.3, 0.3, 0.3, 0.02]},
     "cosine": {"train.lr_schedule": "cosine"},
     "ema_cosine": {"train.ema_decay": 0.998, "train.lr_schedule": "cosine"},
-    "lr_x2": {"train.lr": 0.04},  # twice the tiny preset's (0.02)
+    "lr_0.02": {"train.lr": 0.02},  # the tiny preset's lr before 2026-12-08 (0.04 since: docs/training.md, "Benchmark")
+    "lr_0.08": {"train.lr": 0.08},
     "warmup_25": {"train.warmup_iters": 25},  # the preset's 100, shorter and longer (scaled with the schedule's length)
     "warmup_300": {"train.warmup_iters": 300},
     "fit_anchors": {"train.fit_anchors": True},
@@ -204,7 +205,7 @@ def run_one(root: Path, classes: list[str], out: Path, preset: str, length: dict
     for split in ("val", "test"):
         result = fasterrcnn.evaluate(root, weights=trained.last, split=split, classes=classes, metric="coco", device="cpu", quiet=True)
         scores[split] = {k: float(result.metrics[k]) for k in ("AP", "AP50", "AP75", "APs")}
-    record = {"iterations": trained.iteration, "seconds": time.perf_counter() - started, "training_seconds": training_seconds, **scores}
+    record = {"iterations": trained.iteration, "seconds": time.perf_counter() - started, "training_seconds": training_seconds, "threads": _threads(), **scores}
     results.write_text(json.dumps(record))
     return record
 
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
 def print_tables(runs: dict[tuple[str, str], list[dict]], args) -> None:
     cpu = _cpu_name()
     per_run = f"{args.minutes:g} min" if args.iterations is None else f"{args.iterations} iterations"
-    print(f"\npreset {args.preset}, {per_run} per run, {args.seeds} seed(s), CPU: {cpu}, torch threads {_threads()}")
+    threads = sorted({r.get("threads") for rs in runs.values() for r in rs} - {None}) or "?"
+    print(f"\npreset {args.preset}, {per_run} per run, {args.seeds} seed(s), CPU: {cpu}, torch threads of the runs {threads}")
     stats = ("AP", "AP50", "AP75", "APs")
     sets = list(dict.fromkeys(s for s, _ in runs))
     variants = list(dict.fromkeys(v for _, v in runs))
