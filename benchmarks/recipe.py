@@ -1,6 +1,7 @@
 """Recipe benchmark: which training recipe gives the most accuracy for a fixed training time.
 
-    python benchmarks/recipe.py                                     # 3 sets x 6 variants x 2 seeds, 5 min each
+    python benchmarks/recipe.py                                     # 3 sets x 11 variants x 2 seeds, 5 min each
+    python benchmarks/recipe.py --seed 0 --threads 1                # only seed 0 (another process: --seed 1)
     python benchmarks/recipe.py --minutes 1 --sets shapes glyphs --seeds 2 --variants current ema cosine
     python benchmarks/recipe.py --list                              # the sets and variants
     python benchmarks/recipe.py --minutes 1 --report-only           # the table of the runs finished so far
