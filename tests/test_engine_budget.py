@@ -19,8 +19,8 @@ from fasterrcnn.config import get_preset
 from fasterrcnn.engine.budget import ESTIMATE_AFTER, TimeBudget, agreed_clock
 from fasterrcnn.engine.schedule import WarmupStepLR
 
-TINY = get_preset("tiny").train  # lr 0.04, warm-up 100 from 0.01 x lr, x0.1 at step 900 of max_iters 1200
-SCHEDULE = "warm-up 100 iterations from 0.01 x lr; lr 0.04, x0.1 at 900 -> 0.004"  # TINY's, when fixed
+TINY = get_preset("tiny").train  # lr 0.02, warm-up 100 from 0.01 x lr, x0.1 at step 900 of max_iters 1200
+SCHEDULE = "warm-up 100 iterations from 0.01 x lr; lr 0.02, x0.1 at 900 -> 0.002"  # TINY's, when fixed
 
 
 def fake_clock(increments, start=0.0):
@@ -118,7 +118,7 @@ def test_the_schedule_keeps_its_fractions_and_a_step_waits_for_its_share_of_the_
     budget.start(0)
     budget.track(1, logger)  # 12 fit: the step at 900 x 12 / 1200, the warm-up of 100 at most 100 x 12 / 1200
     assert (budget.max_iters, scheduler.warmup_iters, scheduler.lr_steps, scheduler.cosine_iters) == (12, 1, (9,), None)
-    assert logger.lines[-1] == f"time budget: 12 iterations fit (2 s each, {22 / 60:.3g} of 0.4 min left); warm-up 1 iteration from 0.01 x lr; lr 0.04, x0.1 at 9 -> 0.004"
+    assert logger.lines[-1] == f"time budget: 12 iterations fit (2 s each, {22 / 60:.3g} of 0.4 min left); warm-up 1 iteration from 0.01 x lr; lr 0.02, x0.1 at 9 -> 0.002"
     for done in range(2, 6):
         budget.track(done, logger)  # at 5: 4 measured at 3 s, 10 s left: 8 fit, the step at 900 x 8 / 1200
     assert (budget.max_iters, scheduler.warmup_iters, scheduler.lr_steps) == (8, 1, (6,))  # the warm-up, reached, stays

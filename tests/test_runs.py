@@ -176,8 +176,8 @@ def test_resume_refuses_changed_settings_and_records_a_longer_run(voc_root, tmp_
     train(TrainingData(voc_root, split="train"), run, **FAST, max_iters=1)
     args = ["train", "--data", str(voc_root), "--split", "train", "--output", str(run), "--resume", "--quiet", "--no-val", "--device", "cpu"]
     err = one_line_error(capsys, main(args + ["--lr", "0.5", "--seed", "4", "--batch-size", "1"]))
-    assert "--resume would change the run's settings: train.batch_size 2 -> 1; train.lr 0.04 -> 0.5; train.seed 0 -> 4." in err
-    assert json.loads((run / "config.json").read_text())["train"]["lr"] == 0.04
+    assert "--resume would change the run's settings: train.batch_size 2 -> 1; train.lr 0.02 -> 0.5; train.seed 0 -> 4." in err
+    assert json.loads((run / "config.json").read_text())["train"]["lr"] == 0.02
     assert main(args + ["--max-iters", "2"]) == 0
     assert "resuming at 1; no validation set; train.max_iters 1 -> 2" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
@@ -395,11 +395,11 @@ def test_the_presets_schedule_follows_the_runs_length_unless_set(voc_root, tmp_p
     # tiny: warm-up 100, step 900 of 1200 iterations; 2 iterations: step at round(1.5) = 2, warm-up round(0.17) = 0
     train(TrainingData(voc_root, split="train"), tmp_path / "iters", **FAST, max_iters=2)
     assert _schedule(tmp_path / "iters") == (0, [2])
-    assert "schedule: 2 iterations; no warm-up; lr 0.04, x0.1 at 2 -> 0.004\n" in (tmp_path / "iters" / "log.txt").read_text()
+    assert "schedule: 2 iterations; no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in (tmp_path / "iters" / "log.txt").read_text()
     # 4 images in batches of 2: 1 epoch = 2 iterations
     train(TrainingData(voc_root, split="train"), tmp_path / "epochs", **FAST, epochs=1)
     assert _schedule(tmp_path / "epochs") == (0, [2])
-    assert "schedule: 2 iterations (1 epochs x 2 batches); no warm-up; lr 0.04, x0.1 at 2 -> 0.004\n" in (tmp_path / "epochs" / "log.txt").read_text()
+    assert "schedule: 2 iterations (1 epochs x 2 batches); no warm-up; lr 0.02, x0.1 at 2 -> 0.002\n" in (tmp_path / "epochs" / "log.txt").read_text()
     # set by the user (--set or overrides, a config file): kept as given
     (tmp_path / "warmup.yaml").write_text("train:\n  warmup_iters: 3\n")
     args = ["train", "--data", str(voc_root), "--split", "train", "--preset", "tiny", "--output", str(tmp_path / "cli"), "--quiet",
@@ -452,10 +452,10 @@ def test_a_time_budget_ends_the_run_at_its_deadline_and_resumes_with_the_time_le
     assert state["time"] == {"budget": 24.0, "elapsed": 24.0, "max_iters": 12, "fixed": []}
     assert state["scheduler"] == {"iteration": 12, "warmup_iters": 1, "lr_steps": [9]}
     lrs = [r["lr"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if r["type"] == "train"]
-    assert lrs == pytest.approx([0.0004] + [0.04] * 8 + [0.004] * 3)  # 0.01 x lr, then lr, x0.1 from the 10th step
+    assert lrs == pytest.approx([0.0002] + [0.02] * 8 + [0.002] * 3)  # 0.01 x lr, then lr, x0.1 from the 10th step
     out = (tmp_path / "whole" / "log.txt").read_text()  # quiet: the lines only there
     assert "schedule: time budget 0.4 min, 1200 iterations until the speed is measured; warm-up 100 iterations" in out
-    assert "time budget: 12 iterations fit (2 s each, 0.367 of 0.4 min left); warm-up 1 iteration from 0.01 x lr; lr 0.04, x0.1 at 9 -> 0.004" in out
+    assert "time budget: 12 iterations fit (2 s each, 0.367 of 0.4 min left); warm-up 1 iteration from 0.01 x lr; lr 0.02, x0.1 at 9 -> 0.002" in out
     assert "time budget of 0.4 min spent at iteration 12" in out
 
     def interrupt_after_iteration_6(now):
@@ -519,7 +519,7 @@ def test_a_step_not_yet_taken_follows_the_machines_speed_and_a_longer_budget(voc
     fake_clock(interrupt_after_iteration_6, increments=itertools.chain([4.0] * 5, itertools.repeat(1.0)))
     with pytest.raises(TrainingInterrupted):
         train(TrainingData(voc_root, split="train"), tmp_path / "run", **FAST, time=0.5)
-    assert "x0.1 at 5 -> 0.004" in (tmp_path / "run" / "log.txt").read_text()  # what the slow start estimated
+    assert "x0.1 at 5 -> 0.002" in (tmp_path / "run" / "log.txt").read_text()  # what the slow start estimated
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["iteration"] == 6 and state["scheduler"]["lr_steps"] == [7]  # 21 s < 22.5 s: not yet
     fake_clock(increments=itertools.repeat(1.0))

@@ -123,7 +123,7 @@ PRESETS: dict[str, Preset] = {
             box_smooth_l1_beta=1.0 / 9.0,
             representation_size=256,
         ),
-        TrainConfig(batch_size=4, lr=0.04, momentum=0.9, weight_decay=1e-4, warmup_iters=100, warmup_factor=0.01, lr_steps=(900,), max_iters=1200, hflip_prob=0.5),
+        TrainConfig(batch_size=4, lr=0.02, momentum=0.9, weight_decay=1e-4, warmup_iters=100, warmup_factor=0.01, lr_steps=(900,), max_iters=1200, hflip_prob=0.5),
     ),
 }
 
