@@ -119,17 +119,17 @@ class Detector:
             self.precision = resolve_precision(precision, self.device)
         self.amp_dtype = AMP_DTYPES.get(self.precision)  # None: float32 (or the exported model's own)
         self.model = model.to(self.device).eval()
-        if self.device.type == "cpu" and not hasattr(model, "precision"):
+        if self.device.type == "cpu" and not hasattr(model, "precision"):  # eager PyTorch on the CPU
             keep_freed_memory()
-        if self.device.type == "cpu" and self.precision == "f32" and not hasattr(model, "precision"):
-            from fasterrcnn.modeling.prepack import FrozenBackbone, prepack_linear
+            if self.precision == "f32":
+                from fasterrcnn.modeling.prepack import FrozenBackbone, prepack_linear
 
-            if prepack:
-                prepack_linear(self.model)
-                if hasattr(self.model, "channels_last_backbone"):
-                    self.model.channels_last_backbone()
-            if freeze_backbone and hasattr(self.model, "frozen_backbone"):
-                self.model.frozen_backbone = FrozenBackbone(self.model.backbone)
+                if prepack:
+                    prepack_linear(self.model)
+                    if hasattr(self.model, "channels_last_backbone"):
+                        self.model.channels_last_backbone()
+                if freeze_backbone and hasattr(self.model, "frozen_backbone"):
+                    self.model.frozen_backbone = FrozenBackbone(self.model.backbone)
         self.class_names = tuple(str(name) for name in class_names)
         self.label_to_category_id = label_to_category_id
 
