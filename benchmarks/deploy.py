@@ -71,7 +71,7 @@ def time_preset(preset: str, size: tuple[int, int], repeat: int, threads: int, f
 
     def eager(m, dtype=None):
         def run():
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 m([image])
 
         return run
